@@ -1,0 +1,40 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export MUJOCO_GL ?= osmesa
+export PYOPENGL_PLATFORM ?= osmesa
+
+.PHONY: setup demo test bench clean osmesa
+
+setup: $(STAMP) osmesa
+
+# torch first, pinned to the CPU build; then the project with a torch range that build satisfies.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Offscreen rendering without a GPU needs Mesa's software OpenGL.
+osmesa:
+	@if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then \
+		echo "installing libosmesa6 for offscreen rendering"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libosmesa6 >/dev/null; \
+	fi
+
+demo: setup
+	$(VENV)/bin/forethought run arm-reach-ilqr --out runs
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	mkdir -p bench
+	for name in $$($(VENV)/bin/forethought list | sed -n '/^benchmarks/,/^[a-z]/p' | grep '^  ' ); do \
+		$(VENV)/bin/forethought bench $$name --out bench/$$name.json; done
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,56 @@
+"""`forethought bench NAME`: measure what matters and write it as JSON.
+
+Output: {"name", "metrics": {...}, "config": {...}, "machine": {...}}. Each benchmark is a function
+run(quick: bool) -> (metrics, config) in its own module, registered below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+from pathlib import Path
+
+BENCHMARKS: dict[str, str] = {
+    "sim": "forethought.scripts.bench_sim:run_bench_sim",
+}
+
+
+def machine_info() -> dict:
+    import numpy
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import mujoco
+
+        info["mujoco"] = mujoco.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def run_benchmark(name: str, quick: bool = False) -> dict:
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
+    module_name, function_name = BENCHMARKS[name].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    metrics, config = function(quick=quick)
+    return {"name": name, "metrics": metrics, "config": config, "machine": machine_info()}
+
+
+def write_result(result: dict, path: Path | None) -> None:
+    text = json.dumps(result, indent=2)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    print(text)

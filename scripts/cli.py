@@ -1,0 +1,135 @@
+"""The `forethought` command line.
+
+Bad input (a missing file, an unknown key or name, a NaN action, a truncated log) ends with one line
+on stderr naming the thing, and exit status 2; nothing already logged is lost. Set
+FORETHOUGHT_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from forethought.robots.config import ConfigError
+from forethought.robots.robot import ActionError
+
+# Subcommands provided by other modules: name -> ("module", "add_arguments", "main", help).
+EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {}
+
+USER_ERRORS = (ConfigError, ActionError, FileNotFoundError, KeyError, ValueError)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from forethought.scripts.bench import BENCHMARKS
+    from forethought.scripts.experiment import CONTROLLERS, shipped_experiments
+    from forethought.sim.scenes import scene_names
+
+    sections = {
+        "scenes (robot.scene)": scene_names(),
+        "experiments (forethought run NAME)": shipped_experiments(),
+        "controllers (controller.type)": sorted(CONTROLLERS),
+        "models (forethought fit --model)": _model_names(),
+        "benchmarks (forethought bench NAME)": sorted(BENCHMARKS),
+    }
+    if args.what in (None, "dmc"):
+        from forethought.sim.dmc_robot import dmc_task_names
+
+        sections["dm_control tasks (forethought run dmc:DOMAIN:TASK)"] = dmc_task_names()
+    for title, names in sections.items():
+        if args.what == "dmc" and not title.startswith("dm_control"):
+            continue
+        print(f"{title}:")
+        for name in names:
+            print(f"  {name}")
+    return 0
+
+
+def _model_names() -> list[str]:
+    try:
+        from forethought.scripts.fit import MODELS
+    except ImportError:
+        return []
+    return sorted(MODELS)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from forethought.scripts.experiment import load_experiment
+    from forethought.scripts.run import run_experiment
+
+    experiment = load_experiment(args.experiment)
+    if args.seed is not None:
+        experiment.loop.seed = args.seed
+    if args.trials is not None:
+        if args.trials < 1:
+            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+        experiment.loop.iterations = args.trials
+    if args.horizon is not None:
+        experiment.task.horizon = args.horizon
+    print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
+    result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None)
+    print(f"run folder: {result.folder}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from forethought.scripts.bench import run_benchmark, write_result
+
+    write_result(run_benchmark(args.name, quick=args.quick), Path(args.out) if args.out else None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forethought",
+        description="Model-based control for robot arms: run experiments in simulation, fit models "
+        "from logged trials, deploy on a low-cost servo arm.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("list", help="list scenes, shipped experiments, controllers, models, benchmarks, dm_control tasks")
+    p.add_argument("what", nargs="?", choices=["dmc"], help="only the dm_control tasks")
+    p.set_defaults(func=cmd_list)
+
+    p = commands.add_parser("run", help="run an experiment in simulation and write a run folder")
+    p.add_argument("experiment", help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK")
+    p.add_argument("--seed", type=int, help="seed for everything random (default: the experiment's)")
+    p.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
+    p.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
+    p.add_argument("--horizon", type=int, help="steps per trial (default: the experiment's)")
+    p.add_argument("--no-video", action="store_true", help="skip rendering the video of the last trial")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("bench", help="run a benchmark and write its JSON")
+    p.add_argument("name", help="benchmark name (forethought list)")
+    p.add_argument("--out", help="write the JSON result to this file too")
+    p.add_argument("--quick", action="store_true", help="a shorter run, for a smoke check")
+    p.set_defaults(func=cmd_bench)
+
+    for name, (module_name, add_arguments, main, help_text) in EXTERNAL_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = commands.add_parser(name, help=help_text)
+        getattr(module, add_arguments)(p)
+        p.set_defaults(func=getattr(module, main))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        if os.environ.get("FORETHOUGHT_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"forethought {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"forethought {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The experiment loop: run a controller's policies on a robot, log every trial, update, repeat.
+
+A run folder holds config.yaml (the resolved experiment), trials/trial_NNNN.h5, summary.json
+(the learning curve and the controller's diagnostics), plots and a video of the last trial.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from forethought.robots.trial import Trial, rollout
+from forethought.robots.trial_log import TrialWriter
+from forethought.scripts.experiment import Experiment, make_controller, make_robot, make_task
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    trials: list[Trial]
+    learning_curve: list[list[float]] = field(default_factory=list)  # [iteration][sample] total cost
+    diagnostics: list[dict] = field(default_factory=list)
+
+
+def new_run_folder(root: Path, name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = root / f"{name}-{stamp}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = root / f"{name}-{stamp}-{suffix}"
+    (folder / "trials").mkdir(parents=True)
+    return folder
+
+
+def apply_condition(robot, condition: dict) -> None:
+    """Set what a condition fixes on a simulated robot: the reach target and the initial state."""
+    if "target" in condition and hasattr(robot, "set_mocap_pos"):
+        try:
+            robot.set_mocap_pos("target", condition["target"])
+        except ValueError:
+            pass  # scenes without a target marker take the target through the cost alone
+    if ("qpos" in condition or "qvel" in condition) and hasattr(robot, "set_initial_state"):
+        robot.set_initial_state(condition.get("qpos"), condition.get("qvel"))
+
+
+def make_cost(experiment: Experiment, robot, condition: dict):
+    """The per-step cost logged with each trial: the experiment's cost, or minus a dm_control reward."""
+    if experiment.task.cost:
+        from forethought.controllers.costs import build_cost
+
+        return build_cost(experiment.task.cost, robot.spec, experiment.robot.scene, condition)
+    if hasattr(robot, "last_cost"):
+        return lambda x, u: robot.last_cost if u is not None else float("nan")
+    return None
+
+
+class Progress:
+    """One status line on stderr, rewritten at most a few times a second."""
+
+    def __init__(self, total_trials: int, horizon: int, stream=sys.stderr):
+        self.total, self.horizon, self.stream = total_trials, horizon, stream
+        self.done, self._last = 0, 0.0
+
+    def step(self, t: int) -> None:
+        now = time.monotonic()
+        if now - self._last > 0.25 or t == self.horizon - 1:
+            self._last = now
+            self.stream.write(f"\r  trial {self.done + 1}/{self.total}  step {t + 1}/{self.horizon}   ")
+            self.stream.flush()
+
+    def trial_done(self, message: str) -> None:
+        self.done += 1
+        self.stream.write("\r" + message.ljust(60) + "\n")
+        self.stream.flush()
+
+
+def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None) -> RunResult:
+    """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve."""
+    folder = new_run_folder(Path(out_root), experiment.name)
+    (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
+    task = make_task(experiment)
+    loop = experiment.loop
+    result = RunResult(folder, [])
+    with make_robot(experiment.robot) as robot:
+        controller = make_controller(experiment, robot, task)
+        costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
+        progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
+        index = 0
+        for iteration in range(loop.iterations):
+            by_condition: list[list[Trial]] = []
+            for c, condition in enumerate(task.conditions):
+                apply_condition(robot, condition)
+                policy = controller.policy(c)
+                samples = []
+                for s in range(loop.samples):
+                    seed = loop.seed * 100_003 + index
+                    meta = {
+                        "task": experiment.name,
+                        "controller": experiment.controller.get("type", "random"),
+                        "condition": c,
+                        "iteration": iteration,
+                        "sample": s,
+                    }
+                    path = folder / "trials" / f"trial_{index:04d}.h5"
+                    with TrialWriter(path, robot.spec, meta) as writer:
+                        trial = rollout(robot, policy, task.horizon, seed, costs[c], meta, writer, progress.step)
+                        writer.finish(trial)
+                    samples.append(trial)
+                    result.trials.append(trial)
+                    progress.trial_done(
+                        f"iteration {iteration + 1}/{loop.iterations}  condition {c}  sample {s}: "
+                        f"cost {trial.total_cost:.4g}"
+                    )
+                    index += 1
+                by_condition.append(samples)
+            result.learning_curve.append([t.total_cost for group in by_condition for t in group])
+            started = time.perf_counter()
+            diagnostics = dict(controller.update(by_condition))
+            diagnostics["update_s"] = time.perf_counter() - started
+            result.diagnostics.append(diagnostics)
+        write_outputs(experiment, robot, result, loop.video if render_video is None else render_video)
+    return result
+
+
+def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool) -> None:
+    """summary.json, plots, and a video of the last trial for MuJoCo scenes."""
+    from forethought.scripts.plots import plot_learning_curve, plot_trial
+
+    folder = result.folder
+    summary = {
+        "experiment": experiment.name,
+        "trials": len(result.trials),
+        "learning_curve": result.learning_curve,
+        "final_cost": result.trials[-1].total_cost,
+        "diagnostics": result.diagnostics,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    plot_trial(result.trials[-1], folder / "trajectories.png")
+    if len(result.learning_curve) > 1:
+        plot_learning_curve(result.learning_curve, folder / "learning_curve.png")
+    if video and hasattr(robot, "model"):
+        from forethought.sim.render import render_trial_video
+
+        render_trial_video(robot.model, result.trials[-1], folder / "last_trial.mp4")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

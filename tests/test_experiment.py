@@ -1,0 +1,116 @@
+"""Experiment files: one clear line naming the file and the key for every kind of bad input."""
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from forethought.robots.config import ConfigError, from_mapping
+from forethought.scripts.cli import main
+from forethought.scripts.experiment import load_experiment, shipped_experiments
+
+GOOD = """
+robot: {scene: cartpole}
+task: {horizon: 5}
+controller: {type: random}
+loop: {iterations: 1, seed: 3}
+"""
+
+
+@dataclass
+class Inner:
+    gain: float
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outer:
+    inner: Inner
+    steps: int = 1
+    mode: str | None = None
+
+
+def test_from_mapping_converts_and_fills_defaults():
+    cfg = from_mapping(Outer, {"inner": {"gain": 2}}, "f.yaml:")
+    assert cfg.inner.gain == 2.0 and isinstance(cfg.inner.gain, float) and cfg.steps == 1
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"inner": {"gain": 1}, "stepz": 2}, "f.yaml: unknown key 'stepz'"),
+        ({"inner": {"gain": "fast"}}, "f.yaml: inner.gain: expected a number"),
+        ({"inner": {"gain": 1, "names": "a"}}, "inner.names: expected a list"),
+        ({"inner": {"gain": 1}, "steps": 1.5}, "steps: expected an integer"),
+        ({"inner": {"gain": 1}, "steps": True}, "steps: expected an integer"),
+        ({}, "f.yaml: inner: required key is missing"),
+    ],
+)
+def test_from_mapping_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(Outer, data, "f.yaml:")
+
+
+def test_a_good_file_loads(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(GOOD)
+    experiment = load_experiment(str(path))
+    assert experiment.name == "exp" and experiment.task.horizon == 5 and experiment.loop.seed == 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD + "extra: 1\n", "unknown key 'extra'"),
+        (GOOD.replace("horizon: 5", "horizon: five"), r"task.horizon: expected an integer"),
+        (GOOD.replace("horizon: 5", "horizon: 0"), "horizon must be at least 1"),
+        (GOOD.replace("type: random", "type: telepathy"), "controller.type: unknown controller 'telepathy'"),
+        (GOOD.replace("{scene: cartpole}", "{scene: cartpole, dm_control: 'cartpole:swingup'}"), "exactly one of"),
+        ("robot: [1, 2", "not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping at the top level"),
+    ],
+)
+def test_bad_files_get_one_line_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_experiment(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_name_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
+        load_experiment("nope")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_experiment(str(tmp_path / "missing.yaml"))
+
+
+def test_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD + "extra: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "forethought.scripts.cli", "run", str(path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("forethought run: error:")
+    assert "unknown key 'extra'" in result.stderr
+    assert not any(tmp_path.glob("bad-*"))  # nothing half-made
+
+
+def test_every_shipped_experiment_loads():
+    names = shipped_experiments()
+    for name in names:
+        load_experiment(name)
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("list", "run", "bench"):
+        assert command in out
