@@ -1,0 +1,1 @@
+"""The forethought command line, the experiment loop, shipped experiments and benchmarks."""

@@ -1,0 +1,324 @@
+"""Model-predictive control: the receding-horizon policy around any planner, and iLQR as a planner.
+
+The planner protocol. A planner has `horizon` H (the number of actions it plans; a planner with a
+`config.horizon` instead is read from there) and
+
+    plan(x0: (n,), U_init: (H, m), t: int) -> Plan
+
+which improves the warm start U_init from state x0 at control tick t and returns
+Plan(U (H, m), X (H+1, n) or None, K (H, m, n) or None, cost). X is the predicted trajectory,
+K feedback gains about it (u_j = U_j + K_j (x - X_j)); a planner without them gives None. A
+planner keeps to its own time budget per call; it raises (or returns NaN) when it cannot plan.
+
+`RecedingHorizonPolicy` calls the planner every `replan_every` ticks, warm-starts it with the
+last plan shifted by the ticks since then (the last action repeated at the end), and between
+replans follows the plan, with its feedback gains when it has them. When a solve raises or returns
+a non-finite plan, the policy keeps following the last good plan (the failure is counted in
+`stats`); with no good plan left to follow it raises MPCError rather than act blindly.
+
+iLQR-MPC is `ILQRPlanner` (a fixed number of iLQR iterations or a time budget per tick, more
+iterations on the first tick) inside a RecedingHorizonPolicy, on any model with `linearize`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from forethought.controllers.costs import build_cost
+from forethought.controllers.ilqr import ILQR, ILQRConfig
+from forethought.robots.config import ConfigError, from_mapping
+from forethought.robots.robot import RobotSpec
+
+
+class MPCError(RuntimeError):
+    """MPC has no usable plan for the current tick."""
+
+
+@dataclass
+class Plan:
+    """What a planner returns: U (H, m); X (H+1, n) or None; K (H, m, n) or None; cost: total predicted cost."""
+
+    U: np.ndarray
+    X: np.ndarray | None
+    K: np.ndarray | None
+    cost: float
+
+
+def planner_horizon(planner) -> int:
+    """H of a planner: its `horizon`, or its config's."""
+    horizon = getattr(planner, "horizon", None)
+    if horizon is None:
+        horizon = getattr(getattr(planner, "config", None), "horizon", None)
+    if horizon is None:
+        raise TypeError(f"{type(planner).__name__} is not a planner: it has no horizon")
+    return int(horizon)
+
+
+def _plan_problem(plan, H: int, m: int, n: int) -> str | None:
+    """Why `plan` is unusable, or None."""
+    if not isinstance(plan, Plan):
+        return f"the planner returned {type(plan).__name__}, not a Plan"
+    if np.shape(plan.U) != (H, m):
+        return f"plan U has shape {np.shape(plan.U)}, expected ({H}, {m})"
+    if not np.all(np.isfinite(plan.U)):
+        return "plan U has NaN or infinite values"
+    if plan.K is not None:
+        if plan.X is None or np.shape(plan.K) != (H, m, n) or np.shape(plan.X) != (H + 1, n):
+            return "plan K needs X (H+1, n) and K (H, m, n)"
+        if not (np.all(np.isfinite(plan.K)) and np.all(np.isfinite(plan.X))):
+            return "plan X or K has NaN or infinite values"
+    return None
+
+
+class RecedingHorizonPolicy:
+    """MPC around `planner` (see the module docstring) for a robot with `spec`.
+
+    replan_every: ticks between calls to the planner (1: every tick); initial_action: the warm
+    start of the first plan, repeated over the horizon: an (m,) array, a function of x0, or None
+    for the middle of the action bounds (0 where unbounded). stats: replans, failures (solves
+    that raised or returned an unusable plan), last_failure, solve_ms_mean, solve_ms_max.
+    """
+
+    def __init__(
+        self,
+        planner,
+        spec: RobotSpec,
+        replan_every: int = 1,
+        initial_action: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
+        if replan_every < 1:
+            raise ValueError(f"replan_every must be at least 1, got {replan_every}")
+        self.planner, self.spec, self.replan_every = planner, spec, int(replan_every)
+        self.horizon = planner_horizon(planner)
+        self.initial_action = initial_action
+        self.reset()
+
+    def reset(self) -> None:
+        self.plan: Plan | None = None
+        self.plan_tick = 0
+        self._solve_s: list[float] = []
+        self.stats: dict = {"replans": 0, "failures": 0, "last_failure": ""}
+
+    def _initial(self, x: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        if callable(self.initial_action):
+            u = np.asarray(self.initial_action(x), dtype=np.float64)
+        elif self.initial_action is not None:
+            u = np.asarray(self.initial_action, dtype=np.float64)
+        else:
+            low = np.where(np.isfinite(spec.action_low), spec.action_low, 0.0)
+            high = np.where(np.isfinite(spec.action_high), spec.action_high, 0.0)
+            u = 0.5 * (low + high)
+        u = np.clip(u.reshape(spec.m), spec.action_low, spec.action_high)
+        return np.tile(u, (self.horizon, 1))
+
+    def _warm_start(self, x: np.ndarray, t: int) -> np.ndarray:
+        if self.plan is None:
+            return self._initial(x)
+        shift = min(t - self.plan_tick, self.horizon)
+        U = self.plan.U
+        return np.concatenate([U[shift:], np.repeat(U[-1:], shift, axis=0)])
+
+    def _replan(self, x: np.ndarray, t: int) -> None:
+        started = time.perf_counter()
+        try:
+            plan = self.planner.plan(x, self._warm_start(x, t), t)
+            problem = _plan_problem(plan, self.horizon, self.spec.m, self.spec.n)
+        except (ArithmeticError, RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+            problem = f"{type(err).__name__}: {err}"
+        self._solve_s.append(time.perf_counter() - started)
+        self.stats["replans"] += 1
+        if problem is None:
+            self.plan, self.plan_tick = plan, t
+        else:
+            self.stats["failures"] += 1
+            self.stats["last_failure"] = f"tick {t}: {problem}"
+        self.stats["solve_ms_mean"] = 1e3 * float(np.mean(self._solve_s))
+        self.stats["solve_ms_max"] = 1e3 * float(np.max(self._solve_s))
+
+    def act(self, x: np.ndarray, t: int) -> np.ndarray:
+        """The action (m,) for state x (n,) at tick t."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.spec.n,) or not np.all(np.isfinite(x)):
+            raise MPCError(f"MPC: state must be a finite ({self.spec.n},) array, got shape {x.shape}")
+        if t < self.plan_tick:  # a new trial without reset()
+            self.reset()
+        if self.plan is None or t - self.plan_tick >= self.replan_every:
+            self._replan(x, t)
+        if self.plan is None:
+            raise MPCError(f"MPC: no plan to follow ({self.stats['last_failure']})")
+        j = t - self.plan_tick
+        if j >= self.horizon:
+            raise MPCError(f"MPC: the last good plan ended {j - self.horizon + 1} ticks ago ({self.stats['last_failure']})")
+        plan = self.plan
+        u = plan.U[j] if plan.K is None else plan.U[j] + plan.K[j] @ (x - plan.X[j])
+        if not np.all(np.isfinite(u)):
+            raise MPCError(f"MPC: the plan gives a non-finite action at tick {t}")
+        return np.clip(u, self.spec.action_low, self.spec.action_high)
+
+
+class ILQRPlanner:
+    """iLQR as an MPC planner: `iterations` iLQR iterations per tick (`first_iterations` at tick 0),
+    stopping early when `time_budget_s` would be overrun; the plan carries iLQR's feedback gains."""
+
+    def __init__(
+        self,
+        model,
+        cost,
+        action_low,
+        action_high,
+        horizon: int,
+        iterations: int = 1,
+        first_iterations: int = 50,
+        time_budget_s: float | None = None,
+        config: ILQRConfig | None = None,
+    ):
+        if horizon < 1 or iterations < 1 or first_iterations < 1:
+            raise ValueError("horizon, iterations and first_iterations must be at least 1")
+        self.solver = ILQR(model, cost, action_low, action_high, config)
+        self.horizon, self.iterations, self.first_iterations = int(horizon), int(iterations), int(first_iterations)
+        self.time_budget_s = time_budget_s
+        self.last_result = None
+
+    def plan(self, x0, U_init, t: int = 0) -> Plan:
+        first = t == 0
+        result = self.solver.solve(
+            x0,
+            U_init,
+            max_iterations=self.first_iterations if first else self.iterations,
+            time_budget_s=None if first else self.time_budget_s,
+        )
+        self.last_result = result
+        K = result.backward.K if result.backward is not None else None
+        return Plan(U=result.U, X=result.X, K=K, cost=result.cost)
+
+
+# -- The experiment controller ------------------------------------------------------------------
+
+
+@dataclass
+class ILQRMPCConfig:
+    """The `controller:` section of an ilqr_mpc experiment (type: ilqr_mpc).
+
+    horizon: planned steps; iterations: iLQR iterations per tick; first_iterations: at tick 0;
+    replan_every: ticks between replans (the feedback gains act in between);
+    time_budget_s: per-tick limit on the iterations (null: none);
+    model_timestep: physics step of the planning model in s (null: the scene's); a coarser step
+    than the robot's makes planning proportionally cheaper, and the control period must be a
+    whole number of them; model_frictionloss: keep the joints' dry friction in the planning model
+    (off by default: at rest it makes finite differences say the actions do nothing, which stalls
+    iLQR; the robot keeps its friction and MPC corrects for the difference);
+    centred_differences: in the model's linearisation;
+    initial_action: "hold" (joint position targets at the current joint positions: needs every
+    action to name a state entry), "middle" (of the action bounds) or a list of m numbers;
+    ilqr: the solver's settings (ILQRConfig; iterations and first_iterations replace its
+    max_iterations).
+    """
+
+    horizon: int = 50
+    iterations: int = 1
+    first_iterations: int = 50
+    replan_every: int = 1
+    time_budget_s: float | None = None
+    model_timestep: float | None = None
+    model_frictionloss: bool = False
+    centred_differences: bool = False
+    initial_action: str | list[float] = "middle"
+    ilqr: ILQRConfig = field(default_factory=ILQRConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "iterations", "first_iterations", "replan_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        if self.model_timestep is not None and not self.model_timestep > 0:
+            raise ValueError(f"model_timestep must be positive, got {self.model_timestep}")
+        if isinstance(self.initial_action, str) and self.initial_action not in ("hold", "middle"):
+            raise ValueError(f"initial_action must be hold, middle or a list of numbers, got {self.initial_action!r}")
+
+
+def planning_model(scene, dt: float, config: ILQRMPCConfig):
+    """MuJoCo as the planning model (see ILQRMPCConfig) for a robot with control period dt (s)."""
+    from forethought.models.simulator import SimulatorModel
+
+    settings = dict(centred=config.centred_differences, frictionloss=config.model_frictionloss)
+    if config.model_timestep is None:
+        model = SimulatorModel(scene, **settings)
+    else:
+        steps = dt / config.model_timestep
+        if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
+            raise ConfigError(f"model_timestep: the control period {dt} s is not a whole number of {config.model_timestep} s steps")
+        model = SimulatorModel(scene, control_steps=int(round(steps)), timestep=config.model_timestep, **settings)
+    if abs(model.dt - dt) > 1e-9:
+        raise ConfigError(f"the planning model's control period {model.dt} s differs from the robot's {dt} s")
+    return model
+
+
+def initial_action(setting, spec: RobotSpec):
+    """The RecedingHorizonPolicy initial_action for an ILQRMPCConfig.initial_action setting."""
+    if setting == "middle":
+        return None
+    if setting == "hold":
+        missing = [a for a in spec.action_names if a not in spec.state_names]
+        if missing:
+            raise ConfigError(f"initial_action: hold needs every action to name a state entry, and {missing[0]!r} does not")
+        index = np.array([spec.state_names.index(a) for a in spec.action_names])
+        return lambda x: x[index]
+    values = np.asarray(setting, dtype=np.float64)
+    if values.shape != (spec.m,) or not np.all(np.isfinite(values)):
+        raise ConfigError(f"initial_action: expected {spec.m} finite numbers, got {setting!r}")
+    return values
+
+
+class ILQRMPCController:
+    """The Controller for iLQR-MPC on a known model: one MPC policy per condition; nothing to learn.
+
+    update() reports the replanning statistics of the policies handed out since the last update.
+    """
+
+    def __init__(self, spec: RobotSpec, model, costs, config: ILQRMPCConfig):
+        self.spec, self.model, self.costs, self.config = spec, model, list(costs), config
+        self._initial = initial_action(config.initial_action, spec)
+        self._policies: list[RecedingHorizonPolicy] = []
+
+    def policy(self, condition: int) -> RecedingHorizonPolicy:
+        cfg = self.config
+        planner = ILQRPlanner(
+            self.model, self.costs[condition], self.spec.action_low, self.spec.action_high, cfg.horizon,
+            cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr,
+        )
+        policy = RecedingHorizonPolicy(planner, self.spec, cfg.replan_every, self._initial)
+        self._policies.append(policy)
+        return policy
+
+    def update(self, trials) -> dict[str, float]:
+        stats = [p.stats for p in self._policies if p.stats["replans"]]
+        self._policies = []
+        if not stats:
+            return {}
+        return {
+            "replans": float(sum(s["replans"] for s in stats)),
+            "solve_failures": float(sum(s["failures"] for s in stats)),
+            "solve_ms_mean": float(np.mean([s["solve_ms_mean"] for s in stats])),
+            "solve_ms_max": float(max(s["solve_ms_max"] for s in stats)),
+        }
+
+
+def build_ilqr_mpc(params: dict, robot, task) -> ILQRMPCController:
+    """Controller `type: ilqr_mpc`: params as ILQRMPCConfig; the robot must be a MuJoCo scene (task.scene)."""
+    config = from_mapping(ILQRMPCConfig, params, "controller:")
+    if task.scene is None:
+        raise ConfigError("ilqr_mpc plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
+    if not task.cost:
+        raise ConfigError("ilqr_mpc needs the task's `cost`")
+    model = planning_model(task.scene, robot.spec.dt, config)
+    costs = [build_cost(task.cost, robot.spec, task.scene, condition) for condition in task.conditions]
+    for cost in costs:
+        if cost.n != model.n or cost.m != model.m:
+            raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={cost.n}, m={cost.m}")
+    return ILQRMPCController(robot.spec, model, costs, config)

@@ -1,0 +1,350 @@
+"""MuJoCo as a known dynamics model: exact prediction and finite-difference linearisation.
+
+The state is qpos then qvel, as MujocoRobot's; the action is the actuator controls held for one
+control period of `control_steps` physics steps.
+
+Linearisation composes one `mujoco.mjd_transitionFD` per physics step along the period
+(A = A_k ... A_1, B = sum_s A_k ... A_{s+1} B_s). That is cheaper than finite differences over the
+whole period: mjd_transitionFD skips the position stage for velocity and control perturbations,
+so one step's Jacobians cost about 12 steps rather than the 1 + 2 nv + nu a plain difference
+needs; and each difference stays within one step's nonlinearity. For the RK4 integrator, which
+mjd_transitionFD does not support, the differences are taken over the whole period instead, every
+perturbation of every row in one batched rollout. Centred differences double the cost and are
+optional. Free and ball joints are handled by mapping MuJoCo's tangent-space
+Jacobians to and from the quaternion coordinates of qpos.
+
+A planning model may step more coarsely than the robot (`timestep`), as MPC on MuJoCo usually
+does: fewer physics steps per control period make prediction and linearisation proportionally
+cheaper.
+
+A rollout that MuJoCo finds unstable (it resets the simulation when accelerations blow up)
+predicts NaN for that row, never a plausible state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import mujoco
+import numpy as np
+from mujoco import rollout as mj_rollout
+
+from forethought.sim.scenes import scene_path
+
+_FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
+# MuJoCo's warnings for a simulation it found unstable (and reset): bad qpos, qvel, qacc.
+_UNSTABLE = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
+# Batches at least this large step through mujoco.rollout (one C call); smaller ones through
+# mj_step, whose per-call overhead is lower than rollout's setup.
+_ROLLOUT_MIN_BATCH = 8
+
+
+def _declared_control_steps(model: mujoco.MjModel) -> int:
+    i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_NUMERIC, "forethought_control_steps")
+    return int(model.numeric_data[model.numeric_adr[i]]) if i >= 0 else 1
+
+
+def _quat_left(q: np.ndarray) -> np.ndarray:
+    """(B, 4, 4) matrices L(q) with q * p = L(q) p for quaternions (w, x, y, z)."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    return np.stack(
+        [
+            np.stack([w, -x, -y, -z], axis=1),
+            np.stack([x, w, -z, y], axis=1),
+            np.stack([y, z, w, -x], axis=1),
+            np.stack([z, -y, x, w], axis=1),
+        ],
+        axis=1,
+    )
+
+
+class SimulatorModel:
+    """A MuJoCo scene as a DynamicsModel: predict, linearize; nothing to fit.
+
+    scene: a scene name, an MJCF path or an MjModel; control_steps: physics steps per action
+    (default: the scene's "forethought_control_steps", else 1); timestep: physics step of the
+    model in s (default: the scene's); centred: centred differences in linearize;
+    epsilon: finite-difference step; frictionloss: False removes the joints' dry friction from the
+    model (a planning model for iLQR: dry friction is a constraint that holds a joint at rest
+    against small forces, so finite differences there say the actions do nothing).
+    The control period is timestep * control_steps.
+    Every thread gets its own MjData, so predict and linearize may be called concurrently.
+    """
+
+    def __init__(
+        self,
+        scene,
+        control_steps: int | None = None,
+        timestep: float | None = None,
+        centred: bool = False,
+        epsilon: float = 1e-6,
+        frictionloss: bool = True,
+    ):
+        if isinstance(scene, mujoco.MjModel):
+            self.scene, self.model = None, scene
+        else:
+            self.scene = scene_path(scene)
+            try:
+                self.model = mujoco.MjModel.from_xml_path(str(self.scene))
+            except ValueError as err:
+                raise ValueError(f"{self.scene}: MuJoCo could not load the scene: {err}") from None
+        model = self.model
+        if model.na > 0:
+            raise ValueError("SimulatorModel: actuators with internal state (activations) are not part of the state qpos, qvel")
+        if timestep is not None:
+            if not timestep > 0:
+                raise ValueError(f"SimulatorModel: timestep must be positive, got {timestep}")
+            model.opt.timestep = float(timestep)
+        if not frictionloss:
+            model.dof_frictionloss[:] = 0.0
+        self.frictionloss = bool(frictionloss)
+        self.control_steps = int(_declared_control_steps(model) if control_steps is None else control_steps)
+        if self.control_steps < 1:
+            raise ValueError(f"SimulatorModel: control_steps must be at least 1, got {self.control_steps}")
+        self.centred, self.epsilon = bool(centred), float(epsilon)
+        self.dt = model.opt.timestep * self.control_steps
+        self.nq, self.nv, self.m = model.nq, model.nv, model.nu
+        self.n = model.nq + model.nv
+        self._local = threading.local()
+        home = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_KEY, "home")
+        template = mujoco.MjData(model)
+        if home >= 0:
+            mujoco.mj_resetDataKeyframe(model, template, home)
+        self._full_state = np.empty(mujoco.mj_stateSize(model, _FULL))
+        mujoco.mj_getState(model, template, self._full_state, _FULL)
+        self._full_state[0] = 0.0  # time; a reset by MuJoCo shows as a time that is off
+        self._template = template
+        free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
+        # (qpos address, dof address) of every quaternion: a free joint's follows its position.
+        self._quat_joints = [
+            (int(model.jnt_qposadr[j]) + 3 * (kind == free), int(model.jnt_dofadr[j]) + 3 * (kind == free))
+            for j, kind in enumerate(int(k) for k in model.jnt_type)
+            if kind in (free, ball)
+        ]
+
+    # -- per-thread data ------------------------------------------------------------------------
+    @property
+    def data(self) -> mujoco.MjData:
+        """This thread's MjData (mocap bodies and the rest as the scene's home keyframe)."""
+        data = getattr(self._local, "data", None)
+        if data is None:
+            data = self._local.data = mujoco.MjData(self.model)
+            mujoco.mj_copyData(data, self.model, self._template)
+        return data
+
+    def set_mocap_pos(self, body: str, pos) -> None:
+        """Move mocap body `body` to pos (3,) m in the model (for scenes where a mocap body collides)."""
+        body_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
+        mocap_id = self.model.body_mocapid[body_id] if body_id >= 0 else -1
+        if mocap_id < 0:
+            raise ValueError(f"SimulatorModel: no mocap body named '{body}'")
+        self._template.mocap_pos[mocap_id] = np.asarray(pos, dtype=np.float64).reshape(3)
+        self._local = threading.local()
+
+    # -- DynamicsModel ----------------------------------------------------------------------------
+    def fit(self, trials) -> dict:
+        """Nothing to learn: the scene is the model."""
+        return {}
+
+    def _check(self, x, u):
+        x = np.asarray(x, dtype=np.float64)
+        u = np.asarray(u, dtype=np.float64)
+        single = x.ndim == 1
+        x2, u2 = np.atleast_2d(x), np.atleast_2d(u)
+        if x2.ndim != 2 or x2.shape[1] != self.n or u2.shape != (len(x2), self.m):
+            raise ValueError(f"SimulatorModel: x must be (B, {self.n}) and u (B, {self.m}), got {x.shape} and {u.shape}")
+        return x2, u2, single
+
+    def _set(self, data: mujoco.MjData, x: np.ndarray, u: np.ndarray) -> None:
+        data.time = 0.0
+        data.qpos[:] = x[: self.nq]
+        data.qvel[:] = x[self.nq :]
+        data.ctrl[:] = u
+        data.qacc_warmstart[:] = 0.0
+        data.warning.number[:] = 0
+
+    def predict(self, x, u) -> tuple[np.ndarray, np.ndarray]:
+        """Next states (B, n) after one control period, and zero variance (B, n); NaN rows where unstable.
+
+        A single x (n,), u (m,) gives (n,) outputs.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        u = np.asarray(u, dtype=np.float64)
+        if x.shape[-1:] == (self.n,) and u.shape[-1:] == (self.m,) and x.size == self.n and u.size == self.m:
+            mean = self._step(self.data, x.reshape(-1), u.reshape(-1)).reshape(x.shape)  # the common case in iLQR
+            return mean, np.zeros_like(mean)
+        x, u, _ = self._check(x, u)
+        if len(x) >= _ROLLOUT_MIN_BATCH:
+            mean = self._predict_rollout(x, u)
+        else:
+            data = self.data
+            mean = np.array([self._step(data, x[b], u[b]) for b in range(len(x))])
+        return mean, np.zeros_like(mean)
+
+    def _step(self, data: mujoco.MjData, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """x' (n,) after one control period from x under u (NaN where MuJoCo found it unstable)."""
+        self._set(data, x, u)
+        for _ in range(self.control_steps):
+            mujoco.mj_step(self.model, data)
+        if not self._finished(data):
+            return np.full(self.n, np.nan)
+        return np.concatenate([data.qpos, data.qvel])
+
+    def _finished(self, data: mujoco.MjData) -> bool:
+        """Whether the period ran through: MuJoCo resets an unstable simulation and counts a warning."""
+        return not data.warning.number[_UNSTABLE].any()
+
+    def _predict_rollout(self, x, u) -> np.ndarray:
+        B = len(x)
+        init = np.tile(self._full_state, (B, 1))
+        init[:, 1 : 1 + self.n] = x
+        control = np.broadcast_to(u[:, None, :], (B, self.control_steps, self.m))
+        states, _ = mj_rollout.rollout(self.model, self.data, init, np.ascontiguousarray(control))
+        last = states[:, -1]
+        out = last[:, 1 : 1 + self.n].copy()
+        # rollout stops a row that MuJoCo resets for instability, so its clock falls short.
+        out[np.abs(last[:, 0] - self.dt) > 1e-9 * max(self.dt, 1.0)] = np.nan
+        return out
+
+    def linearize(self, x, u) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """x' ~ A x + B u + c about each row: A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n) zero."""
+        x, u, single = self._check(x, u)
+        if self.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
+            A_tan, B_tan, x_next = self._tangent_jacobians_over_period(x, u)
+        else:
+            A_tan, B_tan, x_next = self._tangent_jacobians_per_step(x, u)
+        if self._quat_joints:
+            A, B = self._to_qpos_coordinates(A_tan, B_tan, x, x_next)
+        else:
+            A, B = A_tan, B_tan
+        c = x_next - np.einsum("tij,tj->ti", A, x) - np.einsum("tij,tj->ti", B, u)
+        Sigma = np.zeros((len(x), self.n, self.n))
+        if single:
+            return A[0], B[0], c[0], Sigma[0]
+        return A, B, c, Sigma
+
+    def _tangent_jacobians_per_step(self, x, u):
+        """Tangent-space A (T, 2nv, 2nv), B (T, 2nv, m) composed from mjd_transitionFD per physics step; x' (T, n)."""
+        model, data = self.model, self.data
+        nv, m, T = self.nv, self.m, len(x)
+        A_tan = np.empty((T, 2 * nv, 2 * nv))
+        B_tan = np.empty((T, 2 * nv, m))
+        x_next = np.empty_like(x)
+        A_s = np.empty((2 * nv, 2 * nv))
+        B_s = np.empty((2 * nv, m))
+        for t in range(T):
+            self._set(data, x[t], u[t])
+            A_acc, B_acc = np.eye(2 * nv), np.zeros((2 * nv, m))
+            for _ in range(self.control_steps):
+                mujoco.mjd_transitionFD(model, data, self.epsilon, self.centred, A_s, B_s, None, None)
+                A_acc = A_s @ A_acc
+                B_acc = A_s @ B_acc + B_s
+                mujoco.mj_step(model, data)
+            A_tan[t], B_tan[t] = A_acc, B_acc
+            x_next[t, : self.nq], x_next[t, self.nq :] = data.qpos, data.qvel
+            if not self._finished(data):
+                x_next[t] = np.nan
+        return A_tan, B_tan, x_next
+
+    def _tangent_jacobians_over_period(self, x, u):
+        """Tangent-space A, B by differences over the whole period, all perturbations in one batch.
+
+        For integrators mjd_transitionFD does not support (RK4). Positions are perturbed with
+        mj_integratePos and compared with mj_differentiatePos, so quaternions stay on their manifold.
+        """
+        model = self.model
+        nq, nv, m, T, eps = self.nq, self.nv, self.m, len(x), self.epsilon
+        k = 2 * nv + m
+        signs = (1.0, -1.0) if self.centred else (1.0,)
+        S = len(signs)
+        rows_x = np.repeat(x[:, None, None, :], S, axis=1).repeat(k, axis=2)  # (T, S, k, n)
+        rows_u = np.repeat(u[:, None, None, :], S, axis=1).repeat(k, axis=2)
+        for side, sign in enumerate(signs):
+            for j in range(nv):
+                for t in range(T):
+                    mujoco.mj_integratePos(model, rows_x[t, side, j, :nq], np.eye(nv)[j], sign * eps)
+                rows_x[:, side, nv + j, nq + j] += sign * eps
+            for j in range(m):
+                rows_u[:, side, 2 * nv + j, j] += sign * eps
+        x_next = self.predict(x, u)[0]
+        out = self.predict(rows_x.reshape(-1, self.n), rows_u.reshape(-1, m))[0].reshape(T, S, k, self.n)
+        if not self.centred:  # compare with the unperturbed next state
+            out = np.concatenate([out, np.broadcast_to(x_next[:, None, None, :], (T, 1, k, self.n))], axis=1)
+        # d(tangent of the next state) / d(perturbation), one column per perturbation.
+        D = np.empty((T, 2 * nv, k))
+        velocity = np.empty(nv)
+        for t in range(T):
+            for j in range(k):
+                mujoco.mj_differentiatePos(model, velocity, 1.0, out[t, 1, j, :nq], out[t, 0, j, :nq])
+                D[t, :nv, j] = velocity
+            D[t, nv:] = (out[t, 0, :, nq:] - out[t, 1, :, nq:]).T
+        D /= eps * (2.0 if self.centred else 1.0)
+        return D[:, :, : 2 * nv], D[:, :, 2 * nv :], x_next
+
+    def _tangent_maps(self, x: np.ndarray):
+        """E_in (T, 2nv, n): d(tangent)/d(state) and E_out (T, n, 2nv): d(state)/d(tangent) at states x.
+
+        A quaternion q moves as q exp(w/2) for a local rotation w, so dq = L(q)[:, 1:] w / 2 and
+        w = 2 L(q)^T[1:] dq (the component of dq along q, a change of norm, is no motion).
+        """
+        T, nq, nv = len(x), self.nq, self.nv
+        E_in = np.zeros((T, 2 * nv, self.n))
+        E_out = np.zeros((T, self.n, 2 * nv))
+        E_in[:, nv:, nq:] = np.eye(nv)
+        E_out[:, nq:, nv:] = np.eye(nv)
+        quat_q = {q for qa, _ in self._quat_joints for q in range(qa, qa + 4)}
+        quat_v = {v for _, va in self._quat_joints for v in range(va, va + 3)}
+        plain_q = [i for i in range(nq) if i not in quat_q]
+        plain_v = [i for i in range(nv) if i not in quat_v]
+        E_in[:, plain_v, plain_q] = 1.0
+        E_out[:, plain_q, plain_v] = 1.0
+        for qa, va in self._quat_joints:
+            L = _quat_left(x[:, qa : qa + 4])
+            E_out[:, qa : qa + 4, va : va + 3] = 0.5 * L[:, :, 1:]
+            E_in[:, va : va + 3, qa : qa + 4] = 2.0 * np.swapaxes(L, 1, 2)[:, 1:, :]
+        return E_in, E_out
+
+    def _to_qpos_coordinates(self, A_tan, B_tan, x, x_next):
+        E_in, _ = self._tangent_maps(x)
+        _, E_out = self._tangent_maps(x_next)
+        return E_out @ A_tan @ E_in, E_out @ B_tan
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the scene path and settings as JSON (the scene file itself is the model)."""
+        if self.scene is None:
+            raise ValueError("SimulatorModel: built from an MjModel, it has no scene file to save")
+        settings = {
+            "model": "simulator",
+            "scene": str(self.scene),
+            "control_steps": self.control_steps,
+            "timestep": float(self.model.opt.timestep),
+            "centred": self.centred,
+            "epsilon": self.epsilon,
+            "frictionloss": self.frictionloss,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2))
+
+    @classmethod
+    def load(cls, path) -> "SimulatorModel":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"simulator model file not found: {path}")
+        try:
+            settings = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not a simulator model file ({err})") from None
+        if not isinstance(settings, dict) or settings.get("model") != "simulator":
+            raise ValueError(f"{path}: not a simulator model file")
+        return cls(
+            settings["scene"],
+            control_steps=settings["control_steps"],
+            timestep=settings["timestep"],
+            centred=settings["centred"],
+            epsilon=settings["epsilon"],
+            frictionloss=settings["frictionloss"],
+        )

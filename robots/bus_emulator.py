@@ -1,0 +1,544 @@
+"""A servo bus emulator on a pseudo-terminal: the vendor SDKs talk to it as to a real arm.
+
+`BusEmulator(arm, scene_file)` opens a pseudo-terminal in raw mode (`port` is the path to give a driver) and
+answers the arm's protocol byte for byte: Feetech STS (checksum) or Dynamixel Protocol 2.0
+(CRC-16, byte stuffing); ping, read, write, sync read and sync write on the control-table
+addresses of the STS3215, XL430 and XL330 (see `servo_bus.SERVO_MODELS`). A pseudo-terminal
+ignores the baud rate, so replies are held back for the time the bytes would take on the wire
+(10 bits a byte at the arm's baud rate) plus each servo's return delay.
+
+The servos move the arm's MuJoCo scene, stepped in real time: a goal position written to the bus
+becomes the position actuator's target, present positions and velocities are the joints'. Torque
+off leaves a joint free but held by its gearbox's friction, the torque limit bounds the actuator's
+force, and the homing offset shifts what the servo reports, as on the real servos. Each servo is
+mounted with an encoder offset and a direction (`ServoMount`), which is what calibration finds.
+
+Faults (`Fault`): corrupted replies at a rate, a servo that stops answering (it still obeys
+writes), overheating or overload (status bits set, the servo drops its torque), a voltage sag.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import mujoco
+import numpy as np
+
+from forethought.robots import servo_packets as sp
+from forethought.robots.arm_description import ArmDescription
+from forethought.robots.servo_bus import BITS_PER_BYTE, ServoFault, ServoModel
+
+TWO_PI = 2.0 * np.pi
+AMBIENT_C = 32.0
+OVERHEAT_C = 80.0
+FAULT_KINDS = ("corrupt", "silent", "overheat", "overload", "voltage")
+
+
+@dataclass(frozen=True)
+class ServoMount:
+    """How a servo sits in the arm: the encoder reads `offset` ticks at joint angle 0 and counts up
+    with the joint angle when direction is +1, down when -1."""
+
+    offset: int
+    direction: int = 1
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault to inject. kind: corrupt (value = rate of corrupted replies), silent, overheat,
+    overload (servo_id), voltage (value = supply V). at: seconds after torque first goes on
+    (None: at once)."""
+
+    kind: str
+    servo_id: int | None = None
+    value: float | None = None
+    at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault '{self.kind}' (known: {', '.join(FAULT_KINDS)})")
+        if self.kind in ("silent", "overheat", "overload") and self.servo_id is None:
+            raise ValueError(f"fault '{self.kind}' needs a servo id ({self.kind}:ID)")
+        if self.kind in ("corrupt", "voltage") and self.value is None:
+            raise ValueError(f"fault '{self.kind}' needs a value ({self.kind}:VALUE)")
+        if self.kind == "corrupt" and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"fault 'corrupt' needs a rate in [0, 1], got {self.value}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Fault":
+        """"corrupt:0.02", "silent:3@1.5", "overheat:6", "overload:2@2", "voltage:6.5@1" -> Fault."""
+        spec, _, at = text.partition("@")
+        kind, _, arg = spec.partition(":")
+        try:
+            at_s = float(at) if at else None
+            number = float(arg) if kind in ("corrupt", "voltage") else int(arg)
+        except ValueError:
+            raise ValueError(f"fault '{text}': expected KIND:ARG[@SECONDS], e.g. silent:3@1.5 or corrupt:0.02") from None
+        if kind in ("corrupt", "voltage"):
+            return cls(kind, value=number, at=at_s)
+        return cls(kind, servo_id=number, at=at_s)
+
+
+def random_mounts(n: int, seed: int) -> list[ServoMount]:
+    """Mounts as an assembled arm has them: any encoder offset, either direction."""
+    rng = np.random.default_rng(seed)
+    return [ServoMount(int(rng.integers(0, 4096)), int(rng.choice([-1, 1]))) for _ in range(n)]
+
+
+class _Servo:
+    """One emulated servo: its control table and its joint."""
+
+    def __init__(self, servo_id: int, model: ServoModel, mount: ServoMount, joint: str, min_voltage: float, q0: float):
+        self.servo_id, self.model, self.mount, self.joint = servo_id, model, mount, joint
+        self.ticks_per_rad = model.resolution / TWO_PI
+        # The encoder powers up reading within one turn; where positions count on across turns,
+        # they count from there.
+        turn = (mount.offset + mount.direction * q0 * self.ticks_per_rad) % model.resolution
+        self.encoder_base = turn - mount.direction * q0 * self.ticks_per_rad
+        self.table = bytearray(256)
+        self.silent = False
+        self.faults = ServoFault.NONE
+        self.set("model_number", model.model_number)
+        self.set("return_delay", 250)  # the factory default: 500 us
+        self.set("operating_mode", model.position_mode)
+        self.set("torque_limit", model.torque_limit_full_scale)
+        self.set("min_voltage_limit", int(round(min_voltage / model.voltage_unit)))
+        if "lock" in model.registers:
+            self.set("lock", 1)
+        self.table[5 if model.protocol == "feetech" else 7] = servo_id  # the ID register
+
+    def get(self, role: str) -> int:
+        reg = self.model.registers[role]
+        return reg.decode(self.table[reg.address : reg.address + reg.size])
+
+    def set(self, role: str, value: int) -> None:
+        reg = self.model.registers[role]
+        low, high = self._bounds(reg)
+        self.table[reg.address : reg.address + reg.size] = reg.encode(int(np.clip(value, low, high)))
+
+    @staticmethod
+    def _bounds(reg) -> tuple[int, int]:
+        if reg.sign_bit is not None:
+            return -((1 << reg.sign_bit) - 1), (1 << reg.sign_bit) - 1
+        if reg.signed:
+            return -(1 << (8 * reg.size - 1)), (1 << (8 * reg.size - 1)) - 1
+        return 0, (1 << (8 * reg.size)) - 1
+
+    @property
+    def torque_on(self) -> bool:
+        return self.get("torque_enable") == 1
+
+    def frame_offset(self) -> float:
+        """Ticks the servo reports at joint angle 0 (before wrapping into one turn, where it wraps)."""
+        return self.encoder_base + self.model.homing_sign * self.get("homing_offset")
+
+    def present_ticks(self, q: float) -> int:
+        ticks = int(np.floor(self.frame_offset() + self.mount.direction * q * self.ticks_per_rad + 0.5))
+        return ticks % self.model.resolution if self.model.position_wraps else ticks
+
+    def goal_angle(self) -> float:
+        offset = self.frame_offset()
+        if self.model.position_wraps:
+            offset %= self.model.resolution
+        return self.mount.direction * (self.get("goal_position") - offset) / self.ticks_per_rad
+
+    def status_bits(self) -> int:
+        return sum(bit for bit, fault in self.model.fault_bits.items() if fault in self.faults)
+
+
+class BusEmulator:
+    """The arm's servos on a pseudo-terminal, moving the arm's MuJoCo scene in real time.
+
+    scene_file: the MJCF file of a scene with the arm (its joints and position actuators named
+    like the arm's joints). mounts: one ServoMount per joint (default: random_mounts(seed)).
+    faults: injected as given
+    (timed ones count from the first torque on). A context manager that serves in a thread;
+    `serve(stop)` serves in the calling thread. `events` records (time.monotonic(), kind, servo
+    id, value) for torque changes and faults.
+    """
+
+    def __init__(
+        self,
+        arm: ArmDescription,
+        scene_file: str | Path,
+        mounts: Sequence[ServoMount] | None = None,
+        faults: Sequence[Fault] = (),
+        seed: int = 0,
+    ):
+        self.arm = arm
+        try:
+            self.model = mujoco.MjModel.from_xml_path(str(scene_file))
+        except ValueError as err:
+            raise ValueError(f"{scene_file}: MuJoCo could not load the arm's scene: {err}") from None
+        self.data = mujoco.MjData(self.model)
+        home = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_KEY, "home")
+        if home >= 0:
+            mujoco.mj_resetDataKeyframe(self.model, self.data, home)
+        mujoco.mj_forward(self.model, self.data)
+        mounts = list(mounts) if mounts is not None else random_mounts(len(arm.joints), seed)
+        if len(mounts) != len(arm.joints):
+            raise ValueError(f"{len(mounts)} mounts for the {len(arm.joints)} joints of {arm.name}")
+        self._rng = np.random.default_rng(seed)
+        self._bind_joints()
+        self._servos = [
+            _Servo(j.servo_id, j.model, mount, j.name, arm.min_voltage, float(self.data.qpos[adr]))
+            for j, mount, adr in zip(arm.joints, mounts, self._qpos)
+        ]
+        self._by_id = {s.servo_id: s for s in self._servos}
+        for i, servo in enumerate(self._servos):
+            self.data.ctrl[self._act[i]] = self.data.qpos[self._qpos[i]]
+            self._apply_torque(i, servo)
+        self.voltage = arm.supply_voltage
+        self.corrupt_rate = 0.0
+        self._pending_faults: list[Fault] = []
+        self._torque_first_on: float | None = None
+        self.events: list[tuple[float, str, int | None, float | None]] = []
+        self.replies = 0
+        self._hand: tuple[Callable[[float], np.ndarray], float, float] | None = None
+        self._lock = threading.RLock()
+        self._steps = 0
+        self._t0 = time.monotonic()
+        for fault in faults:
+            self.inject(fault)
+        if arm.protocol == "feetech":
+            self._decode, self._encode = sp.feetech_decode, sp.feetech_encode
+        else:
+            self._decode, self._encode = sp.dxl_decode, sp.dxl_encode
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _bind_joints(self) -> None:
+        """Each joint's qpos and dof address and its actuator; the actuators' gains and the joints'
+        friction as the scene has them (with torque on)."""
+        model = self.model
+        self._qpos, self._dof, self._act = [], [], []
+        for name in self.arm.names:
+            joint = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+            act = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, name)
+            if joint < 0 or act < 0:
+                raise ValueError(f"{self.arm.source}: the arm's scene has no joint and actuator named '{name}'")
+            self._qpos.append(model.jnt_qposadr[joint])
+            self._dof.append(model.jnt_dofadr[joint])
+            self._act.append(act)
+        self._gain = model.actuator_gainprm[self._act].copy()
+        self._bias = model.actuator_biasprm[self._act].copy()
+        self._friction = model.dof_frictionloss[self._dof].copy()
+        scene_limit = np.abs(model.actuator_forcerange[self._act]).min(axis=1)
+        self._force_limit = np.where(model.actuator_forcelimited[self._act] > 0, scene_limit, np.inf)
+
+    # -- running -------------------------------------------------------------------------------
+    def __enter__(self) -> "BusEmulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "BusEmulator":
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self.serve, args=(self._stop,), name="bus-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def serve(self, stop: threading.Event) -> None:
+        """Answer instruction packets until `stop` is set."""
+        buf = bytearray()
+        while not stop.is_set():
+            ready, _, _ = select.select([self._master], [], [], 0.005)
+            self._activate_due_faults()
+            if not ready:
+                # Keep the scene at the wall clock while the bus is quiet, so that a request never
+                # waits for a long catch-up.
+                with self._lock:
+                    self._advance(time.monotonic())
+                continue
+            try:
+                chunk = os.read(self._master, 4096)
+            except OSError:
+                break
+            arrived = time.monotonic()
+            buf += chunk
+            while buf:
+                decoded = self._decode(buf)
+                if decoded.consumed == 0:
+                    break
+                del buf[: decoded.consumed]
+                if decoded.packet is not None:
+                    self._answer(decoded.packet, decoded.consumed, arrived)
+
+    # -- the protocol --------------------------------------------------------------------------
+    def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float) -> None:
+        with self._lock:
+            self._advance(time.monotonic())
+            replies = self._replies_to(packet)
+        t = arrived + n_bytes * BITS_PER_BYTE / self.arm.baudrate
+        for servo, reply in replies:
+            if servo.silent:
+                continue
+            if self.corrupt_rate and self._rng.random() < self.corrupt_rate:
+                reply = self._corrupt(reply)
+            t += 2e-6 * servo.get("return_delay") + len(reply) * BITS_PER_BYTE / self.arm.baudrate
+            delay = t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            os.write(self._master, reply)
+            self.replies += 1
+
+    def _corrupt(self, reply: bytes) -> bytes:
+        out = bytearray(reply)
+        i = int(self._rng.integers(2, len(out)))
+        out[i] ^= 1 << int(self._rng.integers(0, 8))
+        return bytes(out)
+
+    def _replies_to(self, packet: sp.Packet) -> list[tuple[_Servo, bytes]]:
+        dxl = self.arm.protocol == "dynamixel"
+        p, inst = packet.params, packet.code
+        if inst == sp.INST_SYNC_WRITE:
+            start, length, body = (_u16(p, 0), _u16(p, 2), p[4:]) if dxl else (p[0], p[1], p[2:])
+            for k in range(0, len(body) - length + 1, length + 1):
+                servo = self._by_id.get(body[k])
+                if servo is not None:
+                    self._write(servo, start, body[k + 1 : k + 1 + length])
+            return []
+        if inst == sp.INST_SYNC_READ:
+            start, length, ids = (_u16(p, 0), _u16(p, 2), p[4:]) if dxl else (p[0], p[1], p[2:])
+            return [(self._by_id[i], self._status(self._by_id[i], self._read(self._by_id[i], start, length)))
+                    for i in ids if i in self._by_id]
+        targets = self._servos if packet.servo_id == sp.BROADCAST_ID else [self._by_id.get(packet.servo_id)]
+        replies = []
+        for servo in (s for s in targets if s is not None):
+            if inst == sp.INST_PING:
+                data = servo.model.model_number.to_bytes(2, "little") + b"\x2e" if dxl else b""
+                replies.append((servo, self._status(servo, data)))
+            elif inst == sp.INST_READ:
+                start, length = (_u16(p, 0), _u16(p, 2)) if dxl else (p[0], p[1])
+                replies.append((servo, self._status(servo, self._read(servo, start, length))))
+            elif inst == sp.INST_WRITE:
+                start, data = (_u16(p, 0), p[2:]) if dxl else (p[0], p[1:])
+                refused = self._write(servo, start, data)
+                replies.append((servo, self._status(servo, b"", refused)))
+        # A broadcast instruction gets no status packets (except a broadcast ping, not used here).
+        return [] if packet.servo_id == sp.BROADCAST_ID else replies
+
+    def _status(self, servo: _Servo, data: bytes, error_number: int = 0) -> bytes:
+        if self.arm.protocol == "dynamixel":
+            error = error_number | (0x80 if servo.faults else 0)
+            return self._encode(servo.servo_id, sp.DXL_INST_STATUS, bytes([error]) + data)
+        return self._encode(servo.servo_id, servo.status_bits(), data)
+
+    def _read(self, servo: _Servo, start: int, length: int) -> bytes:
+        self._refresh(servo)
+        return bytes(servo.table[start : start + length])
+
+    def _write(self, servo: _Servo, start: int, data: bytes) -> int:
+        """Store data at start; 0, or the Protocol 2.0 error number when the servo refuses."""
+        model = servo.model
+        if start < model.eeprom_end:
+            if "lock" in model.registers and servo.get("lock") == 1:
+                return 0  # Feetech: EEPROM writes while locked do not stick
+            if model.protocol == "dynamixel" and servo.torque_on:
+                return 7  # access error: EEPROM is writable with torque off only
+        was_on = servo.torque_on
+        servo.table[start : start + len(data)] = data
+        i = self._servos.index(servo)
+        touched = set(range(start, start + len(data)))
+        regs = model.registers
+        if regs["torque_enable"].address in touched and servo.torque_on != was_on:
+            if servo.torque_on and servo.faults & (ServoFault.OVERHEAT | ServoFault.OVERLOAD):
+                servo.set("torque_enable", 0)  # a servo in shutdown keeps its torque off
+            else:
+                self.data.ctrl[self._act[i]] = servo.goal_angle()
+                self._apply_torque(i, servo)
+                self.events.append((time.monotonic(), "torque", servo.servo_id, float(servo.torque_on)))
+                if servo.torque_on and self._torque_first_on is None:
+                    self._torque_first_on = time.monotonic()
+        if touched & set(range(regs["goal_position"].address, regs["goal_position"].address + regs["goal_position"].size)):
+            self.data.ctrl[self._act[i]] = servo.goal_angle()
+        if touched & {regs["torque_limit"].address, regs["torque_limit"].address + 1}:
+            self._apply_torque(i, servo)
+        return 0
+
+    # -- the servo's physics ---------------------------------------------------------------------
+    def _apply_torque(self, i: int, servo: _Servo) -> None:
+        model, act, dof = self.model, self._act[i], self._dof[i]
+        stall = servo.model.stall_torque
+        if servo.torque_on:
+            model.actuator_gainprm[act] = self._gain[i]
+            model.actuator_biasprm[act] = self._bias[i]
+            model.dof_frictionloss[dof] = self._friction[i]
+            # The torque limit register scales the servo's stall torque; the scene's force limit
+            # (the stall torque at the arm's supply voltage) bounds it too.
+            fraction = servo.get("torque_limit") / servo.model.torque_limit_full_scale
+            limit = min(stall * fraction, self._force_limit[i])
+            model.actuator_forcelimited[act] = 1
+            model.actuator_forcerange[act] = (-limit, limit)
+        else:
+            # Free, but a geared servo does not backdrive under the arm's own weight.
+            model.actuator_gainprm[act] = 0.0
+            model.actuator_biasprm[act] = 0.0
+            model.dof_frictionloss[dof] = max(self._friction[i], 0.5 * stall)
+
+    def _refresh(self, servo: _Servo) -> None:
+        """Write the present_* registers and the status from the scene's current state."""
+        i = self._servos.index(servo)
+        model = servo.model
+        q, qd = self.data.qpos[self._qpos[i]], self.data.qvel[self._dof[i]]
+        direction = servo.mount.direction
+        servo.set("present_position", servo.present_ticks(q))
+        servo.set("present_velocity", int(round(direction * qd * servo.ticks_per_rad / model.velocity_unit)))
+        force = self.data.actuator_force[self._act[i]]
+        servo.set("present_load", int(round(direction * force / model.stall_torque / model.load_unit)))
+        servo.set("present_voltage", int(round(self.voltage / model.voltage_unit)))
+        hot = ServoFault.OVERHEAT in servo.faults
+        servo.set("present_temperature", int(OVERHEAT_C if hot else AMBIENT_C))
+        if self.voltage < servo.get("min_voltage_limit") * model.voltage_unit:
+            servo.faults |= ServoFault.VOLTAGE
+        servo.set("status", servo.status_bits())
+
+    def _advance(self, now: float) -> None:
+        """Step the scene up to wall-clock time `now` (at most half a second of catching up)."""
+        dt = self.model.opt.timestep
+        due = int((now - self._t0) / dt) - self._steps
+        max_catch_up = int(0.5 / dt)
+        if due > max_catch_up:
+            self._t0 += (due - max_catch_up) * dt
+            due = max_catch_up
+        for _ in range(max(due, 0)):
+            if self._hand is not None:
+                self._follow_hand(self._t0 + (self._steps + 1) * dt)
+            else:
+                mujoco.mj_step(self.model, self.data)
+            self._steps += 1
+
+    def _follow_hand(self, t: float) -> None:
+        trajectory, t_start, t_end = self._hand
+        q = trajectory(min(t, t_end) - t_start)
+        for i, adr in enumerate(self._qpos):
+            self.data.qpos[adr] = q[i]
+        self.data.qvel[:] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+        self.data.time += self.model.opt.timestep
+        if t >= t_end:
+            self._hand = None
+
+    # -- the outside world: hands, faults ---------------------------------------------------------
+    def joint_positions(self) -> np.ndarray:
+        """(m,) the arm's true joint angles, rad."""
+        with self._lock:
+            self._advance(time.monotonic())
+            return np.array([self.data.qpos[a] for a in self._qpos])
+
+    def site_pos(self, name: str) -> np.ndarray:
+        with self._lock:
+            self._advance(time.monotonic())
+            site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
+            if site < 0:
+                raise ValueError(f"the arm's scene has no site named '{name}'")
+            return self.data.site_xpos[site].copy()
+
+    def set_pose(self, pose: str | Sequence[float]) -> None:
+        """Put the arm in a pose by hand at once: a calibration pose name or (m,) joint angles."""
+        q = self.arm.calibration_poses[pose] if isinstance(pose, str) else np.asarray(pose, dtype=np.float64)
+        self.move_by_hand(lambda t: q, 0.0)
+
+    def move_by_hand(self, trajectory: Callable[[float], np.ndarray], duration: float) -> None:
+        """Move the arm along trajectory(t) -> (m,) rad for t in [0, duration] s, then let go."""
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            self._hand = (trajectory, now, now + duration)
+            self._follow_hand(now)
+            for i, servo in enumerate(self._servos):
+                if not servo.torque_on:
+                    self.data.ctrl[self._act[i]] = self.data.qpos[self._qpos[i]]
+
+    def sweep(self, seconds_per_joint: float = 1.0) -> float:
+        """Move each joint by hand through its described range, one after the other; returns the duration."""
+        start = self.joint_positions()
+        lower = self.arm.lower + 0.01
+        upper = self.arm.upper - 0.01
+        m = len(start)
+
+        def trajectory(t: float) -> np.ndarray:
+            q = start.copy()
+            j = min(int(t / seconds_per_joint), m - 1)
+            s = min(t / seconds_per_joint - j, 1.0)
+            # start -> lower, a pause there, -> upper, a pause there, -> start; piecewise linear
+            points = [start[j], lower[j], lower[j], upper[j], upper[j], start[j]]
+            x = 5.0 * s
+            k = min(int(x), 4)
+            q[j] = points[k] + (points[k + 1] - points[k]) * (x - k)
+            return q
+
+        duration = seconds_per_joint * m
+        self.move_by_hand(trajectory, duration)
+        return duration
+
+    def inject(self, fault: Fault) -> None:
+        """Apply a fault now, or at its time after the first torque on."""
+        if fault.at is not None:
+            with self._lock:
+                self._pending_faults.append(fault)
+            return
+        with self._lock:
+            if fault.kind == "corrupt":
+                self.corrupt_rate = float(fault.value)
+            elif fault.kind == "voltage":
+                self.voltage = float(fault.value)
+            else:
+                servo = self._by_id.get(fault.servo_id)
+                if servo is None:
+                    raise ValueError(f"fault '{fault.kind}': no servo {fault.servo_id} on {self.arm.name}")
+                if fault.kind == "silent":
+                    servo.silent = True
+                else:
+                    servo.faults |= ServoFault.OVERHEAT if fault.kind == "overheat" else ServoFault.OVERLOAD
+                    servo.set("torque_enable", 0)
+                    self._apply_torque(self._servos.index(servo), servo)
+            self.events.append((time.monotonic(), fault.kind, fault.servo_id, fault.value))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.corrupt_rate, self.voltage = 0.0, self.arm.supply_voltage
+            self._pending_faults.clear()
+            for servo in self._servos:
+                servo.silent, servo.faults = False, ServoFault.NONE
+
+    def _activate_due_faults(self) -> None:
+        if not self._pending_faults or self._torque_first_on is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            due = [f for f in self._pending_faults if now >= self._torque_first_on + f.at]
+            self._pending_faults = [f for f in self._pending_faults if f not in due]
+        for fault in due:
+            self.inject(Fault(fault.kind, fault.servo_id, fault.value))
+
+    def torque(self) -> list[bool]:
+        """Whether each servo's torque is on, in joint order."""
+        with self._lock:
+            return [s.torque_on for s in self._servos]
+
+
+def _u16(data: bytes, at: int) -> int:
+    return data[at] | (data[at + 1] << 8)

@@ -1,0 +1,640 @@
+"""The servo bus an arm is driven through: servo models, their control tables, readings, faults.
+
+`ServoBus` is one interface with two implementations on the vendor SDKs (`FeetechBus` for Feetech
+STS servos, `DynamixelBus` for Dynamixel Protocol 2.0). It pings and checks models, sync-reads
+position, velocity, load, voltage, temperature and faults in one transaction, sync-writes goal
+positions, and switches torque. A status packet that is corrupted or missing is retried (only the
+servos still missing are asked again) before the bus declares a servo lost, naming it.
+
+Positions stay in encoder ticks here; `calibration` turns them into joint angles.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+BITS_PER_BYTE = 10  # start + 8 data + stop bits on the wire
+BROADCAST_ID = 0xFE
+
+
+class BusError(RuntimeError):
+    """The bus or a servo on it failed; the message is one line that names the servo or the port."""
+
+
+class ServoNotResponding(BusError):
+    """A servo sent no valid status packet after every retry."""
+
+    def __init__(self, message: str, names: Sequence[str]):
+        super().__init__(message)
+        self.names = tuple(names)
+
+
+class ServoModelMismatch(BusError):
+    """A servo answered with another model number than the arm description says."""
+
+
+class ServoFault(enum.Flag):
+    """What a servo reports as wrong, the same for both protocols."""
+
+    NONE = 0
+    VOLTAGE = enum.auto()
+    ENCODER = enum.auto()
+    OVERHEAT = enum.auto()
+    ELECTRICAL = enum.auto()
+    OVERLOAD = enum.auto()
+
+    def describe(self) -> str:
+        return ", ".join(f.name.lower() for f in ServoFault if f and f in self) or "none"
+
+
+def encode_sign_magnitude(value: int, sign_bit: int) -> int:
+    """value -> magnitude with the sign in bit `sign_bit` (Feetech); ValueError if it does not fit."""
+    magnitude = abs(int(value))
+    if magnitude >= 1 << sign_bit:
+        raise ValueError(f"{value} does not fit a sign-magnitude field with the sign in bit {sign_bit}")
+    return magnitude | ((1 << sign_bit) if value < 0 else 0)
+
+
+def decode_sign_magnitude(raw: int, sign_bit: int) -> int:
+    magnitude = raw & ((1 << sign_bit) - 1)
+    return -magnitude if raw & (1 << sign_bit) else magnitude
+
+
+@dataclass(frozen=True)
+class Register:
+    """One control-table entry: little-endian, `size` bytes; signed as sign-magnitude (`sign_bit`)
+    or two's complement (`signed`), else unsigned."""
+
+    address: int
+    size: int
+    sign_bit: int | None = None
+    signed: bool = False
+
+    def encode(self, value: int) -> bytes:
+        value = int(value)
+        if self.sign_bit is not None:
+            value = encode_sign_magnitude(value, self.sign_bit)
+        elif self.signed:
+            low, high = -(1 << (8 * self.size - 1)), (1 << (8 * self.size - 1)) - 1
+            if not low <= value <= high:
+                raise ValueError(f"{value} does not fit a signed {self.size}-byte register")
+            value &= (1 << (8 * self.size)) - 1
+        elif not 0 <= value < 1 << (8 * self.size):
+            raise ValueError(f"{value} does not fit an unsigned {self.size}-byte register")
+        return value.to_bytes(self.size, "little")
+
+    def decode(self, data: bytes) -> int:
+        raw = int.from_bytes(bytes(data[: self.size]), "little")
+        if self.sign_bit is not None:
+            return decode_sign_magnitude(raw, self.sign_bit)
+        if self.signed and raw & (1 << (8 * self.size - 1)):
+            return raw - (1 << (8 * self.size))
+        return raw
+
+
+@dataclass(frozen=True)
+class ServoModel:
+    """A servo model and the part of its control table forethought uses.
+
+    registers: by role ("model_number", "return_delay", "homing_offset", "operating_mode",
+        "torque_limit", "torque_enable", "goal_position", "present_position", "present_velocity",
+        "present_load", "present_voltage", "present_temperature", "status", and "lock" on Feetech).
+    state_block: (start, length) of the one sync read per tick; it covers the present_* registers.
+    homing_sign: present position = actual position + homing_sign * homing offset.
+    position_wraps: the present position wraps within one turn (Feetech); else it counts on across
+        turns from where the servo powered up (Dynamixel X-series).
+    velocity_unit: ticks/s per count; load_unit: fraction of stall torque per count;
+    voltage_unit: V per count; torque_limit_full_scale: the torque_limit count for 100 %.
+    eeprom_end: first address of RAM (EEPROM writes need the lock opened or torque off).
+    stall_torque: N m at the model's rated voltage (present_load is a fraction of it).
+    fault_bits: status bit -> fault.
+    """
+
+    name: str
+    protocol: str
+    model_number: int
+    resolution: int
+    registers: Mapping[str, Register]
+    state_block: tuple[int, int]
+    homing_sign: int
+    position_wraps: bool
+    velocity_unit: float
+    load_unit: float
+    voltage_unit: float
+    torque_limit_full_scale: int
+    position_mode: int
+    eeprom_end: int
+    stall_torque: float
+    fault_bits: Mapping[int, ServoFault] = field(default_factory=dict)
+
+    def faults(self, status: int) -> ServoFault:
+        found = ServoFault.NONE
+        for bit, fault in self.fault_bits.items():
+            if status & bit:
+                found |= fault
+        return found
+
+
+_STS_REGISTERS = {
+    "model_number": Register(3, 2),
+    "return_delay": Register(7, 1),
+    "min_voltage_limit": Register(15, 1),
+    "homing_offset": Register(31, 2, sign_bit=11),
+    "operating_mode": Register(33, 1),
+    "torque_enable": Register(40, 1),
+    "goal_position": Register(42, 2, sign_bit=15),
+    "torque_limit": Register(48, 2),
+    "lock": Register(55, 1),
+    "present_position": Register(56, 2, sign_bit=15),
+    "present_velocity": Register(58, 2, sign_bit=15),
+    "present_load": Register(60, 2, sign_bit=10),
+    "present_voltage": Register(62, 1),
+    "present_temperature": Register(63, 1),
+    "status": Register(65, 1),
+}
+
+_STS_FAULTS = {
+    0x01: ServoFault.VOLTAGE,
+    0x02: ServoFault.ENCODER,
+    0x04: ServoFault.OVERHEAT,
+    0x08: ServoFault.ELECTRICAL,
+    0x20: ServoFault.OVERLOAD,
+}
+
+_X_SERIES_REGISTERS = {
+    "model_number": Register(0, 2),
+    "return_delay": Register(9, 1),
+    "operating_mode": Register(11, 1),
+    "homing_offset": Register(20, 4, signed=True),
+    "min_voltage_limit": Register(34, 2),
+    "torque_limit": Register(36, 2),  # PWM limit: what bounds the motor's torque on XL330 and XL430 alike
+    "torque_enable": Register(64, 1),
+    "status": Register(70, 1),  # Hardware Error Status
+    "goal_position": Register(116, 4, signed=True),
+    "present_load": Register(126, 2, signed=True),  # Present Load (XL430) / Present Current (XL330)
+    "present_velocity": Register(128, 4, signed=True),
+    "present_position": Register(132, 4, signed=True),
+    "present_voltage": Register(144, 2),
+    "present_temperature": Register(146, 1),
+}
+
+_X_SERIES_FAULTS = {
+    0x01: ServoFault.VOLTAGE,
+    0x04: ServoFault.OVERHEAT,
+    0x08: ServoFault.ENCODER,
+    0x10: ServoFault.ELECTRICAL,
+    0x20: ServoFault.OVERLOAD,
+}
+
+_X_VELOCITY_UNIT = 0.229 / 60.0 * 4096  # 0.229 rpm per count, in ticks/s
+
+SERVO_MODELS: dict[str, ServoModel] = {
+    "sts3215": ServoModel(
+        name="sts3215", protocol="feetech", model_number=777, resolution=4096,
+        registers=_STS_REGISTERS, state_block=(56, 10), homing_sign=-1, position_wraps=True,
+        velocity_unit=1.0, load_unit=0.001, voltage_unit=0.1, torque_limit_full_scale=1000,
+        position_mode=0, eeprom_end=40, stall_torque=2.94, fault_bits=_STS_FAULTS,
+    ),
+    "xl430-w250": ServoModel(
+        name="xl430-w250", protocol="dynamixel", model_number=1060, resolution=4096,
+        registers=_X_SERIES_REGISTERS, state_block=(126, 21), homing_sign=1, position_wraps=False,
+        velocity_unit=_X_VELOCITY_UNIT, load_unit=0.001, voltage_unit=0.1, torque_limit_full_scale=885,
+        position_mode=3, eeprom_end=64, stall_torque=1.5, fault_bits=_X_SERIES_FAULTS,
+    ),
+    "xl330-m288": ServoModel(
+        name="xl330-m288", protocol="dynamixel", model_number=1200, resolution=4096,
+        registers=_X_SERIES_REGISTERS, state_block=(126, 21), homing_sign=1, position_wraps=False,
+        # Present Current in mA against the 1.47 A stall current at 5 V.
+        velocity_unit=_X_VELOCITY_UNIT, load_unit=1.0 / 1470.0, voltage_unit=0.1, torque_limit_full_scale=885,
+        position_mode=3, eeprom_end=64, stall_torque=0.52, fault_bits=_X_SERIES_FAULTS,
+    ),
+}
+
+
+def servo_model(name: str) -> ServoModel:
+    try:
+        return SERVO_MODELS[name.lower()]
+    except KeyError:
+        raise KeyError(f"unknown servo model '{name}' (known: {', '.join(SERVO_MODELS)})") from None
+
+
+@dataclass(frozen=True)
+class BusServo:
+    """One servo on the bus: the joint it drives, its id and its model."""
+
+    name: str
+    servo_id: int
+    model: ServoModel
+
+    def label(self) -> str:
+        return f"servo {self.servo_id} ({self.name})"
+
+
+@dataclass
+class BusReading:
+    """One sync read of every servo, in bus order (k servos).
+
+    position: (k,) ticks; velocity: (k,) ticks/s; load: (k,) fraction of stall torque, signed;
+    voltage: (k,) V; temperature: (k,) deg C; faults: k ServoFault flags; time: time.monotonic() s
+    when the read began.
+    """
+
+    position: np.ndarray
+    velocity: np.ndarray
+    load: np.ndarray
+    voltage: np.ndarray
+    temperature: np.ndarray
+    faults: list[ServoFault]
+    time: float
+
+
+def wire_time(n_bytes: int, baudrate: int) -> float:
+    """Seconds that n_bytes take on the wire."""
+    return n_bytes * BITS_PER_BYTE / baudrate
+
+
+def usb_latency_timer_ms(port: str) -> float | None:
+    """The FTDI latency timer of a USB serial port in ms (Linux sysfs), or None when the port has none."""
+    try:
+        device = Path(os.path.realpath(port)).name
+    except OSError:
+        return None
+    path = Path("/sys/bus/usb-serial/devices") / device / "latency_timer"
+    try:
+        return float(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class WirePort:
+    """Mixin placed before an SDK's PortHandler.
+
+    The SDKs wait for a status packet `2 x 16 ms + 2 ms` beyond its wire time, assuming the FTDI
+    default latency timer; with the timer at 1 ms that turns a lost packet into a lost control
+    period. Here the wait is the wire time + 2 x the port's actual latency + a margin. Reads block
+    for up to a millisecond instead of spinning, and clearing the port drops stale input bytes.
+    """
+
+    latency_ms: float = 1.0
+    margin_ms: float = 2.0
+
+    def setPacketTimeout(self, packet_length):  # noqa: N802 (SDK name)
+        self.packet_start_time = self.getCurrentTime()
+        self.packet_timeout = self.tx_time_per_byte * packet_length + 2.0 * self.latency_ms + self.margin_ms
+
+    def clearPort(self):  # noqa: N802
+        self.ser.reset_input_buffer()
+
+    def setupPort(self, cflag_baud):  # noqa: N802
+        ok = super().setupPort(cflag_baud)
+        self.ser.timeout = 0.001
+        return ok
+
+
+class ServoBus(ABC):
+    """The servos of one arm on one serial port.
+
+    servos: in the order readings and goals use. retries: how many more times a read is tried
+    after a corrupted or missing status packet. latency_ms: the USB adapter's latency timer (None:
+    read it from sysfs, 1 ms when the port has none, as a pseudo-terminal). A context manager.
+    """
+
+    protocol: str = ""
+    _COMM_SUCCESS = 0
+
+    def __init__(
+        self,
+        port: str,
+        servos: Sequence[BusServo],
+        baudrate: int = 1_000_000,
+        retries: int = 3,
+        latency_ms: float | None = None,
+        timeout_margin_ms: float = 2.0,
+    ):
+        if not servos:
+            raise ValueError("a servo bus needs at least one servo")
+        ids = [s.servo_id for s in servos]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"servo ids must be unique, got {ids}")
+        for s in servos:
+            if s.model.protocol != self.protocol:
+                raise ValueError(f"{s.label()}: {s.model.name} speaks {s.model.protocol}, not {self.protocol}")
+        if retries < 0:
+            raise ValueError(f"retries must be at least 0, got {retries}")
+        self.port_name = str(port)
+        self.servos = tuple(servos)
+        self.baudrate = int(baudrate)
+        self.retries = int(retries)
+        self.latency_ms = latency_ms
+        self.timeout_margin_ms = float(timeout_margin_ms)
+        self.stats = {"reads": 0, "retries": 0, "corrupt": 0, "timeouts": 0}
+        self._port = None
+        self._ph = None
+        self._by_id = {s.servo_id: s for s in self.servos}
+        starts = {s.model.state_block for s in self.servos}
+        if len(starts) != 1:
+            raise ValueError("all servos on one bus must share the state block (the same control table)")
+        self._block = starts.pop()
+
+    # -- the SDK underneath -------------------------------------------------------------------
+    @abstractmethod
+    def _new_port(self, name: str): ...
+
+    @abstractmethod
+    def _new_packet_handler(self): ...
+
+    @abstractmethod
+    def _sync_read_tx(self, ids: list[int], start: int, length: int) -> int: ...
+
+    @abstractmethod
+    def _rx_packet(self) -> tuple[list[int], int]: ...
+
+    _ID_AT: int
+    _ERROR_AT: int
+    _DATA_AT: int
+    _STATUS_OVERHEAD: int  # bytes of a status packet besides its data
+
+    @abstractmethod
+    def _status_faults(self, servo: BusServo, error: int, block: bytes) -> ServoFault | None:
+        """Faults from a status packet's error byte and the state block; None: read the status register."""
+
+    # -- opening and closing ------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
+
+    def open(self) -> "ServoBus":
+        if self._port is not None:
+            return self
+        if not os.path.exists(self.port_name):
+            raise BusError(f"{self.port_name}: no such serial port")
+        port = self._new_port(self.port_name)
+        latency = self.latency_ms if self.latency_ms is not None else usb_latency_timer_ms(self.port_name)
+        port.latency_ms = 1.0 if latency is None else float(latency)
+        port.margin_ms = self.timeout_margin_ms
+        try:
+            ok = port.openPort() and port.setBaudRate(self.baudrate)
+        except Exception as err:  # pyserial raises SerialException / OSError with the reason
+            raise BusError(f"{self.port_name}: cannot open the port ({err})") from None
+        if not ok:
+            raise BusError(f"{self.port_name}: cannot open the port at {self.baudrate} baud")
+        self._port = port
+        self._ph = self._new_packet_handler()
+        return self
+
+    def close(self) -> None:
+        if self._port is not None:
+            try:
+                self._port.closePort()
+            finally:
+                self._port = None
+
+    def __enter__(self) -> "ServoBus":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _require_open(self):
+        if self._port is None:
+            raise BusError(f"{self.port_name}: the bus is not open")
+        return self._port
+
+    # -- single servos ------------------------------------------------------------------------
+    def servo(self, name: str) -> BusServo:
+        for s in self.servos:
+            if s.name == name:
+                return s
+        raise KeyError(f"no servo named '{name}' on this bus (known: {', '.join(s.name for s in self.servos)})")
+
+    def ping(self, servo: BusServo) -> int | None:
+        """The model number the servo answers with, or None when it does not answer (after retries)."""
+        port = self._require_open()
+        for _ in range(self.retries + 1):
+            try:
+                model, result, _ = self._ph.ping(port, servo.servo_id)
+            except IndexError:
+                # A late status packet of the same servo, too short for a ping's answer, trips the
+                # SDK up: as good as a corrupted one.
+                model, result = None, None
+            if result == self._COMM_SUCCESS:
+                return int(model)
+            self._recover()
+        return None
+
+    def check_models(self) -> None:
+        """Every servo answers with its described model; one error naming the first that does not."""
+        for servo in self.servos:
+            found = self.ping(servo)
+            if found is None:
+                raise ServoNotResponding(
+                    f"{servo.label()} does not answer on {self.port_name} (check power, wiring, id and baud rate)",
+                    [servo.name],
+                )
+            if found != servo.model.model_number:
+                known = {m.model_number: m.name for m in SERVO_MODELS.values()}
+                raise ServoModelMismatch(
+                    f"{servo.label()} is model {found} ({known.get(found, 'unknown')}), "
+                    f"the arm description says {servo.model.name} (model {servo.model.model_number})"
+                )
+
+    def read_register(self, servo: BusServo, role: str) -> int:
+        """One register by role, decoded; retried like every read."""
+        port = self._require_open()
+        reg = servo.model.registers[role]
+        for _ in range(self.retries + 1):
+            data, result, _ = self._ph.readTxRx(port, servo.servo_id, reg.address, reg.size)
+            if result == self._COMM_SUCCESS and len(data) == reg.size:
+                return reg.decode(bytes(data))
+            self._count_failure(result)
+            self._recover()
+        raise ServoNotResponding(f"{servo.label()} did not answer a read of {role} after {self.retries + 1} tries", [servo.name])
+
+    def write_register(self, servo: BusServo, role: str, value: int) -> None:
+        """One register by role; confirmed by the servo's status packet, retried like a read.
+
+        EEPROM registers on Feetech servos are written with the lock opened and closed again.
+        """
+        reg = servo.model.registers[role]
+        data = reg.encode(value)
+        eeprom = reg.address < servo.model.eeprom_end
+        if eeprom and "lock" in servo.model.registers:
+            self._write_raw(servo, servo.model.registers["lock"].address, b"\x00", role)
+            try:
+                self._write_raw(servo, reg.address, data, role)
+            finally:
+                self._write_raw(servo, servo.model.registers["lock"].address, b"\x01", role)
+        else:
+            self._write_raw(servo, reg.address, data, role)
+
+    def _write_raw(self, servo: BusServo, address: int, data: bytes, role: str) -> None:
+        port = self._require_open()
+        for _ in range(self.retries + 1):
+            result, error = self._ph.writeTxRx(port, servo.servo_id, address, len(data), list(data))
+            if result == self._COMM_SUCCESS:
+                if self._write_refused(error):
+                    raise BusError(f"{servo.label()} refused the write of {role} (status error 0x{error:02x})")
+                return
+            self._count_failure(result)
+            self._recover()
+        raise ServoNotResponding(f"{servo.label()} did not confirm a write of {role} after {self.retries + 1} tries", [servo.name])
+
+    def _write_refused(self, error: int) -> bool:
+        return False
+
+    # -- every servo at once --------------------------------------------------------------------
+    def read_state(self) -> BusReading:
+        """Sync read of the state block of every servo, asking again only the servos still missing.
+
+        A servo is declared lost (ServoNotResponding, naming it) after `retries` + 1 bad tries, or
+        after two tries in a row without any status packet from it: a silent servo costs two
+        packet timeouts, not `retries` of them.
+        """
+        self._require_open()
+        started = time.monotonic()
+        start, length = self._block
+        pending = [s.servo_id for s in self.servos]
+        got: dict[int, tuple[bytes, int]] = {}
+        failures = dict.fromkeys(pending, 0)
+        misses = dict.fromkeys(pending, 0)
+        self.stats["reads"] += 1
+        while True:
+            received, timed_out = self._sync_read(pending, start, length)
+            got.update(received)
+            pending = [i for i in pending if i not in got]
+            if not pending:
+                break
+            for i in pending:
+                failures[i] += 1
+                misses[i] = misses[i] + 1 if timed_out else 0
+            lost = [i for i in pending if failures[i] > self.retries or misses[i] >= 2]
+            if lost:
+                self._recover()
+                labels = ", ".join(self._by_id[i].label() for i in lost)
+                verb = "is" if len(lost) == 1 else "are"
+                raise ServoNotResponding(
+                    f"{labels} {verb} not answering on {self.port_name} "
+                    f"(no valid status packet in {max(failures[i] for i in lost)} tries)",
+                    [self._by_id[i].name for i in lost],
+                )
+            self.stats["retries"] += 1
+            self._recover(len(pending) * (self._STATUS_OVERHEAD + length))
+        return self._decode_reading([got[s.servo_id] for s in self.servos], started)
+
+    def _sync_read(self, ids: list[int], start: int, length: int) -> tuple[dict[int, tuple[bytes, int]], bool]:
+        """One sync read: the packets that came back valid, by id, and whether it ended in a timeout.
+
+        A corrupted packet is skipped and the next one read (each servo answers on its own); a
+        timeout ends the read, since nothing more arrives within the exchange's time.
+        """
+        port = self._require_open()
+        got: dict[int, tuple[bytes, int]] = {}
+        if self._sync_read_tx(ids, start, length) != self._COMM_SUCCESS:
+            port.is_using = False
+            return got, False
+        remaining = set(ids)
+        timed_out = False
+        for _ in range(len(ids)):
+            packet, result = self._rx_packet()
+            if result != self._COMM_SUCCESS:
+                self._count_failure(result)
+                if self._is_timeout(result):
+                    timed_out = True
+                    break
+                continue
+            servo_id = packet[self._ID_AT]
+            if servo_id in remaining:
+                data = bytes(packet[self._DATA_AT : self._DATA_AT + length])
+                if len(data) == length:
+                    got[servo_id] = (data, packet[self._ERROR_AT])
+                    remaining.discard(servo_id)
+            if not remaining:
+                break
+        port.is_using = False
+        return got, timed_out
+
+    def _decode_reading(self, packets: list[tuple[bytes, int]], started: float) -> BusReading:
+        start, _ = self._block
+        k = len(self.servos)
+        pos, vel, load, volt, temp = (np.zeros(k) for _ in range(5))
+        faults = []
+        for i, (servo, (block, error)) in enumerate(zip(self.servos, packets)):
+            model, regs = servo.model, servo.model.registers
+
+            def field_(role: str) -> int:
+                reg = regs[role]
+                return reg.decode(block[reg.address - start : reg.address - start + reg.size])
+
+            pos[i] = field_("present_position")
+            vel[i] = field_("present_velocity") * model.velocity_unit
+            load[i] = field_("present_load") * model.load_unit
+            volt[i] = field_("present_voltage") * model.voltage_unit
+            temp[i] = field_("present_temperature")
+            found = self._status_faults(servo, error, block)
+            if found is None:
+                found = model.faults(self.read_register(servo, "status"))
+            faults.append(found)
+        return BusReading(pos.astype(np.int64), vel, load, volt, temp, faults, started)
+
+    def write_goals(self, ticks: Sequence[int]) -> None:
+        """Sync write of goal positions (ticks, bus order); no status packets come back."""
+        port = self._require_open()
+        ticks = [int(t) for t in ticks]
+        if len(ticks) != len(self.servos):
+            raise ValueError(f"expected {len(self.servos)} goals, got {len(ticks)}")
+        reg = self.servos[0].model.registers["goal_position"]
+        params = []
+        for servo, t in zip(self.servos, ticks):
+            params.append(servo.servo_id)
+            params.extend(reg.encode(t))
+        self._ph.syncWriteTxOnly(port, reg.address, reg.size, params, len(params))
+        port.is_using = False
+
+    def set_torque(self, enabled: bool) -> None:
+        """Torque on (each servo confirms) or off (broadcast, which reaches a servo that no longer answers)."""
+        if enabled:
+            for servo in self.servos:
+                self.write_register(servo, "torque_enable", 1)
+        else:
+            self.torque_off_all()
+
+    def torque_off_all(self, confirm: bool = False) -> None:
+        """Broadcast torque off twice; needs no status packet, so it works with a servo gone silent.
+
+        confirm: then also write torque off to each servo and wait for its status packet (the
+        servos that still answer), so that torque is known to be off when this returns.
+        """
+        port = self._require_open()
+        address = self.servos[0].model.registers["torque_enable"].address
+        for _ in range(2):
+            self._ph.write1ByteTxRx(port, BROADCAST_ID, address, 0)
+            port.is_using = False
+        if confirm:
+            for servo in self.servos:
+                try:
+                    self.write_register(servo, "torque_enable", 0)
+                except BusError:
+                    pass
+
+    # -- recovery ---------------------------------------------------------------------------------
+    def _count_failure(self, result: int) -> None:
+        key = "timeouts" if self._is_timeout(result) else "corrupt"
+        self.stats[key] += 1
+
+    @abstractmethod
+    def _is_timeout(self, result: int) -> bool: ...
+
+    def _recover(self, expected_bytes: int = 0) -> None:
+        """Let the rest of a failed exchange arrive, then drop it, so the next packet starts clean."""
+        port = self._require_open()
+        time.sleep(wire_time(expected_bytes, self.baudrate) + 0.0005)
+        port.ser.reset_input_buffer()
+        port.is_using = False

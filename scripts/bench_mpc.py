@@ -1,0 +1,117 @@
+"""`forethought bench mpc`: how fast the sampling planners choose an action through the ensemble,
+and how many trials PETS needs to swing up the cart-pole.
+
+Timing settings (issue's reference, as mbrl-lib's PETS on cart-pole): an ensemble of 5 members with
+3 hidden layers of 200, TSinf with 20 particles; CEM with horizon 15, population 350, 5 iterations;
+iCEM at horizon 15 with its default budget; MPPI with population 1000 and horizon 30. One CPU thread.
+The ensemble is fitted on a random cart-pole trial so that its normalisation is realistic.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from forethought.controllers.costs import build_cost
+from forethought.controllers.policy import RandomPolicy
+from forethought.controllers.samplers import make_planner
+from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bfloat16
+from forethought.robots.trial import Trial, rollout
+from forethought.scripts.experiment import load_experiment, make_controller, make_robot, make_task
+
+EXPERIMENT = "cartpole-swingup-pets"
+PLANNER_SETTINGS = {
+    "cem": dict(horizon=15, population=350, particles=20, iterations=5, elites=35),
+    "icem": dict(horizon=15, particles=20),
+    "mppi": dict(horizon=30, population=1000, particles=20),
+}
+
+
+def swingup_success(trial: Trial, final_s: float = 1.0, angle_tol: float = 0.1, cart_tol: float = 0.1) -> bool:
+    """Pole within angle_tol rad of upright (angle 0 hangs) and cart within cart_tol m of centre
+    at every state of the final `final_s` seconds."""
+    names = list(trial.state_names)
+    last = trial.states[-(int(round(final_s / trial.dt)) + 1) :]
+    off_upright = np.abs(np.angle(np.exp(1j * (last[:, names.index("pole")] - np.pi))))
+    return bool(np.all(off_upright < angle_tol) and np.all(np.abs(last[:, names.index("cart")]) < cart_tol))
+
+
+def time_per_action(planner, states: np.ndarray, repeats: int) -> float:
+    """Median wall time in ms of planner.plan over consecutive ticks from the given states."""
+    H, m = planner.config.horizon, planner.m
+    U = np.zeros((H, m))
+    plan = planner.plan(states[0], U, 0)  # warm-up: allocations, caches
+    times = []
+    for t in range(repeats):
+        U = np.concatenate([plan.U[1:], plan.U[-1:]])
+        start = time.perf_counter()
+        plan = planner.plan(states[(t + 1) % len(states)], U, t + 1)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
+    experiment = load_experiment(EXPERIMENT)
+    task = make_task(experiment)
+    with make_robot(experiment.robot) as robot:
+        controller = make_controller(experiment, robot, task)
+        trial = rollout(robot, RandomPolicy(robot.spec, 0), task.horizon, seed=0)
+    config = EnsembleConfig(members=5, hidden=[200, 200, 200], max_epochs=20, min_steps=0, planning_dtype=dtype,
+                            angle_states=list(controller.config.ensemble.angle_states))
+    model = EnsembleModel(trial.state_names, trial.action_names, config)
+    model.fit([trial])
+    dynamics = model.dynamics("tsinf")
+    metrics = {}
+    for kind, settings in PLANNER_SETTINGS.items():
+        planner = make_planner(kind, dynamics, controller.costs[0], robot.spec.action_low, robot.spec.action_high,
+                               **settings)
+        metrics[f"{kind}_ms_per_action"] = time_per_action(planner, trial.states, repeats)
+    return metrics, {"planning_dtype": str(dynamics.dtype).replace("torch.", "")}
+
+
+def trials_to_success(seed: int, max_trials: int) -> int | None:
+    """Trials (the random first one included) until PETS's first successful swing-up; None if none."""
+    experiment = load_experiment(EXPERIMENT)
+    experiment.loop.seed = seed
+    task = make_task(experiment)
+    with make_robot(experiment.robot) as robot:
+        controller = make_controller(experiment, robot, task)
+        cost = build_cost(task.cost, robot.spec, task.scene, task.conditions[0])
+        for index in range(max_trials):
+            trial = rollout(robot, controller.policy(0), task.horizon, seed * 100_003 + index, cost)
+            if swingup_success(trial):
+                return index + 1
+            controller.update([[trial]])
+    return None
+
+
+def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20) -> tuple[dict, dict]:
+    """Metrics: {cem,icem,mppi}_ms_per_action (and *_float32 variants when bfloat16 is native), and
+    unless quick (or learning=False) pets_trials_to_success for seeds 0, 1, 2 (None: not within
+    max_trials)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        repeats = 3 if quick else 10
+        metrics, config = planning_speed(repeats, "auto")
+        if config["planning_dtype"] == "bfloat16" and not quick:
+            full, _ = planning_speed(repeats, "float32")
+            metrics.update({f"{key}_float32": value for key, value in full.items()})
+        if learning if learning is not None else not quick:
+            results = [trials_to_success(seed, max_trials) for seed in (0, 1, 2)]
+            metrics["pets_trials_to_success"] = results
+        config.update(
+            experiment=EXPERIMENT,
+            ensemble={"members": 5, "hidden": [200, 200, 200], "propagation": "tsinf"},
+            planners=PLANNER_SETTINGS,
+            repeats=repeats,
+            torch_threads=1,
+            native_bfloat16=native_bfloat16(torch.device("cpu")),
+            max_trials=max_trials,
+        )
+        return metrics, config
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,481 @@
+"""`forethought deploy`, `forethought calibrate` and `forethought emulate`: the servo arm on the command line.
+
+    forethought emulate --arm so101                       # prints a port; an arm answers on it
+    forethought calibrate --arm so101 --port PORT         # records ~/.forethought/calibration/so101.yaml
+    forethought deploy EXPERIMENT --arm so101 --port PORT # runs the experiment's controller on the arm
+
+`deploy` builds the experiment's controller on the arm's MuJoCo scene for the experiment's task
+(so101_reach, koch_reach, ...), runs it on the servo arm at the scene's control rate through the
+safety layer, logs trials as `forethought run` does, and prints the loop's rate statistics. When
+a servo stops answering or reports a fault, torque goes off on every servo, the trial logged so
+far is kept, and the command ends with one line that names the servo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import yaml
+
+from forethought.robots.arm_description import ArmDescription, arm_names, load_arm, make_bus
+from forethought.robots.calibration import Calibration, CalibrationError, measure_calibration
+from forethought.robots.config import ConfigError
+from forethought.robots.robot import ActionError
+from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
+from forethought.robots.servo_arm import ServoArm
+from forethought.robots.servo_bus import BusError, usb_latency_timer_ms
+from forethought.robots.trial import Trial, rollout
+from forethought.sim.scenes import scene_names, scene_path
+
+EXIT_FAILED = 1  # the arm stopped: a servo failed or reported a fault, or the controller sent NaN
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def default_calibration_path(arm: str) -> Path:
+    """$FORETHOUGHT_HOME/calibration/ARM.yaml (FORETHOUGHT_HOME defaults to ~/.forethought)."""
+    home = Path(os.environ.get("FORETHOUGHT_HOME", Path.home() / ".forethought"))
+    return home / "calibration" / f"{arm}.yaml"
+
+
+def check_usb_latency(port: str, allow_slow: bool) -> None:
+    """ConfigError when the port's USB latency timer would stretch every bus exchange past a period."""
+    latency = usb_latency_timer_ms(port)
+    if latency is None or latency <= 2 or allow_slow:
+        return
+    device = Path(os.path.realpath(port)).name
+    raise ConfigError(
+        f"{port}: the USB latency timer is {latency:.0f} ms, which stalls every read; set it to 1 ms with "
+        f"`echo 1 | sudo tee /sys/bus/usb-serial/devices/{device}/latency_timer` (or pass --allow-slow-usb)"
+    )
+
+
+# -- deploy ----------------------------------------------------------------------------------------
+
+@dataclass
+class DeployResult:
+    folder: Path | None
+    trials: list[Trial] = field(default_factory=list)
+    loop: list[dict] = field(default_factory=list)
+    reach_error_m: list[float] = field(default_factory=list)
+
+
+class ArmStopped(RuntimeError):
+    """The run ended early; the message is the one line to show, naming the servo or the reason."""
+
+    def __init__(self, message: str, exit_code: int, result: DeployResult):
+        super().__init__(message)
+        self.exit_code, self.result = exit_code, result
+
+
+def task_scene(arm: ArmDescription, experiment_scene: str) -> str:
+    """`arm`'s scene for the task of an experiment's scene: "so101_reach" -> "koch_reach" on the Koch."""
+    stem = Path(experiment_scene).stem
+    task = stem.split("_", 1)[1] if "_" in stem else stem
+    name = f"{arm.name}_{task}"
+    if name not in scene_names():
+        raise ConfigError(f"arm {arm.name} has no scene for the task '{task}' of scene {stem} (expected {name})")
+    return name
+
+
+def _arm_experiment(experiment, arm: ArmDescription):
+    """The experiment moved onto `arm`'s scene for the same task."""
+    if experiment.robot.scene is None:
+        raise ConfigError(f"{experiment.source}: robot: deploy needs an experiment on an arm scene, not a dm_control task")
+    robot = dataclasses.replace(experiment.robot, scene=task_scene(arm, experiment.robot.scene))
+    return dataclasses.replace(experiment, robot=robot)
+
+
+def _home_qpos(sim) -> np.ndarray:
+    key = mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_KEY, "home")
+    return sim.model.key_qpos[key].copy() if key >= 0 else sim.model.qpos0.copy()
+
+
+def _check_scene_matches(sim, arm: ArmDescription, robot: ServoArm) -> None:
+    if tuple(sim.spec.action_names) != arm.names:
+        raise ConfigError(f"scene {sim.spec.name}: actuators {list(sim.spec.action_names)} are not the joints of arm {arm.name} {list(arm.names)}")
+    if tuple(sim.spec.state_names) != robot.spec.state_names:
+        extra = [n for n in sim.spec.state_names if n not in robot.spec.state_names]
+        raise ConfigError(
+            f"scene {sim.spec.name}: its state has entries the arm cannot measure ({', '.join(extra[:4])}...): "
+            "deploy runs experiments whose state is the arm's joints"
+        )
+    if abs(sim.spec.dt - robot.spec.dt) > 1e-9:
+        raise ConfigError(f"scene {sim.spec.name}: control period {sim.spec.dt} s differs from the arm's {robot.spec.dt} s")
+
+
+def deploy(
+    experiment,
+    arm: ArmDescription,
+    port: str,
+    calibration: Calibration,
+    out_root: Path,
+    dry_run: bool = False,
+    velocity_source: str = "servo",
+    timeout_margin_ms: float = 2.0,
+    stream=sys.stderr,
+) -> DeployResult:
+    """Run `experiment`'s controller on the servo arm; see the module docstring.
+
+    Raises ArmStopped (after torque off, with the trials logged so far) when the run ends early.
+    """
+    from forethought.robots.trial_log import TrialWriter
+    from forethought.scripts.experiment import make_controller, make_robot, make_task
+    from forethought.scripts.run import Progress, apply_condition, make_cost, new_run_folder, write_outputs
+
+    experiment = _arm_experiment(experiment, arm)
+    sim = make_robot(experiment.robot)
+    bus = make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
+    robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus)
+    _check_scene_matches(sim, arm, robot)
+    home = _home_qpos(sim)
+    result = DeployResult(folder=None)
+
+    if dry_run:
+        with robot:
+            _dry_run(robot, stream)
+        return result
+
+    task = make_task(experiment)
+    loop = experiment.loop
+    controller = make_controller(experiment, sim, task)
+    costs = [make_cost(experiment, sim, condition) for condition in task.conditions]
+    result.folder = new_run_folder(Path(out_root), f"{experiment.name}-{arm.name}")
+    config = experiment.as_dict()
+    config["deploy"] = {"arm": arm.name, "port": str(port), "calibration_created": calibration.created}
+    (result.folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon, stream)
+    stop: tuple[str, int] | None = None
+    index = 0
+    with exit_signals_raise(), robot:
+        try:
+            for iteration in range(loop.iterations):
+                by_condition = []
+                for c, condition in enumerate(task.conditions):
+                    apply_condition(sim, condition)
+                    robot.start_pose = np.asarray(condition.get("qpos", home), dtype=np.float64)[: robot.spec.m]
+                    policy = controller.policy(c)
+                    samples = []
+                    for s in range(loop.samples):
+                        seed = loop.seed * 100_003 + index
+                        meta = {
+                            "task": experiment.name,
+                            "controller": experiment.controller.get("type", "random"),
+                            "condition": c, "iteration": iteration, "sample": s,
+                            "arm": arm.name, "port": str(port),
+                        }
+                        path = result.folder / "trials" / f"trial_{index:04d}.h5"
+                        index += 1
+                        with TrialWriter(path, robot.spec, meta) as writer:
+                            try:
+                                trial = rollout(robot, policy, task.horizon, seed, costs[c], meta, writer, progress.step)
+                            except BaseException:
+                                robot.close()  # torque off first, then the writer keeps what was logged
+                                raise
+                            finally:
+                                meta.update(_run_facts(robot))
+                            trial.metadata.update(_run_facts(robot))
+                            error = _reach_error(sim, condition, trial.states[-1])
+                            if error is not None:
+                                trial.metadata["reach_error_m"] = error
+                                result.reach_error_m.append(error)
+                            writer.finish(trial)
+                        samples.append(trial)
+                        result.trials.append(trial)
+                        result.loop.append(robot.loop_stats())
+                        reach = f", end effector {error * 1e3:.1f} mm from the target" if error is not None else ""
+                        progress.trial_done(f"trial {index}: cost {trial.total_cost:.4g}{reach}")
+                    by_condition.append(samples)
+                controller.update(by_condition)
+        except (BusError, SafetyStop) as err:
+            stop = (str(err), EXIT_FAILED)
+        except ActionError as err:
+            stop = (f"{err} (the controller's action)", EXIT_FAILED)
+        except KeyboardInterrupt:
+            stop = ("interrupted", EXIT_INTERRUPTED)
+        except Terminated:
+            stop = ("terminated", EXIT_TERMINATED)
+    # Torque is off here: the arm's `with` closed it on every path above.
+    if stop is not None:
+        stream.write("\n")  # end the progress line before the message
+    if result.trials:
+        write_outputs(experiment, robot, _run_result(result), video=False)
+    if stop is not None:
+        saved = f"; trials so far are in {result.folder / 'trials'}" if index else ""
+        raise ArmStopped(f"{stop[0]}: torque is off{saved}", stop[1], result)
+    return result
+
+
+def _run_facts(robot: ServoArm) -> dict:
+    return {
+        "interventions": dict(robot.interventions),
+        "loop": robot.loop_stats(),
+        "bus": dict(robot.bus.stats),
+    }
+
+
+def _reach_error(sim, condition: dict, x_final: np.ndarray) -> float | None:
+    """Distance (m) of the end effector from the target at the trial's last state, when the task has both."""
+    target = condition.get("target")
+    if target is None:
+        return None
+    try:
+        sim.set_state(x_final)
+        return float(np.linalg.norm(sim.site_pos("ee") - np.asarray(target, dtype=np.float64)))
+    except ValueError:
+        return None
+
+
+def _run_result(result: DeployResult):
+    from forethought.scripts.run import RunResult
+
+    return RunResult(result.folder, result.trials, [[t.total_cost for t in result.trials]], [])
+
+
+def _dry_run(robot: ServoArm, stream) -> None:
+    """Check the bus, the servos, the calibration and the limits without moving; print what was found."""
+    x = robot.check()
+    reading = robot.last_reading
+    m = robot.spec.m
+    times = []
+    for _ in range(50):
+        started = time.perf_counter()
+        robot.bus.read_state()
+        times.append((time.perf_counter() - started) * 1e3)
+    print(f"{robot.arm.name} on {robot.spec.metadata['port']}: {m} servos answer with the described models", file=stream)
+    limits = robot.safety.limits
+    for i, name in enumerate(robot.spec.action_names):
+        print(
+            f"  {name:14s} {x[i]:+7.3f} rad  limits [{limits.lower[i]:+.3f}, {limits.upper[i]:+.3f}]  "
+            f"{reading.voltage[i]:4.1f} V  {reading.temperature[i]:3.0f} C",
+            file=stream,
+        )
+    print(
+        f"  sync read of every servo: {np.median(times):.2f} ms median, {np.percentile(times, 99):.2f} ms p99 "
+        f"(control period {robot.spec.dt * 1e3:.1f} ms); torque stayed off",
+        file=stream,
+    )
+
+
+def format_loop_stats(stats: dict) -> str:
+    if not stats.get("ticks"):
+        return "loop: no ticks"
+    line = (
+        f"loop: {stats['rate_hz']:.2f} Hz over {stats['ticks']} ticks (target {stats['target_period_ms']:.1f} ms); "
+        f"period mean {stats['period_mean_ms']:.2f} ms, p50 {stats['period_p50_ms']:.2f}, "
+        f"p99 {stats['period_p99_ms']:.2f}, max {stats['period_max_ms']:.2f}; jitter {stats['jitter_ms']:.3f} ms; "
+        f"{stats['overruns']} overruns"
+    )
+    if "controller_p50_ms" in stats:
+        line += (
+            f"; controller {stats['controller_p50_ms']:.1f} ms p50, {stats['controller_p99_ms']:.1f} p99; "
+            f"bus read {stats['bus_read_p50_ms']:.1f} ms p50, {stats['bus_read_p99_ms']:.1f} p99"
+        )
+    return line
+
+
+def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="a shipped experiment name or a YAML path (forethought list)")
+    _add_bus_arguments(parser)
+    parser.add_argument("--policy", metavar="RUN_DIR", help="deploy the policy saved in this run folder (RUN_DIR/policy.pt)")
+    parser.add_argument("--calibration", help="calibration YAML (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
+    parser.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
+    parser.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
+    parser.add_argument("--horizon", type=int, help="steps per trial (default: the experiment's)")
+    parser.add_argument("--dry-run", action="store_true", help="check the bus, calibration and limits without moving")
+    parser.add_argument("--velocity", choices=["servo", "difference"], default="servo",
+                        help="joint velocities from the servos or a filtered difference of positions")
+    parser.add_argument("--allow-slow-usb", action="store_true", help="run even with a USB latency timer above 2 ms")
+
+
+def deploy_main(args: argparse.Namespace) -> int:
+    from forethought.scripts.experiment import CONTROLLERS, load_experiment
+
+    arm = load_arm(args.arm)
+    experiment = load_experiment(args.experiment)
+    if args.trials is not None:
+        if args.trials < 1:
+            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+        experiment.loop.iterations = args.trials
+    if args.horizon is not None:
+        if args.horizon < 1:
+            raise ValueError(f"--horizon must be at least 1, got {args.horizon}")
+        experiment.task.horizon = args.horizon
+    if args.policy:
+        policy_file = Path(args.policy) / "policy.pt"
+        if not policy_file.is_file():
+            raise FileNotFoundError(f"{args.policy}: no saved policy (policy.pt) in this run folder")
+        if "nn_policy" not in CONTROLLERS:
+            raise ConfigError("--policy: this installation has no nn_policy controller to run a saved policy")
+        experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
+    calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)
+    if not calibration_path.is_file():
+        raise FileNotFoundError(
+            f"{calibration_path}: no calibration for arm {arm.name}; record one with "
+            f"forethought calibrate --arm {arm.name} --port {args.port}"
+        )
+    calibration = Calibration.load(calibration_path, arm)
+    check_usb_latency(args.port, args.allow_slow_usb)
+    margin = _timeout_margin(args)
+    print(f"deploying {experiment.name} on {arm.name} at {args.port}", file=sys.stderr)
+    try:
+        result = deploy(experiment, arm, args.port, calibration, Path(args.out), args.dry_run, args.velocity, margin)
+    except ArmStopped as stopped:
+        _print_summary(stopped.result)
+        print(f"forethought deploy: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except BusError as err:  # before any trial: the port, a missing servo, a wrong model
+        print(f"forethought deploy: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except SafetyStop as err:
+        print(f"forethought deploy: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: DeployResult) -> None:
+    for i, stats in enumerate(result.loop):
+        print(f"trial {i}: {format_loop_stats(stats)}")
+    if result.folder is not None and result.trials:
+        summary = {"trials": len(result.trials), "loop": result.loop, "reach_error_m": result.reach_error_m}
+        (result.folder / "deploy.json").write_text(json.dumps(summary, indent=2))
+        print(f"run folder: {result.folder}")
+
+
+# -- calibrate ---------------------------------------------------------------------------------------
+
+def _add_bus_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
+    parser.add_argument("--port", required=True, help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
+    parser.add_argument("--timeout-margin", type=float, default=2.0, metavar="MS",
+                        help="how long past its wire time a status packet is waited for (default: 2 ms)")
+
+
+def _timeout_margin(args: argparse.Namespace) -> float:
+    if not args.timeout_margin > 0:
+        raise ValueError(f"--timeout-margin must be positive, got {args.timeout_margin}")
+    return float(args.timeout_margin)
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_bus_arguments(parser)
+    parser.add_argument("--out", help="where to write the calibration (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
+    parser.add_argument("--skip-range", action="store_true",
+                        help="take the joint ranges from the arm description instead of recording them")
+
+
+def calibrate_main(args: argparse.Namespace) -> int:
+    arm = load_arm(args.arm)
+    out = Path(args.out) if args.out else default_calibration_path(arm.name)
+    bus = make_bus(arm, args.port, timeout_margin_ms=_timeout_margin(args))
+
+    def ask(pose: str) -> None:
+        angles = ", ".join(f"{n} {np.degrees(q):+.0f} deg" for n, q in zip(arm.names, arm.calibration_poses[pose]))
+        print(f"Move the arm to the {pose} pose ({angles}), then press Enter.", flush=True)
+        sys.stdin.readline()
+
+    sweep_done = None if args.skip_range else _enter_pressed("Move every joint through its whole range, then press Enter.")
+    try:
+        with bus:
+            bus.check_models()
+            print(f"{arm.name}: {len(arm.joints)} servos found on {args.port}; torque is off.", flush=True)
+            calibration = measure_calibration(bus, arm, ask, sweep_done)
+    except (BusError, CalibrationError) as err:
+        print(f"forethought calibrate: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    calibration.save(out)
+    for j in calibration.joints:
+        print(f"  {j.name:14s} id {j.servo_id}  direction {j.direction:+d}  homing offset {j.homing_offset:+5d}  "
+              f"range [{j.range_min:+.3f}, {j.range_max:+.3f}] rad")
+    print(f"calibration: {out}")
+    return 0
+
+
+def _enter_pressed(prompt: str):
+    """A callable that shows `prompt` on its first call and from then on says whether Enter was pressed."""
+    done = threading.Event()
+    asked = threading.Event()
+
+    def pressed() -> bool:
+        if not asked.is_set():
+            asked.set()
+            print(prompt, flush=True)
+            threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
+        return done.is_set()
+
+    return pressed
+
+
+# -- emulate ------------------------------------------------------------------------------------------
+
+EMULATOR_COMMANDS = """commands on stdin: pose home | pose rotated | pose Q1 Q2 ... (rad) | sweep [SECONDS_PER_JOINT]
+                   fault KIND:ARG[@SECONDS] (corrupt:0.02 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
+
+
+def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the servo mounts (encoder offsets, directions) and faults")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND:ARG[@SECONDS]",
+                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, "
+                        "silent:ID, overheat:ID, overload:ID, voltage:VOLTS (repeatable)")
+
+
+def emulate_main(args: argparse.Namespace) -> int:
+    from forethought.robots.bus_emulator import BusEmulator, Fault
+
+    arm = load_arm(args.arm)
+    faults = [Fault.parse(text) for text in args.fault]
+    emulator = BusEmulator(arm, scene_path(arm.scene), faults=faults, seed=args.seed)
+    print(emulator.port, flush=True)
+    print(f"emulating {arm.name}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
+          "on a busy machine give deploy and calibrate --timeout-margin 8", file=sys.stderr)
+    print(EMULATOR_COMMANDS, file=sys.stderr, flush=True)
+    stop = threading.Event()
+    threading.Thread(target=_emulator_commands, args=(emulator, stop), daemon=True).start()
+    try:
+        with exit_signals_raise():
+            emulator.serve(stop)
+    except (KeyboardInterrupt, Terminated):
+        pass
+    finally:
+        emulator.close()
+    return 0
+
+
+def _emulator_commands(emulator, stop: threading.Event) -> None:
+    from forethought.robots.bus_emulator import Fault
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        try:
+            if words[0] == "pose" and len(words) == 2:
+                emulator.set_pose(words[1])
+            elif words[0] == "pose":
+                emulator.set_pose([float(w) for w in words[1:]])
+            elif words[0] == "sweep":
+                emulator.sweep(float(words[1]) if len(words) > 1 else 1.0)
+            elif words[0] == "fault" and len(words) == 2:
+                emulator.inject(Fault.parse(words[1]))
+            elif words[0] == "clear":
+                emulator.clear_faults()
+            elif words[0] == "where":
+                q = emulator.joint_positions()
+                print(" ".join(f"{n}={v:+.3f}" for n, v in zip(emulator.arm.names, q)), file=sys.stderr, flush=True)
+            else:
+                print(f"unknown command: {line.strip()}\n{EMULATOR_COMMANDS}", file=sys.stderr, flush=True)
+        except (KeyError, ValueError) as err:
+            print(f"{line.strip()}: {err}", file=sys.stderr, flush=True)
+    # stdin closed: keep serving until a signal ends the emulator

@@ -1,0 +1,283 @@
+"""`forethought fit --model tvlg|gp|ensemble TRIALS_OR_RUN... [--out MODEL]`.
+
+Loads logged trials (trial files, or run folders holding them), holds some out, fits the chosen
+model on the rest, and reports how well it predicts the held-out trials: one step ahead, and open
+loop over growing horizons from the logged actions. Writes the model, a JSON report and a plot of
+predicted against actual trajectories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from forethought.robots.trial import Trial
+
+# model name -> ("module:Class", file suffix). The class builds with defaults (given state_names and
+# action_names when it asks for them) and offers fit(trials), predict(x, u) (plus t= when it has
+# `time_varying`), save(path) and load(path).
+MODELS: dict[str, tuple[str, str]] = {
+    "tvlg": ("forethought.models.tvlg:TVLGModel", ".npz"),
+    "gp": ("forethought.models.gp:GPModel", ".pt"),
+    "ensemble": ("forethought.models.ensemble:EnsembleModel", ".pt"),
+}
+
+
+class ModelNotAvailable(KeyError):
+    """A model name that is unknown, or whose module is not part of this installation."""
+
+
+def model_class(name: str):
+    """The class registered as `name`, imported on first use."""
+    if name not in MODELS:
+        raise ModelNotAvailable(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
+    module_name, class_name = MODELS[name][0].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise ModelNotAvailable(f"model '{name}' is not available: {module_name} is not installed") from None
+    if not hasattr(module, class_name):
+        raise ModelNotAvailable(f"model '{name}' is not available: {module_name} has no {class_name}")
+    return getattr(module, class_name)
+
+
+def build_model(name: str, trials: Sequence[Trial]):
+    """A fresh model of kind `name` with default settings for the trials' states and actions."""
+    cls = model_class(name)
+    wants = inspect.signature(cls).parameters
+    names = {"state_names": trials[0].state_names, "action_names": trials[0].action_names}
+    return cls(**{key: value for key, value in names.items() if key in wants})
+
+
+def common_horizon(trials: Sequence[Trial]) -> list[Trial]:
+    """The trials of the most common horizon (a time-varying model fits one horizon), saying what it drops."""
+    horizons = [t.horizon for t in trials]
+    keep = max(set(horizons), key=lambda h: (horizons.count(h), h))
+    dropped = len(trials) - horizons.count(keep)
+    if dropped:
+        print(f"skipped: {dropped} trials whose horizon differs from {keep} steps", file=sys.stderr)
+    return [t for t in trials if t.horizon == keep]
+
+
+def split_trials(trials: Sequence[Trial], heldout: float, seed: int) -> tuple[list[Trial], list[Trial]]:
+    """A seeded split into (train, held-out); at least one trial on each side."""
+    if len(trials) < 2:
+        raise ValueError(f"need at least 2 trials to hold some out, got {len(trials)}")
+    if not 0 < heldout < 1:
+        raise ValueError(f"--heldout must lie strictly between 0 and 1, got {heldout}")
+    order = np.random.default_rng(seed).permutation(len(trials))
+    k = int(np.clip(round(heldout * len(trials)), 1, len(trials) - 1))
+    return [trials[i] for i in order[k:]], [trials[i] for i in order[:k]]
+
+
+def _predict(model, x: np.ndarray, u: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if getattr(model, "time_varying", False):
+        return model.predict(x, u, t=t)
+    return model.predict(x, u)
+
+
+def predict_open_loop(
+    model, starts: np.ndarray, actions: np.ndarray, t0: np.ndarray, particles: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Propagate sampled particles through the model under fixed actions.
+
+    starts: (S, n) initial states; actions: (S, H, m); t0: (S,) time index of each start.
+    Each step draws x_{k+1} ~ N(mean, var) for every particle, so uncertainty compounds as it does
+    on the robot. Returns the particles' mean and std: (S, H+1, n) each.
+    """
+    rng = np.random.default_rng(seed)
+    S, H, _ = actions.shape
+    x = np.repeat(starts, particles, axis=0)
+    t = np.repeat(np.asarray(t0, dtype=int), particles)
+    path = [x.reshape(S, particles, -1)]
+    for k in range(H):
+        mean, var = _predict(model, x, np.repeat(actions[:, k], particles, axis=0), t + k)
+        x = mean + np.sqrt(np.maximum(var, 0.0)) * rng.standard_normal(mean.shape)
+        path.append(x.reshape(S, particles, -1))
+    stacked = np.stack(path, axis=2)  # (S, P, H+1, n)
+    return stacked.mean(axis=1), stacked.std(axis=1)
+
+
+@dataclass
+class PredictionReport:
+    """Held-out prediction errors in the state's units and normalised by each state's spread.
+
+    horizons: the open-loop horizons in steps; rmse / normalised_rmse: over all states, one per
+    horizon; state_rmse: state name -> one per horizon (positions and velocities apart: on a
+    damped arm position errors compound while velocity errors stay bounded);
+    one_step_rmse, one_step_nll: from the predicted mean and variance of the next state.
+    """
+
+    horizons: list[int]
+    rmse: list[float]
+    normalised_rmse: list[float]
+    state_rmse: dict[str, list[float]]
+    one_step_rmse: float
+    one_step_nll: float
+
+    def as_dict(self) -> dict:
+        return {
+            "horizons": self.horizons,
+            "rmse": self.rmse,
+            "normalised_rmse": self.normalised_rmse,
+            "state_rmse": self.state_rmse,
+            "one_step_rmse": self.one_step_rmse,
+            "one_step_nll": self.one_step_nll,
+        }
+
+
+def evaluate_predictions(
+    model, heldout: Sequence[Trial], horizons: Sequence[int], particles: int = 32, seed: int = 0, starts_per_trial: int = 8
+) -> PredictionReport:
+    """One-step and open-loop multi-step errors of `model` on held-out trials."""
+    states = [t.states for t in heldout]
+    spread = np.concatenate(states).std(axis=0)
+    spread = np.where(spread > 1e-9, spread, 1.0)
+    x = np.concatenate([s[:-1] for s in states])
+    u = np.concatenate([t.actions for t in heldout])
+    steps = np.concatenate([np.arange(t.horizon) for t in heldout])
+    target = np.concatenate([s[1:] for s in states])
+    mean, var = _predict(model, x, u, steps)
+    var = np.maximum(var, 1e-12)
+    one_step_rmse = float(np.sqrt(np.mean((mean - target) ** 2)))
+    nll = 0.5 * np.mean(np.sum((mean - target) ** 2 / var + np.log(2 * np.pi * var), axis=1))
+
+    rmse, normalised, per_state = [], [], []
+    shortest = min(t.horizon for t in heldout)
+    horizons = [h for h in horizons if 1 <= h <= shortest]
+    if not horizons:
+        raise ValueError(f"no prediction horizon fits the held-out trials (shortest has {shortest} steps)")
+    for h in horizons:
+        starts, actions, t0, actual = [], [], [], []
+        for trial in heldout:
+            first = np.unique(np.linspace(0, trial.horizon - h, starts_per_trial).astype(int))
+            for s in first:
+                starts.append(trial.states[s])
+                actions.append(trial.actions[s : s + h])
+                t0.append(s)
+                actual.append(trial.states[s + h])
+        predicted, _ = predict_open_loop(model, np.array(starts), np.array(actions), np.array(t0), particles, seed)
+        error = predicted[:, -1] - np.array(actual)
+        rmse.append(float(np.sqrt(np.mean(error**2))))
+        normalised.append(float(np.sqrt(np.mean((error / spread) ** 2))))
+        per_state.append(np.sqrt(np.mean(error**2, axis=0)))
+    names = heldout[0].state_names
+    state_rmse = {name: [float(e[i]) for e in per_state] for i, name in enumerate(names)}
+    return PredictionReport(list(horizons), rmse, normalised, state_rmse, one_step_rmse, float(nll))
+
+
+def plot_error_by_horizon(report: PredictionReport, path: Path) -> Path:
+    """Held-out open-loop RMSE against the horizon, per state and over all states."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, errors in report.state_rmse.items():
+        ax.plot(report.horizons, errors, marker=".", lw=1, alpha=0.7, label=name)
+    ax.plot(report.horizons, report.rmse, color="black", lw=2.5, marker="o", label="all states")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("prediction horizon (steps)")
+    ax.set_ylabel("held-out RMSE (state units)")
+    ax.set_title("open-loop prediction error by horizon")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def default_horizons(horizon: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to the trial horizon."""
+    steps = [h * scale for scale in (1, 10, 100, 1000) for h in (1, 2, 5)]
+    return [h for h in steps if h <= horizon]
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN", help="trial files (*.h5) or run folders")
+    parser.add_argument("--model", required=True, help=f"the model to fit ({', '.join(sorted(MODELS))})")
+    parser.add_argument("--out", help="where to save the model (default: models/MODEL.SUFFIX in the first run folder)")
+    parser.add_argument("--heldout", type=float, default=0.2, help="fraction of trials held out (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampled predictions")
+    parser.add_argument("--particles", type=int, default=32, help="particles for open-loop predictions (default 32)")
+
+
+def default_output(paths: Sequence[str], model: str) -> Path:
+    first = Path(paths[0])
+    folder = first if first.is_dir() else first.parent
+    if folder.name == "trials":
+        folder = folder.parent
+    return folder / "models" / f"{model}{MODELS[model][1]}"
+
+
+def fit_main(args: argparse.Namespace) -> int:
+    """Run `forethought fit`; returns the exit status."""
+    from forethought.robots.trial_log import load_trials
+    from forethought.scripts.plots import plot_predictions
+
+    model_class(args.model)  # an unknown or missing model fails before any loading
+    trials, problems = load_trials(args.paths)
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    if not trials:
+        raise ValueError(f"no trials could be loaded from {', '.join(map(str, args.paths))}")
+    if getattr(model_class(args.model), "time_varying", False):
+        trials = common_horizon(trials)
+    if args.particles < 1:
+        raise ValueError(f"--particles must be at least 1, got {args.particles}")
+    train, heldout = split_trials(trials, args.heldout, args.seed)
+    print(f"fitting {args.model} on {len(train)} trials, holding out {len(heldout)}", file=sys.stderr)
+    model = build_model(args.model, train)
+    info = model.fit(train)
+    report = evaluate_predictions(model, heldout, default_horizons(min(t.horizon for t in heldout)), args.particles, args.seed)
+
+    out = Path(args.out) if args.out else default_output(args.paths, args.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    shown = heldout[0]
+    mean, std = predict_open_loop(
+        model, shown.states[None, 0], shown.actions[None], np.zeros(1, dtype=int), args.particles, args.seed
+    )
+    plot_path = out.with_name(f"{out.stem}_predictions.png")
+    plot_predictions(shown.states, mean[0], std[0], list(shown.state_names), plot_path, dt=shown.dt)
+    error_plot = plot_error_by_horizon(report, out.with_name(f"{out.stem}_error_by_horizon.png"))
+    summary = {
+        "model": args.model,
+        "train_trials": len(train),
+        "heldout_trials": len(heldout),
+        "skipped": list(map(str, problems)),
+        "fit": info,
+        "prediction": report.as_dict(),
+    }
+    report_path = out.with_name(f"{out.stem}_report.json")
+    report_path.write_text(json.dumps(summary, indent=2, default=_json_default))
+
+    print(f"one-step RMSE {report.one_step_rmse:.4g}, NLL {report.one_step_nll:.4g} (held-out)")
+    print("open-loop RMSE by horizon (steps), over all states, normalised by each state's spread, and per state:")
+    names = list(report.state_rmse)
+    print("horizon  all         normalised  " + "  ".join(f"{n[:10]:>10}" for n in names))
+    for i, h in enumerate(report.horizons):
+        states = "  ".join(f"{report.state_rmse[n][i]:10.3g}" for n in names)
+        print(f"{h:7d}  {report.rmse[i]:<10.4g}  {report.normalised_rmse[i]:<10.4g}  {states}")
+    print(f"model: {out}\nreport: {report_path}\nplots: {plot_path}, {error_plot}")
+    return 0
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

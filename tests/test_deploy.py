@@ -1,0 +1,260 @@
+"""`forethought deploy`, `calibrate` and `emulate` end to end: the command runs in its own process
+against the bus emulator (a thread here, on a pseudo-terminal), as it would against an arm."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from forethought.robots.arm_description import load_arm, make_bus
+from forethought.robots.bus_emulator import BusEmulator, Fault, ServoMount
+from forethought.robots.calibration import Calibration, measure_calibration
+from forethought.sim.scenes import scene_path
+
+DT = 0.02
+# The emulator runs in the test's process and shares a busy machine's CPU: a few ms more patience.
+MARGIN = ("--timeout-margin", "8")
+MOUNTS = [ServoMount(3900, 1), ServoMount(100, -1), ServoMount(2048, 1), ServoMount(3000, -1), ServoMount(50, 1), ServoMount(4000, -1)]
+
+# Through the `forethought` command line when it registers the command, else straight to the module.
+RUN = """
+import argparse, sys
+from forethought.scripts import cli, deploy
+command, argv = sys.argv[1], sys.argv[2:]
+if command in cli.EXTERNAL_COMMANDS:
+    sys.exit(cli.main([command, *argv]))
+parser = argparse.ArgumentParser()
+getattr(deploy, f"add_{command}_arguments")(parser)
+sys.exit(getattr(deploy, f"{command}_main")(parser.parse_args(argv)))
+"""
+
+
+def forethought(command: str, *args: str, **popen) -> subprocess.Popen:
+    env = dict(os.environ, FORETHOUGHT_HOME=str(popen.pop("home", "/nonexistent")))
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN, command, *args], text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def calibrate_in_process(arm, emulator, path: Path) -> Path:
+    with make_bus(arm, emulator.port, timeout_margin_ms=8.0) as bus:
+        calibration = measure_calibration(bus, arm, emulator.set_pose)
+    emulator.set_pose("home")
+    return calibration.save(path)
+
+
+def experiment_file(tmp_path: Path, controller: dict, horizon: int, target=(0.18, 0.06, 0.12)) -> Path:
+    path = tmp_path / "deploy_reach.yaml"
+    path.write_text(yaml.safe_dump({
+        "robot": {"scene": "so101_reach"},
+        "task": {"horizon": horizon, "conditions": [{"target": list(target)}]},
+        "controller": controller,
+        "loop": {"iterations": 1, "samples": 1, "seed": 0, "video": False},
+    }))
+    return path
+
+
+def reach_experiment(tmp_path: Path) -> Path | str:
+    """The shipped arm-reach-ilqr experiment, else an IK reach; skip when neither is installed."""
+    from forethought.scripts.experiment import CONTROLLERS, CONFIG_DIR, shipped_experiments
+
+    if "arm-reach-ilqr" in shipped_experiments():
+        shipped = yaml.safe_load((CONFIG_DIR / "arm-reach-ilqr.yaml").read_text())
+        if shipped["controller"]["type"] in CONTROLLERS:
+            return "arm-reach-ilqr"
+    if "ik_reach" in CONTROLLERS:
+        pytest.importorskip("forethought.controllers.ik_reach")
+        return experiment_file(tmp_path, {"type": "ik_reach"}, horizon=100)
+    pytest.skip("no reach controller installed")
+
+
+def _arm_params(names):
+    """One param per arm; an arm whose MuJoCo scene is not installed is skipped."""
+    from forethought.sim.scenes import scene_names
+
+    return [
+        pytest.param(name, marks=pytest.mark.skipif(load_arm(name).scene not in scene_names(), reason=f"no scene for {name}"))
+        for name in names
+    ]
+
+
+@pytest.fixture(params=_arm_params(["so101", "koch"]))
+def rig(request, tmp_path):
+    for module in ("forethought.robots.trial_log", "forethought.scripts.plots", "forethought.scripts.run"):
+        pytest.importorskip(module, reason="deploy logs trials through the run loop")
+    arm = load_arm(request.param)
+    with BusEmulator(arm, scene_path(arm.scene), mounts=MOUNTS, seed=5) as emulator:
+        calibration = calibrate_in_process(arm, emulator, tmp_path / f"{arm.name}.yaml")
+        yield arm, emulator, calibration
+
+
+def _torque_off_soon(emulator, within: float = 0.5) -> bool:
+    deadline = time.monotonic() + within
+    while any(emulator.torque()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not any(emulator.torque())
+
+
+def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
+    arm, emulator, calibration = rig
+    experiment = reach_experiment(tmp_path)
+    code, out, err = finish(forethought(
+        "deploy", str(experiment), "--arm", arm.name, "--port", emulator.port,
+        "--calibration", str(calibration), "--out", str(tmp_path / "runs"), *MARGIN,
+    ))
+    assert code == 0, err
+    folder = Path(out.strip().splitlines()[-1].split("run folder: ")[1])
+    report = json.loads((folder / "deploy.json").read_text())
+    assert report["reach_error_m"][0] < 0.02
+    stats = report["loop"][0]
+    assert stats["period_mean_ms"] == pytest.approx(20.0, abs=0.5)
+    assert "p99" in out
+    from forethought.robots.trial_log import load_trials
+
+    trials, problems = load_trials(sorted((folder / "trials").glob("*.h5")))
+    assert not problems
+    trial = trials[0]
+    assert trial.states.shape[1] == 12 and trial.metadata["arm"] == arm.name
+    assert "interventions" in trial.metadata and "loop" in trial.metadata
+    # The emulated arm itself stands at the target, not just the logged state.
+    target = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"][0]["target"]
+    assert np.linalg.norm(emulator.site_pos("ee") - np.asarray(target)) < 0.02
+
+
+def test_deploy_runs_through_two_percent_corrupted_replies(rig, tmp_path):
+    arm, emulator, calibration = rig
+    emulator.inject(Fault("corrupt", value=0.02))
+    experiment = experiment_file(tmp_path, {"type": "random"}, horizon=60)
+    code, out, err = finish(forethought(
+        "deploy", str(experiment), "--arm", arm.name, "--port", emulator.port,
+        "--calibration", str(calibration), "--out", str(tmp_path / "runs"), *MARGIN,
+    ))
+    assert code == 0, err
+    folder = Path(out.strip().splitlines()[-1].split("run folder: ")[1])
+    from forethought.robots.trial_log import load_trials
+
+    (trial,), problems = load_trials(sorted((folder / "trials").glob("*.h5")))
+    assert trial.horizon == 60
+    assert trial.metadata["bus"]["corrupt"] > 0
+
+
+def test_a_servo_that_stops_answering_ends_the_run_with_one_line_naming_it(rig, tmp_path):
+    arm, emulator, calibration = rig
+    emulator.inject(Fault("silent", servo_id=3, at=1.2))
+    experiment = experiment_file(tmp_path, {"type": "random"}, horizon=200)
+    code, out, err = finish(forethought(
+        "deploy", str(experiment), "--arm", arm.name, "--port", emulator.port,
+        "--calibration", str(calibration), "--out", str(tmp_path / "runs"), *MARGIN,
+    ))
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert "servo 3 (elbow_flex) is not answering" in last and "torque is off" in last
+    assert "Traceback" not in err
+    assert _torque_off_soon(emulator)
+    silent_at = next(t for t, kind, *_ in emulator.events if kind == "silent")
+    off_at = min(t for t, kind, _, value in emulator.events if kind == "torque" and value == 0.0 and t > silent_at)
+    assert off_at - silent_at < 2 * DT + 0.015
+    from forethought.robots.trial_log import load_trials
+
+    (trial,), problems = load_trials(sorted((tmp_path / "runs").glob("*/trials/*.h5")))
+    assert 10 < trial.horizon < 200 and not trial.complete
+    assert trial.metadata["bus"]["timeouts"] >= 2 and "interventions" in trial.metadata
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_turns_torque_off_and_keeps_the_trial(rig, tmp_path, signum, code, said):
+    arm, emulator, calibration = rig
+    experiment = experiment_file(tmp_path, {"type": "random"}, horizon=1000)
+    process = forethought(
+        "deploy", str(experiment), "--arm", arm.name, "--port", emulator.port,
+        "--calibration", str(calibration), "--out", str(tmp_path / "runs"), *MARGIN,
+    )
+    deadline = time.monotonic() + 60
+    while not any(emulator.torque()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    process.send_signal(signum)
+    returncode, out, err = finish(process)
+    assert returncode == code, err
+    assert said in err.strip().splitlines()[-1]
+    assert _torque_off_soon(emulator)
+    from forethought.robots.trial_log import load_trials
+
+    (trial,), problems = load_trials(sorted((tmp_path / "runs").glob("*/trials/*.h5")))
+    assert trial.horizon > 10
+
+
+def test_a_dry_run_checks_everything_without_moving(rig, tmp_path):
+    arm, emulator, calibration = rig
+    experiment = experiment_file(tmp_path, {"type": "random"}, horizon=10)
+    code, out, err = finish(forethought(
+        "deploy", str(experiment), "--arm", arm.name, "--port", emulator.port,
+        "--calibration", str(calibration), "--dry-run", *MARGIN,
+    ))
+    assert code == 0, err
+    assert "servos answer with the described models" in err and "torque stayed off" in err
+    assert not [e for e in emulator.events if e[1] == "torque" and e[3] == 1.0]
+
+
+def test_calibrate_asks_for_the_poses_and_writes_the_calibration(tmp_path):
+    arm = load_arm("koch")
+    with BusEmulator(arm, scene_path(arm.scene), mounts=MOUNTS) as emulator:
+        process = forethought("calibrate", "--arm", "koch", "--port", emulator.port, *MARGIN, home=tmp_path, stdin=subprocess.PIPE)
+        prompts = []
+        for line in process.stdout:
+            prompts.append(line)
+            if "home pose" in line or "rotated pose" in line:
+                emulator.set_pose("rotated" if "rotated" in line else "home")
+                process.stdin.write("\n")
+                process.stdin.flush()
+            elif "whole range" in line:
+                time.sleep(emulator.sweep(seconds_per_joint=0.2) + 0.1)
+                process.stdin.write("\n")
+                process.stdin.flush()
+            if line.startswith("calibration:"):
+                break
+        code, _, err = finish(process)
+    assert code == 0, err
+    calibration = Calibration.load(tmp_path / "calibration" / "koch.yaml", arm)
+    assert [j.direction for j in calibration.joints] == [m.direction for m in MOUNTS]
+    assert np.all(calibration.range_max - calibration.range_min > 0.8 * (arm.upper - arm.lower))
+
+
+def test_emulate_prints_its_port_and_answers_on_it():
+    process = forethought("emulate", "--arm", "koch", "--fault", "overheat:6", stdin=subprocess.PIPE)
+    try:
+        port = process.stdout.readline().strip()
+        arm = load_arm("koch")
+        with make_bus(arm, port) as bus:
+            bus.check_models()
+            reading = bus.read_state()
+        assert reading.temperature[5] >= 70 and reading.temperature[0] < 40
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code, _, err = finish(process, timeout=10)
+    assert code == 0, err
+
+
+def test_bad_input_gets_one_line(tmp_path):
+    from forethought.scripts import cli
+
+    if "deploy" not in cli.EXTERNAL_COMMANDS:
+        pytest.skip("the command line does not register deploy yet")
+    experiment = str(experiment_file(tmp_path, {"type": "random"}, horizon=10))
+    code, _, err = finish(forethought("deploy", experiment, "--arm", "so101", "--port", "/dev/null", home=tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "forethought calibrate --arm so101" in err
+    code, _, err = finish(forethought("deploy", experiment, "--arm", "ur5", "--port", "/dev/null"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "unknown arm 'ur5'" in err

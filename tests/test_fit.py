@@ -1,0 +1,104 @@
+"""`forethought fit`: held-out prediction errors, the model registry, and the command on a run folder."""
+
+import numpy as np
+import pytest
+
+from forethought.models.tvlg import TVLGModel
+from forethought.robots.trial import Trial
+from forethought.scripts.fit import (
+    ModelNotAvailable,
+    build_model,
+    default_horizons,
+    evaluate_predictions,
+    model_class,
+    split_trials,
+)
+
+
+def linear_trials(count: int, horizon: int = 30, seed: int = 0) -> list[Trial]:
+    """Trials of a slightly unstable linear system under random actions, with process noise."""
+    rng = np.random.default_rng(seed)
+    A = np.array([[1.0, 0.1], [0.05, 1.02]])
+    B = np.array([[0.0], [0.1]])
+    trials = []
+    for _ in range(count):
+        x = np.empty((horizon + 1, 2))
+        u = rng.uniform(-1, 1, (horizon, 1))
+        x[0] = rng.normal(0, 0.1, 2)
+        for t in range(horizon):
+            x[t + 1] = A @ x[t] + B @ u[t] + rng.normal(0, 0.01, 2)
+        trials.append(Trial(x, u, np.arange(horizon + 1) * 0.05, np.zeros(horizon + 1), ("p", "v"), ("f",), 0.05))
+    return trials
+
+
+def test_errors_grow_with_horizon():
+    trials = linear_trials(30)
+    train, heldout = split_trials(trials, 0.2, seed=0)
+    assert len(heldout) == 6 and len(train) == 24
+    model = build_model("tvlg", train)
+    model.fit(train)
+    report = evaluate_predictions(model, heldout, default_horizons(30), particles=16, seed=0)
+    assert report.horizons == [1, 2, 5, 10, 20]
+    assert all(b > a for a, b in zip(report.rmse, report.rmse[1:])), report.rmse
+    # One step ahead, the error is the process noise (0.01 per state) plus a small fitting error.
+    assert report.one_step_rmse < 0.02
+    assert report.rmse[-1] > 3 * report.rmse[0]
+
+
+def test_registry_names_missing_models():
+    assert model_class("tvlg") is TVLGModel
+    with pytest.raises(ModelNotAvailable, match="unknown model 'pilco'"):
+        model_class("pilco")
+
+
+def test_split_checked():
+    with pytest.raises(ValueError, match="at least 2 trials"):
+        split_trials(linear_trials(1), 0.2, 0)
+    with pytest.raises(ValueError, match="--heldout"):
+        split_trials(linear_trials(4), 1.0, 0)
+
+
+def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
+    """`forethought fit --model tvlg RUN` on a folder the experiment loop wrote (GPS samples)."""
+    import argparse
+    import json
+
+    from forethought.scripts import experiment
+    from forethought.scripts.fit import add_fit_arguments, fit_main
+    from forethought.scripts.run import run_experiment
+
+    monkeypatch.setitem(experiment.CONTROLLERS, "gps", "forethought.controllers.gps:build_gps")
+    config = tmp_path / "gps-reach.yaml"
+    config.write_text(
+        "robot: {scene: so101_reach}\n"
+        "task:\n"
+        "  horizon: 25\n"
+        "  cost: {terms: [{type: site_distance, site: ee, target: target, weight: 100.0}]}\n"
+        "  conditions: [{target: [0.20, 0.05, 0.12]}]\n"
+        "controller: {type: gps, init_std: 0.05}\n"
+        "loop: {iterations: 2, samples: 5, seed: 0, video: false}\n"
+    )
+    run = run_experiment(experiment.load_experiment(str(config)), tmp_path / "runs", render_video=False)
+    parser = argparse.ArgumentParser()
+    add_fit_arguments(parser)
+    args = parser.parse_args([str(run.folder), "--model", "tvlg", "--particles", "8"])
+    assert fit_main(args) == 0
+    out = capsys.readouterr().out
+    assert "one-step RMSE" in out
+    report = json.loads((run.folder / "models" / "tvlg_report.json").read_text())
+    assert report["train_trials"] == 8 and report["heldout_trials"] == 2
+    assert report["prediction"]["horizons"] == [1, 2, 5, 10, 20]
+    # Joint-position errors compound with the horizon (velocity errors of the damped servos stay bounded).
+    per_state = report["prediction"]["state_rmse"]
+    positions = np.mean([errors for name, errors in per_state.items() if not name.startswith("d_")], axis=0)
+    assert all(b > a for a, b in zip(positions, positions[1:])), positions
+    assert positions[-1] > 1.5 * positions[0]
+    assert (run.folder / "models" / "tvlg_predictions.png").stat().st_size > 10_000
+    assert (run.folder / "models" / "tvlg_error_by_horizon.png").stat().st_size > 10_000
+    loaded = TVLGModel.load(run.folder / "models" / "tvlg.npz")
+    assert loaded.dynamics.horizon == 25
+
+    with pytest.raises(ModelNotAvailable, match="unknown model"):
+        fit_main(parser.parse_args([str(run.folder), "--model", "nope"]))
+    with pytest.raises(FileNotFoundError, match="no such trial file"):
+        fit_main(parser.parse_args([str(tmp_path / "missing"), "--model", "tvlg"]))

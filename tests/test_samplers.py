@@ -1,0 +1,251 @@
+"""Sampling planners on known systems: they reach goals, respect bounds, never choose NaN, repeat exactly."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import mujoco
+import numpy as np
+import pytest
+import torch
+
+from forethought.controllers.samplers import (
+    ICEMConfig,
+    ICEMPlanner,
+    MPPIConfig,
+    SamplerConfig,
+    StepDynamics,
+    as_dynamics,
+    colored_noise,
+    make_planner,
+)
+from forethought.models.dynamics_model import MissingCapability
+
+torch.set_num_threads(1)
+
+DT = 0.1
+
+
+def point_mass(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """2-D double integrator: state (px, py, vx, vy), action = acceleration."""
+    v = x[:, 2:] + DT * u
+    return torch.cat([x[:, :2] + DT * v, v], dim=1)
+
+
+def goal_cost(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    return (X[:, 1:, :2] ** 2).sum((1, 2)) + 0.1 * (X[:, 1:, 2:] ** 2).sum((1, 2)) + 0.01 * (U**2).sum((1, 2))
+
+
+def run_mpc(planner, x0: np.ndarray, steps: int, step=point_mass) -> np.ndarray:
+    x = x0.copy()
+    U = np.zeros((planner.config.horizon, planner.m))
+    for t in range(steps):
+        plan = planner.plan(x, U, t)
+        assert plan.U.shape == U.shape
+        x = step(torch.tensor(x[None]), torch.tensor(plan.U[:1])).numpy()[0]
+        U = np.concatenate([plan.U[1:], plan.U[-1:]])
+    return x
+
+
+SETTINGS = {
+    "cem": dict(population=100, elites=10, iterations=4, particles=1),
+    "icem": dict(particles=1),
+    "mppi": dict(horizon=15, population=300, temperature=0.5, particles=1),
+    "random_shooting": dict(population=400, particles=1),
+}
+
+
+@pytest.mark.parametrize("kind", list(SETTINGS))
+def test_planners_bring_a_point_mass_to_its_goal(kind):
+    planner = make_planner(kind, StepDynamics(point_mass), goal_cost, [-1, -1], [1, 1], **SETTINGS[kind])
+    x = run_mpc(planner, np.array([1.0, -0.6, 0.0, 0.0]), 60)
+    tolerance = 0.08 if kind == "random_shooting" else 0.03
+    assert np.linalg.norm(x[:2]) < tolerance, x
+    assert np.linalg.norm(x[2:]) < 0.1, x
+
+
+@pytest.mark.parametrize("kind", list(SETTINGS))
+def test_same_seed_same_plans(kind):
+    def plans(seed):
+        planner = make_planner(kind, StepDynamics(point_mass), goal_cost, [-1, -1], [1, 1], **SETTINGS[kind], seed=seed)
+        U = np.zeros((planner.config.horizon, 2))
+        return [planner.plan(np.array([1.0, 0.5, 0.0, 0.0]), U, t).U for t in range(3)]
+
+    a, b, c = plans(0), plans(0), plans(1)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+
+
+def trap_dynamics(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """1-D integrator whose prediction is NaN for any action above 0.5 (a model that blew up)."""
+    nxt = x + u
+    return torch.where(u > 0.5, torch.full_like(nxt, math.nan), nxt)
+
+
+def toward_one(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    return ((X[:, 1:, 0] - 1.0) ** 2).sum(1)
+
+
+def nan_best_cost(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """NaN wherever the first action is negative, where the plain cost would be lowest."""
+    cost = (U[:, :, 0] + 1.0).pow(2).sum(1)
+    return torch.where(U[:, 0, 0] < 0.0, torch.full_like(cost, math.nan), cost)
+
+
+@pytest.mark.parametrize("kind", list(SETTINGS))
+def test_nan_predictions_or_costs_never_become_the_chosen_action(kind):
+    settings = {**SETTINGS[kind], "horizon": 5}
+    # Predicted states are NaN above u = 0.5, though larger actions would reach the goal sooner.
+    planner = make_planner(kind, StepDynamics(trap_dynamics), toward_one, [-1], [1], **settings)
+    for t in range(4):
+        plan = planner.plan(np.zeros(1), np.full((5, 1), 0.4), t)
+        assert np.all(np.isfinite(plan.U)) and math.isfinite(plan.cost)
+        assert plan.U[0, 0] <= 0.5 + 1e-6
+    # A cost that is NaN exactly where it would otherwise be lowest.
+    planner = make_planner(kind, StepDynamics(point_mass), nan_best_cost, [-1, -1], [1, 1], **{**settings, "seed": 3})
+    for t in range(4):
+        plan = planner.plan(np.zeros(4), np.full((5, 2), 0.2), t)
+        assert plan.U[0, 0] >= 0.0 and math.isfinite(plan.cost)
+    # Nothing finite at all: the plan falls back to U_init with an infinite cost.
+    everything_nan = lambda X, U: torch.full((X.shape[0],), math.nan)  # noqa: E731
+    planner = make_planner(kind, StepDynamics(point_mass), everything_nan, [-1, -1], [1, 1], **settings)
+    U_init = np.full((5, 2), 0.25)
+    plan = planner.plan(np.zeros(4), U_init, 0)
+    assert plan.cost == math.inf and np.array_equal(plan.U, U_init)
+
+
+@pytest.mark.parametrize("kind", list(SETTINGS))
+def test_plans_respect_bounds_and_warm_start_is_clipped(kind):
+    low, high = np.array([-0.2, -0.1]), np.array([0.3, 0.05])
+    planner = make_planner(kind, StepDynamics(point_mass), goal_cost, low, high, **SETTINGS[kind])
+    U_init = np.tile([5.0, -5.0], (planner.config.horizon, 1))
+    plan = planner.plan(np.array([3.0, 3.0, 0.0, 0.0]), U_init, 0)
+    assert np.all(plan.U >= low - 1e-6) and np.all(plan.U <= high + 1e-6)
+
+
+def test_time_budget_cuts_iterations():
+    def slow_step(x, u):
+        time.sleep(0.002)  # about 30 ms per iteration of 15 steps
+        return point_mass(x, u)
+
+    planner = make_planner("cem", StepDynamics(slow_step), goal_cost, [-1, -1], [1, 1], population=50, elites=5,
+                           iterations=50, particles=1, time_budget_s=0.1)
+    planner.plan(np.ones(4), np.zeros((15, 2)), 0)
+    assert 1 <= planner.last_diagnostics["iterations"] <= 4
+    assert planner.last_diagnostics["plan_s"] < 0.2
+
+
+def test_population_times_particles_in_one_rollout():
+    calls = []
+
+    class Counting:
+        device = torch.device("cpu")
+
+        def rollout(self, x0, U, generator):
+            calls.append(U.shape[0])
+            return StepDynamics(point_mass).rollout(x0, U, generator)
+
+    planner = make_planner("cem", Counting(), goal_cost, [-1, -1], [1, 1], population=30, elites=3, iterations=2,
+                           particles=7)
+    planner.plan(np.zeros(4), np.zeros((15, 2)), 0)
+    assert calls == [210, 210]
+
+
+def test_icem_population_shrinks_and_elites_carry_over():
+    sizes = []
+
+    class Counting:
+        device = torch.device("cpu")
+
+        def rollout(self, x0, U, generator):
+            sizes.append(U.shape[0])
+            return StepDynamics(point_mass).rollout(x0, U, generator)
+
+    config = ICEMConfig(population=100, elites=10, iterations=3, particles=1, keep_elites=0.3, decay=1.25)
+    planner = ICEMPlanner(Counting(), goal_cost, [-1, -1], [1, 1], config)
+    planner.plan(np.ones(4), np.zeros((15, 2)), 0)
+    # 100, then 80 + 3 kept elites, then 64 + 3 kept elites + the mean.
+    assert sizes == [100, 83, 68]
+    sizes.clear()
+    planner.plan(np.ones(4), np.zeros((15, 2)), 1)
+    assert sizes[0] == 103  # elites of the previous plan, shifted, join the first iteration
+
+
+def test_colored_noise_is_unit_variance_and_smooth_for_beta_2():
+    g = torch.Generator().manual_seed(0)
+    white = colored_noise(0.0, (4000, 1, 30), g, "cpu")
+    pink = colored_noise(2.0, (4000, 1, 30), g, "cpu")
+    for noise in (white, pink):
+        assert abs(float(noise.var()) - 1.0) < 0.1
+
+    def lag1(z):
+        return float((z[..., 1:] * z[..., :-1]).mean() / z.var())
+
+    assert abs(lag1(white)) < 0.05
+    assert lag1(pink) > 0.7
+
+
+def test_bad_arguments_are_clear_errors():
+    planner = make_planner("cem", StepDynamics(point_mass), goal_cost, [-1, -1], [1, 1], **SETTINGS["cem"])
+    with pytest.raises(ValueError, match=r"U_init of shape \(15, 2\)"):
+        planner.plan(np.zeros(4), np.zeros((10, 2)), 0)
+    with pytest.raises(ValueError, match="x0 with NaN"):
+        planner.plan(np.array([0.0, np.nan, 0.0, 0.0]), np.zeros((15, 2)), 0)
+    with pytest.raises(ValueError, match="unknown planner 'cme'"):
+        make_planner("cme", StepDynamics(point_mass), goal_cost, [-1], [1])
+    with pytest.raises(ValueError, match="elites"):
+        SamplerConfig(population=10, elites=20)
+    with pytest.raises(ValueError, match="temperature"):
+        MPPIConfig(temperature=0.0)
+    with pytest.raises(MissingCapability, match="rollout"):
+        as_dynamics(object())
+
+
+SLIDER_XML = """
+<mujoco>
+  <option timestep="0.01"/>
+  <worldbody>
+    <body name="mass">
+      <joint name="x" type="slide" axis="1 0 0" damping="0.5"/>
+      <joint name="y" type="slide" axis="0 1 0" damping="0.5"/>
+      <geom type="sphere" size="0.05" mass="1"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor joint="x" ctrlrange="-2 2"/>
+    <motor joint="y" ctrlrange="-2 2"/>
+  </actuator>
+</mujoco>
+"""
+
+
+class MujocoSlider:
+    """A known model with a numpy, batched `predict`: MuJoCo steps a sliding mass."""
+
+    def __init__(self, control_steps: int = 10):
+        self.model = mujoco.MjModel.from_xml_string(SLIDER_XML)
+        self.data = mujoco.MjData(self.model)
+        self.control_steps = control_steps
+
+    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        self.data.qpos[:], self.data.qvel[:], self.data.ctrl[:] = x[:2], x[2:], u
+        for _ in range(self.control_steps):
+            mujoco.mj_step(self.model, self.data)
+        return np.concatenate([self.data.qpos, self.data.qvel])
+
+    def predict(self, x: np.ndarray, u: np.ndarray):
+        mean = np.stack([self.step(xi, ui) for xi, ui in zip(x, u)])
+        return mean, np.zeros_like(mean)
+
+
+def test_mujoco_as_the_model_is_predictive_sampling():
+    sim = MujocoSlider()
+    planner = make_planner("icem", sim, goal_cost, [-2, -2], [2, 2], population=40, elites=5, particles=1, horizon=10)
+    x = np.array([0.5, -0.4, 0.0, 0.0])
+    U = np.zeros((10, 2))
+    for t in range(30):
+        plan = planner.plan(x, U, t)
+        x = sim.step(x, plan.U[0])
+        U = np.concatenate([plan.U[1:], plan.U[-1:]])
+    assert np.linalg.norm(x[:2]) < 0.05, x

@@ -1,0 +1,164 @@
+"""MuJoCo as a model: predictions equal the robot's steps, Jacobians match differences, threads, files."""
+
+from __future__ import annotations
+
+import threading
+
+import mujoco
+import numpy as np
+import pytest
+
+from forethought.models.dynamics_model import DynamicsModel
+from forethought.models.simulator import SimulatorModel
+from forethought.sim.mujoco_robot import MujocoRobot
+
+SCENE = "koch_reach"
+
+# A pusher on a slide joint and a free box on the floor: quaternion coordinates and contact.
+PUSH_XML = """
+<mujoco>
+  <option timestep="0.005"/>
+  <worldbody>
+    <geom type="plane" size="1 1 0.1"/>
+    <body name="pusher" pos="0 0 0.05">
+      <joint name="slide" type="slide" axis="1 0 0" damping="1"/>
+      <geom type="sphere" size="0.03" mass="0.5"/>
+    </body>
+    <body name="box" pos="0.1 0.01 0.05">
+      <freejoint name="box"/>
+      <geom type="box" size="0.04 0.04 0.04" mass="0.2"/>
+    </body>
+  </worldbody>
+  <actuator><motor joint="slide" ctrlrange="-5 5"/></actuator>
+</mujoco>
+"""
+
+
+def relative_error(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_predict_equals_stepping_the_robot():
+    robot = MujocoRobot(SCENE)
+    model = SimulatorModel(SCENE)
+    assert isinstance(model, DynamicsModel) and model.control_steps == robot.control_steps
+    rng = np.random.default_rng(1)
+    x = robot.reset(seed=3)
+    for _ in range(5):
+        u = rng.uniform(robot.spec.action_low, robot.spec.action_high)
+        predicted, var = model.predict(x, u)
+        x = robot.step(u)
+        np.testing.assert_allclose(predicted, x, atol=1e-12)
+        assert np.all(var == 0)
+
+
+def test_batched_predict_uses_rollout_and_agrees_with_single_steps():
+    model = SimulatorModel(SCENE)
+    rng = np.random.default_rng(2)
+    x = rng.normal(scale=0.3, size=(12, model.n))
+    u = rng.normal(scale=0.3, size=(12, model.m))
+    batch, _ = model.predict(x, u)  # 12 rows: one mujoco.rollout call
+    singles = np.array([model.predict(x[i], u[i])[0] for i in range(12)])
+    np.testing.assert_allclose(batch, singles, atol=1e-12)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_linearize_matches_differences_over_the_control_period(centred):
+    model = SimulatorModel(SCENE, centred=centred)
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=0.3, size=(3, model.n))
+    u = rng.normal(scale=0.3, size=(3, model.m))
+    A, B, c, Sigma = model.linearize(x, u)
+    assert A.shape == (3, model.n, model.n) and B.shape == (3, model.n, model.m) and np.all(Sigma == 0)
+    h = 1e-6
+    for t in range(3):
+        A_num = np.stack([(model.predict(x[t] + h * e, u[t])[0] - model.predict(x[t] - h * e, u[t])[0]) / (2 * h) for e in np.eye(model.n)], 1)
+        B_num = np.stack([(model.predict(x[t], u[t] + h * e)[0] - model.predict(x[t], u[t] - h * e)[0]) / (2 * h) for e in np.eye(model.m)], 1)
+        assert relative_error(A[t], A_num) < 1e-5
+        assert relative_error(B[t], B_num) < 1e-5
+        # The affine term makes the linearisation exact at the point itself.
+        np.testing.assert_allclose(A[t] @ x[t] + B[t] @ u[t] + c[t], model.predict(x[t], u[t])[0], atol=1e-10)
+
+
+def test_linearize_maps_free_joint_quaternions_to_qpos_coordinates():
+    model = SimulatorModel(mujoco.MjModel.from_xml_string(PUSH_XML), control_steps=4)
+    assert model.n == 1 + 7 + 1 + 6
+    rng = np.random.default_rng(5)
+    x = np.zeros(model.n)
+    x[0], x[1:4] = 0.02, [0.1, 0.01, 0.3]
+    q = rng.normal(size=4)
+    x[4:8] = q / np.linalg.norm(q)  # a tumbling box in the air: qpos' quaternion depends on q and w
+    x[8:] = rng.normal(scale=2.0, size=7)
+    u = np.array([3.0])
+    A, B, _, _ = model.linearize(x, u)
+    h = 1e-6
+    # Perturbations that keep the quaternion unit length to first order: positions, velocities,
+    # and rotations q -> q exp(w / 2).
+    directions = [np.eye(model.n)[i] for i in (0, 1, 2, 3, *range(8, 15))]
+    quat = x[4:8]
+    for w in np.eye(3):
+        d = np.zeros(model.n)
+        d[4:8] = 0.5 * np.array([-quat[1:] @ w, *(quat[0] * w + np.cross(quat[1:], w))])
+        directions.append(d)
+    for d in directions:
+        numeric = (model.predict(x + h * d, u)[0] - model.predict(x - h * d, u)[0]) / (2 * h)
+        assert relative_error(A @ d, numeric) < 1e-4
+    numeric_B = (model.predict(x, u + h)[0] - model.predict(x, u - h)[0]) / (2 * h)
+    assert relative_error(B[:, 0], numeric_B) < 1e-5
+
+
+@pytest.fixture
+def mujoco_warnings():
+    """MuJoCo's warnings, collected instead of printed and appended to MUJOCO_LOG.TXT."""
+    caught: list[str] = []
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(caught.append)
+    yield caught
+    mujoco.set_mju_user_warning(previous)
+
+
+def test_unstable_rows_predict_nan_not_a_reset_state(mujoco_warnings):
+    model = SimulatorModel(SCENE)
+    x = np.zeros((2, model.n))
+    x[1, model.nq :] = 1e12
+    u = np.zeros((2, model.m))
+    mean, _ = model.predict(x, u)
+    assert np.all(np.isfinite(mean[0])) and np.all(np.isnan(mean[1]))
+    mean, _ = model.predict(np.tile(x, (5, 1)), np.tile(u, (5, 1)))  # the rollout path
+    assert np.all(np.isfinite(mean[0::2])) and np.all(np.isnan(mean[1::2]))
+    assert any("unstable" in w for w in mujoco_warnings)
+
+
+def test_threads_each_get_their_own_data():
+    model = SimulatorModel(SCENE)
+    rng = np.random.default_rng(3)
+    xs = rng.normal(scale=0.3, size=(4, 6, model.n))
+    us = rng.normal(scale=0.3, size=(4, 6, model.m))
+    expected = [model.linearize(xs[i], us[i])[0] for i in range(4)]
+    results = [None] * 4
+
+    def work(i):
+        for _ in range(3):
+            results[i] = model.linearize(xs[i], us[i])[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_save_load_and_fit(tmp_path):
+    model = SimulatorModel(SCENE, control_steps=2, timestep=0.01, centred=True)
+    assert model.fit([]) == {}
+    model.save(tmp_path / "model.json")
+    loaded = SimulatorModel.load(tmp_path / "model.json")
+    assert (loaded.control_steps, loaded.dt, loaded.centred) == (2, pytest.approx(0.02), True)
+    x, u = np.zeros(model.n), np.full(model.m, 0.3)
+    np.testing.assert_array_equal(loaded.predict(x, u)[0], model.predict(x, u)[0])
+    with pytest.raises(FileNotFoundError, match="simulator model file not found"):
+        SimulatorModel.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match=r"x must be \(B, 12\) and u \(B, 6\)"):
+        model.predict(np.zeros(11), u)
