@@ -233,6 +233,7 @@ class BusEmulator:
         self._gain = model.actuator_gainprm[self._act].copy()
         self._bias = model.actuator_biasprm[self._act].copy()
         self._friction = model.dof_frictionloss[self._dof].copy()
+        self._damping = model.dof_damping[self._dof].copy()
         scene_limit = np.abs(model.actuator_forcerange[self._act]).min(axis=1)
         self._force_limit = np.where(model.actuator_forcelimited[self._act] > 0, scene_limit, np.inf)
 
@@ -386,6 +387,7 @@ class BusEmulator:
             model.actuator_gainprm[act] = self._gain[i]
             model.actuator_biasprm[act] = self._bias[i]
             model.dof_frictionloss[dof] = self._friction[i]
+            model.dof_damping[dof] = self._damping[i]
             # The torque limit register scales the servo's stall torque; the scene's force limit
             # (the stall torque at the arm's supply voltage) bounds it too.
             fraction = servo.get("torque_limit") / servo.model.torque_limit_full_scale
@@ -393,10 +395,13 @@ class BusEmulator:
             model.actuator_forcelimited[act] = 1
             model.actuator_forcerange[act] = (-limit, limit)
         else:
-            # Free, but a geared servo does not backdrive under the arm's own weight.
+            # Free, but a geared servo does not backdrive under the arm's own weight. MuJoCo's
+            # friction loss is a soft constraint that lets a loaded joint creep; the gearbox's
+            # viscous drag (stall torque per 0.01 rad/s) holds it.
             model.actuator_gainprm[act] = 0.0
             model.actuator_biasprm[act] = 0.0
             model.dof_frictionloss[dof] = max(self._friction[i], 0.5 * stall)
+            model.dof_damping[dof] = max(self._damping[i], 100.0 * stall)
 
     def _refresh(self, servo: _Servo) -> None:
         """Write the present_* registers and the status from the scene's current state."""

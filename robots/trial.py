@@ -75,6 +75,8 @@ class Policy(Protocol):
 class StepSink(Protocol):
     """Where rollout reports each step as it happens (the trial log's writer)."""
 
+    def start(self, x0: np.ndarray) -> None: ...
+
     def append(self, x_next: np.ndarray, u: np.ndarray, timestamp: float, cost: float) -> None: ...
 
 
@@ -107,6 +109,8 @@ def rollout(
     stamps = np.empty(horizon + 1)
     costs = np.full(horizon + 1, np.nan)
     states[0], stamps[0] = x, 0.0
+    if sink is not None:
+        sink.start(x)
     start = time.perf_counter()
     for t in range(horizon):
         u = np.asarray(policy.act(x, t), dtype=np.float64)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import mujoco
 import numpy as np
+
+from forethought.scripts.run import apply_condition
 
 EXPERIMENTS = {"reach": "arm-reach-gps", "peg": "arm-peg-gps", "mdgps": "arm-peg-mdgps"}
 REACH_TOLERANCE_M = 0.02
@@ -26,25 +27,6 @@ PEG_TOLERANCE_M = 0.005
 # Hole-bottom positions between the training holes of arm-peg-mdgps (a 2 cm grid), 1 cm off it.
 HELDOUT_HOLES = [[0.19, -0.07], [0.21, -0.05], [0.19, -0.05], [0.21, -0.07], [0.20, -0.05]]
 HELDOUT_SEEDS = (0, 1)
-
-
-def place_hole(robot, hole) -> None:
-    """Move the body holding site "hole_bottom" so that the site lies at hole (3,) m."""
-    model = robot.model
-    site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "hole_bottom")
-    if site < 0:
-        raise ValueError(f"{robot.spec.name}: no site named 'hole_bottom' to place")
-    mujoco.mj_kinematics(model, robot.data)
-    model.body_pos[model.site_bodyid[site]] += np.asarray(hole, dtype=np.float64) - robot.data.site_xpos[site]
-    mujoco.mj_forward(model, robot.data)
-
-
-def apply(robot, condition: dict) -> None:
-    from forethought.scripts.run import apply_condition
-
-    apply_condition(robot, condition)
-    if "hole" in condition:
-        place_hole(robot, condition["hole"])
 
 
 def final_distance(robot, trial, site: str, goal) -> float:
@@ -72,7 +54,7 @@ def train(name: str, iterations: int | None, measure: Callable, seed_offset: int
     for _ in range(iterations or experiment.loop.iterations):
         trials, round_errors = [], []
         for c, condition in enumerate(task.conditions):
-            apply(robot, condition)
+            apply_condition(robot, condition)
             policy = controller.policy(c)
             group = []
             for _ in range(experiment.loop.samples):
@@ -130,7 +112,7 @@ def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None
     for x, y in HELDOUT_HOLES:
         condition = {key: value for key, value in task.conditions[0].items()}
         condition["hole"] = [x, y, depth]
-        apply(robot, condition)
+        apply_condition(robot, condition)
         features = np.array(condition["hole"])
         for seed in HELDOUT_SEEDS:
             trial = rollout(robot, NNPolicy(controller.mlp, features), task.horizon, 10_000 + seed)

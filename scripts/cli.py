@@ -17,21 +17,29 @@ from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
 
 # Subcommands provided by other modules: name -> ("module", "add_arguments", "main", help).
-EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {}
+EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "fit": ("forethought.scripts.fit", "add_fit_arguments", "fit_main", "fit a dynamics model on logged trials"),
+    "deploy": ("forethought.scripts.deploy", "add_deploy_arguments", "deploy_main", "run a controller on a servo arm"),
+    "calibrate": ("forethought.scripts.deploy", "add_calibrate_arguments", "calibrate_main", "record a servo arm's joint ranges"),
+    "emulate": ("forethought.scripts.deploy", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
+}
 
 USER_ERRORS = (ConfigError, ActionError, FileNotFoundError, KeyError, ValueError)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from forethought.robots.arm_description import arm_names
     from forethought.scripts.bench import BENCHMARKS
     from forethought.scripts.experiment import CONTROLLERS, shipped_experiments
+    from forethought.scripts.fit import MODELS
     from forethought.sim.scenes import scene_names
 
     sections = {
         "scenes (robot.scene)": scene_names(),
         "experiments (forethought run NAME)": shipped_experiments(),
         "controllers (controller.type)": sorted(CONTROLLERS),
-        "models (forethought fit --model)": _model_names(),
+        "models (forethought fit --model)": sorted(MODELS),
+        "arms (forethought deploy --arm)": arm_names(),
         "benchmarks (forethought bench NAME)": sorted(BENCHMARKS),
     }
     if args.what in (None, "dmc"):
@@ -45,14 +53,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in names:
             print(f"  {name}")
     return 0
-
-
-def _model_names() -> list[str]:
-    try:
-        from forethought.scripts.fit import MODELS
-    except ImportError:
-        return []
-    return sorted(MODELS)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -299,7 +299,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def deploy_main(args: argparse.Namespace) -> int:
-    from forethought.scripts.experiment import CONTROLLERS, load_experiment
+    from forethought.scripts.experiment import load_experiment
 
     arm = load_arm(args.arm)
     experiment = load_experiment(args.experiment)
@@ -315,8 +315,6 @@ def deploy_main(args: argparse.Namespace) -> int:
         policy_file = Path(args.policy) / "policy.pt"
         if not policy_file.is_file():
             raise FileNotFoundError(f"{args.policy}: no saved policy (policy.pt) in this run folder")
-        if "nn_policy" not in CONTROLLERS:
-            raise ConfigError("--policy: this installation has no nn_policy controller to run a saved policy")
         experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
     calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)
     if not calibration_path.is_file():

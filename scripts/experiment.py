@@ -28,6 +28,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONTROLLERS: dict[str, str] = {
     "random": "forethought.controllers.policy:build_random",
     "ik_reach": "forethought.controllers.ik_reach:build_ik_reach",
+    "ilqr_mpc": "forethought.controllers.mpc:build_ilqr_mpc",
+    "gps": "forethought.controllers.gps:build_gps",
+    "mdgps": "forethought.controllers.gps:build_mdgps",
+    "nn_policy": "forethought.controllers.nn_policy:build_nn_policy",
+    "pets": "forethought.controllers.pets:build_pets",
+    "pilco": "forethought.controllers.pilco:build_pilco",
 }
 
 

@@ -32,7 +32,7 @@ MODELS: dict[str, tuple[str, str]] = {
 
 
 class ModelNotAvailable(KeyError):
-    """A model name that is unknown, or whose module is not part of this installation."""
+    """A model name that is not registered."""
 
 
 def model_class(name: str):
@@ -40,15 +40,7 @@ def model_class(name: str):
     if name not in MODELS:
         raise ModelNotAvailable(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
     module_name, class_name = MODELS[name][0].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        raise ModelNotAvailable(f"model '{name}' is not available: {module_name} is not installed") from None
-    if not hasattr(module, class_name):
-        raise ModelNotAvailable(f"model '{name}' is not available: {module_name} has no {class_name}")
-    return getattr(module, class_name)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def build_model(name: str, trials: Sequence[Trial]):

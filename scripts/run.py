@@ -41,12 +41,14 @@ def new_run_folder(root: Path, name: str) -> Path:
 
 
 def apply_condition(robot, condition: dict) -> None:
-    """Set what a condition fixes on a simulated robot: the reach target and the initial state."""
+    """Set what a condition fixes on a simulated robot: the reach target, the hole, the initial state."""
     if "target" in condition and hasattr(robot, "set_mocap_pos"):
         try:
             robot.set_mocap_pos("target", condition["target"])
         except ValueError:
             pass  # scenes without a target marker take the target through the cost alone
+    if "hole" in condition and hasattr(robot, "place_site"):
+        robot.place_site("hole_bottom", condition["hole"])
     if ("qpos" in condition or "qvel" in condition) and hasattr(robot, "set_initial_state"):
         robot.set_initial_state(condition.get("qpos"), condition.get("qvel"))
 
@@ -126,6 +128,8 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
             diagnostics = dict(controller.update(by_condition))
             diagnostics["update_s"] = time.perf_counter() - started
             result.diagnostics.append(diagnostics)
+        if hasattr(controller, "save"):
+            controller.save(folder / "models")
         write_outputs(experiment, robot, result, loop.video if render_video is None else render_video)
     return result
 
@@ -149,7 +153,9 @@ def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool)
     if video and hasattr(robot, "model"):
         from forethought.sim.render import render_trial_video
 
-        render_trial_video(robot.model, result.trials[-1], folder / "last_trial.mp4")
+        render_trial_video(
+            robot.model, result.trials[-1], folder / "last_trial.mp4", mocap_pos=robot.data.mocap_pos.copy()
+        )
 
 
 def _json_default(value):

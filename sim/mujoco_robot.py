@@ -190,6 +190,18 @@ class MujocoRobot:
         self.data.mocap_pos[mocap_id] = self._mocap[mocap_id]
         mujoco.mj_forward(self.model, self.data)
 
+    def place_site(self, name: str, pos) -> None:
+        """Move the static body that holds site `name` (a hole, a fixture) so that the site lies at pos: (3,) m."""
+        site_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
+        if site_id < 0:
+            raise ValueError(f"{self.spec.name}: no site named '{name}'")
+        body_id = self.model.site_bodyid[site_id]
+        if self.model.body_dofnum[body_id] or self.model.body_mocapid[body_id] >= 0:
+            raise ValueError(f"{self.spec.name}: site '{name}' is on a moving body; only fixtures can be placed")
+        mujoco.mj_kinematics(self.model, self.data)
+        self.model.body_pos[body_id] += np.asarray(pos, dtype=np.float64).reshape(3) - self.data.site_xpos[site_id]
+        mujoco.mj_forward(self.model, self.data)
+
     def site_pos(self, name: str) -> np.ndarray:
         """World position (3,) m of site `name` at the current state."""
         site_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)

@@ -126,11 +126,12 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
 
     trials, problems = load_trials(sorted((folder / "trials").glob("*.h5")))
     assert not problems
-    trial = trials[0]
+    trial = trials[-1]
     assert trial.states.shape[1] == 12 and trial.metadata["arm"] == arm.name
     assert "interventions" in trial.metadata and "loop" in trial.metadata
-    # The emulated arm itself stands at the target, not just the logged state.
-    target = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"][0]["target"]
+    # The emulated arm itself stands at the last trial's target, not just the logged state.
+    conditions = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"]
+    target = conditions[trial.metadata["condition"]]["target"]
     assert np.linalg.norm(emulator.site_pos("ee") - np.asarray(target)) < 0.02
 
 
