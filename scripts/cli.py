@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from forethought.models.dynamics_model import MissingCapability
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
 
@@ -24,7 +25,17 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "emulate": ("forethought.scripts.deploy", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
 }
 
-USER_ERRORS = (ConfigError, ActionError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (ConfigError, ActionError, MissingCapability, FileNotFoundError, KeyError, ValueError)
+
+
+def run_errors() -> tuple[type[BaseException], ...]:
+    """Failures of a run that are not bad input (exit 1, one line): a solver or the simulation gave up."""
+    from forethought.controllers.gps import DualSearchError
+    from forethought.controllers.ilqr import BackwardPassError, DivergenceError
+    from forethought.controllers.mpc import MPCError
+    from forethought.sim.mujoco_robot import SimulationError
+
+    return (MPCError, DivergenceError, BackwardPassError, DualSearchError, SimulationError)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -126,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"forethought {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except run_errors() as err:
+        if os.environ.get("FORETHOUGHT_DEBUG"):
+            raise
+        print(f"forethought {args.command}: failed: {err} (trials logged so far are kept)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"forethought {args.command}: interrupted", file=sys.stderr)
         return 130

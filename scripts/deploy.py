@@ -194,7 +194,7 @@ def deploy(
                         result.trials.append(trial)
                         result.loop.append(robot.loop_stats())
                         reach = f", end effector {error * 1e3:.1f} mm from the target" if error is not None else ""
-                        progress.trial_done(f"trial {index}: cost {trial.total_cost:.4g}{reach}")
+                        progress.trial_done(f"trial {index + 1}: cost {trial.total_cost:.4g}{reach}")
                     by_condition.append(samples)
                 controller.update(by_condition)
         except (BusError, SafetyStop) as err:
@@ -287,7 +287,8 @@ def format_loop_stats(stats: dict) -> str:
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="a shipped experiment name or a YAML path (forethought list)")
     _add_bus_arguments(parser)
-    parser.add_argument("--policy", metavar="RUN_DIR", help="deploy the policy saved in this run folder (RUN_DIR/policy.pt)")
+    parser.add_argument("--policy", metavar="RUN_DIR",
+                        help="deploy the network policy an MDGPS run saved (RUN_DIR/models/nn_policy.pt)")
     parser.add_argument("--calibration", help="calibration YAML (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     parser.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
@@ -312,9 +313,9 @@ def deploy_main(args: argparse.Namespace) -> int:
             raise ValueError(f"--horizon must be at least 1, got {args.horizon}")
         experiment.task.horizon = args.horizon
     if args.policy:
-        policy_file = Path(args.policy) / "policy.pt"
+        policy_file = Path(args.policy) / "models" / "nn_policy.pt"
         if not policy_file.is_file():
-            raise FileNotFoundError(f"{args.policy}: no saved policy (policy.pt) in this run folder")
+            raise FileNotFoundError(f"{args.policy}: no saved network policy (models/nn_policy.pt) in this run folder")
         experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
     calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)
     if not calibration_path.is_file():
@@ -344,7 +345,7 @@ def deploy_main(args: argparse.Namespace) -> int:
 
 def _print_summary(result: DeployResult) -> None:
     for i, stats in enumerate(result.loop):
-        print(f"trial {i}: {format_loop_stats(stats)}")
+        print(f"trial {i + 1}: {format_loop_stats(stats)}")
     if result.folder is not None and result.trials:
         summary = {"trials": len(result.trials), "loop": result.loop, "reach_error_m": result.reach_error_m}
         (result.folder / "deploy.json").write_text(json.dumps(summary, indent=2))

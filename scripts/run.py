@@ -86,14 +86,15 @@ class Progress:
 
 def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None) -> RunResult:
     """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve."""
-    folder = new_run_folder(Path(out_root), experiment.name)
-    (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
     task = make_task(experiment)
     loop = experiment.loop
-    result = RunResult(folder, [])
     with make_robot(experiment.robot) as robot:
+        # Bad configuration fails here, before a run folder exists.
         controller = make_controller(experiment, robot, task)
         costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
+        folder = new_run_folder(Path(out_root), experiment.name)
+        (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
+        result = RunResult(folder, [])
         progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
         index = 0
         for iteration in range(loop.iterations):
