@@ -116,7 +116,7 @@ class TrajectoryCost:
 
     def _numpy_term(self, term, X, U, running: torch.Tensor, final: float) -> torch.Tensor:
         """The term through its own numpy value(); rows with a non-finite state or action cost NaN."""
-        B, H, n = X.shape[0], U.shape[1], X.shape[2]
+        B, n = X.shape[0], X.shape[2]
         x = X.double().cpu().numpy()
         u = np.concatenate([U.double().cpu().numpy(), np.zeros((B, 1, U.shape[2]))], axis=1)
         weights = np.append(running.double().cpu().numpy(), final)

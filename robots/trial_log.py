@@ -63,7 +63,8 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(path.name.removesuffix(".h5") + PARTIAL_SUFFIX)
 
 
-def _json_default(value):
+def json_default(value):
+    """For json.dumps(default=...): numpy scalars and arrays as numbers and lists, anything else as str."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -83,7 +84,7 @@ def _write_attrs(f: h5py.File, state_names, action_names, dt: float, metadata: d
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         f.attrs["seed"] = int(seed)
     f.attrs["complete"] = bool(complete)
-    f.attrs["metadata"] = json.dumps(metadata, default=_json_default)
+    f.attrs["metadata"] = json.dumps(metadata, default=json_default)
 
 
 # -- Finished trials --------------------------------------------------------------------------------

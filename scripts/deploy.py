@@ -35,6 +35,11 @@ from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
 from forethought.robots.servo_arm import ServoArm
 from forethought.robots.servo_bus import BusError, usb_latency_timer_ms
 from forethought.robots.trial import Trial, rollout
+from forethought.robots.trial_log import TrialWriter
+from forethought.scripts.experiment import load_experiment, make_controller, make_robot, make_task
+from forethought.scripts.run import (
+    Progress, RunResult, TrialSlot, apply_condition, make_cost, new_run_folder, run_loop, write_outputs,
+)
 from forethought.sim.scenes import scene_names, scene_path
 
 EXIT_FAILED = 1  # the arm stopped: a servo failed or reported a fault, or the controller sent NaN
@@ -63,8 +68,11 @@ def check_usb_latency(port: str, allow_slow: bool) -> None:
 # -- deploy ----------------------------------------------------------------------------------------
 
 @dataclass
-class DeployResult:
-    folder: Path | None
+class DeployResult(RunResult):
+    """A run's trials, learning curve and diagnostics, plus the loop statistics and reach errors per
+    trial; no folder after a dry run."""
+
+    folder: Path | None = None
     trials: list[Trial] = field(default_factory=list)
     loop: list[dict] = field(default_factory=list)
     reach_error_m: list[float] = field(default_factory=list)
@@ -129,9 +137,6 @@ def deploy(
 
     Raises ArmStopped (after torque off, with the trials logged so far) when the run ends early.
     """
-    from forethought.robots.trial_log import TrialWriter
-    from forethought.scripts.experiment import make_controller, make_robot, make_task
-    from forethought.scripts.run import Progress, apply_condition, make_cost, new_run_folder, write_outputs
 
     experiment = _arm_experiment(experiment, arm)
     sim = make_robot(experiment.robot)
@@ -156,47 +161,36 @@ def deploy(
     (result.folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon, stream)
     stop: tuple[str, int] | None = None
-    index = 0
+
+    def prepare(condition: dict) -> None:
+        apply_condition(sim, condition)
+        robot.start_pose = np.asarray(condition.get("qpos", home), dtype=np.float64)[: robot.spec.m]
+
+    def run_trial(slot: TrialSlot, policy) -> Trial:
+        condition = task.conditions[slot.condition]
+        meta = dict(slot.metadata, arm=arm.name, port=str(port))
+        with TrialWriter(result.folder / "trials" / f"trial_{slot.index:04d}.h5", robot.spec, meta) as writer:
+            try:
+                trial = rollout(robot, policy, task.horizon, slot.seed, costs[slot.condition], meta, writer, progress.step)
+            except BaseException:
+                robot.close()  # torque off first, then the writer keeps what was logged
+                raise
+            finally:
+                meta.update(_run_facts(robot))
+            trial.metadata.update(_run_facts(robot))
+            error = _reach_error(sim, condition, trial.states[-1])
+            if error is not None:
+                trial.metadata["reach_error_m"] = error
+                result.reach_error_m.append(error)
+            writer.finish(trial)
+        result.loop.append(robot.loop_stats())
+        reach = f", end effector {error * 1e3:.1f} mm from the target" if error is not None else ""
+        progress.trial_done(f"trial {slot.index + 1}: cost {trial.total_cost:.4g}{reach}")
+        return trial
+
     with exit_signals_raise(), robot:
         try:
-            for iteration in range(loop.iterations):
-                by_condition = []
-                for c, condition in enumerate(task.conditions):
-                    apply_condition(sim, condition)
-                    robot.start_pose = np.asarray(condition.get("qpos", home), dtype=np.float64)[: robot.spec.m]
-                    policy = controller.policy(c)
-                    samples = []
-                    for s in range(loop.samples):
-                        seed = loop.seed * 100_003 + index
-                        meta = {
-                            "task": experiment.name,
-                            "controller": experiment.controller.get("type", "random"),
-                            "condition": c, "iteration": iteration, "sample": s,
-                            "arm": arm.name, "port": str(port),
-                        }
-                        path = result.folder / "trials" / f"trial_{index:04d}.h5"
-                        index += 1
-                        with TrialWriter(path, robot.spec, meta) as writer:
-                            try:
-                                trial = rollout(robot, policy, task.horizon, seed, costs[c], meta, writer, progress.step)
-                            except BaseException:
-                                robot.close()  # torque off first, then the writer keeps what was logged
-                                raise
-                            finally:
-                                meta.update(_run_facts(robot))
-                            trial.metadata.update(_run_facts(robot))
-                            error = _reach_error(sim, condition, trial.states[-1])
-                            if error is not None:
-                                trial.metadata["reach_error_m"] = error
-                                result.reach_error_m.append(error)
-                            writer.finish(trial)
-                        samples.append(trial)
-                        result.trials.append(trial)
-                        result.loop.append(robot.loop_stats())
-                        reach = f", end effector {error * 1e3:.1f} mm from the target" if error is not None else ""
-                        progress.trial_done(f"trial {index + 1}: cost {trial.total_cost:.4g}{reach}")
-                    by_condition.append(samples)
-                controller.update(by_condition)
+            run_loop(experiment, task, controller, prepare, run_trial, result)
         except (BusError, SafetyStop) as err:
             stop = (str(err), EXIT_FAILED)
         except ActionError as err:
@@ -209,10 +203,9 @@ def deploy(
     if stop is not None:
         stream.write("\n")  # end the progress line before the message
     if result.trials:
-        write_outputs(experiment, robot, _run_result(result), video=False)
+        write_outputs(experiment, robot, result, video=False)
     if stop is not None:
-        saved = f"; trials so far are in {result.folder / 'trials'}" if index else ""
-        raise ArmStopped(f"{stop[0]}: torque is off{saved}", stop[1], result)
+        raise ArmStopped(f"{stop[0]}: torque is off; trials so far are in {result.folder / 'trials'}", stop[1], result)
     return result
 
 
@@ -234,12 +227,6 @@ def _reach_error(sim, condition: dict, x_final: np.ndarray) -> float | None:
         return float(np.linalg.norm(sim.site_pos("ee") - np.asarray(target, dtype=np.float64)))
     except ValueError:
         return None
-
-
-def _run_result(result: DeployResult):
-    from forethought.scripts.run import RunResult
-
-    return RunResult(result.folder, result.trials, [[t.total_cost for t in result.trials]], [])
 
 
 def _dry_run(robot: ServoArm, stream) -> None:
@@ -300,8 +287,6 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def deploy_main(args: argparse.Namespace) -> int:
-    from forethought.scripts.experiment import load_experiment
-
     arm = load_arm(args.arm)
     experiment = load_experiment(args.experiment)
     if args.trials is not None:

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from forethought.robots.trial import Trial
+from forethought.robots.trial_log import json_default
 
 # model name -> ("module:Class", file suffix). The class builds with defaults (given state_names and
 # action_names when it asks for them) and offers fit(trials), predict(x, u) (plus t= when it has
@@ -254,7 +255,7 @@ def fit_main(args: argparse.Namespace) -> int:
         "prediction": report.as_dict(),
     }
     report_path = out.with_name(f"{out.stem}_report.json")
-    report_path.write_text(json.dumps(summary, indent=2, default=_json_default))
+    report_path.write_text(json.dumps(summary, indent=2, default=json_default))
 
     print(f"one-step RMSE {report.one_step_rmse:.4g}, NLL {report.one_step_nll:.4g} (held-out)")
     print("open-loop RMSE by horizon (steps), over all states, normalised by each state's spread, and per state:")
@@ -265,11 +266,3 @@ def fit_main(args: argparse.Namespace) -> int:
         print(f"{h:7d}  {report.rmse[i]:<10.4g}  {report.normalised_rmse[i]:<10.4g}  {states}")
     print(f"model: {out}\nreport: {report_path}\nplots: {plot_path}, {error_plot}")
     return 0
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

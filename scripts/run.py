@@ -12,12 +12,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import yaml
 
-from forethought.robots.trial import Trial, rollout
-from forethought.robots.trial_log import TrialWriter
+from forethought.robots.trial import Policy, Trial, rollout
+from forethought.robots.trial_log import TrialWriter, json_default
 from forethought.scripts.experiment import Experiment, make_controller, make_robot, make_task
 
 
@@ -84,6 +84,59 @@ class Progress:
         self.stream.flush()
 
 
+@dataclass
+class TrialSlot:
+    """One trial's place in the loop, and what its log records about it."""
+
+    index: int  # trials before it in this run
+    iteration: int
+    condition: int
+    sample: int
+    seed: int
+    metadata: dict
+
+
+def run_loop(
+    experiment: Experiment,
+    task,
+    controller,
+    prepare: Callable[[dict], None],
+    run_trial: Callable[[TrialSlot, Policy], Trial],
+    result: RunResult,
+) -> None:
+    """The experiment loop: per iteration, `loop.samples` trials of each condition's policy, then one
+    controller update. prepare(condition) sets the robot up for a condition before its policy is
+    asked for; run_trial(slot, policy) runs and logs one trial. `result` gathers the trials, the
+    learning curve and the update diagnostics as they come, so that they survive a stop."""
+    loop = experiment.loop
+    index = 0
+    for iteration in range(loop.iterations):
+        by_condition: list[list[Trial]] = []
+        for c, condition in enumerate(task.conditions):
+            prepare(condition)
+            policy = controller.policy(c)
+            samples = []
+            for s in range(loop.samples):
+                meta = {
+                    "task": experiment.name,
+                    "controller": experiment.controller.get("type", "random"),
+                    "condition": c,
+                    "iteration": iteration,
+                    "sample": s,
+                }
+                slot = TrialSlot(index, iteration, c, s, loop.seed * 100_003 + index, meta)
+                trial = run_trial(slot, policy)
+                samples.append(trial)
+                result.trials.append(trial)
+                index += 1
+            by_condition.append(samples)
+        result.learning_curve.append([t.total_cost for group in by_condition for t in group])
+        started = time.perf_counter()
+        diagnostics = dict(controller.update(by_condition) or {})
+        diagnostics["update_s"] = time.perf_counter() - started
+        result.diagnostics.append(diagnostics)
+
+
 def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None) -> RunResult:
     """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve."""
     task = make_task(experiment)
@@ -96,39 +149,21 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
         (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
         result = RunResult(folder, [])
         progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
-        index = 0
-        for iteration in range(loop.iterations):
-            by_condition: list[list[Trial]] = []
-            for c, condition in enumerate(task.conditions):
-                apply_condition(robot, condition)
-                policy = controller.policy(c)
-                samples = []
-                for s in range(loop.samples):
-                    seed = loop.seed * 100_003 + index
-                    meta = {
-                        "task": experiment.name,
-                        "controller": experiment.controller.get("type", "random"),
-                        "condition": c,
-                        "iteration": iteration,
-                        "sample": s,
-                    }
-                    path = folder / "trials" / f"trial_{index:04d}.h5"
-                    with TrialWriter(path, robot.spec, meta) as writer:
-                        trial = rollout(robot, policy, task.horizon, seed, costs[c], meta, writer, progress.step)
-                        writer.finish(trial)
-                    samples.append(trial)
-                    result.trials.append(trial)
-                    progress.trial_done(
-                        f"iteration {iteration + 1}/{loop.iterations}  condition {c}  sample {s}: "
-                        f"cost {trial.total_cost:.4g}"
-                    )
-                    index += 1
-                by_condition.append(samples)
-            result.learning_curve.append([t.total_cost for group in by_condition for t in group])
-            started = time.perf_counter()
-            diagnostics = dict(controller.update(by_condition))
-            diagnostics["update_s"] = time.perf_counter() - started
-            result.diagnostics.append(diagnostics)
+
+        def run_trial(slot: TrialSlot, policy: Policy) -> Trial:
+            path = folder / "trials" / f"trial_{slot.index:04d}.h5"
+            with TrialWriter(path, robot.spec, slot.metadata) as writer:
+                trial = rollout(
+                    robot, policy, task.horizon, slot.seed, costs[slot.condition], slot.metadata, writer, progress.step
+                )
+                writer.finish(trial)
+            progress.trial_done(
+                f"iteration {slot.iteration + 1}/{loop.iterations}  condition {slot.condition}  "
+                f"sample {slot.sample}: cost {trial.total_cost:.4g}"
+            )
+            return trial
+
+        run_loop(experiment, task, controller, lambda condition: apply_condition(robot, condition), run_trial, result)
         if hasattr(controller, "save"):
             controller.save(folder / "models")
         write_outputs(experiment, robot, result, loop.video if render_video is None else render_video)
@@ -147,7 +182,7 @@ def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool)
         "final_cost": result.trials[-1].total_cost,
         "diagnostics": result.diagnostics,
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     plot_trial(result.trials[-1], folder / "trajectories.png")
     if len(result.learning_curve) > 1:
         plot_learning_curve(result.learning_curve, folder / "learning_curve.png")
@@ -157,11 +192,3 @@ def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool)
         render_trial_video(
             robot.model, result.trials[-1], folder / "last_trial.mp4", mocap_pos=robot.data.mocap_pos.copy()
         )
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -169,7 +169,7 @@ def test_the_watchdog_holds_the_arm_when_no_action_comes(rig):
 
 def test_a_nan_action_holds_the_arm_and_is_refused(rig):
     arm, emulator, robot = rig
-    x = robot.reset()
+    robot.reset()
     with pytest.raises(ActionError, match="NaN"):
         robot.step(np.full(6, np.nan))
     assert robot.interventions["nonfinite"] == 1
