@@ -294,6 +294,8 @@ class PilcoController:
             std = np.broadcast_to(std, mean.shape) if std.size == 1 else std
             if mean.shape != (len(states),) or std.shape != mean.shape:
                 raise ConfigError(f"start: mean and std need {len(states)} entries (one per state: {', '.join(states)})")
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)):
+                raise ConfigError(f"start: mean and std must be finite and std not negative, got {mean.tolist()} and {std.tolist()}")
             self.start = (mean, std)
         self.policies: list[SaturatedPolicy | None] = [None] * len(self.costs)
         self.trials: list[Trial] = []

@@ -233,6 +233,9 @@ class ServoArm:
             raise ActionError(f"{self.spec.name}: action is not numeric ({err})") from None
         if u.shape != (self.spec.m,):
             raise ActionError(f"{self.spec.name}: action must have shape ({self.spec.m},) {list(self.spec.action_names)}, got {u.shape}")
+        with self._lock:
+            # A bus failure the watchdog met between steps turned torque off: report that, not the torque.
+            self._raise_watchdog_error()
         if not self._torque_on:
             raise RuntimeError(f"{self.spec.name}: reset() the arm before stepping it")
         self._in_step = True

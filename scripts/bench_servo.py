@@ -3,14 +3,20 @@
 The emulator runs in its own process (as an arm is its own hardware) and answers at 1 Mbps with
 the wire's timing; the arm is calibrated through it, then follows smooth joint targets at 50 Hz
 for a while, with clean replies and with 2 % of them corrupted. Reported per arm: the loop
-period's mean, p50, p99 and max, its jitter, overruns, and the bus's retries.
+period's mean, p50, p99 and max, its jitter, overruns, and the bus's retries. Then
+`forethought deploy arm-reach-ilqr` runs on each emulated arm: `ARM_ilqr_mpc_*` give the worst
+trial's loop period (mean, p99), the controller's p99 time per tick, and the worst final
+end-effector error in m.
 """
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -51,6 +57,8 @@ def stop_emulator(process: subprocess.Popen) -> None:
 # The emulator is a process on this machine, which a busy scheduler may hold back for a few ms:
 # wait that much longer for its status packets than for a real servo's.
 TIMEOUT_MARGIN_MS = 8.0
+# Deployed through the emulator as a user would: iLQR-MPC on the arm's own scene.
+MPC_EXPERIMENT = "arm-reach-ilqr"
 
 
 def calibrate_through(process: subprocess.Popen, arm, port: str):
@@ -86,10 +94,35 @@ def loop_run(arm_name: str, steps: int, corrupt: float, dt: float = 0.02) -> dic
         stop_emulator(process)
 
 
+def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT) -> dict:
+    """`forethought deploy EXPERIMENT` on the emulated arm, the run folder thrown away: the worst
+    trial's loop period (mean, p99) and the worst final end-effector error (m)."""
+    from forethought.scripts.deploy import deploy
+    from forethought.scripts.experiment import load_experiment
+
+    arm = load_arm(arm_name)
+    process, port = start_emulator(arm_name, "--seed", "1")
+    try:
+        calibration = calibrate_through(process, arm, port)
+        with tempfile.TemporaryDirectory() as out:
+            result = deploy(load_experiment(experiment_name), arm, port, calibration, Path(out),
+                            timeout_margin_ms=TIMEOUT_MARGIN_MS, stream=io.StringIO())
+    finally:
+        stop_emulator(process)
+    return {
+        "period_mean_ms": max(stats["period_mean_ms"] for stats in result.loop),
+        "period_p99_ms": max(stats["period_p99_ms"] for stats in result.loop),
+        "controller_p99_ms": max(stats["controller_p99_ms"] for stats in result.loop),
+        "reach_error_m": max(result.reach_error_m),
+    }
+
+
 def run_bench_servo_loop(quick: bool = False) -> tuple[dict, dict]:
     steps = 250 if quick else 1500
     metrics = {}
     for arm in ("so101", "koch"):
+        for name, value in mpc_run(arm).items():
+            metrics[f"{arm}_ilqr_mpc_{name}"] = value
         for corrupt in (0.0, 0.02):
             stats = loop_run(arm, steps, corrupt)
             key = f"{arm}{'_corrupt2pct' if corrupt else ''}"
@@ -98,6 +131,6 @@ def run_bench_servo_loop(quick: bool = False) -> tuple[dict, dict]:
                 metrics[f"{key}_{name}"] = stats[name]
     config = {
         "steps": steps, "control_dt_s": 0.02, "baudrate": 1_000_000, "emulator": "separate process, pty",
-        "timeout_margin_ms": TIMEOUT_MARGIN_MS,
+        "timeout_margin_ms": TIMEOUT_MARGIN_MS, "mpc_experiment": MPC_EXPERIMENT,
     }
     return metrics, config
