@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -231,9 +232,13 @@ def fit_main(args: argparse.Namespace) -> int:
     if args.particles < 1:
         raise ValueError(f"--particles must be at least 1, got {args.particles}")
     train, heldout = split_trials(trials, args.heldout, args.seed)
-    print(f"fitting {args.model} on {len(train)} trials, holding out {len(heldout)}", file=sys.stderr)
+    transitions = sum(t.horizon for t in train)
+    print(f"fitting {args.model} on {len(train)} trials ({transitions} transitions), holding out {len(heldout)}...",
+          file=sys.stderr)
+    started = time.perf_counter()
     model = build_model(args.model, train)
     info = model.fit(train)
+    print(f"fitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...", file=sys.stderr)
     report = evaluate_predictions(model, heldout, default_horizons(min(t.horizon for t in heldout)), args.particles, args.seed)
 
     out = Path(args.out) if args.out else default_output(args.paths, args.model)
