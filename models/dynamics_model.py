@@ -30,6 +30,18 @@ class DynamicsModel(Protocol):
     def save(self, path: str | Path) -> None: ...
 
 
+def as_batch(x, u, n: int, m: int, who: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """x (B, n) and u (B, m) as float64 batches, and whether a single (n,), (m,) pair was given;
+    ValueError naming `who` for any other shape."""
+    x = np.asarray(x, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    single = x.ndim == 1
+    x2, u2 = np.atleast_2d(x), np.atleast_2d(u)
+    if x2.ndim != 2 or x2.shape[1] != n or u2.shape != (len(x2), m):
+        raise ValueError(f"{who}: x must be (B, {n}) and u (B, {m}), got {x.shape} and {u.shape}")
+    return x2, u2, single
+
+
 def require(model: object, capability: str, controller: str) -> None:
     """Raise MissingCapability unless `model` has the method `capability` that `controller` needs."""
     if not callable(getattr(model, capability, None)):

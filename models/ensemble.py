@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from forethought.models.dynamics_model import as_batch
 from forethought.robots.trial import Trial
 
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -378,13 +379,7 @@ class EnsembleModel:
     def _check_inputs(self, x, u) -> tuple[np.ndarray, np.ndarray, bool]:
         if not self.fitted:
             raise RuntimeError("the ensemble has not been fitted: call fit(trials) first")
-        x = np.asarray(x, dtype=np.float64)
-        u = np.asarray(u, dtype=np.float64)
-        single = x.ndim == 1
-        x2, u2 = np.atleast_2d(x), np.atleast_2d(u)
-        if x2.ndim != 2 or x2.shape[1] != self.n or u2.shape != (len(x2), self.m):
-            raise ValueError(f"predict needs x (B, {self.n}) and u (B, {self.m}); got {x.shape} and {u.shape}")
-        return x2, u2, single
+        return as_batch(x, u, self.n, self.m, "EnsembleModel")
 
     @torch.no_grad()
     def predict_members(self, x, u, members: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:

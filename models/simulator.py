@@ -31,6 +31,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
+from forethought.models.dynamics_model import as_batch
 from forethought.sim.scenes import scene_path
 
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
@@ -148,15 +149,6 @@ class SimulatorModel:
         """Nothing to learn: the scene is the model."""
         return {}
 
-    def _check(self, x, u):
-        x = np.asarray(x, dtype=np.float64)
-        u = np.asarray(u, dtype=np.float64)
-        single = x.ndim == 1
-        x2, u2 = np.atleast_2d(x), np.atleast_2d(u)
-        if x2.ndim != 2 or x2.shape[1] != self.n or u2.shape != (len(x2), self.m):
-            raise ValueError(f"SimulatorModel: x must be (B, {self.n}) and u (B, {self.m}), got {x.shape} and {u.shape}")
-        return x2, u2, single
-
     def _set(self, data: mujoco.MjData, x: np.ndarray, u: np.ndarray) -> None:
         data.time = 0.0
         data.qpos[:] = x[: self.nq]
@@ -175,7 +167,7 @@ class SimulatorModel:
         if x.shape[-1:] == (self.n,) and u.shape[-1:] == (self.m,) and x.size == self.n and u.size == self.m:
             mean = self._step(self.data, x.reshape(-1), u.reshape(-1)).reshape(x.shape)  # the common case in iLQR
             return mean, np.zeros_like(mean)
-        x, u, _ = self._check(x, u)
+        x, u, _ = as_batch(x, u, self.n, self.m, "SimulatorModel")
         if len(x) >= _ROLLOUT_MIN_BATCH:
             mean = self._predict_rollout(x, u)
         else:
@@ -210,7 +202,7 @@ class SimulatorModel:
 
     def linearize(self, x, u) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """x' ~ A x + B u + c about each row: A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n) zero."""
-        x, u, single = self._check(x, u)
+        x, u, single = as_batch(x, u, self.n, self.m, "SimulatorModel")
         if self.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
             A_tan, B_tan, x_next = self._tangent_jacobians_over_period(x, u)
         else:

@@ -228,7 +228,7 @@ def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="trial 0 has states"):
         model.fit([other])
     fitted_model = fitted(N=200)
-    with pytest.raises(ValueError, match=r"predict needs x \(B, 2\)"):
+    with pytest.raises(ValueError, match=r"EnsembleModel: x must be \(B, 2\)"):
         fitted_model.predict(np.zeros((4, 3)), np.zeros((4, 1)))
     with pytest.raises(ValueError, match="propagation"):
         fitted_model.dynamics("ts2")
