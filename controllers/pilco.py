@@ -26,6 +26,7 @@ In an experiment file:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -104,6 +105,22 @@ class PilcoConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     seed: int | None = None
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block on one torch thread, then restore the previous count.
+
+    A moment-matched rollout is thousands of operations on tensors of a few to a few hundred
+    thousand entries: splitting them over threads gains little, and on a machine whose cores are
+    busy a second thread that is not scheduled stalls every operation: on a loaded 2-core machine
+    the arm reach's first update took 45 s on one thread and had not ended after 15 minutes on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- the expected cost --------------------------------------------------------------------------------
@@ -310,7 +327,12 @@ class PilcoController:
         return PilcoPolicy(self.spec, self.state_index, self.action_index, self.hold, self.policies[condition], seed)
 
     def update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
-        """Fit the GP on every trial so far, then optimise each condition's policy through it."""
+        """Fit the GP on every trial so far, then optimise each condition's policy through it (on one
+        torch thread, see `one_torch_thread`)."""
+        with one_torch_thread():
+            return self._update(trials)
+
+    def _update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
         start = time.perf_counter()
         for condition, group in enumerate(trials):
             for trial in group:
