@@ -88,7 +88,7 @@ def expected_cost(cost: QuadraticCost, mu: np.ndarray, Sigma: np.ndarray) -> flo
 
 def sampled_cost(cost: QuadraticCost, states: np.ndarray, actions: np.ndarray) -> float:
     """Expected cost under the cost model of the Gaussian fitted to samples (N, T+1, n), (N, T, m)."""
-    T, m = actions.shape[1], actions.shape[2]
+    m = actions.shape[2]
     z = np.concatenate([states, np.concatenate([actions, np.zeros((len(actions), 1, m))], axis=1)], axis=2)
     mu = z.mean(axis=0)
     deviation = z - mu
@@ -501,9 +501,21 @@ class MDGPSController(GPSController):
         return NNPolicy(self.mlp, self.features[condition], noise=True, seed=self._sample_seed(condition))
 
     def linearized_policy(self, condition: int, states: np.ndarray) -> LinearGaussianGains:
-        """The network as a linear-Gaussian controller around the mean of states (N, T+1, n)."""
-        K, k = self.mlp.linearize(states[:, : self.horizon].mean(axis=0), self.features[condition])
-        return LinearGaussianGains(K, k, np.tile(self.mlp.cov, (self.horizon, 1, 1)))
+        """The network as a linear-Gaussian controller over the sampled states (N, T+1, n).
+
+        Per step the gain is the network's Jacobian averaged over the samples, and the offset
+        makes the linear controller reproduce the network's mean action over them. A Jacobian
+        taken only at the samples' mean state, where no sample went, can be far steeper than
+        the network is across the samples, and the anchor then predicts costs the network
+        never incurs.
+        """
+        N, T = states.shape[0], self.horizon
+        x = states[:, :T].reshape(N * T, self.n)
+        K, k = self.mlp.linearize(x, self.features[condition])
+        u = (np.einsum("bmn,bn->bm", K, x) + k).reshape(N, T, self.m)
+        K = K.reshape(N, T, self.m, self.n).mean(axis=0)
+        k = u.mean(axis=0) - np.einsum("tmn,tn->tm", K, states[:, :T].mean(axis=0))
+        return LinearGaussianGains(K, k, np.tile(self.mlp.cov, (T, 1, 1)))
 
     def _current_cost(self, X, U, dynamics, model, anchor) -> float:
         # The network was sampled: its actual cost is that of its samples. Propagating its

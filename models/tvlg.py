@@ -184,7 +184,6 @@ def fit_tvlg(
     """
     states, actions = _check_batch(states, actions)
     N, T1, n = states.shape
-    m = actions.shape[2]
     if N < 2 and prior is None:
         raise ValueError(f"fitting a time-varying model needs at least 2 trials without a prior, got {N}")
     if ridge < 0:

@@ -8,6 +8,7 @@ from forethought.controllers.costs import build_cost
 from forethought.controllers.gps import (
     DualSearchError,
     LinearGaussianGains,
+    MDGPSController,
     QuadraticCost,
     build_gps,
     build_mdgps,
@@ -219,6 +220,22 @@ def test_noisy_policy_differs_between_trials_and_repeats_on_rerun():
     a = [first.act(np.zeros(2), 0) for _ in range(2)]
     b = [NNPolicy(mlp, noise=True, seed=3).act(np.zeros(2), 0)]
     assert a[0] != a[1] and b[0] == a[0]
+
+
+def test_mdgps_anchor_is_the_network_averaged_over_the_samples():
+    # The KL anchor takes the network's Jacobian averaged over the sampled states at each step,
+    # and reproduces the network's mean action there.
+    n, m, horizon, samples = 3, 2, 6, 4
+    mlp = MLPPolicy(n, m, 1, MLPPolicyConfig(hidden=[8], seed=1))
+    controller = MDGPSController(n, m, horizon, [None], [np.zeros(m)], [[0.5]], mlp)
+    X = np.random.default_rng(0).normal(size=(samples, horizon + 1, n))
+    anchor = controller.linearized_policy(0, X)
+    K, _ = mlp.linearize(X[:, :horizon].reshape(-1, n), [0.5])
+    np.testing.assert_allclose(anchor.K, K.reshape(samples, horizon, m, n).mean(axis=0))
+    u = mlp.mean(X[:, :horizon].reshape(-1, n), [0.5]).reshape(samples, horizon, m)
+    mean_x = X[:, :horizon].mean(axis=0)
+    np.testing.assert_allclose(np.einsum("tmn,tn->tm", anchor.K, mean_x) + anchor.k, u.mean(axis=0), atol=1e-12)
+    assert anchor.C.shape == (horizon, m, m)
 
 
 # -- The controllers on the simulated arm --------------------------------------------------------

@@ -12,7 +12,6 @@ from forethought.controllers.controller import Task
 from forethought.controllers.costs import build_cost
 from forethought.controllers.pilco import (
     ExpectedCost,
-    PilcoController,
     PilcoPolicy,
     build_pilco,
     expected_saturating_cost,
