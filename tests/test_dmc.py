@@ -34,3 +34,20 @@ def test_unknown_task_is_a_clear_error():
     assert "cartpole:swingup" in dmc_task_names()
     with pytest.raises(ValueError, match="unknown dm_control task 'cartpole:fly'"):
         DmControlRobot("cartpole:fly")
+
+
+@pytest.mark.parametrize("task", ["cartpole:swingup", "reacher:easy", "walker:walk"])
+def test_forethought_run_logs_a_seeded_random_trial(task, tmp_path):
+    from forethought.robots.trial_log import load_trials
+    from forethought.scripts.cli import main
+
+    runs = []
+    for out in ("a", "b"):
+        assert main(["run", f"dmc:{task}", "--horizon", "8", "--no-video", "--seed", "3", "--out", str(tmp_path / out)]) == 0
+        trials, problems = load_trials(sorted((tmp_path / out).glob("*/trials/*.h5")))
+        assert not problems and len(trials) == 1
+        runs.append(trials[0])
+    a, b = runs
+    assert a.actions.shape[0] == 8 and a.metadata["controller"] == "random"
+    np.testing.assert_array_equal(a.states, b.states)
+    np.testing.assert_array_equal(a.actions, b.actions)
