@@ -54,6 +54,10 @@ class PetsConfig:
         if kind not in PLANNERS:
             raise ValueError(f"planner: unknown kind '{kind}' (known: {', '.join(PLANNERS)})")
         settings = {k: v for k, v in self.planner.items() if k != "kind"}
+        # One seed drives the random trial, the ensemble and the planners, so that it alone fixes a run.
+        if "seed" in settings or self.ensemble.seed != EnsembleConfig.seed:
+            part = "planner" if "seed" in settings else "ensemble"
+            raise ValueError(f"{part}: seed: set the controller's `seed` instead (it seeds every part)")
         config_cls = PLANNERS[kind][1]
         known = {f.name for f in dataclasses.fields(config_cls)}
         unknown = sorted(set(settings) - known)

@@ -106,6 +106,8 @@ def test_update_measures_the_model_and_save_writes_model_and_plot(slider, tmp_pa
         ({"planner": {"kind": "cem", "population": 10, "elites": 20}}, "elites"),
         ({"propagation": "ts3"}, "unknown propagation 'ts3'"),
         ({"ensemble": {"hidden": "wide"}}, "ensemble.hidden: expected a list"),
+        ({"planner": {"kind": "cem", "seed": 3}}, "planner: seed: set the controller's `seed`"),
+        ({"ensemble": {"seed": 3}}, "ensemble: seed: set the controller's `seed`"),
     ],
 )
 def test_bad_parameters_name_the_key(slider, params, message):
