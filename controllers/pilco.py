@@ -4,7 +4,10 @@ The loop: the first trial runs uniformly random actions; after every trial `upda
 (models.gp) on all transitions so far, then improves the policy (controllers.rbf_policy) by L-BFGS
 on the predicted value J = sum_{t=1..H} E[c(x_t)], where x_0 ~ N(start mean, start cov) and every
 step is moment matched: policy, GP, and the expected saturating cost, all exact in the moments
-and differentiated by autograd. The next trial runs the improved policy on the robot.
+and differentiated by autograd. The angles' (sin, cos) moments are matched once per predicted state
+and shared by policy, GP and cost (as PILCO's propagate does) rather than matched in each: on the
+cart-pole a rollout with its gradient takes about a quarter less time. The next trial runs the
+improved policy on the robot.
 
 The cost is the experiment's own (controllers.costs): PILCO takes its `saturating` terms,
 1 - exp(-d^2 / (2 sigma^2)) with d^2 = sum_i w_i e_i^2 and angle entries as the chord 2 (1 - cos e_i),
@@ -20,8 +23,8 @@ In an experiment file:
       hold: {}                                 # values for the other actions (default: middle of bounds)
       start: {mean: [0, 0, 0, 0], std: 0.1}    # x_0 (default: the robot's, else the trials' first states)
       model: {angle_states: [pole], restarts: 1, inducing: 300}
-      policy: {kind: rbf, basis: 10, lengthscale: 1.0}
-      optimiser: {max_iter: 150}
+      policy: {kind: rbf, basis: 50, lengthscale: 1.0}
+      optimiser: {max_iter: 150, first_restarts: 2}
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 from forethought.controllers.costs import Cost, SaturatingCost, build_cost
 from forethought.controllers.rbf_policy import LinearPolicy, RBFPolicy, SaturatedPolicy
 from forethought.models.gp import GPConfig, GPModel, is_numerical, minimize_lbfgs
-from forethought.models.moment_matching import augment_with_trig
+from forethought.models.moment_matching import augment_with_trig, augment_with_trig_moments
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial
@@ -72,16 +75,20 @@ class PolicyConfig:
 class OptimiserConfig:
     """max_iter: L-BFGS iterations per policy optimisation; restarts: fresh random policies optimised
     besides the current one at every update, the one with the lowest predicted cost kept (0: PILCO's
-    own warm-started search only)."""
+    own warm-started search only); first_restarts: the same at the first update only, where no
+    policy has been learned yet and one poor random start would set the course of every later
+    warm-started search (None: as `restarts`)."""
 
     max_iter: int = 150
     restarts: int = 0
+    first_restarts: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_iter < 1:
             raise ValueError(f"optimiser.max_iter must be at least 1, got {self.max_iter}")
-        if self.restarts < 0:
-            raise ValueError(f"optimiser.restarts must not be negative, got {self.restarts}")
+        if self.restarts < 0 or (self.first_restarts is not None and self.first_restarts < 0):
+            raise ValueError(f"optimiser.restarts and first_restarts must not be negative, "
+                             f"got {self.restarts} and {self.first_restarts}")
 
 
 @dataclass
@@ -157,7 +164,7 @@ class ExpectedCost:
         """(B,) expected cost at step t (1..H) of x ~ N(mean (B, n), cov (B, n, n))."""
         total = torch.zeros(mean.shape[0], dtype=mean.dtype)
         for weighted, index, distance, sigma in self.terms:
-            scale = weighted.final_weight if t >= self.horizon else float(weighted.running_scale(t, self.horizon))
+            scale = self._scale(weighted, t)
             if scale == 0.0:
                 continue
             angle = torch.as_tensor(distance.angle)
@@ -166,6 +173,39 @@ class ExpectedCost:
                 torch.as_tensor(distance.weights), torch.as_tensor(distance.target), angle, sigma,
             )
         return total
+
+    def augmented(self, aug_mean: torch.Tensor, aug_cov: torch.Tensor, angles: torch.Tensor, t: int) -> torch.Tensor:
+        """`self(mean, cov, t)` from the trig-augmented Gaussian over [x, sin x_angles, cos x_angles]
+        (mean (B, n+2k), cov (B, n+2k, n+2k), as `augment_with_trig` gives it), whose (sin, cos)
+        moments a rollout has already matched; every angle the cost weighs must be among `angles` (k,)."""
+        angles = angles.tolist()
+        n = aug_mean.shape[-1] - 2 * len(angles)
+        total = torch.zeros(aug_mean.shape[0], dtype=aug_mean.dtype)
+        for weighted, index, distance, sigma in self.terms:
+            scale = self._scale(weighted, t)
+            if scale == 0.0:
+                continue
+            plain, trig = index[~torch.as_tensor(distance.angle)], index[torch.as_tensor(distance.angle)].tolist()
+            if not set(trig) <= set(angles):
+                raise ValueError(f"the cost weighs angles {trig} that are not among the augmented ones {angles}")
+            slots = torch.tensor([angles.index(i) for i in trig], dtype=torch.long)
+            y = torch.cat([plain, n + slots, n + len(angles) + slots])
+            goal, v = _goal_and_scales(torch.as_tensor(distance.weights), torch.as_tensor(distance.target),
+                                       torch.as_tensor(distance.angle), sigma)
+            total = total + scale * saturating_expectation(aug_mean[:, y], aug_cov[:, y[:, None], y[None, :]], goal, v)
+        return total
+
+    def _scale(self, weighted, t: int) -> float:
+        """The term's weight at step t: its final weight at t = H, its ramped running weight before."""
+        return weighted.final_weight if t >= self.horizon else float(weighted.running_scale(t, self.horizon))
+
+
+def _goal_and_scales(weights, target, angle, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y* (K,) and V = sqrt(diag W) (K,) of `expected_saturating_cost` over y = [plain, sin, cos]."""
+    plain, angles = ~angle, angle
+    goal = torch.cat([target[plain], torch.sin(target[angles]), torch.cos(target[angles])]).to(torch.float64)
+    w = torch.cat([weights[plain], weights[angles], weights[angles]]).to(torch.float64)
+    return goal, torch.sqrt(w) / sigma
 
 
 def expected_saturating_cost(mean, cov, weights, target, angle, sigma: float) -> torch.Tensor:
@@ -181,13 +221,14 @@ def expected_saturating_cost(mean, cov, weights, target, angle, sigma: float) ->
     plain = torch.nonzero(~angle).reshape(-1)
     k = mean.shape[-1]
     aug_mean, aug_cov = augment_with_trig(mean, cov, angle_index)
-    a = len(angle_index)
-    y = torch.cat([plain, torch.arange(k, k + 2 * a)])
-    y_mean, y_cov = aug_mean[:, y], aug_cov[:, y[:, None], y[None, :]]
-    goal = torch.cat([target[plain], torch.sin(target[angle_index]), torch.cos(target[angle_index])]).to(mean.dtype)
-    w = torch.cat([weights[plain], weights[angle_index], weights[angle_index]]).to(mean.dtype)
-    v = torch.sqrt(w) / sigma
-    A = v[:, None] * y_cov * v[None, :] + torch.eye(len(y), dtype=mean.dtype)
+    y = torch.cat([plain, torch.arange(k, k + 2 * len(angle_index))])
+    goal, v = _goal_and_scales(weights, target, angle, sigma)
+    return saturating_expectation(aug_mean[:, y], aug_cov[:, y[:, None], y[None, :]], goal.to(mean.dtype), v.to(mean.dtype))
+
+
+def saturating_expectation(y_mean: torch.Tensor, y_cov: torch.Tensor, goal: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """E[1 - exp(-|V (y - goal)|^2 / 2)] (B,) for y ~ N(y_mean (B, K), y_cov (B, K, K)), V = diag(v (K,))."""
+    A = v[:, None] * y_cov * v[None, :] + torch.eye(len(v), dtype=y_mean.dtype)
     L = torch.linalg.cholesky(A)
     r = ((y_mean - goal) * v)[..., None]
     quad = (r * torch.cholesky_solve(r, L)).sum((-1, -2))
@@ -204,20 +245,28 @@ def predict_trajectory(model: GPModel, policy: SaturatedPolicy, mean0: torch.Ten
 
     Returns (means (H+1, B, n), covs (H+1, B, n, n), expected costs (H, B) of x_1..x_H, or None without a cost).
     """
+    angles = model.angle_index
+    if not torch.equal(policy.angle_index, angles):
+        raise ValueError(f"the policy's angles {policy.angle_index.tolist()} differ from the model's {angles.tolist()}")
     mean, cov = mean0, cov0
     means, covs, costs = [mean], [cov], []
-    policy_moments = policy.moment_map()
+    policy_moments = policy.augmented_moment_map()
+    # The angles' (sin, cos) moments, matched once per state for policy, model and cost alike.
+    aug = augment_with_trig_moments(mean, cov, angles)
     for t in range(horizon):
-        u_mean, u_cov, xu = policy_moments(mean, cov)
-        joint_mean = torch.cat([mean, u_mean], dim=-1)
+        u_mean, u_cov, xu = policy_moments(aug.mean, aug.cov)
+        # Cov[(sin, cos), u] through the angles, as the model's own augmentation of (x, u) has it.
+        yu = torch.cat([xu, aug.C.transpose(-1, -2) @ xu[:, angles]], dim=-2)
+        joint_mean = torch.cat([aug.mean, u_mean], dim=-1)
         joint_cov = torch.cat(
-            [torch.cat([cov, xu], dim=-1), torch.cat([xu.transpose(-1, -2), u_cov], dim=-1)], dim=-2
+            [torch.cat([aug.cov, yu], dim=-1), torch.cat([yu.transpose(-1, -2), u_cov], dim=-1)], dim=-2
         )
-        mean, cov, _ = model.propagate(joint_mean, joint_cov)
+        mean, cov, _ = model.propagate_augmented(joint_mean, joint_cov)
         means.append(mean)
         covs.append(cov)
+        aug = augment_with_trig_moments(mean, cov, angles)
         if cost is not None:
-            costs.append(cost(mean, cov, t + 1))
+            costs.append(cost.augmented(aug.mean, aug.cov, angles, t + 1))
     return torch.stack(means), torch.stack(covs), (torch.stack(costs) if cost is not None else None)
 
 
@@ -348,8 +397,11 @@ class PilcoController:
         }
         settings = self.config.optimiser
         for c, cost in enumerate(self.costs):
+            restarts = settings.restarts
+            if self.policies[c] is None and settings.first_restarts is not None:
+                restarts = settings.first_restarts
             current = self.policies[c] if self.policies[c] is not None else self._new_policy(mean0, cov0, c, 0)
-            candidates = [current] + [self._new_policy(mean0, cov0, c, r + 1) for r in range(settings.restarts)]
+            candidates = [current] + [self._new_policy(mean0, cov0, c, r + 1) for r in range(restarts)]
             results = [optimise_policy(self.model, p, cost, mean0, cov0, self.horizon, settings.max_iter)
                        for p in candidates]
             best = min(range(len(candidates)), key=lambda i: results[i]["predicted_cost"])

@@ -77,13 +77,24 @@ class SaturatedPolicy(torch.nn.Module):
 
     def moment_map(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(mean (B, n), cov (B, n, n)) of x -> moments of u: mean (B, m), cov (B, m, m), Cov[x, u] (B, n, m)."""
-        raw_map = self.raw_moment_map()
+        augmented = self.augmented_moment_map()
 
         def moments(mean: torch.Tensor, cov: torch.Tensor):
-            z_mean, z_cov, cross = self.feature_moments(mean, cov)
-            raw = raw_map(z_mean, z_cov)
+            return augmented(*augment_with_trig(mean, cov, self.angle_index))
+
+        return moments
+
+    def augmented_moment_map(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Moments of u from the trig-augmented Gaussian over y = [x, sin x_a, cos x_a] (mean (B, n+2k),
+        cov (B, n+2k, n+2k), as `augment_with_trig` with this policy's angles gives it): mean (B, m),
+        cov (B, m, m) and Cov[x, u] (B, n, m), so that a rollout matches the angles once per step."""
+        raw_map = self.raw_moment_map()
+        z = self.z_index
+
+        def moments(aug_mean: torch.Tensor, aug_cov: torch.Tensor):
+            raw = raw_map(aug_mean[:, z], aug_cov[:, z[:, None], z[None, :]])
             sat = sine_saturation(raw.mean, raw.cov, self.low, self.high)
-            return sat.mean, sat.cov, cross @ raw.C @ sat.C
+            return sat.mean, sat.cov, aug_cov[:, : self.n, z] @ (raw.C @ sat.C)
 
         return moments
 

@@ -239,11 +239,8 @@ class GPModel:
         self.angle_index = torch.tensor(angles, dtype=torch.long)
         self.plain_index = torch.tensor([i for i in range(self.n) if i not in angles], dtype=torch.long)
         k = len(angles)
-        # GP input z from the trig-augmented [x, u, sin x_a, cos x_a]: [plain x, sin, cos, u].
-        nm = self.n + self.m
-        self._z_index = torch.cat(
-            [self.plain_index, torch.arange(nm, nm + 2 * k), torch.arange(self.n, nm)]
-        )
+        # GP input z = [plain x, sin, cos, u] from the trig-augmented [x, sin x_a, cos x_a, u].
+        self._z_index = torch.cat([self.plain_index, torch.arange(self.n, self.n + 2 * k + self.m)])
         self.input_dim = len(self._z_index)
         self.fitted = False
         self.sparse = False
@@ -483,12 +480,25 @@ class GPModel:
         Gaussian over the GP inputs z; Cov[(x, u), f] = Cov[(x, u), z] C, exact where z is linear in (x, u).
         """
         self._require_fit()
-        n = self.n
+        nm = self.n + self.m
         aug_mean, aug_cov = augment_with_trig(mean, cov, self.angle_index)
-        z = self._z_index
-        z_mean, z_cov = aug_mean[:, z], aug_cov[:, z[:, None], z[None, :]]
-        delta = se_moment_match(z_mean, z_cov, self.inputs, self.beta, self.lengthscales, self.signal_var, self.weights)
-        cross_delta = aug_cov[:, : mean.shape[1], z] @ delta.C  # Cov[(x, u), delta]: (B, n+m, n)
+        # [x, u, sin, cos] -> [x, sin, cos, u], the order `propagate_augmented` takes.
+        order = torch.cat([torch.arange(self.n), torch.arange(nm, aug_mean.shape[1]), torch.arange(self.n, nm)])
+        next_mean, next_cov, cross = self.propagate_augmented(aug_mean[:, order], aug_cov[:, order[:, None], order[None, :]])
+        inverse = torch.argsort(order)[:nm]
+        return next_mean, next_cov, cross[:, inverse]
+
+    def propagate_augmented(self, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`propagate` from a Gaussian over y = [x, sin x_a, cos x_a, u] (B, n+2k+m) whose trig entries
+        are already moment matched (a rollout matches them once per step, for policy and model alike).
+
+        Returns the next state's mean (B, n), covariance (B, n, n) and Cov[y, x_next] (B, n+2k+m, n).
+        """
+        self._require_fit()
+        n, z = self.n, self._z_index
+        delta = se_moment_match(mean[:, z], cov[:, z[:, None], z[None, :]], self.inputs, self.beta,
+                                self.lengthscales, self.signal_var, self.weights)
+        cross_delta = cov[:, :, z] @ delta.C  # Cov[y, delta]: (B, n+2k+m, n)
         next_mean = mean[:, :n] + delta.mean
         next_cov = cov[:, :n, :n] + delta.cov + cross_delta[:, :n] + cross_delta[:, :n].transpose(-1, -2)
         next_cov = 0.5 * (next_cov + next_cov.transpose(-1, -2))

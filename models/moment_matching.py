@@ -75,14 +75,21 @@ def augment_with_trig(mean: torch.Tensor, cov: torch.Tensor, index: torch.Tensor
     index: (k,) long, the angle entries. The extension is moment matched: its mean and covariance
     are exact, its Gaussian shape is the approximation.
     """
+    augmented = augment_with_trig_moments(mean, cov, index)
+    return augmented.mean, augmented.cov
+
+
+def augment_with_trig_moments(mean: torch.Tensor, cov: torch.Tensor, index: torch.Tensor) -> Moments:
+    """`augment_with_trig` with C (B, k, 2k) of the (sin, cos) entries with respect to the angles, so
+    that any variable z jointly Gaussian with x gets Cov[z, (sin, cos)] = Cov[z, x_index] @ C."""
     if index.numel() == 0:
-        return mean, cov
+        return Moments(mean, cov, mean.new_zeros(mean.shape[0], 0, 0))
     trig = trig_moments(mean[..., index], cov[..., index[:, None], index[None, :]])
     cross = cov[..., :, index] @ trig.C  # Cov[x, (sin, cos)]: (B, n, 2k)
     mean_out = torch.cat([mean, trig.mean], dim=-1)
     top = torch.cat([cov, cross], dim=-1)
     bottom = torch.cat([cross.transpose(-1, -2), trig.cov], dim=-1)
-    return mean_out, torch.cat([top, bottom], dim=-2)
+    return Moments(mean_out, torch.cat([top, bottom], dim=-2), trig.C)
 
 
 def sine_saturation(mean: torch.Tensor, cov: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> Moments:

@@ -12,7 +12,12 @@ import torch
 
 from forethought.controllers.rbf_policy import RBFPolicy
 from forethought.models.gp import GPConfig, GPModel
-from forethought.models.moment_matching import se_moment_match, sine_saturation, trig_moments
+from forethought.models.moment_matching import (
+    augment_with_trig_moments,
+    se_moment_match,
+    sine_saturation,
+    trig_moments,
+)
 from forethought.robots.trial import Trial
 
 DT = torch.float64
@@ -69,6 +74,16 @@ def test_trig_moments_match_monte_carlo(seed):
     assert_close(moments.cov[0], torch.cov(y.T))
     assert_close(cov[0] @ moments.C[0], cross_cov(w, y))
     assert_symmetric_psd(moments.cov)
+
+
+def test_augmented_trig_c_carries_covariances_through_the_angles():
+    """Cov[x, (sin, cos)] = Cov[x, angles] @ C, the rule a rollout uses for the action's covariance."""
+    g = torch.Generator().manual_seed(3)
+    mean, cov = random_gaussian(4, g, scale=1.0)
+    index = torch.tensor([1, 3])
+    augmented = augment_with_trig_moments(mean, cov, index)
+    torch.testing.assert_close(augmented.cov[:, :4, 4:], cov[:, :, index] @ augmented.C, rtol=0, atol=1e-14)
+    torch.testing.assert_close(augmented.C, trig_moments(mean[:, index], cov[:, index[:, None], index]).C)
 
 
 def test_trig_moments_stay_finite_for_huge_variances():

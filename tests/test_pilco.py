@@ -18,6 +18,7 @@ from forethought.controllers.pilco import (
     predict_trajectory,
 )
 from forethought.controllers.rbf_policy import LinearPolicy, RBFPolicy
+from forethought.models.moment_matching import augment_with_trig
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import rollout
@@ -107,6 +108,20 @@ def test_cost_weights_and_ramps_follow_the_cost_definition():
     assert float(expected(mean, cov, 10)) == pytest.approx(5.0 * base)  # t = H: the final weight
 
 
+def test_expected_cost_from_augmented_moments_is_the_same():
+    """A rollout hands the cost the state's (sin, cos) moments it has already matched: same value."""
+    cfg = {"terms": [dict(SATURATING["terms"][0], weight=2.0, final_weight=5.0, ramp="linear")]}
+    expected = ExpectedCost(build_cost(cfg, CARTPOLE), CARTPOLE.state_names, CARTPOLE.state_names, horizon=10)
+    angles = torch.tensor([1])
+    for seed in range(3):
+        mean, cov = gaussian(4, seed)
+        aug_mean, aug_cov = augment_with_trig(mean, cov, angles)
+        for t in (3, 10):
+            assert float(expected.augmented(aug_mean, aug_cov, angles, t)) == pytest.approx(float(expected(mean, cov, t)), abs=1e-12)
+    with pytest.raises(ValueError, match="not among the augmented"):
+        expected.augmented(mean, cov, torch.tensor([], dtype=torch.long), 1)
+
+
 def test_pilco_rejects_costs_it_cannot_take_in_expectation():
     cfg = {"terms": [{"type": "state", "weights": {"cart": 1.0}}]}
     with pytest.raises(ConfigError, match="saturating terms only"):
@@ -169,6 +184,8 @@ def test_controller_config_errors_name_the_key():
         build_pilco({"polcy": {}}, robot, task)
     with pytest.raises(ConfigError, match="unknown policy 'mlp'"):
         build_pilco({"policy": {"kind": "mlp"}}, robot, task)
+    with pytest.raises(ConfigError, match="first_restarts must not be negative"):
+        build_pilco({"optimiser": {"first_restarts": -1}}, robot, task)
     with pytest.raises(ConfigError, match="states: unknown names"):
         build_pilco({"states": ["elbow"]}, robot, task)
     with pytest.raises(ConfigError, match="start: mean and std need 2 entries"):
