@@ -17,12 +17,7 @@ DT = torch.float64
 STATES, ACTIONS = ("cart", "pole", "d_cart", "d_pole"), ("force",)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cartpole_like_trials(seed: int, count: int, T: int = 30, noise: float = 0.0) -> list[Trial]:

@@ -24,12 +24,7 @@ DT = torch.float64
 SAMPLES = 2**18
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_gaussian(D: int, generator: torch.Generator, scale: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
