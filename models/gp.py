@@ -36,6 +36,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from forethought.models.dynamics_model import as_batch
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
 from forethought.robots.trial import Trial
 
@@ -457,12 +458,7 @@ class GPModel:
         """Next-state mean (B, n) and variance (B, n) (latent plus noise) for x (B, n), u (B, m);
         a single (n,), (m,) pair gives (n,) outputs."""
         self._require_fit()
-        x = np.asarray(x, dtype=np.float64)
-        u = np.asarray(u, dtype=np.float64)
-        single = x.ndim == 1
-        x, u = np.atleast_2d(x), np.atleast_2d(u)
-        if x.shape[1] != self.n or u.shape != (x.shape[0], self.m):
-            raise ValueError(f"GP: predict needs x (B, {self.n}) and u (B, {self.m}), got {x.shape} and {u.shape}")
+        x, u, single = as_batch(x, u, self.n, self.m, "GPModel")
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(u))):
             raise ValueError("GP: predict got NaN or infinite states or actions")
         with torch.no_grad():

@@ -150,7 +150,7 @@ def test_save_and_load_give_the_same_predictions(model, tmp_path):
 
 
 def test_bad_input_gets_one_clear_error(model, tmp_path):
-    with pytest.raises(ValueError, match=r"predict needs x \(B, 4\)"):
+    with pytest.raises(ValueError, match=r"GPModel: x must be \(B, 4\)"):
         model.predict(np.zeros((3, 3)), np.zeros((3, 1)))
     with pytest.raises(ValueError, match="NaN"):
         model.predict(np.full(4, np.nan), np.zeros(1))
