@@ -141,6 +141,7 @@ class PetsController:
             transitions=float(fit["transitions"]),
             fit_epochs=float(fit["epochs"]),
             fit_s=float(fit["fit_s"]),
+            holdout_mse=float(fit["holdout_mse_elites"]),
             holdout_nll=float(fit["holdout_nll_elites"]),
         )
         self.iteration += 1

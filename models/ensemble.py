@@ -40,11 +40,16 @@ class EnsembleConfig:
 
     members: networks in the ensemble; elites: how many of them (best held-out loss) predict and plan
     (default all). hidden: widths of the hidden layers. angle_states: state names fed as (sin, cos).
+    relative_actions: feed each action that shares its name with a state as the difference action -
+    state (a servo's position target becomes its position error, which its torque follows); other
+    actions are fed as they are.
     weight_decay: L2 weight on every layer's weights. holdout: fraction of transitions kept out of
     training for early stopping (at most max_holdout); training stops after `patience` epochs in
-    which no member's held-out loss improved by a relative `min_improvement`, once it has taken
+    which no member's held-out mean squared error improved by a relative `min_improvement`, once it has taken
     `min_steps` gradient steps (so that the few transitions of the first trials still train the
-    networks), and after `max_epochs` epochs (or enough epochs for min_steps) at the latest.
+    networks), and after `max_epochs` epochs (or enough epochs for min_steps) or `max_steps` steps
+    at the latest (each fit continues from the last one's weights, so a capped fit still builds on
+    all earlier training).
     logvar_min, logvar_max: initial soft bounds on the log-variance (normalised target units);
     logvar_penalty: weight of (sum of upper bounds - sum of lower bounds) in the loss.
     planning_dtype: precision of the network inside planning rollouts: "float32", "bfloat16" (about
@@ -58,12 +63,14 @@ class EnsembleConfig:
     hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
     activation: str = "silu"
     angle_states: list[str] = field(default_factory=list)
+    relative_actions: bool = False
     learning_rate: float = 1e-3
     weight_decay: float = 5e-5
     batch_size: int = 32
     max_epochs: int = 200
-    min_steps: int = 200
-    patience: int = 10
+    min_steps: int = 1000
+    max_steps: int = 10000
+    patience: int = 30
     min_improvement: float = 0.01
     holdout: float = 0.2
     max_holdout: int = 2000
@@ -91,6 +98,8 @@ class EnsembleConfig:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError("batch_size, max_epochs and patience must be at least 1")
+        if self.max_steps < max(1, self.min_steps):
+            raise ValueError(f"max_steps ({self.max_steps}) must be at least min_steps ({self.min_steps}) and 1")
         if not self.logvar_min < self.logvar_max:
             raise ValueError(f"logvar_min ({self.logvar_min}) must be below logvar_max ({self.logvar_max})")
         resolve_device(self.device)
@@ -219,6 +228,10 @@ class EnsembleModel:
         angles = [self.state_names.index(a) for a in self.config.angle_states]
         self._angle_idx = np.array(angles, dtype=np.int64)
         self._plain_idx = np.array([i for i in range(self.n) if i not in angles], dtype=np.int64)
+        # Per action: 1 where it is fed relative to the state of its name (then _action_ref is that state).
+        named = [a in self.state_names and self.config.relative_actions for a in self.action_names]
+        self._action_ref = np.array([self.state_names.index(a) if r else 0 for a, r in zip(self.action_names, named)])
+        self._action_rel = np.array(named, dtype=np.float64)
         self._generator = torch.Generator().manual_seed(int(self.config.seed))
         self.network = EnsembleNetwork(
             self.config.members,
@@ -232,7 +245,7 @@ class EnsembleModel:
         self.input_stats: Normaliser | None = None
         self.target_stats: Normaliser | None = None
         self.elites = np.arange(self.config.n_elites)
-        self.holdout_loss = np.full(self.config.members, np.nan)
+        self.holdout_mse = np.full(self.config.members, np.nan)
         self._dynamics_cache: dict[tuple[str, str], "EnsembleDynamics"] = {}
 
     @property
@@ -252,8 +265,9 @@ class EnsembleModel:
         return self.input_stats is not None
 
     def features(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Network inputs before normalisation: (x without angles, sin, cos of angles, u)."""
+        """Network inputs before normalisation: (x without angles, sin, cos of angles, u or u - x)."""
         ang = x[..., self._angle_idx]
+        u = u - self._action_rel * x[..., self._action_ref]
         return np.concatenate([x[..., self._plain_idx], np.sin(ang), np.cos(ang), u], axis=-1)
 
     # ----------------------------------------------------------------- data and fitting
@@ -313,12 +327,15 @@ class EnsembleModel:
         optimiser = torch.optim.Adam(decay + [{"params": rest, "weight_decay": 0.0}], lr=cfg.learning_rate)
         boot = torch.randint(len(train), (E, len(train)), generator=self._generator).to(self.device)
 
-        best_loss = self._holdout_loss(z_hold, y_hold) if n_hold else None
+        # Early stopping and elites go by the held-out squared error of the mean, not the NLL: the NLL
+        # turns upwards within a few epochs (the variances grow confident) while the mean keeps
+        # improving for hundreds, so stopping on it leaves the dynamics underfitted.
+        best_loss = self._holdout_scores(z_hold, y_hold)[0] if n_hold else None
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         epochs = steps = stale = 0
         batches_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
         max_epochs = max(cfg.max_epochs, math.ceil(cfg.min_steps / batches_per_epoch))
-        while epochs < max_epochs:
+        while epochs < max_epochs and steps < cfg.max_steps:
             shuffle = torch.argsort(torch.rand(E, len(train), generator=self._generator), dim=1).to(self.device)
             idx = torch.gather(boot, 1, shuffle)
             for b in range(0, len(train), cfg.batch_size):
@@ -334,7 +351,7 @@ class EnsembleModel:
             epochs += 1
             if best_loss is None:
                 continue
-            loss = self._holdout_loss(z_hold, y_hold)
+            loss = self._holdout_scores(z_hold, y_hold)[0]
             improved = (best_loss - loss) / np.abs(best_loss).clip(1e-8) > cfg.min_improvement
             if improved.any():
                 best_loss = np.where(improved, loss, best_loss)
@@ -349,10 +366,10 @@ class EnsembleModel:
                     break
         if best_loss is not None:
             net.load_state_dict(best_state)
-            self.holdout_loss = self._holdout_loss(z_hold, y_hold)
-            self.elites = np.sort(np.argsort(self.holdout_loss, kind="stable")[: cfg.n_elites])
+            self.holdout_mse, holdout_nll = self._holdout_scores(z_hold, y_hold)
+            self.elites = np.sort(np.argsort(self.holdout_mse, kind="stable")[: cfg.n_elites])
         else:
-            self.holdout_loss = np.full(E, np.nan)
+            self.holdout_mse = holdout_nll = np.full(E, np.nan)
             self.elites = np.arange(cfg.n_elites)
         return {
             "transitions": int(len(x)),
@@ -360,16 +377,21 @@ class EnsembleModel:
             "epochs": epochs,
             "steps": steps,
             "fit_s": time.perf_counter() - start,
-            "holdout_nll": [float(v) for v in self.holdout_loss],
-            "holdout_nll_elites": float(np.mean(self.holdout_loss[self.elites])),
+            "holdout_mse": [float(v) for v in self.holdout_mse],
+            "holdout_nll": [float(v) for v in holdout_nll],
+            "holdout_mse_elites": float(np.mean(self.holdout_mse[self.elites])),
+            "holdout_nll_elites": float(np.mean(holdout_nll[self.elites])),
             "elites": [int(e) for e in self.elites],
         }
 
     @torch.no_grad()
-    def _holdout_loss(self, z: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    def _holdout_scores(self, z: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per member: mean squared error of the mean and Gaussian NLL (up to constants), normalised units."""
         mean, logvar = self.network(z.expand(self.config.members, *z.shape))
-        loss = (((mean - y) ** 2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
-        return loss.double().cpu().numpy()
+        squared = (mean - y) ** 2
+        mse = squared.mean(dim=(1, 2))
+        nll = (squared * torch.exp(-logvar) + logvar).mean(dim=(1, 2))
+        return mse.double().cpu().numpy(), nll.double().cpu().numpy()
 
     def _to_tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
@@ -441,7 +463,7 @@ class EnsembleModel:
             "input_stats": None if self.input_stats is None else asdict(self.input_stats),
             "target_stats": None if self.target_stats is None else asdict(self.target_stats),
             "elites": self.elites.tolist(),
-            "holdout_loss": self.holdout_loss.tolist(),
+            "holdout_mse": self.holdout_mse.tolist(),
             "generator": self._generator.get_state(),
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -470,7 +492,8 @@ class EnsembleModel:
             if stats is not None:
                 setattr(model, name, Normaliser(np.asarray(stats["mean"]), np.asarray(stats["std"])))
         model.elites = np.asarray(state["elites"], dtype=np.int64)
-        model.holdout_loss = np.asarray(state["holdout_loss"], dtype=np.float64)
+        # Files from before early stopping went by squared error hold no held-out MSE.
+        model.holdout_mse = np.asarray(state.get("holdout_mse", model.holdout_mse), dtype=np.float64)
         model._generator.set_state(state["generator"])
         return model
 
@@ -523,10 +546,15 @@ class EnsembleDynamics:
         self._buffers: dict[int, list[torch.Tensor]] = {}
         self._angle_idx = torch.as_tensor(model._angle_idx, device=self.device)
         self._plain_idx = torch.as_tensor(model._plain_idx, device=self.device)
+        self._action_ref = torch.as_tensor(model._action_ref, device=self.device)
+        self._action_rel = torch.as_tensor(model._action_rel, dtype=torch.float32, device=self.device)
+        self._relative = bool(model._action_rel.any())
 
     def _features(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """(x without angles, sin and cos of angles, u, 1) in the network's dtype."""
+        """(x without angles, sin and cos of angles, u or u - x, 1) in the network's dtype."""
         ang = x[..., self._angle_idx]
+        if self._relative:
+            u = u - self._action_rel * x[..., self._action_ref]
         ones = torch.ones_like(u[..., :1])
         return torch.cat([x[..., self._plain_idx], torch.sin(ang), torch.cos(ang), u, ones], dim=-1).to(self.dtype)
 
