@@ -242,18 +242,24 @@ class ILQRMPCConfig:
             raise ValueError(f"initial_action must be hold, middle or a list of numbers, got {self.initial_action!r}")
 
 
-def planning_model(scene, dt: float, config: ILQRMPCConfig):
-    """MuJoCo as the planning model (see ILQRMPCConfig) for a robot with control period dt (s)."""
+def planning_model(scene, dt: float, model_timestep: float | None = None, frictionloss: bool = True,
+                   centred: bool = False):
+    """MuJoCo as the planning model for a robot with control period dt (s).
+
+    model_timestep: the model's physics step in s (None: the scene's); the control period must be a
+    whole number of them. frictionloss: keep the joints' dry friction; centred: centred differences
+    in the model's linearisation.
+    """
     from forethought.models.simulator import SimulatorModel
 
-    settings = dict(centred=config.centred_differences, frictionloss=config.model_frictionloss)
-    if config.model_timestep is None:
+    settings = dict(centred=centred, frictionloss=frictionloss)
+    if model_timestep is None:
         model = SimulatorModel(scene, **settings)
     else:
-        steps = dt / config.model_timestep
+        steps = dt / model_timestep
         if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
-            raise ConfigError(f"model_timestep: the control period {dt} s is not a whole number of {config.model_timestep} s steps")
-        model = SimulatorModel(scene, control_steps=int(round(steps)), timestep=config.model_timestep, **settings)
+            raise ConfigError(f"model_timestep: the control period {dt} s is not a whole number of {model_timestep} s steps")
+        model = SimulatorModel(scene, control_steps=int(round(steps)), timestep=model_timestep, **settings)
     if abs(model.dt - dt) > 1e-9:
         raise ConfigError(f"the planning model's control period {model.dt} s differs from the robot's {dt} s")
     return model
@@ -275,24 +281,21 @@ def initial_action(setting, spec: RobotSpec):
     return values
 
 
-class ILQRMPCController:
-    """The Controller for iLQR-MPC on a known model: one MPC policy per condition; nothing to learn.
+class MPCController:
+    """The Controller for MPC on a known model: nothing to learn, one RecedingHorizonPolicy per
+    condition around the planner that `planner_for(condition)` builds.
 
     update() reports the replanning statistics of the policies handed out since the last update.
     """
 
-    def __init__(self, spec: RobotSpec, model, costs, config: ILQRMPCConfig):
-        self.spec, self.model, self.costs, self.config = spec, model, list(costs), config
-        self._initial = initial_action(config.initial_action, spec)
+    def __init__(self, spec: RobotSpec, planner_for: Callable[[int], object], replan_every: int = 1,
+                 initial=None):
+        self.spec, self.planner_for = spec, planner_for
+        self.replan_every, self._initial = int(replan_every), initial
         self._policies: list[RecedingHorizonPolicy] = []
 
     def policy(self, condition: int) -> RecedingHorizonPolicy:
-        cfg = self.config
-        planner = ILQRPlanner(
-            self.model, self.costs[condition], self.spec.action_low, self.spec.action_high, cfg.horizon,
-            cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr,
-        )
-        policy = RecedingHorizonPolicy(planner, self.spec, cfg.replan_every, self._initial)
+        policy = RecedingHorizonPolicy(self.planner_for(condition), self.spec, self.replan_every, self._initial)
         self._policies.append(policy)
         return policy
 
@@ -309,16 +312,22 @@ class ILQRMPCController:
         }
 
 
-def build_ilqr_mpc(params: dict, robot, task) -> ILQRMPCController:
+def build_ilqr_mpc(params: dict, robot, task) -> MPCController:
     """Controller `type: ilqr_mpc`: params as ILQRMPCConfig; the robot must be a MuJoCo scene (task.scene)."""
-    config = from_mapping(ILQRMPCConfig, params, "controller:")
+    cfg = from_mapping(ILQRMPCConfig, params, "controller:")
     if task.scene is None:
         raise ConfigError("ilqr_mpc plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
     if not task.cost:
         raise ConfigError("ilqr_mpc needs the task's `cost`")
-    model = planning_model(task.scene, robot.spec.dt, config)
+    model = planning_model(task.scene, robot.spec.dt, cfg.model_timestep, cfg.model_frictionloss, cfg.centred_differences)
     costs = [build_cost(task.cost, robot.spec, task.scene, condition) for condition in task.conditions]
     for cost in costs:
         if cost.n != model.n or cost.m != model.m:
             raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={cost.n}, m={cost.m}")
-    return ILQRMPCController(robot.spec, model, costs, config)
+    spec = robot.spec
+
+    def planner_for(condition: int) -> ILQRPlanner:
+        return ILQRPlanner(model, costs[condition], spec.action_low, spec.action_high, cfg.horizon,
+                           cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr)
+
+    return MPCController(spec, planner_for, cfg.replan_every, initial_action(cfg.initial_action, spec))

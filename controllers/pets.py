@@ -26,7 +26,7 @@ import numpy as np
 from forethought.controllers.mpc import RecedingHorizonPolicy, initial_action
 from forethought.controllers.planning_cost import build_planning_cost
 from forethought.controllers.policy import RandomPolicy
-from forethought.controllers.samplers import PLANNERS, PlanningCost, make_planner
+from forethought.controllers.samplers import PLANNERS, PlanningCost, make_planner, planner_settings
 from forethought.models.ensemble import PROPAGATIONS, EnsembleConfig, EnsembleModel, gaussian_nll
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.robot import RobotSpec
@@ -50,20 +50,9 @@ class PetsConfig:
     def __post_init__(self) -> None:
         if self.propagation not in PROPAGATIONS:
             raise ValueError(f"unknown propagation '{self.propagation}' (known: {', '.join(PROPAGATIONS)})")
-        kind = self.planner.get("kind", "cem")
-        if kind not in PLANNERS:
-            raise ValueError(f"planner: unknown kind '{kind}' (known: {', '.join(PLANNERS)})")
-        settings = {k: v for k, v in self.planner.items() if k != "kind"}
-        # One seed drives the random trial, the ensemble and the planners, so that it alone fixes a run.
-        if "seed" in settings or self.ensemble.seed != EnsembleConfig.seed:
-            part = "planner" if "seed" in settings else "ensemble"
-            raise ValueError(f"{part}: seed: set the controller's `seed` instead (it seeds every part)")
-        config_cls = PLANNERS[kind][1]
-        known = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"planner: unknown key '{unknown[0]}' for {kind} (known: {', '.join(sorted(known))})")
-        config_cls(**settings)  # validates the values now rather than at the first plan
+        if self.ensemble.seed != EnsembleConfig.seed:
+            raise ValueError("ensemble: seed: set the controller's `seed` instead (it seeds every part)")
+        planner_settings(self.planner)
 
 
 def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) -> dict[str, float]:
@@ -133,7 +122,7 @@ class PetsController:
         new = [trial for group in trials for trial in group]
         diagnostics: dict[str, float] = {}
         if self.model.fitted and new:
-            horizon = int(self.config.planner.get("horizon", 15))
+            horizon = int(self.config.planner.get("horizon", PLANNERS[self.planner_kind][1].horizon))
             diagnostics.update(model_errors(self.model, new, horizon))
         self.trials.extend(new)
         fit = self.model.fit(self.trials)

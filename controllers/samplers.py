@@ -16,6 +16,7 @@ the true dynamics).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -389,6 +390,26 @@ PLANNERS: dict[str, tuple[type[SamplingPlanner], type[SamplerConfig]]] = {
     "mppi": (MPPIPlanner, MPPIConfig),
     "random_shooting": (RandomShootingPlanner, SamplerConfig),
 }
+
+
+def planner_settings(planner: dict) -> tuple[str, dict]:
+    """(kind, settings) of an experiment's `planner:` mapping, checked now rather than at the first plan.
+
+    A `seed` is refused: the controller's seed drives the planners, so that it alone fixes a run.
+    """
+    kind = planner.get("kind", "cem")
+    if kind not in PLANNERS:
+        raise ValueError(f"planner: unknown kind '{kind}' (known: {', '.join(PLANNERS)})")
+    settings = {k: v for k, v in planner.items() if k != "kind"}
+    if "seed" in settings:
+        raise ValueError("planner: seed: set the controller's `seed` instead (it seeds every part)")
+    config_cls = PLANNERS[kind][1]
+    known = {f.name for f in dataclasses.fields(config_cls)} - {"seed"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"planner: unknown key '{unknown[0]}' for {kind} (known: {', '.join(sorted(known))})")
+    config_cls(**settings)
+    return kind, settings
 
 
 def make_planner(kind: str, dynamics, cost: PlanningCost, action_low, action_high, **settings) -> SamplingPlanner:

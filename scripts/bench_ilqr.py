@@ -70,7 +70,8 @@ def _iteration_ms(experiment, horizon: int, repeats: int) -> float:
         robot.set_mocap_pos("target", task.conditions[0]["target"])
         x0 = robot.reset(seed=0)
         spec = robot.spec
-    model = planning_model(task.scene, spec.dt, config)
+    model = planning_model(task.scene, spec.dt, config.model_timestep, config.model_frictionloss,
+                           config.centred_differences)
     cost = build_cost(task.cost, spec, task.scene, task.conditions[0])
     solver = ILQR(model, cost, spec.action_low, spec.action_high, config.ilqr)
     hold = np.array([spec.state_names.index(a) for a in spec.action_names])

@@ -33,6 +33,7 @@ CONTROLLERS: dict[str, str] = {
     "mdgps": "forethought.controllers.gps:build_mdgps",
     "nn_policy": "forethought.controllers.nn_policy:build_nn_policy",
     "pets": "forethought.controllers.pets:build_pets",
+    "predictive_sampling": "forethought.controllers.predictive_sampling:build_predictive_sampling",
     "pilco": "forethought.controllers.pilco:build_pilco",
 }
 

@@ -131,11 +131,22 @@ class PredictionReport:
 
 
 def evaluate_predictions(
-    model, heldout: Sequence[Trial], horizons: Sequence[int], particles: int = 32, seed: int = 0, starts_per_trial: int = 8
+    model,
+    heldout: Sequence[Trial],
+    horizons: Sequence[int],
+    particles: int = 32,
+    seed: int = 0,
+    starts_per_trial: int = 8,
+    reference: Sequence[Trial] = (),
 ) -> PredictionReport:
-    """One-step and open-loop multi-step errors of `model` on held-out trials."""
+    """One-step and open-loop multi-step errors of `model` on held-out trials.
+
+    Normalised errors divide by each state's spread over the held-out and `reference` trials (the
+    training ones): a state that barely moves in the few held-out trials (a block at rest) would
+    otherwise turn a tiny error into a huge normalised one.
+    """
     states = [t.states for t in heldout]
-    spread = np.concatenate(states).std(axis=0)
+    spread = np.concatenate(states + [t.states for t in reference]).std(axis=0)
     spread = np.where(spread > 1e-9, spread, 1.0)
     x = np.concatenate([s[:-1] for s in states])
     u = np.concatenate([t.actions for t in heldout])
@@ -239,7 +250,8 @@ def fit_main(args: argparse.Namespace) -> int:
     model = build_model(args.model, train)
     info = model.fit(train)
     print(f"fitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...", file=sys.stderr)
-    report = evaluate_predictions(model, heldout, default_horizons(min(t.horizon for t in heldout)), args.particles, args.seed)
+    horizons = default_horizons(min(t.horizon for t in heldout))
+    report = evaluate_predictions(model, heldout, horizons, args.particles, args.seed, reference=train)
 
     out = Path(args.out) if args.out else default_output(args.paths, args.model)
     out.parent.mkdir(parents=True, exist_ok=True)

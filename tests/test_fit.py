@@ -45,6 +45,24 @@ def test_errors_grow_with_horizon():
     assert report.rmse[-1] > 3 * report.rmse[0]
 
 
+def test_normalised_errors_use_the_training_spread_for_a_state_still_in_the_held_out_trials():
+    trials = linear_trials(30)
+    train, heldout = split_trials(trials, 0.2, seed=0)
+    model = build_model("tvlg", train)
+    model.fit(train)
+    # Held-out trials in which the second state barely moves (an object at rest) from an offset
+    # start: its spread there is 1e-6, so normalising by it alone would give errors near 1e4.
+    still = []
+    for t in heldout:
+        x = t.states.copy()
+        x[:, 1] = 0.05 + 1e-6 * np.sin(np.arange(len(x)))
+        still.append(Trial(x, t.actions, t.timestamps, t.costs, t.state_names, t.action_names, t.dt))
+    report = evaluate_predictions(model, still, [1, 5], particles=4, seed=0, reference=train)
+    assert max(report.normalised_rmse) < 10, report.normalised_rmse
+    alone = evaluate_predictions(model, still, [1, 5], particles=4, seed=0)
+    assert max(alone.normalised_rmse) > 100 * max(report.normalised_rmse)
+
+
 def test_registry_names_missing_models():
     assert model_class("tvlg") is TVLGModel
     with pytest.raises(ModelNotAvailable, match="unknown model 'pilco'"):

@@ -1,0 +1,70 @@
+"""Predictive sampling: the sampling planners with MuJoCo itself as the model, as in MuJoCo MPC.
+
+Nothing is learned. Every tick the planner (CEM, iCEM, MPPI or random shooting) samples action
+sequences, rolls each out on a copy of the scene and keeps the best; the robot applies the first
+action. With the true dynamics a deterministic rollout needs one particle, the default here.
+
+In an experiment file:
+
+    controller:
+      type: predictive_sampling
+      planner: {kind: icem, horizon: 15, population: 64, elites: 8, iterations: 2}
+      model_timestep: null     # physics step of the planning copy in s (null: the scene's)
+      initial_action: hold
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from forethought.controllers.mpc import MPCController, initial_action, planning_model
+from forethought.controllers.planning_cost import build_planning_cost
+from forethought.controllers.samplers import make_planner, planner_settings
+from forethought.robots.config import ConfigError, from_mapping
+
+
+@dataclass
+class PredictiveSamplingConfig:
+    """planner: {kind: cem|icem|mppi|random_shooting, ...its settings} (particles default to 1);
+    replan_every: ticks between plans; model_timestep: physics step of the planning model in s (the
+    control period must be a whole number of them; coarser is cheaper); model_frictionloss: keep the
+    joints' dry friction in the planning model; initial_action: "middle", "hold" or a list of m
+    numbers; seed: of the planners (default: the experiment's seed)."""
+
+    planner: dict = field(default_factory=lambda: {"kind": "icem"})
+    replan_every: int = 1
+    model_timestep: float | None = None
+    model_frictionloss: bool = True
+    initial_action: str | list[float] = "middle"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.planner = {"particles": 1, **self.planner}
+        planner_settings(self.planner)
+        if self.replan_every < 1:
+            raise ValueError(f"replan_every must be at least 1, got {self.replan_every}")
+
+
+def build_predictive_sampling(params: dict, robot, task) -> MPCController:
+    """Controller `type: predictive_sampling`: params as PredictiveSamplingConfig; needs a MuJoCo scene."""
+    cfg = from_mapping(PredictiveSamplingConfig, params, "controller:")
+    if task.scene is None:
+        raise ConfigError("predictive_sampling plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
+    if not task.cost:
+        raise ConfigError("predictive_sampling needs the task's `cost`")
+    spec = robot.spec
+    model = planning_model(task.scene, spec.dt, cfg.model_timestep, cfg.model_frictionloss)
+    if model.n != spec.n or model.m != spec.m:
+        raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={spec.n}, m={spec.m}")
+    costs = [build_planning_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
+    kind, settings = planner_settings(cfg.planner)
+    seed = int(cfg.seed if cfg.seed is not None else task.seed)
+    handed_out = [0]
+
+    def planner_for(condition: int):
+        # A fresh stream for every policy, fixed by the seed and the order of the policies.
+        handed_out[0] += 1
+        return make_planner(kind, model, costs[condition], spec.action_low, spec.action_high,
+                            seed=seed * 1_000_003 + 1009 * handed_out[0] + condition, **settings)
+
+    return MPCController(spec, planner_for, cfg.replan_every, initial_action(cfg.initial_action, spec))

@@ -1,0 +1,88 @@
+"""Predictive sampling: the sampling planners on MuJoCo itself, as an experiment's controller."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forethought.controllers.controller import Task
+from forethought.controllers.predictive_sampling import build_predictive_sampling
+from forethought.robots.config import ConfigError
+from forethought.robots.trial import rollout
+from forethought.sim.mujoco_robot import MujocoRobot
+
+SLIDER = """
+<mujoco>
+  <option timestep="0.01"/>
+  <custom><numeric name="forethought_control_steps" data="10"/></custom>
+  <worldbody>
+    <body name="mass">
+      <joint name="x" type="slide" axis="1 0 0" damping="1"/>
+      <joint name="y" type="slide" axis="0 1 0" damping="1"/>
+      <geom type="sphere" size="0.05" mass="1"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="fx" joint="x" ctrlrange="-2 2"/>
+    <motor name="fy" joint="y" ctrlrange="-2 2"/>
+  </actuator>
+</mujoco>
+"""
+
+COST = {"terms": [{"type": "state", "weights": {"x": 1.0, "y": 1.0}, "target": "goal"},
+                  {"type": "action", "weights": 0.001}]}
+PARAMS = {"planner": {"kind": "icem", "horizon": 10, "population": 40, "elites": 5, "iterations": 2},
+          "model_timestep": 0.05}
+
+
+@pytest.fixture
+def slider(tmp_path):
+    path = tmp_path / "slider.xml"
+    path.write_text(SLIDER)
+    with MujocoRobot(path) as robot:
+        yield robot, Task(horizon=30, cost=COST, conditions=({"goal": [0.3, -0.2]},), scene=str(path), seed=0)
+
+
+def run(robot, task, params=PARAMS):
+    controller = build_predictive_sampling(dict(params), robot, task)
+    trial = rollout(robot, controller.policy(0), task.horizon, seed=0)
+    return controller, trial
+
+
+def test_reaches_the_goal_on_the_true_dynamics_and_reports_its_replans(slider):
+    robot, task = slider
+    controller, trial = run(robot, task)
+    assert np.linalg.norm(trial.states[-1, :2] - [0.3, -0.2]) < 0.03, trial.states[-1]
+    stats = controller.update([[trial]])
+    assert stats["replans"] == task.horizon and stats["solve_failures"] == 0
+
+
+def test_same_seed_same_trial(slider):
+    robot, task = slider
+    _, a = run(robot, task)
+    _, b = run(robot, task)
+    assert np.array_equal(a.actions, b.actions)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"planner": {"kind": "annealing"}}, "unknown kind 'annealing'"),
+        ({"planner": {"kind": "cem", "popsize": 10}}, "unknown key 'popsize' for cem"),
+        ({"planner": {"kind": "cem", "seed": 1}}, "set the controller's `seed`"),
+        ({"model_timestep": 0.03}, "not a whole number of 0.03 s steps"),
+        ({"replan_every": 0}, "replan_every must be at least 1"),
+    ],
+)
+def test_bad_parameters_name_the_key(slider, params, message):
+    robot, task = slider
+    with pytest.raises(ConfigError, match=message):
+        build_predictive_sampling(params, robot, task)
+
+
+def test_needs_a_scene_and_a_cost(slider):
+    robot, task = slider
+    with pytest.raises(ConfigError, match="has none"):
+        build_predictive_sampling({}, robot, Task(horizon=5, cost=COST, conditions=({"goal": [0, 0]},)))
+    with pytest.raises(ConfigError, match="needs the task's `cost`"):
+        build_predictive_sampling({}, robot, Task(horizon=5, cost={}, conditions=({},), scene=task.scene))
