@@ -79,6 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         experiment.loop.iterations = args.trials
     if args.horizon is not None:
         experiment.task.horizon = args.horizon
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
     result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None)
     print(f"run folder: {result.folder}")
@@ -111,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
     p.add_argument("--horizon", type=int, help="steps per trial (default: the experiment's)")
     p.add_argument("--no-video", action="store_true", help="skip rendering the video of the last trial")
+    p.add_argument("--threads", type=int,
+                   help="torch threads (default: one per core); 1 when several runs share the cores")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("bench", help="run a benchmark and write its JSON")

@@ -100,6 +100,14 @@ def test_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert "unknown key 'extra'" in result.stderr
     assert not any(tmp_path.glob("bad-*"))  # nothing half-made
 
+    path.write_text(GOOD)
+    result = subprocess.run(
+        [sys.executable, "-m", "forethought.scripts.cli", "run", str(path), "--out", str(tmp_path), "--threads", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--threads must be at least 1" in result.stderr
+
 
 def test_every_shipped_experiment_loads():
     names = shipped_experiments()
