@@ -312,19 +312,27 @@ class MPCController:
         }
 
 
+def scene_model(controller: str, robot, task, model_timestep: float | None = None, frictionloss: bool = True,
+                centred: bool = False):
+    """The planning model of a controller that plans on the robot's MuJoCo scene (see planning_model),
+    with ConfigErrors when there is no scene, no cost, or the scene does not match the robot."""
+    if task.scene is None:
+        raise ConfigError(f"{controller} plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
+    if not task.cost:
+        raise ConfigError(f"{controller} needs the task's `cost`")
+    spec = robot.spec
+    model = planning_model(task.scene, spec.dt, model_timestep, frictionloss, centred)
+    if model.n != spec.n or model.m != spec.m:
+        raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={spec.n}, m={spec.m}")
+    return model
+
+
 def build_ilqr_mpc(params: dict, robot, task) -> MPCController:
     """Controller `type: ilqr_mpc`: params as ILQRMPCConfig; the robot must be a MuJoCo scene (task.scene)."""
     cfg = from_mapping(ILQRMPCConfig, params, "controller:")
-    if task.scene is None:
-        raise ConfigError("ilqr_mpc plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
-    if not task.cost:
-        raise ConfigError("ilqr_mpc needs the task's `cost`")
-    model = planning_model(task.scene, robot.spec.dt, cfg.model_timestep, cfg.model_frictionloss, cfg.centred_differences)
-    costs = [build_cost(task.cost, robot.spec, task.scene, condition) for condition in task.conditions]
-    for cost in costs:
-        if cost.n != model.n or cost.m != model.m:
-            raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={cost.n}, m={cost.m}")
+    model = scene_model("ilqr_mpc", robot, task, cfg.model_timestep, cfg.model_frictionloss, cfg.centred_differences)
     spec = robot.spec
+    costs = [build_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
 
     def planner_for(condition: int) -> ILQRPlanner:
         return ILQRPlanner(model, costs[condition], spec.action_low, spec.action_high, cfg.horizon,

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forethought.controllers.mpc import MPCController, initial_action, planning_model
+from forethought.controllers.mpc import MPCController, initial_action, scene_model
 from forethought.controllers.planning_cost import build_planning_cost
 from forethought.controllers.samplers import make_planner, planner_settings
-from forethought.robots.config import ConfigError, from_mapping
+from forethought.robots.config import from_mapping
 
 
 @dataclass
@@ -48,14 +48,8 @@ class PredictiveSamplingConfig:
 def build_predictive_sampling(params: dict, robot, task) -> MPCController:
     """Controller `type: predictive_sampling`: params as PredictiveSamplingConfig; needs a MuJoCo scene."""
     cfg = from_mapping(PredictiveSamplingConfig, params, "controller:")
-    if task.scene is None:
-        raise ConfigError("predictive_sampling plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
-    if not task.cost:
-        raise ConfigError("predictive_sampling needs the task's `cost`")
+    model = scene_model("predictive_sampling", robot, task, cfg.model_timestep, cfg.model_frictionloss)
     spec = robot.spec
-    model = planning_model(task.scene, spec.dt, cfg.model_timestep, cfg.model_frictionloss)
-    if model.n != spec.n or model.m != spec.m:
-        raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={spec.n}, m={spec.m}")
     costs = [build_planning_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
     kind, settings = planner_settings(cfg.planner)
     seed = int(cfg.seed if cfg.seed is not None else task.seed)

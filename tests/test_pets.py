@@ -16,39 +16,10 @@ from forethought.sim.mujoco_robot import MujocoRobot
 
 torch.set_num_threads(1)
 
-SLIDER = """
-<mujoco>
-  <option timestep="0.01"/>
-  <custom><numeric name="forethought_control_steps" data="10"/></custom>
-  <worldbody>
-    <body name="mass">
-      <joint name="x" type="slide" axis="1 0 0" damping="1"/>
-      <joint name="y" type="slide" axis="0 1 0" damping="1"/>
-      <geom type="sphere" size="0.05" mass="1"/>
-    </body>
-  </worldbody>
-  <actuator>
-    <motor name="fx" joint="x" ctrlrange="-2 2"/>
-    <motor name="fy" joint="y" ctrlrange="-2 2"/>
-  </actuator>
-</mujoco>
-"""
-
-COST = {"terms": [{"type": "state", "weights": {"x": 1.0, "y": 1.0}, "target": "goal"},
-                  {"type": "action", "weights": 0.001}]}
-GOAL = [0.3, -0.2]
 PARAMS = {
     "planner": {"kind": "cem", "horizon": 10, "population": 100, "particles": 5, "iterations": 3, "elites": 10},
     "ensemble": {"members": 3, "hidden": [64, 64], "max_epochs": 100, "min_steps": 0, "planning_dtype": "float32"},
 }
-
-
-@pytest.fixture
-def slider(tmp_path):
-    path = tmp_path / "slider.xml"
-    path.write_text(SLIDER)
-    with MujocoRobot(path) as robot:
-        yield robot, Task(horizon=25, cost=COST, conditions=({"goal": GOAL},), scene=str(path), seed=0)
 
 
 def run_pets(robot, task, iterations: int, params: dict = PARAMS):
@@ -68,7 +39,7 @@ def test_first_policy_is_random_then_mpc_reaches_the_goal(slider):
     controller = build_pets(dict(PARAMS), robot, task)
     assert isinstance(controller.policy(0), RandomPolicy)
     controller, trials = run_pets(robot, task, 4)
-    final = [np.linalg.norm(t.states[-1, :2] - GOAL) for t in trials]
+    final = [np.linalg.norm(t.states[-1, :2] - task.conditions[0]["goal"]) for t in trials]
     assert final[-1] < 0.03, final
     assert trials[-1].total_cost < 0.5 * trials[0].total_cost
     assert controller.history[-1]["one_step_rmse"] < 0.01

@@ -9,38 +9,9 @@ from forethought.controllers.controller import Task
 from forethought.controllers.predictive_sampling import build_predictive_sampling
 from forethought.robots.config import ConfigError
 from forethought.robots.trial import rollout
-from forethought.sim.mujoco_robot import MujocoRobot
 
-SLIDER = """
-<mujoco>
-  <option timestep="0.01"/>
-  <custom><numeric name="forethought_control_steps" data="10"/></custom>
-  <worldbody>
-    <body name="mass">
-      <joint name="x" type="slide" axis="1 0 0" damping="1"/>
-      <joint name="y" type="slide" axis="0 1 0" damping="1"/>
-      <geom type="sphere" size="0.05" mass="1"/>
-    </body>
-  </worldbody>
-  <actuator>
-    <motor name="fx" joint="x" ctrlrange="-2 2"/>
-    <motor name="fy" joint="y" ctrlrange="-2 2"/>
-  </actuator>
-</mujoco>
-"""
-
-COST = {"terms": [{"type": "state", "weights": {"x": 1.0, "y": 1.0}, "target": "goal"},
-                  {"type": "action", "weights": 0.001}]}
 PARAMS = {"planner": {"kind": "icem", "horizon": 10, "population": 40, "elites": 5, "iterations": 2},
           "model_timestep": 0.05}
-
-
-@pytest.fixture
-def slider(tmp_path):
-    path = tmp_path / "slider.xml"
-    path.write_text(SLIDER)
-    with MujocoRobot(path) as robot:
-        yield robot, Task(horizon=30, cost=COST, conditions=({"goal": [0.3, -0.2]},), scene=str(path), seed=0)
 
 
 def run(robot, task, params=PARAMS):
@@ -83,6 +54,6 @@ def test_bad_parameters_name_the_key(slider, params, message):
 def test_needs_a_scene_and_a_cost(slider):
     robot, task = slider
     with pytest.raises(ConfigError, match="has none"):
-        build_predictive_sampling({}, robot, Task(horizon=5, cost=COST, conditions=({"goal": [0, 0]},)))
+        build_predictive_sampling({}, robot, Task(horizon=5, cost=task.cost, conditions=task.conditions))
     with pytest.raises(ConfigError, match="needs the task's `cost`"):
         build_predictive_sampling({}, robot, Task(horizon=5, cost={}, conditions=({},), scene=task.scene))
