@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 
-import mujoco
 import numpy as np
 import pytest
 import torch
@@ -200,52 +199,3 @@ def test_bad_arguments_are_clear_errors():
         MPPIConfig(temperature=0.0)
     with pytest.raises(MissingCapability, match="rollout"):
         as_dynamics(object())
-
-
-SLIDER_XML = """
-<mujoco>
-  <option timestep="0.01"/>
-  <worldbody>
-    <body name="mass">
-      <joint name="x" type="slide" axis="1 0 0" damping="0.5"/>
-      <joint name="y" type="slide" axis="0 1 0" damping="0.5"/>
-      <geom type="sphere" size="0.05" mass="1"/>
-    </body>
-  </worldbody>
-  <actuator>
-    <motor joint="x" ctrlrange="-2 2"/>
-    <motor joint="y" ctrlrange="-2 2"/>
-  </actuator>
-</mujoco>
-"""
-
-
-class MujocoSlider:
-    """A known model with a numpy, batched `predict`: MuJoCo steps a sliding mass."""
-
-    def __init__(self, control_steps: int = 10):
-        self.model = mujoco.MjModel.from_xml_string(SLIDER_XML)
-        self.data = mujoco.MjData(self.model)
-        self.control_steps = control_steps
-
-    def step(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-        self.data.qpos[:], self.data.qvel[:], self.data.ctrl[:] = x[:2], x[2:], u
-        for _ in range(self.control_steps):
-            mujoco.mj_step(self.model, self.data)
-        return np.concatenate([self.data.qpos, self.data.qvel])
-
-    def predict(self, x: np.ndarray, u: np.ndarray):
-        mean = np.stack([self.step(xi, ui) for xi, ui in zip(x, u)])
-        return mean, np.zeros_like(mean)
-
-
-def test_mujoco_as_the_model_is_predictive_sampling():
-    sim = MujocoSlider()
-    planner = make_planner("icem", sim, goal_cost, [-2, -2], [2, 2], population=40, elites=5, particles=1, horizon=10)
-    x = np.array([0.5, -0.4, 0.0, 0.0])
-    U = np.zeros((10, 2))
-    for t in range(30):
-        plan = planner.plan(x, U, t)
-        x = sim.step(x, plan.U[0])
-        U = np.concatenate([plan.U[1:], plan.U[-1:]])
-    assert np.linalg.norm(x[:2]) < 0.05, x
