@@ -96,23 +96,19 @@ class PetsController:
         self.iteration = 0
         self.history: list[dict[str, float]] = []
 
-    @property
-    def planner_kind(self) -> str:
-        return self.config.planner.get("kind", "cem")
-
     def policy(self, condition: int):
         """A seeded random policy until the ensemble has data, then MPC on condition's cost."""
         seed = self.seed * 1_000_003 + 1009 * self.iteration + condition
         if not self.model.fitted:
             return RandomPolicy(self.spec, seed)
-        settings = {k: v for k, v in self.config.planner.items() if k != "kind"}
-        settings["seed"] = seed
+        kind, settings = planner_settings(self.config.planner)
         planner = make_planner(
-            self.planner_kind,
+            kind,
             self.model.dynamics(self.config.propagation),
             self.costs[condition],
             self.spec.action_low,
             self.spec.action_high,
+            seed=seed,
             **settings,
         )
         return RecedingHorizonPolicy(planner, self.spec, initial_action=self._initial)
@@ -122,7 +118,8 @@ class PetsController:
         new = [trial for group in trials for trial in group]
         diagnostics: dict[str, float] = {}
         if self.model.fitted and new:
-            horizon = int(self.config.planner.get("horizon", PLANNERS[self.planner_kind][1].horizon))
+            kind, settings = planner_settings(self.config.planner)
+            horizon = int(settings.get("horizon", PLANNERS[kind][1].horizon))
             diagnostics.update(model_errors(self.model, new, horizon))
         self.trials.extend(new)
         fit = self.model.fit(self.trials)

@@ -15,6 +15,7 @@ In an experiment file:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from forethought.controllers.mpc import MPCController, initial_action, scene_model
@@ -53,12 +54,11 @@ def build_predictive_sampling(params: dict, robot, task) -> MPCController:
     costs = [build_planning_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
     kind, settings = planner_settings(cfg.planner)
     seed = int(cfg.seed if cfg.seed is not None else task.seed)
-    handed_out = [0]
+    handed_out = itertools.count(1)
 
     def planner_for(condition: int):
         # A fresh stream for every policy, fixed by the seed and the order of the policies.
-        handed_out[0] += 1
         return make_planner(kind, model, costs[condition], spec.action_low, spec.action_high,
-                            seed=seed * 1_000_003 + 1009 * handed_out[0] + condition, **settings)
+                            seed=seed * 1_000_003 + 1009 * next(handed_out) + condition, **settings)
 
     return MPCController(spec, planner_for, cfg.replan_every, initial_action(cfg.initial_action, spec))
