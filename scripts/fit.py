@@ -1,9 +1,10 @@
-"""`forethought fit --model tvlg|gp|ensemble TRIALS_OR_RUN... [--out MODEL]`.
+"""`forethought fit --model tvlg|gp|ensemble TRIALS_OR_RUN... [--model-config YAML] [--out MODEL]`.
 
 Loads logged trials (trial files, or run folders holding them), holds some out, fits the chosen
 model on the rest, and reports how well it predicts the held-out trials: one step ahead, and open
 loop over growing horizons from the logged actions. Writes the model, a JSON report and a plot of
-predicted against actual trajectories.
+predicted against actual trajectories. The model's settings come from --model-config, else from
+the run folder's experiment when its controller builds this kind of model, else its defaults.
 """
 
 from __future__ import annotations
@@ -14,22 +15,39 @@ import inspect
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
 
-# model name -> ("module:Class", file suffix). The class builds with defaults (given state_names and
-# action_names when it asks for them) and offers fit(trials), predict(x, u) (plus t= when it has
-# `time_varying`), save(path) and load(path).
-MODELS: dict[str, tuple[str, str]] = {
-    "tvlg": ("forethought.models.tvlg:TVLGModel", ".npz"),
-    "gp": ("forethought.models.gp:GPModel", ".pt"),
-    "ensemble": ("forethought.models.ensemble:EnsembleModel", ".pt"),
+
+class RegisteredModel(NamedTuple):
+    """A model `fit` can build. model: "module:Class", which builds from `config` (given state_names
+    and action_names when it asks for them) and offers fit(trials), predict(x, u) (plus t= when it
+    has `time_varying`), save(path) and load(path); suffix: of its saved file; settings:
+    "module:Class" of its config dataclass; controller: (type, key) of an experiment's controller
+    that builds this model from the settings under `key`, or None."""
+
+    model: str
+    suffix: str
+    settings: str
+    controller: tuple[str, str] | None = None
+
+
+# GPS fits its linear-Gaussian dynamics from flat controller keys of other names (ridge, prior_*),
+# not from a TVLGConfig mapping, so tvlg takes no settings from a run folder.
+MODELS: dict[str, RegisteredModel] = {
+    "tvlg": RegisteredModel("forethought.models.tvlg:TVLGModel", ".npz", "forethought.models.tvlg:TVLGConfig"),
+    "gp": RegisteredModel("forethought.models.gp:GPModel", ".pt", "forethought.models.gp:GPConfig", ("pilco", "model")),
+    "ensemble": RegisteredModel(
+        "forethought.models.ensemble:EnsembleModel", ".pt", "forethought.models.ensemble:EnsembleConfig",
+        ("pets", "ensemble"),
+    ),
 }
 
 
@@ -37,20 +55,58 @@ class ModelNotAvailable(KeyError):
     """A model name that is not registered."""
 
 
+def _imported(spec: str):
+    module_name, name = spec.split(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def model_class(name: str):
     """The class registered as `name`, imported on first use."""
     if name not in MODELS:
         raise ModelNotAvailable(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
-    module_name, class_name = MODELS[name][0].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return _imported(MODELS[name].model)
 
 
-def build_model(name: str, trials: Sequence[Trial]):
-    """A fresh model of kind `name` with default settings for the trials' states and actions."""
+def settings_class(name: str) -> type:
+    """The config dataclass of the model registered as `name`."""
+    model_class(name)  # names an unknown model
+    return _imported(MODELS[name].settings)
+
+
+def run_settings(name: str, folder: Path) -> tuple[Any, str] | None:
+    """Settings of model `name` from the experiment in run folder `folder` (its config.yaml), when
+    its controller builds this kind of model: (config, "FOLDER/config.yaml: controller.KEY"), else None."""
+    section = MODELS[name].controller
+    path = folder / "config.yaml"
+    if section is None or not path.is_file():
+        return None
+    kind, key = section
+    controller = load_yaml(path).get("controller")
+    if not isinstance(controller, dict) or controller.get("type") != kind or key not in controller:
+        return None
+    where = f"{path}: controller.{key}"
+    return from_mapping(settings_class(name), controller[key], where), where
+
+
+def model_settings(name: str, model_config: str | None, paths: Sequence[str]) -> tuple[Any, str | None]:
+    """The settings to build model `name` with and where they come from: the YAML file
+    `model_config`, else the experiment of the run folder given first (see run_settings), else the
+    defaults (source None). ConfigError naming the file and key for a bad file or setting."""
+    cls = settings_class(name)
+    if model_config is not None:
+        return from_mapping(cls, load_yaml(model_config), f"{model_config}:"), model_config
+    first = Path(paths[0])
+    found = run_settings(name, first) if first.is_dir() else None
+    return found or (cls(), None)
+
+
+def build_model(name: str, trials: Sequence[Trial], config: Any = None):
+    """A fresh model of kind `name` for the trials' states and actions, built from `config` (its
+    config dataclass; None: the defaults)."""
     cls = model_class(name)
     wants = inspect.signature(cls).parameters
     names = {"state_names": trials[0].state_names, "action_names": trials[0].action_names}
-    return cls(**{key: value for key, value in names.items() if key in wants})
+    return cls(**{key: value for key, value in names.items() if key in wants}, config=config)
 
 
 def common_horizon(trials: Sequence[Trial]) -> list[Trial]:
@@ -213,6 +269,14 @@ def default_horizons(horizon: int) -> list[int]:
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN", help="trial files (*.h5) or run folders")
     parser.add_argument("--model", required=True, help=f"the model to fit ({', '.join(sorted(MODELS))})")
+    sections = "; ".join(f"for {name}: controller.{m.controller[1]} of a {m.controller[0]} experiment"
+                         for name, m in MODELS.items() if m.controller)
+    parser.add_argument(
+        "--model-config", metavar="YAML",
+        help="YAML mapping of the model's settings (the keys of its config, e.g. EnsembleConfig for ensemble; "
+        "the report's model_settings reproduce a fit). Default: the settings in the experiment of the run "
+        f"folder given first when its controller builds this model ({sections}), else the model's defaults",
+    )
     parser.add_argument("--out", help="where to save the model (default: models/MODEL.SUFFIX in the first run folder)")
     parser.add_argument("--heldout", type=float, default=0.2, help="fraction of trials held out (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampled predictions")
@@ -224,7 +288,7 @@ def default_output(paths: Sequence[str], model: str) -> Path:
     folder = first if first.is_dir() else first.parent
     if folder.name == "trials":
         folder = folder.parent
-    return folder / "models" / f"{model}{MODELS[model][1]}"
+    return folder / "models" / f"{model}{MODELS[model].suffix}"
 
 
 def fit_main(args: argparse.Namespace) -> int:
@@ -232,7 +296,10 @@ def fit_main(args: argparse.Namespace) -> int:
     from forethought.robots.trial_log import load_trials
     from forethought.scripts.plots import plot_predictions
 
-    model_class(args.model)  # an unknown or missing model fails before any loading
+    # An unknown model or bad settings fail before any loading.
+    settings, settings_from = model_settings(args.model, args.model_config, args.paths)
+    if settings_from:
+        print(f"model settings from {settings_from}", file=sys.stderr)
     trials, problems = load_trials(args.paths)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
@@ -243,11 +310,14 @@ def fit_main(args: argparse.Namespace) -> int:
     if args.particles < 1:
         raise ValueError(f"--particles must be at least 1, got {args.particles}")
     train, heldout = split_trials(trials, args.heldout, args.seed)
+    try:
+        model = build_model(args.model, train, settings)
+    except ValueError as err:  # settings that do not fit the trials, such as an angle state they lack
+        raise ConfigError(f"{settings_from or 'default settings'}: {err}") from None
     transitions = sum(t.horizon for t in train)
     print(f"fitting {args.model} on {len(train)} trials ({transitions} transitions), holding out {len(heldout)}...",
           file=sys.stderr)
     started = time.perf_counter()
-    model = build_model(args.model, train)
     info = model.fit(train)
     print(f"fitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...", file=sys.stderr)
     horizons = default_horizons(min(t.horizon for t in heldout))
@@ -265,6 +335,8 @@ def fit_main(args: argparse.Namespace) -> int:
     error_plot = plot_error_by_horizon(report, out.with_name(f"{out.stem}_error_by_horizon.png"))
     summary = {
         "model": args.model,
+        "model_settings": asdict(settings),
+        "model_settings_from": settings_from,
         "train_trials": len(train),
         "heldout_trials": len(heldout),
         "skipped": list(map(str, problems)),

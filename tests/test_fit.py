@@ -1,9 +1,13 @@
-"""`forethought fit`: held-out prediction errors, the model registry, and the command on a run folder."""
+"""`forethought fit`: held-out prediction errors, the model registry and settings, the command on a run folder."""
+
+import json
 
 import numpy as np
 import pytest
 
+from forethought.models.ensemble import EnsembleConfig, EnsembleModel
 from forethought.models.tvlg import TVLGModel
+from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.trial import Trial
 from forethought.scripts.fit import (
     ModelNotAvailable,
@@ -11,6 +15,7 @@ from forethought.scripts.fit import (
     default_horizons,
     evaluate_predictions,
     model_class,
+    model_settings,
     split_trials,
 )
 
@@ -120,3 +125,85 @@ def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
         fit_main(parser.parse_args([str(run.folder), "--model", "nope"]))
     with pytest.raises(FileNotFoundError, match="no such trial file"):
         fit_main(parser.parse_args([str(tmp_path / "missing"), "--model", "tvlg"]))
+
+
+# A small, fast ensemble: two narrow members and a few gradient steps.
+SMALL_ENSEMBLE = "{members: 2, hidden: [16], relative_actions: true, min_steps: 5, max_steps: 10}"
+
+
+def trials_folder(folder, count: int = 6):
+    """`folder`/trials/trial_NNNN.h5 holding linear trials, like a run folder; returns `folder`."""
+    from forethought.robots.trial_log import save_trial
+
+    for i, trial in enumerate(linear_trials(count, horizon=10)):
+        save_trial(trial, folder / "trials" / f"trial_{i:04d}.h5")
+    return folder
+
+
+def fit_cli(*argv) -> int:
+    from forethought.scripts.cli import main
+
+    return main(["fit", "--model", "ensemble", "--particles", "2", *map(str, argv)])
+
+
+def test_fit_with_model_config_builds_the_model_with_those_settings(tmp_path, capsys):
+    run = trials_folder(tmp_path / "run")
+    settings = tmp_path / "ensemble.yaml"
+    settings.write_text(SMALL_ENSEMBLE + "\n")
+    assert fit_cli(run, "--model-config", settings) == 0
+    assert f"model settings from {settings}" in capsys.readouterr().err
+    config = EnsembleModel.load(run / "models" / "ensemble.pt").config
+    assert (config.members, config.hidden, config.relative_actions, config.max_steps) == (2, [16], True, 10)
+    report = json.loads((run / "models" / "ensemble_report.json").read_text())
+    assert report["model_settings_from"] == str(settings)
+    # The report's settings rebuild the same config (the way to reproduce the fit).
+    assert from_mapping(EnsembleConfig, report["model_settings"], "report:") == config
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{members: 2, hiden: [16]}", "unknown key 'hiden'"),
+        ("{members: two}", "members: expected an integer, got 'two'"),
+        ("[members, 2]", "expected a mapping at the top level"),
+        ("{angle_states: [q]}", "angle_states ['q'] are not states of the model"),
+    ],
+)
+def test_bad_model_config_names_the_file_and_key_and_writes_no_model(tmp_path, capsys, text, message):
+    run = trials_folder(tmp_path / "run")
+    settings = tmp_path / "ensemble.yaml"
+    settings.write_text(text + "\n")
+    assert fit_cli(run, "--model-config", settings) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"forethought fit: error: {settings}: ") and message in err[-1], err
+    assert not any("fitting" in line for line in err)
+    assert not (run / "models").exists()
+
+
+def test_missing_model_config_is_an_error(tmp_path, capsys):
+    run = trials_folder(tmp_path / "run")
+    assert fit_cli(run, "--model-config", tmp_path / "nope.yaml") == 2
+    assert f"{tmp_path / 'nope.yaml'}: file not found" in capsys.readouterr().err
+    assert not (run / "models").exists()
+
+
+def test_run_folder_gives_the_default_settings_of_its_controller(tmp_path, capsys):
+    run = trials_folder(tmp_path / "run")
+    (run / "config.yaml").write_text(f"controller: {{type: pets, ensemble: {SMALL_ENSEMBLE}}}\n")
+    assert fit_cli(run) == 0
+    source = f"{run / 'config.yaml'}: controller.ensemble"
+    assert f"model settings from {source}" in capsys.readouterr().err
+    config = EnsembleModel.load(run / "models" / "ensemble.pt").config
+    assert (config.members, config.hidden, config.relative_actions) == (2, [16], True)
+    assert json.loads((run / "models" / "ensemble_report.json").read_text())["model_settings_from"] == source
+
+    # A bad setting there names the file and key; --model-config takes precedence over it; another
+    # controller's experiment gives the model's defaults.
+    (run / "config.yaml").write_text("controller: {type: pets, ensemble: {members: 0.5}}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: controller.ensemble.members: expected an integer"):
+        model_settings("ensemble", None, [str(run)])
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert model_settings("ensemble", str(empty), [str(run)]) == (EnsembleConfig(), str(empty))
+    (run / "config.yaml").write_text("controller: {type: gps}\n")
+    assert model_settings("ensemble", None, [str(run)]) == (EnsembleConfig(), None)
