@@ -44,7 +44,7 @@ class EnsembleConfig:
     state (a servo's position target becomes its position error, which its torque follows); other
     actions are fed as they are.
     weight_decay: L2 weight on every layer's weights. holdout: fraction of transitions kept out of
-    training for early stopping (at most max_holdout); training stops after `patience` epochs in
+    training for early stopping (at most max_holdout; the same transitions in every fit); training stops after `patience` epochs in
     which no member's held-out mean squared error improved by a relative `min_improvement`, once it has taken
     `min_steps` gradient steps (so that the few transitions of the first trials still train the
     networks), and after `max_epochs` epochs (or enough epochs for min_steps) or `max_steps` steps
@@ -309,9 +309,9 @@ class EnsembleModel:
         if len(x) < 4:
             raise ValueError(f"fit needs at least 4 finite transitions, got {len(x)}")
         start = time.perf_counter()
-        order = torch.randperm(len(x), generator=self._generator).numpy()
-        n_hold = min(cfg.max_holdout, int(round(cfg.holdout * len(x))))
-        hold, train = order[:n_hold], order[n_hold:]
+        held = self.holdout_rows(len(x))
+        hold, train = np.flatnonzero(held), np.flatnonzero(~held)
+        n_hold = len(hold)
         f = self.features(x, u)
         self.input_stats = Normaliser.fit(f[train], constant_std=1.0)
         self.target_stats = Normaliser.fit(delta[train], constant_std=1e-6)
@@ -383,6 +383,22 @@ class EnsembleModel:
             "holdout_nll_elites": float(np.mean(holdout_nll[self.elites])),
             "elites": [int(e) for e in self.elites],
         }
+
+    def holdout_rows(self, N: int) -> np.ndarray:
+        """(N,) bool: which of N transitions fit_arrays holds out (about `holdout` of them, at most
+        `max_holdout`, never all).
+
+        Row i's lot depends on the seed and i alone, so data that grows by appending trials keeps
+        its held-out rows held out in every later fit. The weights carry over from fit to fit; a
+        fresh split would score them on transitions they were trained on, and early stopping and
+        the elites would go by a flattering loss.
+        """
+        cfg = self.config
+        held = np.random.default_rng(cfg.seed).random(N) < cfg.holdout
+        held[np.flatnonzero(held)[cfg.max_holdout :]] = False
+        if held.all():
+            held[:] = False
+        return held
 
     @torch.no_grad()
     def _holdout_scores(self, z: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
