@@ -3,6 +3,9 @@
 Nothing is learned. Every tick the planner (CEM, iCEM, MPPI or random shooting) samples action
 sequences, rolls each out on a copy of the scene and keeps the best; the robot applies the first
 action. With the true dynamics a deterministic rollout needs one particle, the default here.
+Each iteration rolls its whole population over the horizon in one `mujoco.rollout` call
+(SimulatorModel.rollout), so planning time is mostly physics: population x horizon x control_steps
+physics steps per iteration.
 
 In an experiment file:
 

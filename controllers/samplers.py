@@ -9,9 +9,9 @@ shifted by one step) warm-starts the search; `time_budget_s` stops iterating onc
 iteration would overrun the budget.
 
 The model is anything offering `BatchedDynamics.rollout`: the ensemble's trajectory sampling
-(`EnsembleModel.dynamics`), a batched step function (`StepDynamics`), or any DynamicsModel with
-`predict` (`as_dynamics` steps its mean; with MuJoCo as the model this is predictive sampling on
-the true dynamics).
+(`EnsembleModel.dynamics`), MuJoCo itself (`SimulatorModel.rollout`: predictive sampling on the
+true dynamics), a batched step function (`StepDynamics`), or any DynamicsModel with `predict`
+(`as_dynamics` steps its mean).
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ cheaper.
 
 A rollout that MuJoCo finds unstable (it resets the simulation when accelerations blow up)
 predicts NaN for that row, never a plausible state.
+
+`rollout` rolls a batch of whole action sequences through one `mujoco.rollout` call: the
+BatchedDynamics of the sampling planners (predictive sampling).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mujoco
 import numpy as np
@@ -34,9 +38,15 @@ from mujoco import rollout as mj_rollout
 from forethought.models.dynamics_model import as_batch
 from forethought.sim.scenes import scene_path
 
+if TYPE_CHECKING:  # torch is imported when rollout is called: iLQR on this model never needs it
+    import torch
+
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
 # MuJoCo's warnings for a simulation it found unstable (and reset): bad qpos, qvel, qacc.
 _UNSTABLE = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
+# Rollouts start their clock here rather than at 0: MuJoCo's reset of an unstable simulation sets
+# the time to 0, so the clock of a reset row is off even when the reset came in the first step.
+_CLOCK_START = 1.0
 # Batches at least this large step through mujoco.rollout (one C call); smaller ones through
 # mj_step, whose per-call overhead is lower than rollout's setup.
 _ROLLOUT_MIN_BATCH = 8
@@ -115,7 +125,7 @@ class SimulatorModel:
             mujoco.mj_resetDataKeyframe(model, template, home)
         self._full_state = np.empty(mujoco.mj_stateSize(model, _FULL))
         mujoco.mj_getState(model, template, self._full_state, _FULL)
-        self._full_state[0] = 0.0  # time; a reset by MuJoCo shows as a time that is off
+        self._full_state[0] = _CLOCK_START
         self._template = template
         free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
         # (qpos address, dof address) of every quaternion: a free joint's follows its position.
@@ -188,17 +198,51 @@ class SimulatorModel:
         """Whether the period ran through: MuJoCo resets an unstable simulation and counts a warning."""
         return not data.warning.number[_UNSTABLE].any()
 
-    def _predict_rollout(self, x, u) -> np.ndarray:
-        B = len(x)
+    def _predict_rollout(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Next states (B, n) from x (B, n) under u (B, m), float64; NaN rows where unstable."""
+        return self._rollout_states(x, u[:, None, :])[:, 0]
+
+    def _rollout_states(self, x: np.ndarray, U: np.ndarray) -> np.ndarray:
+        """States (B, H, n) after each of the H control periods from x (B, n) under U (B, H, m), float64.
+
+        One mujoco.rollout call over H * control_steps physics steps. A row is NaN from the first
+        period in which MuJoCo found it unstable onwards.
+        """
+        B, H, _ = U.shape
+        k = self.control_steps
         init = np.tile(self._full_state, (B, 1))
         init[:, 1 : 1 + self.n] = x
-        control = np.broadcast_to(u[:, None, :], (B, self.control_steps, self.m))
-        states, _ = mj_rollout.rollout(self.model, self.data, init, np.ascontiguousarray(control))
-        last = states[:, -1]
-        out = last[:, 1 : 1 + self.n].copy()
-        # rollout stops a row that MuJoCo resets for instability, so its clock falls short.
-        out[np.abs(last[:, 0] - self.dt) > 1e-9 * max(self.dt, 1.0)] = np.nan
+        states, _ = mj_rollout.rollout(self.model, self.data, init, np.repeat(U, k, axis=1))
+        ends = states[:, k - 1 :: k]
+        out = ends[:, :, 1 : 1 + self.n].copy()
+        clock = _CLOCK_START + self.dt * np.arange(1, H + 1)
+        # rollout stops a row that MuJoCo resets for instability (repeating its last state), so its
+        # clock is off from that period on; every later state of the row is NaN as well.
+        off = np.abs(ends[:, :, 0] - clock) > 1e-9 * clock[-1]
+        out[np.logical_or.accumulate(off, axis=1)] = np.nan
         return out
+
+    # -- BatchedDynamics (sampling planners) ----------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where rollout's tensors live: the CPU."""
+        import torch
+
+        return torch.device("cpu")
+
+    def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """States (B, H+1, n) float32 on the CPU from x0 (B, n) under U (B, H, m): x0, then the state
+        after each control period; a row is NaN from the period in which MuJoCo found it unstable on.
+
+        generator: unused (MuJoCo is deterministic); BatchedDynamics passes one.
+        """
+        import torch
+
+        x = x0.detach().cpu().double().numpy()
+        X = np.empty((len(x), U.shape[1] + 1, self.n), dtype=np.float32)
+        X[:, 0] = x
+        X[:, 1:] = self._rollout_states(x, U.detach().cpu().double().numpy())
+        return torch.from_numpy(X)
 
     def linearize(self, x, u) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """x' ~ A x + B u + c about each row: A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n) zero."""

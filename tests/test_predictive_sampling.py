@@ -7,6 +7,7 @@ import pytest
 
 from forethought.controllers.controller import Task
 from forethought.controllers.predictive_sampling import build_predictive_sampling
+from forethought.models.simulator import SimulatorModel
 from forethought.robots.config import ConfigError
 from forethought.robots.trial import rollout
 
@@ -26,6 +27,12 @@ def test_reaches_the_goal_on_the_true_dynamics_and_reports_its_replans(slider):
     assert np.linalg.norm(trial.states[-1, :2] - [0.3, -0.2]) < 0.03, trial.states[-1]
     stats = controller.update([[trial]])
     assert stats["replans"] == task.horizon and stats["solve_failures"] == 0
+
+
+def test_the_planner_rolls_whole_sequences_through_the_scene_model(slider):
+    robot, task = slider
+    planner = build_predictive_sampling(dict(PARAMS), robot, task).policy(0).planner
+    assert isinstance(planner.dynamics, SimulatorModel) and planner.dynamics.control_steps == 2
 
 
 def test_same_seed_same_trial(slider):

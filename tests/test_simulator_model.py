@@ -1,4 +1,5 @@
-"""MuJoCo as a model: predictions equal the robot's steps, Jacobians match differences, threads, files."""
+"""MuJoCo as a model: predictions equal the robot's steps, Jacobians match differences, rollouts
+equal successive predictions, threads, files."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import threading
 import mujoco
 import numpy as np
 import pytest
+import torch
 
+from forethought.controllers.samplers import BatchedDynamics, as_dynamics
 from forethought.models.dynamics_model import DynamicsModel
 from forethought.models.simulator import SimulatorModel
 from forethought.sim.mujoco_robot import MujocoRobot
@@ -30,6 +33,22 @@ PUSH_XML = """
     </body>
   </worldbody>
   <actuator><motor joint="slide" ctrlrange="-5 5"/></actuator>
+</mujoco>
+"""
+
+
+# A 1 kg slider whose unlimited motor (gear 1000) can demand an acceleration past MuJoCo's limit
+# (1e10): MuJoCo then finds the simulation unstable and resets it.
+BLOWUP_XML = """
+<mujoco>
+  <option timestep="0.01"/>
+  <worldbody>
+    <body>
+      <joint name="x" type="slide" axis="1 0 0" damping="1"/>
+      <geom type="sphere" size="0.05" mass="1"/>
+    </body>
+  </worldbody>
+  <actuator><motor joint="x" gear="1000"/></actuator>
 </mujoco>
 """
 
@@ -127,6 +146,62 @@ def test_unstable_rows_predict_nan_not_a_reset_state(mujoco_warnings):
     mean, _ = model.predict(np.tile(x, (5, 1)), np.tile(u, (5, 1)))  # the rollout path
     assert np.all(np.isfinite(mean[0::2])) and np.all(np.isnan(mean[1::2]))
     assert any("unstable" in w for w in mujoco_warnings)
+
+
+def test_batched_predict_catches_a_reset_in_the_first_physics_step(mujoco_warnings):
+    # With one physics step per period, the reset row's clock would read one step, as expected
+    # from time 0: rollouts start their clock elsewhere.
+    model = SimulatorModel(SCENE, control_steps=1)
+    x = np.zeros((8, model.n))
+    x[1::2, model.nq :] = 1e12
+    mean, _ = model.predict(x, np.zeros((8, model.m)))
+    assert np.all(np.isfinite(mean[0::2])) and np.all(np.isnan(mean[1::2]))
+
+
+def successive_predictions(model: SimulatorModel, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """(B, H+1, n): x0 (B, n) and H one-row predict calls per row under U (B, H, m)."""
+    X = np.empty((len(x0), U.shape[1] + 1, model.n))
+    for b in range(len(x0)):
+        X[b, 0] = x = x0[b]
+        for t in range(U.shape[1]):
+            X[b, t + 1] = x = model.predict(x, U[b, t])[0]
+    return X
+
+
+@pytest.mark.parametrize("scene", ["slider", SCENE])
+def test_rollout_equals_successive_predictions(slider, scene):
+    model = SimulatorModel(slider[1].scene if scene == "slider" else scene)
+    rng = np.random.default_rng(4)
+    x0 = torch.tensor(rng.normal(scale=0.2, size=(9, model.n)), dtype=torch.float32)
+    U = torch.tensor(rng.uniform(-1.0, 1.0, size=(9, 6, model.m)), dtype=torch.float32)
+    X = model.rollout(x0, U, torch.Generator())
+    assert X.dtype == torch.float32 and X.device == model.device and X.shape == (9, 7, model.n)
+    expected = successive_predictions(model, x0.double().numpy(), U.double().numpy())
+    np.testing.assert_allclose(X.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("control_steps, unstable_period", [(3, 2), (1, 0), (1, 3)])
+def test_rollout_is_nan_from_the_unstable_period_on_and_other_rows_unaffected(
+    mujoco_warnings, control_steps, unstable_period
+):
+    model = SimulatorModel(mujoco.MjModel.from_xml_string(BLOWUP_XML), control_steps=control_steps)
+    rng = np.random.default_rng(6)
+    x0 = rng.normal(scale=0.1, size=(3, model.n)).astype(np.float32)
+    U = rng.uniform(-0.01, 0.01, size=(3, 5, model.m)).astype(np.float32)
+    U[1, unstable_period] = 1e9  # 1e12 N on 1 kg
+    X = model.rollout(torch.from_numpy(x0), torch.from_numpy(U)).numpy()
+    expected = successive_predictions(model, x0.astype(np.float64), U.astype(np.float64))
+    assert np.all(np.isfinite(X[1, : unstable_period + 1])) and np.all(np.isnan(X[1, unstable_period + 1 :]))
+    assert np.all(np.isnan(expected[1, unstable_period + 1 :]))
+    np.testing.assert_allclose(X[1, : unstable_period + 1], expected[1, : unstable_period + 1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(X[0::2], expected[0::2], rtol=1e-6, atol=1e-6)
+    assert any("unstable" in w for w in mujoco_warnings)
+
+
+def test_sampling_planners_use_the_rollout_directly():
+    model = SimulatorModel(SCENE)
+    assert isinstance(model, BatchedDynamics)
+    assert as_dynamics(model) is model
 
 
 def test_threads_each_get_their_own_data():
