@@ -76,6 +76,9 @@ class Robot(Protocol):
     def step(self, u: np.ndarray) -> np.ndarray:
         """Apply u: (m,) for one control period; returns x_next: (n,)."""
 
+    def time(self) -> float:
+        """Seconds since the last reset: the simulation's clock in simulation, the wall clock on hardware."""
+
     def close(self) -> None:
         """Release the robot (on hardware: torque off)."""
 

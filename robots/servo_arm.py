@@ -140,6 +140,7 @@ class ServoArm:
         self.settle_s = float(settle_s)
         self.start_tolerance = float(start_tolerance)
         self.clock = LoopClock(dt)
+        self._reset_at = time.monotonic()
         self.last_reading: BusReading | None = None
         self.start_error: np.ndarray | None = None
         self._q = self._v = None
@@ -222,6 +223,7 @@ class ServoArm:
             x = self._read()
         self._loop_running = False
         self._start_watchdog()
+        self._reset_at = time.monotonic()
         return x
 
     def step(self, u) -> np.ndarray:
@@ -262,6 +264,10 @@ class ServoArm:
         finally:
             self._last_return = time.monotonic()
             self._in_step = False
+
+    def time(self) -> float:
+        """Wall-clock seconds since the last reset (monotonic)."""
+        return time.monotonic() - self._reset_at
 
     def close(self) -> None:
         """Torque off on every servo and release the port (safe to call more than once)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import time
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from typing import Callable, Protocol
@@ -24,7 +23,8 @@ def package_version() -> str:
 class Trial:
     """One trial, time-major.
 
-    states: (T+1, n); actions: (T, m); timestamps: (T+1,) s since the trial started;
+    states: (T+1, n); actions: (T, m); timestamps: (T+1,) s since the trial started (the robot's `time()`: simulated
+    time in simulation, the wall clock on hardware);
     costs: (T+1,) running cost l(x_t, u_t) for t < T and terminal cost at T (NaN where none);
     metadata: JSON-serialisable (robot, task, controller, seed, created, version, interventions, ...).
     complete: False for a trial recovered from a log that was still being written.
@@ -111,7 +111,6 @@ def rollout(
     states[0], stamps[0] = x, 0.0
     if sink is not None:
         sink.start(x)
-    start = time.perf_counter()
     for t in range(horizon):
         u = np.asarray(policy.act(x, t), dtype=np.float64)
         x_next = np.asarray(robot.step(u), dtype=np.float64)
@@ -119,7 +118,7 @@ def rollout(
         u = np.clip(u, spec.action_low, spec.action_high)
         if cost is not None:
             costs[t] = cost(x, u)
-        actions[t], states[t + 1], stamps[t + 1] = u, x_next, time.perf_counter() - start
+        actions[t], states[t + 1], stamps[t + 1] = u, x_next, robot.time()
         if sink is not None:
             sink.append(x_next, u, stamps[t + 1], costs[t])
         x = x_next

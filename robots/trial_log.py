@@ -4,7 +4,8 @@ Layout of a trial file (all arrays float64, time-major):
 
     /states        (T+1, n)  x_0 .. x_T, in the units of the robot's state
     /actions       (T, m)    u_0 .. u_{T-1}, as applied (clipped to the robot's bounds)
-    /timestamps    (T+1,)    seconds since the trial started (x_0 at 0)
+    /timestamps    (T+1,)    seconds since the trial started (x_0 at 0): simulated time in simulation,
+                             the wall clock on hardware
     /costs         (T+1,)    running cost l(x_t, u_t) for t < T, terminal cost at T; NaN where none
     attributes of the root group:
       format          "forethought.trial"

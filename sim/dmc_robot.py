@@ -55,6 +55,7 @@ class DmControlRobot:
             metadata={"dm_control_task": task},
         )
         self.interventions: dict[str, int] = {"clipped": 0}
+        self._reset_time = self.physics.data.time
         self.last_cost = float("nan")
 
     def reset(self, seed: int | None = None) -> np.ndarray:
@@ -62,7 +63,9 @@ class DmControlRobot:
             self.env.task.random.seed(seed)
         self.interventions = {"clipped": 0}
         self.last_cost = float("nan")
-        return _flatten(self.env.reset().observation)
+        observation = self.env.reset().observation
+        self._reset_time = self.physics.data.time
+        return _flatten(observation)
 
     def step(self, u) -> np.ndarray:
         u, clipped = check_action(self.spec, u)
@@ -70,6 +73,10 @@ class DmControlRobot:
         timestep = self.env.step(u)
         self.last_cost = -float(timestep.reward or 0.0)
         return _flatten(timestep.observation)
+
+    def time(self) -> float:
+        """Simulated seconds since the last reset."""
+        return self.physics.data.time - self._reset_time
 
     def close(self) -> None:
         self.env.close()

@@ -105,6 +105,7 @@ class MujocoRobot:
             metadata={"scene": str(self.scene), "control_steps": self.control_steps},
         )
         self.interventions: dict[str, int] = {"clipped": 0}
+        self._reset_time = 0.0
         self._bad_qacc = 0
 
     def _qpos_noise_scale(self, std) -> np.ndarray:
@@ -144,6 +145,7 @@ class MujocoRobot:
         mujoco.mj_forward(model, data)
         self.interventions = {"clipped": 0}
         self._bad_qacc = data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
+        self._reset_time = data.time
         return self.get_state()
 
     def step(self, u) -> np.ndarray:
@@ -157,6 +159,10 @@ class MujocoRobot:
         if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != self._bad_qacc or not np.all(np.isfinite(x)):
             raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s")
         return x
+
+    def time(self) -> float:
+        """Simulated seconds since the last reset."""
+        return self.data.time - self._reset_time
 
     def close(self) -> None:
         pass

@@ -21,6 +21,7 @@ def test_suite_tasks_run_reproducibly(task):
     np.testing.assert_array_equal(a.states, b.states)
     assert np.all(a.costs[:-1] <= 0.0) and np.isnan(a.costs[-1])  # cost = -reward, rewards in [0, 1]
     assert a.dt > 0
+    np.testing.assert_allclose(a.timestamps, a.dt * np.arange(16), rtol=1e-9)  # simulated time
 
 
 def test_state_names_follow_the_observation_order():

@@ -94,6 +94,9 @@ def test_same_seed_same_trial(scene):
         runs.append(rollout(robot, RandomPolicy(robot.spec, seed=7), 30, seed=11))
     np.testing.assert_array_equal(runs[0].states, runs[1].states)
     np.testing.assert_array_equal(runs[0].actions, runs[1].actions)
+    # Simulated time, not the time the computer took.
+    np.testing.assert_array_equal(runs[0].timestamps, runs[1].timestamps)
+    np.testing.assert_allclose(runs[0].timestamps, robot.spec.dt * np.arange(31), rtol=1e-9)
     robot = MujocoRobot(scene)
     other = rollout(robot, RandomPolicy(robot.spec, seed=8), 30, seed=11)
     assert not np.array_equal(other.actions, runs[0].actions)
