@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -290,16 +290,19 @@ class EnsembleModel:
         finite = np.isfinite(x).all(1) & np.isfinite(u).all(1) & np.isfinite(d).all(1)
         return x[finite], u[finite], d[finite]
 
-    def fit(self, trials: Sequence[Trial]) -> dict:
+    def fit(self, trials: Sequence[Trial], progress: Callable[[dict], None] | None = None) -> dict:
         """Train on every transition of `trials` (continuing from the current weights).
 
         Returns diagnostics: transitions, epochs, steps, seconds, held-out NLL per member (normalised
-        units, as trained) and of the elites, and the elite indices.
+        units, as trained) and of the elites, and the elite indices. progress, if given, is called
+        after every epoch with {"epoch", "max_epochs", "steps", "holdout_mse"} (the best member's).
         """
         x, u, d = self.transitions(trials)
-        return self.fit_arrays(x, u, d)
+        return self.fit_arrays(x, u, d, progress)
 
-    def fit_arrays(self, x: np.ndarray, u: np.ndarray, delta: np.ndarray) -> dict:
+    def fit_arrays(
+        self, x: np.ndarray, u: np.ndarray, delta: np.ndarray, progress: Callable[[dict], None] | None = None
+    ) -> dict:
         """Train on transitions given as arrays x (N, n), u (N, m), delta = x_next - x (N, n)."""
         cfg = self.config
         x, u, delta = (np.asarray(a, dtype=np.float64) for a in (x, u, delta))
@@ -349,9 +352,12 @@ class EnsembleModel:
                 optimiser.step()
                 steps += 1
             epochs += 1
-            if best_loss is None:
+            loss = None if best_loss is None else self._holdout_scores(z_hold, y_hold)[0]
+            if progress is not None:
+                best = math.nan if loss is None else float(loss.min())
+                progress({"epoch": epochs, "max_epochs": max_epochs, "steps": steps, "holdout_mse": best})
+            if loss is None:
                 continue
-            loss = self._holdout_scores(z_hold, y_hold)[0]
             improved = (best_loss - loss) / np.abs(best_loss).clip(1e-8) > cfg.min_improvement
             if improved.any():
                 best_loss = np.where(improved, loss, best_loss)

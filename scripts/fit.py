@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -283,6 +283,24 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=int, default=32, help="particles for open-loop predictions (default 32)")
 
 
+def epoch_progress(stream=None) -> Callable[[dict], None]:
+    """A fit's progress callback: one status line of epochs, steps and held-out MSE on `stream`
+    (default stderr), rewritten at most four times a second."""
+    stream = stream or sys.stderr
+    last = -1.0
+
+    def show(report: dict) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 0.25:
+            last = now
+            stream.write(f"\r  epoch {report['epoch']}/{report['max_epochs']}  steps {report['steps']}  "
+                         f"held-out MSE {report['holdout_mse']:.4g}   ")
+            stream.flush()
+
+    return show
+
+
 def default_output(paths: Sequence[str], model: str) -> Path:
     first = Path(paths[0])
     folder = first if first.is_dir() else first.parent
@@ -318,8 +336,10 @@ def fit_main(args: argparse.Namespace) -> int:
     print(f"fitting {args.model} on {len(train)} trials ({transitions} transitions), holding out {len(heldout)}...",
           file=sys.stderr)
     started = time.perf_counter()
-    info = model.fit(train)
-    print(f"fitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...", file=sys.stderr)
+    reports_epochs = "progress" in inspect.signature(model.fit).parameters
+    info = model.fit(train, progress=epoch_progress()) if reports_epochs else model.fit(train)
+    print(f"\rfitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...".ljust(60),
+          file=sys.stderr)
     horizons = default_horizons(min(t.horizon for t in heldout))
     report = evaluate_predictions(model, heldout, horizons, args.particles, args.seed, reference=train)
 

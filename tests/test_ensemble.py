@@ -69,8 +69,11 @@ def test_nll_beats_deterministic_mlp_and_epistemic_spread_grows_outside_the_data
 
 def test_fit_reports_holdout_early_stopping_and_elites():
     model = fitted(members=4, elites=2, max_epochs=400, patience=3)
-    diag = model.fit_arrays(*heteroscedastic_data(np.random.default_rng(5), 600))
+    reports = []
+    diag = model.fit_arrays(*heteroscedastic_data(np.random.default_rng(5), 600), progress=reports.append)
     assert diag["epochs"] < 400  # stopped early on the held-out loss
+    assert [r["epoch"] for r in reports] == list(range(1, diag["epochs"] + 1))
+    assert reports[-1]["steps"] == diag["steps"] and min(r["holdout_mse"] for r in reports) <= min(diag["holdout_mse"])
     assert 90 <= diag["holdout_transitions"] <= 150  # about a fifth of 600
     losses = np.array(diag["holdout_mse"])
     assert sorted(diag["elites"]) == sorted(np.argsort(losses)[:2].tolist())

@@ -151,7 +151,8 @@ def test_fit_with_model_config_builds_the_model_with_those_settings(tmp_path, ca
     settings = tmp_path / "ensemble.yaml"
     settings.write_text(SMALL_ENSEMBLE + "\n")
     assert fit_cli(run, "--model-config", settings) == 0
-    assert f"model settings from {settings}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"model settings from {settings}" in err and "epoch 1/" in err  # progress while it trains
     config = EnsembleModel.load(run / "models" / "ensemble.pt").config
     assert (config.members, config.hidden, config.relative_actions, config.max_steps) == (2, [16], True, 10)
     report = json.loads((run / "models" / "ensemble_report.json").read_text())
