@@ -264,7 +264,6 @@ def step_size_multiplier(previous: float, predicted: float, actual: float, low: 
     return float(np.clip(multiplier, low, high))
 
 
-
 # -- Cost models from samples -------------------------------------------------------------------
 def cost_expansion(cost, states: np.ndarray, actions: np.ndarray) -> QuadraticCost:
     """The quadratic model of `cost` that GPS optimises, from sampled trajectories.
