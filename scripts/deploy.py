@@ -131,12 +131,14 @@ def deploy(
     dry_run: bool = False,
     velocity_source: str = "servo",
     timeout_margin_ms: float = 2.0,
-    stream=sys.stderr,
+    stream=None,
 ) -> DeployResult:
-    """Run `experiment`'s controller on the servo arm; see the module docstring.
+    """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
+    messages go to `stream` (default stderr).
 
     Raises ArmStopped (after torque off, with the trials logged so far) when the run ends early.
     """
+    stream = stream or sys.stderr
 
     experiment = _arm_experiment(experiment, arm)
     sim = make_robot(experiment.robot)
@@ -190,7 +192,7 @@ def deploy(
 
     with exit_signals_raise(), robot:
         try:
-            run_loop(experiment, task, controller, prepare, run_trial, result)
+            run_loop(experiment, task, controller, prepare, run_trial, result, progress)
         except (BusError, SafetyStop) as err:
             stop = (str(err), EXIT_FAILED)
         except ActionError as err:

@@ -67,8 +67,8 @@ def make_cost(experiment: Experiment, robot, condition: dict):
 class Progress:
     """One status line on stderr, rewritten at most a few times a second."""
 
-    def __init__(self, total_trials: int, horizon: int, stream=sys.stderr):
-        self.total, self.horizon, self.stream = total_trials, horizon, stream
+    def __init__(self, total_trials: int, horizon: int, stream=None):
+        self.total, self.horizon, self.stream = total_trials, horizon, stream or sys.stderr
         self.done, self._last = 0, 0.0
 
     def step(self, t: int) -> None:
@@ -81,6 +81,11 @@ class Progress:
     def trial_done(self, message: str) -> None:
         self.done += 1
         self.stream.write("\r" + message.ljust(60) + "\n")
+        self.stream.flush()
+
+    def updating(self, iteration: int, iterations: int) -> None:
+        """Say that the controller is updating (a model fit can take minutes); the next step overwrites it."""
+        self.stream.write(f"\r  updating the controller after iteration {iteration + 1}/{iterations}...   ")
         self.stream.flush()
 
 
@@ -103,11 +108,13 @@ def run_loop(
     prepare: Callable[[dict], None],
     run_trial: Callable[[TrialSlot, Policy], Trial],
     result: RunResult,
+    progress: Progress | None = None,
 ) -> None:
     """The experiment loop: per iteration, `loop.samples` trials of each condition's policy, then one
     controller update. prepare(condition) sets the robot up for a condition before its policy is
     asked for; run_trial(slot, policy) runs and logs one trial. `result` gathers the trials, the
-    learning curve and the update diagnostics as they come, so that they survive a stop."""
+    learning curve and the update diagnostics as they come, so that they survive a stop. `progress`
+    shows each update as it starts."""
     loop = experiment.loop
     index = 0
     for iteration in range(loop.iterations):
@@ -131,6 +138,8 @@ def run_loop(
                 index += 1
             by_condition.append(samples)
         result.learning_curve.append([t.total_cost for group in by_condition for t in group])
+        if progress is not None:
+            progress.updating(iteration, loop.iterations)
         started = time.perf_counter()
         diagnostics = dict(controller.update(by_condition) or {})
         diagnostics["update_s"] = time.perf_counter() - started
@@ -163,7 +172,9 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
             )
             return trial
 
-        run_loop(experiment, task, controller, lambda condition: apply_condition(robot, condition), run_trial, result)
+        run_loop(
+            experiment, task, controller, lambda condition: apply_condition(robot, condition), run_trial, result, progress
+        )
         if hasattr(controller, "save"):
             controller.save(folder / "models")
         write_outputs(experiment, robot, result, loop.video if render_video is None else render_video)

@@ -38,13 +38,14 @@ def test_unknown_task_is_a_clear_error():
 
 
 @pytest.mark.parametrize("task", ["cartpole:swingup", "reacher:easy", "walker:walk"])
-def test_forethought_run_logs_a_seeded_random_trial(task, tmp_path):
+def test_forethought_run_logs_a_seeded_random_trial(task, tmp_path, capsys):
     from forethought.robots.trial_log import load_trials
     from forethought.scripts.cli import main
 
     runs = []
     for out in ("a", "b"):
         assert main(["run", f"dmc:{task}", "--horizon", "8", "--no-video", "--seed", "3", "--out", str(tmp_path / out)]) == 0
+        assert "updating the controller after iteration 1/1" in capsys.readouterr().err
         trials, problems = load_trials(sorted((tmp_path / out).glob("*/trials/*.h5")))
         assert not problems and len(trials) == 1
         runs.append(trials[0])
