@@ -243,16 +243,16 @@ class ILQRMPCConfig:
 
 
 def planning_model(scene, dt: float, model_timestep: float | None = None, frictionloss: bool = True,
-                   centred: bool = False):
+                   centred: bool = False, threads: int = 1):
     """MuJoCo as the planning model for a robot with control period dt (s).
 
     model_timestep: the model's physics step in s (None: the scene's); the control period must be a
     whole number of them. frictionloss: keep the joints' dry friction; centred: centred differences
-    in the model's linearisation.
+    in the model's linearisation; threads: MuJoCo threads per batched rollout.
     """
     from forethought.models.simulator import SimulatorModel
 
-    settings = dict(centred=centred, frictionloss=frictionloss)
+    settings = dict(centred=centred, frictionloss=frictionloss, threads=threads)
     if model_timestep is None:
         model = SimulatorModel(scene, **settings)
     else:
@@ -313,7 +313,7 @@ class MPCController:
 
 
 def scene_model(controller: str, robot, task, model_timestep: float | None = None, frictionloss: bool = True,
-                centred: bool = False):
+                centred: bool = False, threads: int = 1):
     """The planning model of a controller that plans on the robot's MuJoCo scene (see planning_model),
     with ConfigErrors when there is no scene, no cost, or the scene does not match the robot."""
     if task.scene is None:
@@ -321,7 +321,7 @@ def scene_model(controller: str, robot, task, model_timestep: float | None = Non
     if not task.cost:
         raise ConfigError(f"{controller} needs the task's `cost`")
     spec = robot.spec
-    model = planning_model(task.scene, spec.dt, model_timestep, frictionloss, centred)
+    model = planning_model(task.scene, spec.dt, model_timestep, frictionloss, centred, threads)
     if model.n != spec.n or model.m != spec.m:
         raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={spec.n}, m={spec.m}")
     return model

@@ -13,6 +13,7 @@ In an experiment file:
       type: predictive_sampling
       planner: {kind: icem, horizon: 15, population: 64, elites: 8, iterations: 2}
       model_timestep: null     # physics step of the planning copy in s (null: the scene's)
+      model_threads: null      # MuJoCo threads per batch of rollouts (null: torch's thread count)
       initial_action: hold
 """
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+
+import torch
 
 from forethought.controllers.mpc import MPCController, initial_action, scene_model
 from forethought.controllers.planning_cost import build_planning_cost
@@ -32,13 +35,16 @@ class PredictiveSamplingConfig:
     """planner: {kind: cem|icem|mppi|random_shooting, ...its settings} (particles default to 1);
     replan_every: ticks between plans; model_timestep: physics step of the planning model in s (the
     control period must be a whole number of them; coarser is cheaper); model_frictionloss: keep the
-    joints' dry friction in the planning model; initial_action: "middle", "hold" or a list of m
-    numbers; seed: of the planners (default: the experiment's seed)."""
+    joints' dry friction in the planning model; model_threads: MuJoCo threads that share each
+    batch of rollouts (default: torch's thread count, which `forethought run --threads` sets);
+    initial_action: "middle", "hold" or a list of m numbers; seed: of the planners (default: the
+    experiment's seed)."""
 
     planner: dict = field(default_factory=lambda: {"kind": "icem"})
     replan_every: int = 1
     model_timestep: float | None = None
     model_frictionloss: bool = True
+    model_threads: int | None = None
     initial_action: str | list[float] = "middle"
     seed: int | None = None
 
@@ -47,12 +53,15 @@ class PredictiveSamplingConfig:
         planner_settings(self.planner)
         if self.replan_every < 1:
             raise ValueError(f"replan_every must be at least 1, got {self.replan_every}")
+        if self.model_threads is not None and self.model_threads < 1:
+            raise ValueError(f"model_threads must be at least 1, got {self.model_threads}")
 
 
 def build_predictive_sampling(params: dict, robot, task) -> MPCController:
     """Controller `type: predictive_sampling`: params as PredictiveSamplingConfig; needs a MuJoCo scene."""
     cfg = from_mapping(PredictiveSamplingConfig, params, "controller:")
-    model = scene_model("predictive_sampling", robot, task, cfg.model_timestep, cfg.model_frictionloss)
+    threads = cfg.model_threads or torch.get_num_threads()
+    model = scene_model("predictive_sampling", robot, task, cfg.model_timestep, cfg.model_frictionloss, threads=threads)
     spec = robot.spec
     costs = [build_planning_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
     kind, settings = planner_settings(cfg.planner)

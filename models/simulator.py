@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # torch is imported when rollout is called: iLQR on this mode
     import torch
 
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
+# What batched rollouts take at every physics step: the controls, then the mocap bodies' poses
+# (rollout resets each row's data, so a moved mocap body has to ride along with the controls).
+_CONTROL_AND_MOCAP = int(mujoco.mjtState.mjSTATE_CTRL | mujoco.mjtState.mjSTATE_MOCAP_POS | mujoco.mjtState.mjSTATE_MOCAP_QUAT)
 # MuJoCo's warnings for a simulation it found unstable (and reset): bad qpos, qvel, qacc.
 _UNSTABLE = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
 # Rollouts start their clock here rather than at 0: MuJoCo's reset of an unstable simulation sets
@@ -81,6 +84,7 @@ class SimulatorModel:
     model (a planning model for iLQR: dry friction is a constraint that holds a joint at rest
     against small forces, so finite differences there say the actions do nothing).
     The control period is timestep * control_steps.
+    threads: MuJoCo threads that share each batched rollout (one C call, its rows split between them).
     Every thread gets its own MjData, so predict and linearize may be called concurrently.
     """
 
@@ -92,6 +96,7 @@ class SimulatorModel:
         centred: bool = False,
         epsilon: float = 1e-6,
         frictionloss: bool = True,
+        threads: int = 1,
     ):
         if isinstance(scene, mujoco.MjModel):
             self.scene, self.model = None, scene
@@ -115,6 +120,9 @@ class SimulatorModel:
         if self.control_steps < 1:
             raise ValueError(f"SimulatorModel: control_steps must be at least 1, got {self.control_steps}")
         self.centred, self.epsilon = bool(centred), float(epsilon)
+        if threads < 1:
+            raise ValueError(f"SimulatorModel: threads must be at least 1, got {threads}")
+        self.threads = int(threads)
         self.dt = model.opt.timestep * self.control_steps
         self.nq, self.nv, self.m = model.nq, model.nv, model.nu
         self.n = model.nq + model.nv
@@ -123,10 +131,8 @@ class SimulatorModel:
         template = mujoco.MjData(model)
         if home >= 0:
             mujoco.mj_resetDataKeyframe(model, template, home)
-        self._full_state = np.empty(mujoco.mj_stateSize(model, _FULL))
-        mujoco.mj_getState(model, template, self._full_state, _FULL)
-        self._full_state[0] = _CLOCK_START
         self._template = template
+        self._full_state = self._template_state()
         free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
         # (qpos address, dof address) of every quaternion: a free joint's follows its position.
         self._quat_joints = [
@@ -145,6 +151,23 @@ class SimulatorModel:
             mujoco.mj_copyData(data, self.model, self._template)
         return data
 
+    def _rollout_pool(self) -> tuple[mj_rollout.Rollout, list[mujoco.MjData]]:
+        """This thread's mujoco.rollout runner over `threads` threads, and an MjData for each of them."""
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            datas = [self.data] + [mujoco.MjData(self.model) for _ in range(self.threads - 1)]
+            # nthread 0 runs on the calling thread: no pool for a single thread.
+            runner = mj_rollout.Rollout(nthread=self.threads if self.threads > 1 else 0)
+            pool = self._local.pool = (runner, datas)
+        return pool
+
+    def _template_state(self) -> np.ndarray:
+        """The template's full physics state, as batched rollouts start from (x written over it)."""
+        state = np.empty(mujoco.mj_stateSize(self.model, _FULL))
+        mujoco.mj_getState(self.model, self._template, state, _FULL)
+        state[0] = _CLOCK_START
+        return state
+
     def set_mocap_pos(self, body: str, pos) -> None:
         """Move mocap body `body` to pos (3,) m in the model (for scenes where a mocap body collides)."""
         body_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
@@ -152,6 +175,7 @@ class SimulatorModel:
         if mocap_id < 0:
             raise ValueError(f"SimulatorModel: no mocap body named '{body}'")
         self._template.mocap_pos[mocap_id] = np.asarray(pos, dtype=np.float64).reshape(3)
+        self._full_state = self._template_state()
         self._local = threading.local()
 
     # -- DynamicsModel ----------------------------------------------------------------------------
@@ -212,7 +236,11 @@ class SimulatorModel:
         k = self.control_steps
         init = np.tile(self._full_state, (B, 1))
         init[:, 1 : 1 + self.n] = x
-        states, _ = mj_rollout.rollout(self.model, self.data, init, np.repeat(U, k, axis=1))
+        control = np.repeat(U, k, axis=1)
+        mocap = np.concatenate([self._template.mocap_pos.ravel(), self._template.mocap_quat.ravel()])
+        control = np.concatenate([control, np.broadcast_to(mocap, (B, H * k, mocap.size))], axis=2)
+        runner, datas = self._rollout_pool()
+        states, _ = runner.rollout(self.model, datas, init, control, control_spec=_CONTROL_AND_MOCAP)
         ends = states[:, k - 1 :: k]
         out = ends[:, :, 1 : 1 + self.n].copy()
         clock = _CLOCK_START + self.dt * np.arange(1, H + 1)

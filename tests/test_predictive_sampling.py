@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from forethought.controllers.controller import Task
 from forethought.controllers.predictive_sampling import build_predictive_sampling
@@ -35,11 +36,15 @@ def test_the_planner_rolls_whole_sequences_through_the_scene_model(slider):
     assert isinstance(planner.dynamics, SimulatorModel) and planner.dynamics.control_steps == 2
 
 
-def test_same_seed_same_trial(slider):
+def test_same_seed_same_trial_at_any_thread_count(slider):
     robot, task = slider
-    _, a = run(robot, task)
+    controller, a = run(robot, task)
+    assert controller.policy(0).planner.dynamics.threads == torch.get_num_threads()
     _, b = run(robot, task)
     assert np.array_equal(a.actions, b.actions)
+    threaded, c = run(robot, task, {**PARAMS, "model_threads": 2})
+    assert threaded.policy(0).planner.dynamics.threads == 2
+    assert np.array_equal(a.actions, c.actions)  # the rows are independent: threads only share them out
 
 
 @pytest.mark.parametrize(
@@ -50,6 +55,7 @@ def test_same_seed_same_trial(slider):
         ({"planner": {"kind": "cem", "seed": 1}}, "set the controller's `seed`"),
         ({"model_timestep": 0.03}, "not a whole number of 0.03 s steps"),
         ({"replan_every": 0}, "replan_every must be at least 1"),
+        ({"model_threads": 0}, "model_threads must be at least 1"),
     ],
 )
 def test_bad_parameters_name_the_key(slider, params, message):

@@ -204,6 +204,43 @@ def test_sampling_planners_use_the_rollout_directly():
     assert as_dynamics(model) is model
 
 
+# A slider that runs into a wall carried by a mocap body (both children of the world, so the
+# parent filter is off).
+WALL_XML = """
+<mujoco>
+  <option timestep="0.01"><flag filterparent="disable"/></option>
+  <worldbody>
+    <body>
+      <joint name="x" type="slide" axis="1 0 0"/>
+      <geom type="sphere" size="0.05" mass="1"/>
+    </body>
+    <body name="wall" mocap="true" pos="1 0 0"><geom type="box" size="0.01 0.2 0.2"/></body>
+  </worldbody>
+  <actuator><motor joint="x"/></actuator>
+</mujoco>
+"""
+
+
+def test_a_moved_mocap_body_is_where_batched_rollouts_see_it():
+    model = SimulatorModel(mujoco.MjModel.from_xml_string(WALL_XML), control_steps=30)
+    model.set_mocap_pos("wall", [0.2, 0.0, 0.0])
+    x = np.tile([0.0, 2.0], (8, 1))  # at 2 m/s the slider would pass 0.6 m in the period
+    batched, _ = model.predict(x, np.zeros((8, 1)))
+    single, _ = model.predict(x[0], np.zeros(1))
+    np.testing.assert_allclose(batched, np.tile(single, (8, 1)))
+    assert batched[0, 0] < 0.2  # stopped by the wall
+
+
+def test_rollout_threads_give_the_same_states():
+    rng = np.random.default_rng(7)
+    one, two = SimulatorModel(SCENE), SimulatorModel(SCENE, threads=2)
+    x0 = torch.tensor(rng.normal(scale=0.2, size=(33, one.n)), dtype=torch.float32)
+    U = torch.tensor(rng.uniform(-1.0, 1.0, size=(33, 5, one.m)), dtype=torch.float32)
+    torch.testing.assert_close(two.rollout(x0, U), one.rollout(x0, U), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        SimulatorModel(SCENE, threads=0)
+
+
 def test_threads_each_get_their_own_data():
     model = SimulatorModel(SCENE)
     rng = np.random.default_rng(3)
