@@ -5,6 +5,11 @@ Timing settings (issue's reference, as mbrl-lib's PETS on cart-pole): an ensembl
 3 hidden layers of 200, TSinf with 20 particles; CEM with horizon 15, population 350, 5 iterations;
 iCEM at horizon 15 with its default budget; MPPI with population 1000 and horizon 30. One CPU thread.
 The ensemble is fitted on a random cart-pole trial so that its normalisation is realistic.
+
+Next to each time stands its floor: the network's multiply-adds for one action (particle-steps
+counted during a plan, times the multiply-adds of one step through one member) at the rate this
+thread reaches in a batched matrix product of the hidden layers' shape. No planner can choose an
+action faster than that with this network on this core; the gap is activations, sampling and cost.
 """
 
 from __future__ import annotations
@@ -53,6 +58,44 @@ def time_per_action(planner, states: np.ndarray, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+class CountingDynamics:
+    """A BatchedDynamics that counts the particle-steps (rows x steps) it rolls out."""
+
+    def __init__(self, dynamics):
+        self.dynamics, self.device, self.particle_steps = dynamics, dynamics.device, 0
+
+    def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        self.particle_steps += U.shape[0] * U.shape[1]
+        return self.dynamics.rollout(x0, U, generator)
+
+
+def matmul_rate(dynamics, rows: int = 1400, repeats: int = 20) -> float:
+    """Multiply-adds per second of torch.bmm at the ensemble's hidden-layer shape, (k, rows, w) x
+    (k, w, w), in its planning dtype on this thread (best of `repeats`)."""
+    weight = dynamics.weights[1]
+    k, width, out_width = weight.shape
+    h = torch.randn(k, rows, width).to(weight.dtype)
+    out = torch.empty(k, rows, out_width, dtype=weight.dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.bmm(h, weight, out=out)
+        best = min(best, time.perf_counter() - start)
+    return k * rows * width * out_width / best
+
+
+def network_floor_ms(planner, dynamics, state: np.ndarray, rate: float) -> float:
+    """The network's multiply-adds for one of the planner's actions from `state`, in ms at `rate`."""
+    counting = CountingDynamics(dynamics)
+    planner.dynamics = counting
+    try:
+        planner.plan(state, np.zeros((planner.config.horizon, planner.m)), 0)
+    finally:
+        planner.dynamics = dynamics
+    per_step = sum(w.shape[1] * w.shape[2] for w in dynamics.weights)  # one row through one member
+    return 1e3 * counting.particle_steps * per_step / rate
+
+
 def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     experiment = load_experiment(EXPERIMENT)
     task = make_task(experiment)
@@ -64,12 +107,15 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     model = EnsembleModel(trial.state_names, trial.action_names, config)
     model.fit([trial])
     dynamics = model.dynamics("tsinf")
+    rate = matmul_rate(dynamics)
     metrics = {}
     for kind, settings in PLANNER_SETTINGS.items():
         planner = make_planner(kind, dynamics, controller.costs[0], robot.spec.action_low, robot.spec.action_high,
                                **settings)
         metrics[f"{kind}_ms_per_action"] = time_per_action(planner, trial.states, repeats)
-    return metrics, {"planning_dtype": str(dynamics.dtype).replace("torch.", "")}
+        metrics[f"{kind}_network_floor_ms"] = network_floor_ms(planner, dynamics, trial.states[0], rate)
+    config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate}
+    return metrics, config
 
 
 def trials_to_success(seed: int, max_trials: int) -> int | None:
