@@ -44,12 +44,12 @@ class EnsembleConfig:
     state (a servo's position target becomes its position error, which its torque follows); other
     actions are fed as they are.
     weight_decay: L2 weight on every layer's weights. holdout: fraction of transitions kept out of
-    training for early stopping (at most max_holdout; the same transitions in every fit); training stops after `patience` epochs in
-    which no member's held-out mean squared error improved by a relative `min_improvement`, once it has taken
-    `min_steps` gradient steps (so that the few transitions of the first trials still train the
-    networks), and after `max_epochs` epochs (or enough epochs for min_steps) or `max_steps` steps
-    at the latest (each fit continues from the last one's weights, so a capped fit still builds on
-    all earlier training).
+    training for early stopping (at most max_holdout; the same transitions in every fit); training
+    stops after `patience` epochs in which no member's held-out mean squared error improved by a
+    relative `min_improvement`, once it has taken `min_steps` gradient steps (so that the few
+    transitions of the first trials still train the networks), and after `max_epochs` epochs (or
+    enough epochs for min_steps) or `max_steps` steps at the latest (each fit continues from the
+    last one's weights, so a capped fit still builds on all earlier training).
     logvar_min, logvar_max: initial soft bounds on the log-variance (normalised target units);
     logvar_penalty: weight of (sum of upper bounds - sum of lower bounds) in the loss.
     planning_dtype: precision of the network inside planning rollouts: "float32", "bfloat16" (about

@@ -131,8 +131,10 @@ class SimulatorModel:
         template = mujoco.MjData(model)
         if home >= 0:
             mujoco.mj_resetDataKeyframe(model, template, home)
+        self._full_state = np.empty(mujoco.mj_stateSize(model, _FULL))
+        mujoco.mj_getState(model, template, self._full_state, _FULL)
+        self._full_state[0] = _CLOCK_START
         self._template = template
-        self._full_state = self._template_state()
         free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
         # (qpos address, dof address) of every quaternion: a free joint's follows its position.
         self._quat_joints = [
@@ -161,13 +163,6 @@ class SimulatorModel:
             pool = self._local.pool = (runner, datas)
         return pool
 
-    def _template_state(self) -> np.ndarray:
-        """The template's full physics state, as batched rollouts start from (x written over it)."""
-        state = np.empty(mujoco.mj_stateSize(self.model, _FULL))
-        mujoco.mj_getState(self.model, self._template, state, _FULL)
-        state[0] = _CLOCK_START
-        return state
-
     def set_mocap_pos(self, body: str, pos) -> None:
         """Move mocap body `body` to pos (3,) m in the model (for scenes where a mocap body collides)."""
         body_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
@@ -175,7 +170,6 @@ class SimulatorModel:
         if mocap_id < 0:
             raise ValueError(f"SimulatorModel: no mocap body named '{body}'")
         self._template.mocap_pos[mocap_id] = np.asarray(pos, dtype=np.float64).reshape(3)
-        self._full_state = self._template_state()
         self._local = threading.local()
 
     # -- DynamicsModel ----------------------------------------------------------------------------
