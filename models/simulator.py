@@ -44,7 +44,9 @@ if TYPE_CHECKING:  # torch is imported when rollout is called: iLQR on this mode
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
 # What batched rollouts take at every physics step: the controls, then the mocap bodies' poses
 # (rollout resets each row's data, so a moved mocap body has to ride along with the controls).
-_CONTROL_AND_MOCAP = int(mujoco.mjtState.mjSTATE_CTRL | mujoco.mjtState.mjSTATE_MOCAP_POS | mujoco.mjtState.mjSTATE_MOCAP_QUAT)
+_CONTROL_AND_MOCAP = int(
+    mujoco.mjtState.mjSTATE_CTRL | mujoco.mjtState.mjSTATE_MOCAP_POS | mujoco.mjtState.mjSTATE_MOCAP_QUAT
+)
 # MuJoCo's warnings for a simulation it found unstable (and reset): bad qpos, qvel, qacc.
 _UNSTABLE = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
 # Rollouts start their clock here rather than at 0: MuJoCo's reset of an unstable simulation sets
