@@ -84,8 +84,12 @@ class Progress:
         self.stream.flush()
 
     def updating(self, iteration: int, iterations: int) -> None:
-        """Say that the controller is updating (a model fit can take minutes); the next step overwrites it."""
-        self.stream.write(f"\r  updating the controller after iteration {iteration + 1}/{iterations}...   ")
+        """Say that the controller is updating (a model fit can take minutes) until `updated`."""
+        self.stream.write(f"\r  updating the controller after iteration {iteration + 1}/{iterations}...")
+        self.stream.flush()
+
+    def updated(self) -> None:
+        self.stream.write("\r" + " " * 60 + "\r")
         self.stream.flush()
 
 
@@ -143,6 +147,8 @@ def run_loop(
         started = time.perf_counter()
         diagnostics = dict(controller.update(by_condition) or {})
         diagnostics["update_s"] = time.perf_counter() - started
+        if progress is not None:
+            progress.updated()
         result.diagnostics.append(diagnostics)
 
 
