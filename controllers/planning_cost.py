@@ -3,10 +3,10 @@
 `build_planning_cost(cfg, spec, scene, condition)` reads the same `task.cost` mapping as
 `costs.build_cost` and returns cost(X (B, H+1, n), U (B, H, m)) -> (B,): the running cost of each
 step (with the term's ramp over the planning horizon) plus the terminal cost of the last state, the
-same totals as `Cost.trajectory_costs`. State, saturating, action and joint-limit terms run in
-float32 torch on the planner's device (planners evaluate about 10^5 state-action pairs per
-iteration); any other term (the end-effector distance, through the arm's kinematics) is evaluated
-by the Cost itself in numpy.
+same totals as `Cost.trajectory_costs`. State, saturating, action, joint-limit and site-distance
+terms run in float32 torch on the planner's device (planners evaluate about 10^5 state-action
+pairs per iteration; the end effector goes through `BatchedSiteKinematics`); any other term is
+evaluated by the Cost itself in numpy.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from forethought.controllers.costs import (
     Cost,
     JointLimitCost,
     SaturatingCost,
+    SiteDistanceCost,
     StateCost,
     Weighted,
     WeightedDistance,
     build_cost,
 )
 from forethought.robots.robot import RobotSpec
+from forethought.sim.batched_kinematics import BatchedSiteKinematics
 
 
 def _tensor(a, device) -> torch.Tensor:
@@ -74,7 +76,25 @@ def _torch_term(term, device):
             return 0.5 * (v * v) @ weights
 
         return limits
+    if isinstance(term, SiteDistanceCost):
+        return _torch_site_distance(term, device)
     return None
+
+
+def _torch_site_distance(term: SiteDistanceCost, device):
+    """SiteDistanceCost's value in torch: the site through BatchedSiteKinematics, then its norm."""
+    site = BatchedSiteKinematics(term.kinematics, device)
+    q_index = torch.as_tensor(term.q_index, device=device)
+    target = None if term.target is None else _tensor(term.target, device)
+    target_index = None if term.target_index is None else torch.as_tensor(term.target_index, device=device)
+    offset, smoothing = _tensor(term.offset, device), term.smoothing
+
+    def distance(x, u):
+        goal = target if target_index is None else x[..., target_index] + offset
+        r2 = ((site(x[..., q_index]) - goal) ** 2).sum(-1)
+        return 0.5 * r2 if term.norm == "quadratic" else torch.sqrt(r2 + smoothing**2) - smoothing
+
+    return distance
 
 
 class TrajectoryCost:

@@ -3,11 +3,13 @@
 import mujoco
 import numpy as np
 import pytest
+import torch
 
 from forethought.controllers.controller import Task
 from forethought.controllers.ik_reach import IKReachConfig, IKReachController, build_ik_reach
 from forethought.robots.config import ConfigError
 from forethought.robots.trial import rollout
+from forethought.sim.batched_kinematics import BatchedSiteKinematics
 from forethought.sim.kinematics import ArmKinematics
 from forethought.sim.mujoco_robot import MujocoRobot
 
@@ -63,6 +65,20 @@ def test_a_subset_of_joints_gives_those_columns_with_the_others_held_at_home():
     q[[2, 1]] = [0.3, -0.2]
     np.testing.assert_allclose(part.site_position([0.3, -0.2]), full.site_position(q), atol=1e-12)
     np.testing.assert_allclose(part.site_jacobian([0.3, -0.2]), full.site_jacobian(q)[:, [2, 1]], atol=1e-12)
+
+
+@pytest.mark.parametrize("scene, site, joints", [
+    ("so101_reach", "ee", None), ("so101_peg", "peg_tip", None), ("koch_reach", "ee", None),
+    ("so101_reach", "ee", ["shoulder_lift", "elbow_flex"]),  # the other joints held at home
+])
+def test_batched_kinematics_in_torch_give_mujocos_site_positions(scene, site, joints):
+    kinematics = ArmKinematics(scene, site=site, joints=joints)
+    q = random_angles(kinematics, np.random.default_rng(2), 200)
+    batched = BatchedSiteKinematics(kinematics)(torch.tensor(q, dtype=torch.float32).view(10, 20, -1))
+    assert batched.shape == (10, 20, 3) and batched.dtype == torch.float32
+    np.testing.assert_allclose(batched.reshape(200, 3).numpy(), kinematics.site_positions(q), atol=1e-6)
+    q[3, 1] = np.nan  # a diverged state has no position
+    assert torch.isnan(BatchedSiteKinematics(kinematics)(torch.tensor(q, dtype=torch.float32))[3]).all()
 
 
 def test_kinematics_leave_a_running_simulation_alone():

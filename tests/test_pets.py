@@ -126,3 +126,19 @@ def test_planning_cost_evaluates_end_effector_terms_through_the_kinematics():
     Xt[2, 1, 0] = float("nan")  # a diverged prediction costs NaN, never a number
     got = cost(Xt, torch.tensor(U, dtype=torch.float32)).numpy()
     assert np.isnan(got[2]) and np.all(np.isfinite(np.delete(got, 2)))
+
+
+def test_planning_cost_puts_the_hand_behind_a_block_as_the_experiment_cost_does():
+    from forethought.controllers.planning_cost import build_planning_cost
+
+    with MujocoRobot("so101_push") as robot:
+        spec = robot.spec
+    cfg = {"terms": [{"type": "site_distance", "site": "ee", "target_state": ["block:x", "block:y", "block:z"],
+                      "offset": [-0.01, 0.044, 0.0], "norm": "smooth_abs", "smoothing": 0.01, "weight": 10.0,
+                      "final_weight": 3.0}]}
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, (6, 5, spec.n))
+    U = rng.uniform(-1, 1, (6, 4, spec.m))
+    expected = build_cost(cfg, spec, "so101_push").trajectory_costs(X, U)
+    got = build_planning_cost(cfg, spec, "so101_push")(torch.tensor(X, dtype=torch.float32), torch.tensor(U, dtype=torch.float32))
+    assert np.allclose(got.numpy(), expected, rtol=1e-4)
