@@ -120,18 +120,17 @@ class TrajectoryCost:
         B, H = U.shape[0], U.shape[1]
         X, U = X.to(self.device, torch.float32), U.to(self.device, torch.float32)
         total = torch.zeros(B, device=self.device)
-        zeros_u = None
+        # The terminal state goes with a zero action, so that every term sees all H+1 states in one
+        # call (the end effector's kinematics once per batch, not twice).
+        U_padded = torch.cat([U, torch.zeros(B, 1, U.shape[2], device=self.device)], dim=1)
         for w, term in self.terms:
             running, final = self._step_weights(w, H)
             if term is None:
                 total += self._numpy_term(w.term, X, U, running, final)
                 continue
-            if torch.any(running != 0):
-                total += term(X[:, :H], U) @ running
-            if final != 0.0:
-                if zeros_u is None:
-                    zeros_u = torch.zeros(B, U.shape[2], device=self.device)
-                total += final * term(X[:, H], zeros_u)
+            values = term(X, U_padded)
+            total += values[:, :H] @ running
+            total += final * values[:, H]
         return total
 
     def _numpy_term(self, term, X, U, running: torch.Tensor, final: float) -> torch.Tensor:
