@@ -5,8 +5,8 @@
 step (with the term's ramp over the planning horizon) plus the terminal cost of the last state, the
 same totals as `Cost.trajectory_costs`. State, saturating, action, joint-limit and site-distance
 terms run in float32 torch on the planner's device (planners evaluate about 10^5 state-action
-pairs per iteration; the end effector goes through `BatchedSiteKinematics`); any other term is
-evaluated by the Cost itself in numpy.
+pairs per iteration; the end effector goes through `BatchedSiteKinematics`); a site whose chain
+holds a ball or free joint is evaluated by the Cost itself in numpy.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ def _torch_term(term, device):
 
         return limits
     if isinstance(term, SiteDistanceCost):
-        return _torch_site_distance(term, device)
+        try:
+            return _torch_site_distance(term, device)
+        except ValueError:  # a ball or free joint on the chain: MuJoCo's kinematics row by row
+            return None
     return None
 
 

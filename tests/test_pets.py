@@ -128,6 +128,26 @@ def test_planning_cost_evaluates_end_effector_terms_through_the_kinematics():
     assert np.isnan(got[2]) and np.all(np.isfinite(np.delete(got, 2)))
 
 
+def test_a_site_behind_a_ball_joint_is_costed_through_mujoco(tmp_path):
+    from forethought.controllers.planning_cost import build_planning_cost
+    from forethought.robots.robot import RobotSpec
+
+    scene = tmp_path / "ball.xml"
+    scene.write_text(
+        '<mujoco><worldbody><body><joint name="swivel" type="ball"/><geom size="0.05"/>'
+        '<body pos="0 0 0.2"><joint name="hinge" axis="0 1 0"/><geom size="0.03"/><site name="ee" pos="0 0 0.2"/>'
+        "</body></body></worldbody></mujoco>"
+    )
+    spec = RobotSpec("ball", ("hinge", "d_hinge"), ("u",), [-1.0], [1.0], 0.02)
+    cfg = {"terms": [{"type": "site_distance", "site": "ee", "target": [0.1, 0.0, 0.3]}]}
+    X = np.random.default_rng(4).uniform(-1, 1, (5, 4, 2))
+    U = np.zeros((5, 3, 1))
+    cost = build_planning_cost(cfg, spec, str(scene))
+    assert cost.terms[0][1] is None  # no torch form for this chain
+    got = cost(torch.tensor(X, dtype=torch.float32), torch.tensor(U, dtype=torch.float32)).numpy()
+    assert np.allclose(got, build_cost(cfg, spec, str(scene)).trajectory_costs(X, U), rtol=1e-5)
+
+
 def test_planning_cost_puts_the_hand_behind_a_block_as_the_experiment_cost_does():
     from forethought.controllers.planning_cost import build_planning_cost
 
