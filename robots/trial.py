@@ -23,8 +23,8 @@ def package_version() -> str:
 class Trial:
     """One trial, time-major.
 
-    states: (T+1, n); actions: (T, m); timestamps: (T+1,) s since the trial started (the robot's `time()`: simulated
-    time in simulation, the wall clock on hardware);
+    states: (T+1, n); actions: (T, m); timestamps: (T+1,) s since the trial started (the robot's
+    `time()`: simulated time in simulation, the wall clock on hardware);
     costs: (T+1,) running cost l(x_t, u_t) for t < T and terminal cost at T (NaN where none);
     metadata: JSON-serialisable (robot, task, controller, seed, created, version, interventions, ...).
     complete: False for a trial recovered from a log that was still being written.

@@ -89,6 +89,7 @@ class Progress:
         self.stream.flush()
 
     def updated(self) -> None:
+        """Clear the update's line."""
         self.stream.write("\r" + " " * 60 + "\r")
         self.stream.flush()
 
