@@ -90,12 +90,12 @@ def _torch_site_distance(term: SiteDistanceCost, device):
     q_index = torch.as_tensor(term.q_index, device=device)
     target = None if term.target is None else _tensor(term.target, device)
     target_index = None if term.target_index is None else torch.as_tensor(term.target_index, device=device)
-    offset, smoothing = _tensor(term.offset, device), term.smoothing
+    offset, smoothing, quadratic = _tensor(term.offset, device), term.smoothing, term.norm == "quadratic"
 
     def distance(x, u):
         goal = target if target_index is None else x[..., target_index] + offset
         r2 = ((site(x[..., q_index]) - goal) ** 2).sum(-1)
-        return 0.5 * r2 if term.norm == "quadratic" else torch.sqrt(r2 + smoothing**2) - smoothing
+        return 0.5 * r2 if quadratic else torch.sqrt(r2 + smoothing**2) - smoothing
 
     return distance
 

@@ -293,9 +293,10 @@ class EnsembleModel:
     def fit(self, trials: Sequence[Trial], progress: Callable[[dict], None] | None = None) -> dict:
         """Train on every transition of `trials` (continuing from the current weights).
 
-        Returns diagnostics: transitions, epochs, steps, seconds, held-out NLL per member (normalised
-        units, as trained) and of the elites, and the elite indices. progress, if given, is called
-        after every epoch with {"epoch", "max_epochs", "steps", "holdout_mse"} (the best member's).
+        Returns diagnostics: transitions, epochs, steps, seconds, held-out MSE and NLL per member
+        (normalised units, as trained) and of the elites, and the elite indices. progress, if given,
+        is called after every epoch with {"epoch", "max_epochs", "steps", "holdout_mse"} (the best
+        member's).
         """
         x, u, d = self.transitions(trials)
         return self.fit_arrays(x, u, d, progress)
