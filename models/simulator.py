@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -240,11 +241,38 @@ class SimulatorModel:
         ends = states[:, k - 1 :: k]
         out = ends[:, :, 1 : 1 + self.n].copy()
         clock = _CLOCK_START + self.dt * np.arange(1, H + 1)
-        # rollout stops a row that MuJoCo resets for instability (repeating its last state), so its
-        # clock is off from that period on; every later state of the row is NaN as well.
+        # rollout stops a row at MuJoCo's first warning (repeating its last state), so its clock is
+        # off from that period on. Instability ends a row for mj_step as well, but other warnings
+        # (a full contact buffer, say) do not: such rows are stepped again period by period, as
+        # predict steps them, and are NaN from their first unstable period on.
         off = np.abs(ends[:, :, 0] - clock) > 1e-9 * clock[-1]
-        out[np.logical_or.accumulate(off, axis=1)] = np.nan
+        raised: set[str] = set()
+        for b in np.flatnonzero(off.any(axis=1)):
+            out[b], row_raised = self._step_periods(x[b], U[b])
+            raised |= row_raised
+        if raised:
+            warnings.warn(
+                f"MuJoCo raised {', '.join(sorted(raised))} in planning rollouts; those rows were stepped one "
+                "by one (slower): a full contact or constraint buffer wants a larger <size memory> in the scene",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return out
+
+    def _step_periods(self, x: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, set[str]]:
+        """States (H, n) from x (n,) under U (H, m), one period at a time as predict steps them (NaN
+        from the first unstable period on), and the names of MuJoCo's other warnings on the way."""
+        data = self.data
+        out = np.full((len(U), self.n), np.nan)
+        raised: set[str] = set()
+        for t, u in enumerate(U):
+            x = self._step(data, x, u)
+            warned = np.flatnonzero(data.warning.number)
+            raised.update(mujoco.mjtWarning(i).name for i in warned if not _UNSTABLE.start <= i < _UNSTABLE.stop)
+            if np.isnan(x).any():
+                break
+            out[t] = x
+        return out, raised
 
     # -- BatchedDynamics (sampling planners) ----------------------------------------------------
     @property

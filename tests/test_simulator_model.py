@@ -53,6 +53,17 @@ BLOWUP_XML = """
 """
 
 
+# Six boxes stacked in contact (24 contacts) with too little arena memory for their constraints:
+# MuJoCo warns that the constraint buffer is full and drops some, but the simulation goes on.
+STACK_XML = (
+    '<mujoco><size memory="24K"/><worldbody><geom type="plane" size="1 1 0.1"/>'
+    '<body pos="1 0 0.05"><joint name="x" type="slide" axis="1 0 0"/>'
+    '<geom type="sphere" size="0.02" mass="1" contype="0" conaffinity="0"/></body>'
+    + "".join(f'<body pos="0 0 {0.0299 + 0.0598 * i:.4f}"><freejoint/><geom type="box" size="0.03 0.03 0.03"/></body>' for i in range(6))
+    + '</worldbody><actuator><motor joint="x"/></actuator></mujoco>'
+)
+
+
 def relative_error(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -196,6 +207,18 @@ def test_rollout_is_nan_from_the_unstable_period_on_and_other_rows_unaffected(
     np.testing.assert_allclose(X[1, : unstable_period + 1], expected[1, : unstable_period + 1], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(X[0::2], expected[0::2], rtol=1e-6, atol=1e-6)
     assert any("unstable" in w for w in mujoco_warnings)
+
+
+def test_rollout_rows_stopped_by_a_full_buffer_are_stepped_as_predict_steps_them(mujoco_warnings):
+    # mujoco.rollout ends a row at any of MuJoCo's warnings, mj_step only at instability.
+    model = SimulatorModel(mujoco.MjModel.from_xml_string(STACK_XML), control_steps=5)
+    x0 = np.tile(np.concatenate([model.model.qpos0, np.zeros(model.nv)]), (8, 1)).astype(np.float32)
+    U = np.random.default_rng(2).uniform(-1.0, 1.0, size=(8, 4, model.m)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="mjWARN_CNSTRFULL"):
+        X = model.rollout(torch.from_numpy(x0), torch.from_numpy(U)).numpy()
+    expected = successive_predictions(model, x0.astype(np.float64), U.astype(np.float64))
+    assert np.all(np.isfinite(X))
+    np.testing.assert_allclose(X, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_sampling_planners_use_the_rollout_directly():
