@@ -24,7 +24,7 @@ from forethought.controllers.costs import CostDerivatives
 from forethought.controllers.ilqr import BackwardPassError, lqr_backward
 from forethought.controllers.linear_gaussian import LinearGaussianPolicy
 from forethought.controllers.nn_policy import MLPPolicy, MLPPolicyConfig, NNPolicy, condition_features
-from forethought.models.tvlg import GMMPrior, LinearGaussianDynamics, fit_tvlg
+from forethought.models.tvlg import GMMPrior, LinearGaussianDynamics, TVLGConfig, fit_tvlg
 from forethought.robots.config import ConfigError, from_mapping
 
 
@@ -309,23 +309,21 @@ class GPSConfig:
     kl_step: KL bound per time step for an iteration (the bound is kl_step * T * multiplier);
     min_step_mult, max_step_mult: limits of the adapted multiplier;
     init_std: std of the initial controller's exploration noise, in the action's units;
-    ridge: regulariser of the dynamics fits; prior_*: the GMM prior (clusters, samples per
-    cluster, pseudo-observations it is worth, samples kept).
+    dynamics: the TVLGConfig of the linear-Gaussian fits and their GMM prior (its seed is the
+    controller's).
     """
 
     kl_step: float = 0.2
     min_step_mult: float = 0.01
     max_step_mult: float = 10.0
     init_std: float = 0.1
-    ridge: float = 1e-6
-    prior_clusters: int = 8
-    prior_min_samples: int = 40
-    prior_strength: float = 1.0
-    prior_max_samples: int = 20_000
+    dynamics: TVLGConfig = field(default_factory=TVLGConfig)
 
     def __post_init__(self) -> None:
         if not (self.kl_step > 0 and self.init_std > 0 and 0 < self.min_step_mult <= 1 <= self.max_step_mult):
             raise ValueError("kl_step and init_std must be positive, and min_step_mult <= 1 <= max_step_mult")
+        if self.dynamics.seed != TVLGConfig.seed:
+            raise ValueError("dynamics: seed: the experiment's seed seeds the prior")
 
 
 class SamplingPolicy(LinearGaussianPolicy):
@@ -391,7 +389,8 @@ class GPSController:
         if len(initial) != len(self.costs):
             raise ValueError(f"GPS: {len(self.costs)} costs but {len(initial)} initial actions")
         c = self.config
-        self.prior = GMMPrior(c.prior_clusters, c.prior_min_samples, c.prior_max_samples, c.prior_strength, seed)
+        d = c.dynamics
+        self.prior = GMMPrior(d.clusters, d.min_samples_per_cluster, d.max_samples, d.strength, seed) if d.prior else None
         self.conditions = [
             ConditionState(hold_gains(np.asarray(hold, dtype=np.float64), horizon, n, c.init_std)) for hold in initial
         ]
@@ -408,10 +407,11 @@ class GPSController:
         if len(trials) != len(self.conditions):
             raise ValueError(f"GPS: expected trials for {len(self.conditions)} conditions, got {len(trials)}")
         arrays = [stack_condition(group, self.n, self.m, self.horizon, c) for c, group in enumerate(trials)]
-        self.prior.update(np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays]))
+        if self.prior is not None:
+            self.prior.update(np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays]))
         fits = []
         for (X, U), cost in zip(arrays, self.costs):
-            dynamics = fit_tvlg(X, U, self.prior, self.config.ridge)
+            dynamics = fit_tvlg(X, U, self.prior, self.config.dynamics.ridge)
             fits.append((X, U, dynamics, cost_expansion(cost, X, U)))
         return fits
 

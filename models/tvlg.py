@@ -231,7 +231,12 @@ def _step_moments(points: np.ndarray, prior: GMMPrior | None) -> tuple[np.ndarra
 
 @dataclass
 class TVLGConfig:
-    """Settings of a TVLGModel (the `model:` section of an experiment, or `forethought fit`)."""
+    """Settings of a TVLGModel (`controller.dynamics` of a gps or mdgps experiment, or `forethought fit`).
+
+    ridge: added to each step's (x, u) covariance; prior: fit a GMM prior over all (x, u, x')
+    seen, with at most `clusters` components of at least `min_samples_per_cluster` samples each,
+    worth `strength` pseudo-observations per step, on the `max_samples` most recent samples.
+    """
 
     ridge: float = 1e-6
     prior: bool = True

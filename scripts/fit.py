@@ -30,23 +30,23 @@ class RegisteredModel(NamedTuple):
     """A model `fit` can build. model: "module:Class", which builds from `config` (given state_names
     and action_names when it asks for them) and offers fit(trials), predict(x, u) (plus t= when it
     has `time_varying`), save(path) and load(path); suffix: of its saved file; settings:
-    "module:Class" of its config dataclass; controller: (type, key) of an experiment's controller
-    that builds this model from the settings under `key`, or None."""
+    "module:Class" of its config dataclass; controller: (types, key): the experiment controllers (by
+    type) that build this model from the settings under `key`, or None."""
 
     model: str
     suffix: str
     settings: str
-    controller: tuple[str, str] | None = None
+    controller: tuple[tuple[str, ...], str] | None = None
 
 
-# GPS fits its linear-Gaussian dynamics from flat controller keys of other names (ridge, prior_*),
-# not from a TVLGConfig mapping, so tvlg takes no settings from a run folder.
 MODELS: dict[str, RegisteredModel] = {
-    "tvlg": RegisteredModel("forethought.models.tvlg:TVLGModel", ".npz", "forethought.models.tvlg:TVLGConfig"),
-    "gp": RegisteredModel("forethought.models.gp:GPModel", ".pt", "forethought.models.gp:GPConfig", ("pilco", "model")),
+    "tvlg": RegisteredModel(
+        "forethought.models.tvlg:TVLGModel", ".npz", "forethought.models.tvlg:TVLGConfig", (("gps", "mdgps"), "dynamics")
+    ),
+    "gp": RegisteredModel("forethought.models.gp:GPModel", ".pt", "forethought.models.gp:GPConfig", (("pilco",), "model")),
     "ensemble": RegisteredModel(
         "forethought.models.ensemble:EnsembleModel", ".pt", "forethought.models.ensemble:EnsembleConfig",
-        ("pets", "ensemble"),
+        (("pets",), "ensemble"),
     ),
 }
 
@@ -80,9 +80,9 @@ def run_settings(name: str, folder: Path) -> tuple[Any, str] | None:
     path = folder / "config.yaml"
     if section is None or not path.is_file():
         return None
-    kind, key = section
+    kinds, key = section
     controller = load_yaml(path).get("controller")
-    if not isinstance(controller, dict) or controller.get("type") != kind or key not in controller:
+    if not isinstance(controller, dict) or controller.get("type") not in kinds or key not in controller:
         return None
     where = f"{path}: controller.{key}"
     return from_mapping(settings_class(name), controller[key], where), where
@@ -269,7 +269,7 @@ def default_horizons(horizon: int) -> list[int]:
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN", help="trial files (*.h5) or run folders")
     parser.add_argument("--model", required=True, help=f"the model to fit ({', '.join(sorted(MODELS))})")
-    sections = "; ".join(f"for {name}: controller.{m.controller[1]} of a {m.controller[0]} experiment"
+    sections = "; ".join(f"for {name}: controller.{m.controller[1]} of a {' or '.join(m.controller[0])} experiment"
                          for name, m in MODELS.items() if m.controller)
     parser.add_argument(
         "--model-config", metavar="YAML",

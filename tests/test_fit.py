@@ -98,7 +98,7 @@ def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
         "  horizon: 25\n"
         "  cost: {terms: [{type: site_distance, site: ee, target: target, weight: 100.0}]}\n"
         "  conditions: [{target: [0.20, 0.05, 0.12]}]\n"
-        "controller: {type: gps, init_std: 0.05}\n"
+        "controller: {type: gps, init_std: 0.05, dynamics: {clusters: 4, ridge: 1.0e-5}}\n"
         "loop: {iterations: 2, samples: 5, seed: 0, video: false}\n"
     )
     run = run_experiment(experiment.load_experiment(str(config)), tmp_path / "runs", render_video=False)
@@ -120,6 +120,9 @@ def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
     assert (run.folder / "models" / "tvlg_error_by_horizon.png").stat().st_size > 10_000
     loaded = TVLGModel.load(run.folder / "models" / "tvlg.npz")
     assert loaded.dynamics.horizon == 25
+    # The run's GPS fitted its dynamics with these settings, and so does fit.
+    assert (loaded.config.clusters, loaded.config.ridge) == (4, 1e-5)
+    assert report["model_settings_from"] == f"{run.folder / 'config.yaml'}: controller.dynamics"
 
     with pytest.raises(ModelNotAvailable, match="unknown model"):
         fit_main(parser.parse_args([str(run.folder), "--model", "nope"]))

@@ -315,6 +315,11 @@ def test_builders_reject_bad_parameters():
         build_gps({}, robot, Task(horizon=10, conditions=TARGETS, scene="so101_reach"))
     with pytest.raises(ConfigError, match="no 'hole'"):
         build_mdgps({"features": ["hole"]}, robot, task)
+    with pytest.raises(ConfigError, match="dynamics.*unknown key 'cluster'"):
+        build_gps({"dynamics": {"cluster": 4}}, robot, task)
+    with pytest.raises(ConfigError, match="dynamics: seed"):
+        build_mdgps({"dynamics": {"seed": 3}}, robot, task)
+    assert build_gps({"dynamics": {"prior": False}}, robot, task).prior is None
     controller = build_gps({}, robot, task)
     names = robot.spec.state_names, robot.spec.action_names
     good = Trial(np.zeros((11, robot.spec.n)), np.zeros((10, robot.spec.m)), np.arange(11.0), np.zeros(11), *names, 0.02)
