@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -81,11 +81,16 @@ def run_settings(name: str, folder: Path) -> tuple[Any, str] | None:
     if section is None or not path.is_file():
         return None
     kinds, key = section
-    controller = load_yaml(path).get("controller")
+    experiment = load_yaml(path)
+    controller = experiment.get("controller")
     if not isinstance(controller, dict) or controller.get("type") not in kinds or key not in controller:
         return None
     where = f"{path}: controller.{key}"
-    return from_mapping(settings_class(name), controller[key], where), where
+    settings = from_mapping(settings_class(name), controller[key], where)
+    # The controller seeds its model with its own seed, else the experiment's: so does the fit.
+    loop = experiment.get("loop") if isinstance(experiment.get("loop"), dict) else {}
+    seed = controller.get("seed", loop.get("seed", 0))
+    return (replace(settings, seed=seed) if isinstance(seed, int) else settings), where
 
 
 def model_settings(name: str, model_config: str | None, paths: Sequence[str]) -> tuple[Any, str | None]:

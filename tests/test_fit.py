@@ -211,3 +211,8 @@ def test_run_folder_gives_the_default_settings_of_its_controller(tmp_path, capsy
     assert model_settings("ensemble", str(empty), [str(run)]) == (EnsembleConfig(), str(empty))
     (run / "config.yaml").write_text("controller: {type: gps}\n")
     assert model_settings("ensemble", None, [str(run)]) == (EnsembleConfig(), None)
+    # The controller seeds its ensemble with its own seed, else the experiment's.
+    (run / "config.yaml").write_text("controller: {type: pets, ensemble: {}}\nloop: {seed: 7}\n")
+    assert model_settings("ensemble", None, [str(run)])[0].seed == 7
+    (run / "config.yaml").write_text("controller: {type: pets, seed: 3, ensemble: {}}\nloop: {seed: 7}\n")
+    assert model_settings("ensemble", None, [str(run)])[0].seed == 3
