@@ -81,6 +81,17 @@ def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) ->
     return result
 
 
+def state_errors(model: EnsembleModel, trials: Sequence[Trial]) -> np.ndarray:
+    """(n,) one-step RMSE of each state on `trials`, over the spread (std) of that state's one-step
+    change in the data the model was fitted on: near 1 or above, the model predicts that state no
+    better than its average change (an unlearned contact, say)."""
+    xs = np.concatenate([t.states[:-1] for t in trials])
+    us = np.concatenate([t.actions for t in trials])
+    ys = np.concatenate([t.states[1:] for t in trials])
+    mean, _ = model.predict(xs, us)
+    return np.sqrt(np.mean((mean - ys) ** 2, axis=0)) / model.target_stats.std
+
+
 class PetsController:
     """The PETS Controller: random first trials, then MPC through an ensemble refitted on all data."""
 
@@ -95,6 +106,7 @@ class PetsController:
         self.trials: list[Trial] = []
         self.iteration = 0
         self.history: list[dict[str, float]] = []
+        self.state_errors: list[tuple[int, np.ndarray]] = []  # (iteration, state_errors on its new trials)
 
     def policy(self, condition: int):
         """A seeded random policy until the ensemble has data, then MPC on condition's cost."""
@@ -121,6 +133,9 @@ class PetsController:
             kind, settings = planner_settings(self.config.planner)
             horizon = int(settings.get("horizon", PLANNERS[kind][1].horizon))
             diagnostics.update(model_errors(self.model, new, horizon))
+            per_state = state_errors(self.model, new)
+            diagnostics["one_step_nrmse"] = float(np.mean(per_state))
+            self.state_errors.append((self.iteration + 1, per_state))
         self.trials.extend(new)
         fit = self.model.fit(self.trials)
         diagnostics.update(
@@ -135,7 +150,8 @@ class PetsController:
         return diagnostics
 
     def save(self, folder: str | Path) -> None:
-        """Write the ensemble (ensemble.pt) and a plot of its prediction errors (model_error.png)."""
+        """Write the ensemble (ensemble.pt) and a plot of its prediction errors (model_error.png):
+        overall per iteration, and per state (state_errors) as a grid."""
         folder = Path(folder)
         self.model.save(folder / "ensemble.pt")
         measured = [(i + 1, h) for i, h in enumerate(self.history) if "one_step_rmse" in h]
@@ -146,14 +162,34 @@ class PetsController:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        keys = [k for k in measured[0][1] if k.endswith("rmse") or "rmse_" in k]
+        from matplotlib.colors import LogNorm
+        from matplotlib.ticker import MaxNLocator
+
+        names = list(self.spec.state_names)
+        fig, (ax, grid) = plt.subplots(
+            1, 2, figsize=(12, max(4.0, 0.22 * len(names) + 1.5)), gridspec_kw={"width_ratios": [1, 1.2]}
+        )
+        keys = [k for k in measured[0][1] if (k.endswith("rmse") or "rmse_" in k) and k != "one_step_nrmse"]
         for key in keys:
             ax.plot([i for i, _ in measured], [h[key] for _, h in measured], marker="o", label=key.replace("_", " "))
         ax.set_yscale("log")
         ax.set_xlabel("iteration (model fitted on the trials before it)")
         ax.set_ylabel("prediction error on the new trials")
         ax.legend()
+        # Per state, the one-step error over the spread of the state's change: which states the
+        # model has learned (well below 1) and which it has not (1 and above).
+        iterations = [i for i, _ in self.state_errors]
+        errors = np.stack([e for _, e in self.state_errors], axis=1)
+        image = grid.imshow(
+            np.clip(errors, 1e-3, 1e2), aspect="auto", cmap="viridis", norm=LogNorm(1e-2, 10.0), interpolation="nearest",
+            extent=(iterations[0] - 0.5, iterations[-1] + 0.5, len(names) - 0.5, -0.5),
+        )
+        grid.set_yticks(range(len(names)), names, fontsize=7)
+        grid.set_xlabel("iteration")
+        for axis in (ax, grid):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        grid.set_title("one-step error / spread of the change", fontsize=9)
+        fig.colorbar(image, ax=grid)
         fig.tight_layout()
         fig.savefig(folder / "model_error.png", dpi=120)
         plt.close(fig)

@@ -63,6 +63,10 @@ def test_update_measures_the_model_and_save_writes_model_and_plot(slider, tmp_pa
     for key in ("one_step_nll", "one_step_rmse", "open_loop_rmse_10", "holdout_nll", "transitions"):
         assert np.isfinite(later[key])
     assert later["transitions"] == 75
+    # Per state, the error is well below the spread of the state's change: the slider is learned.
+    iteration, per_state = controller.state_errors[-1]
+    assert iteration == 3 and per_state.shape == (robot.spec.n,)
+    assert np.all(per_state < 0.5) and later["one_step_nrmse"] == pytest.approx(per_state.mean())
     controller.save(tmp_path / "run")
     assert (tmp_path / "run" / "ensemble.pt").is_file()
     assert (tmp_path / "run" / "model_error.png").stat().st_size > 1000
