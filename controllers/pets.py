@@ -55,8 +55,11 @@ class PetsConfig:
         planner_settings(self.planner)
 
 
-def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) -> dict[str, float]:
-    """How well `model` predicts trials it has not seen: one-step NLL and RMSE, open-loop RMSE.
+def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) -> tuple[dict[str, float], np.ndarray]:
+    """How well `model` predicts trials it has not seen: one-step NLL and RMSE, open-loop RMSE, and
+    per state (n,) the one-step RMSE over the spread (std) of that state's one-step change in the
+    data the model was fitted on (near 1 or above: no better than predicting the average change,
+    as for an unlearned contact); `one_step_nrmse` is its mean over the states.
 
     The open-loop error follows each trial's logged actions for `horizon` steps from every start
     through the mixture mean, as the planner's predictions do.
@@ -65,9 +68,11 @@ def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) ->
     us = np.concatenate([t.actions for t in trials])
     ys = np.concatenate([t.states[1:] for t in trials])
     mean, var = model.predict(xs, us)
+    per_state = np.sqrt(np.mean((mean - ys) ** 2, axis=0)) / model.target_stats.std
     result = {
         "one_step_nll": gaussian_nll(mean, var, ys),
         "one_step_rmse": float(np.sqrt(np.mean((mean - ys) ** 2))),
+        "one_step_nrmse": float(np.mean(per_state)),
     }
     errors = []
     for trial in trials:
@@ -78,18 +83,7 @@ def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) ->
             x, _ = model.predict(x, trial.actions[k : T - steps + 1 + k])
         errors.append((x - trial.states[steps:]) ** 2)
     result[f"open_loop_rmse_{horizon}"] = float(np.sqrt(np.mean(np.concatenate(errors))))
-    return result
-
-
-def state_errors(model: EnsembleModel, trials: Sequence[Trial]) -> np.ndarray:
-    """(n,) one-step RMSE of each state on `trials`, over the spread (std) of that state's one-step
-    change in the data the model was fitted on: near 1 or above, the model predicts that state no
-    better than its average change (an unlearned contact, say)."""
-    xs = np.concatenate([t.states[:-1] for t in trials])
-    us = np.concatenate([t.actions for t in trials])
-    ys = np.concatenate([t.states[1:] for t in trials])
-    mean, _ = model.predict(xs, us)
-    return np.sqrt(np.mean((mean - ys) ** 2, axis=0)) / model.target_stats.std
+    return result, per_state
 
 
 class PetsController:
@@ -106,7 +100,7 @@ class PetsController:
         self.trials: list[Trial] = []
         self.iteration = 0
         self.history: list[dict[str, float]] = []
-        self.state_errors: list[tuple[int, np.ndarray]] = []  # (iteration, state_errors on its new trials)
+        self.state_errors: list[tuple[int, np.ndarray]] = []  # (iteration, per-state errors on its new trials)
 
     def policy(self, condition: int):
         """A seeded random policy until the ensemble has data, then MPC on condition's cost."""
@@ -132,9 +126,8 @@ class PetsController:
         if self.model.fitted and new:
             kind, settings = planner_settings(self.config.planner)
             horizon = int(settings.get("horizon", PLANNERS[kind][1].horizon))
-            diagnostics.update(model_errors(self.model, new, horizon))
-            per_state = state_errors(self.model, new)
-            diagnostics["one_step_nrmse"] = float(np.mean(per_state))
+            errors, per_state = model_errors(self.model, new, horizon)
+            diagnostics.update(errors)
             self.state_errors.append((self.iteration + 1, per_state))
         self.trials.extend(new)
         fit = self.model.fit(self.trials)
