@@ -179,22 +179,36 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
             )
             return trial
 
-        run_loop(
-            experiment, task, controller, lambda condition: apply_condition(robot, condition), run_trial, result, progress
-        )
+        try:
+            run_loop(
+                experiment, task, controller, lambda condition: apply_condition(robot, condition), run_trial, result,
+                progress,
+            )
+        except BaseException:
+            # A stop (Ctrl-C, a robot's error) keeps the summary and plots of the trials done so far;
+            # not the controller's model, whose last update may have been cut short, nor a video.
+            if result.trials:
+                try:
+                    write_outputs(experiment, robot, result, video=False, complete=False)
+                    print(f"\nstopped after {len(result.trials)} trials: summary and plots in {folder}", file=sys.stderr)
+                except Exception as err:  # the stop's own error is the one to report
+                    print(f"\nstopped; the summary could not be written: {err}", file=sys.stderr)
+            raise
         if hasattr(controller, "save"):
             controller.save(folder / "models")
         write_outputs(experiment, robot, result, loop.video if render_video is None else render_video)
     return result
 
 
-def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool) -> None:
-    """summary.json, plots, and a video of the last trial for MuJoCo scenes."""
+def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool, complete: bool = True) -> None:
+    """summary.json (`complete`: false for a run stopped before its last iteration), plots, and a
+    video of the last trial for MuJoCo scenes."""
     from forethought.scripts.plots import plot_learning_curve, plot_trial
 
     folder = result.folder
     summary = {
         "experiment": experiment.name,
+        "complete": complete,
         "trials": len(result.trials),
         "learning_curve": result.learning_curve,
         "final_cost": result.trials[-1].total_cost,

@@ -122,3 +122,36 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("list", "run", "bench"):
         assert command in out
+
+
+def test_a_stopped_run_keeps_the_summary_of_its_trials(tmp_path, monkeypatch, capsys):
+    import json
+
+    from forethought.scripts import run as run_module
+
+    make_controller = run_module.make_controller
+
+    def stopped_at_the_second_update(experiment, robot, task):
+        controller = make_controller(experiment, robot, task)
+        updates = []
+
+        def update(trials):
+            updates.append(trials)
+            if len(updates) == 2:
+                raise KeyboardInterrupt
+            return {"measured": 1.0}
+
+        controller.update = update
+        return controller
+
+    monkeypatch.setattr(run_module, "make_controller", stopped_at_the_second_update)
+    path = tmp_path / "stop.yaml"
+    path.write_text(GOOD.replace("iterations: 1", "iterations: 4"))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-video"]) == 130
+    err = capsys.readouterr().err
+    assert "stopped after 2 trials" in err and err.rstrip().endswith("forethought run: interrupted")
+    (folder,) = (tmp_path / "runs").glob("stop-*")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["complete"] is False and summary["trials"] == 2
+    assert len(summary["learning_curve"]) == 2 and summary["diagnostics"][0]["measured"] == 1.0
+    assert len(list((folder / "trials").glob("*.h5"))) == 2 and (folder / "trajectories.png").is_file()
