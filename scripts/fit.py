@@ -17,13 +17,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
+from forethought.scripts.status_line import StatusLine
 
 
 class RegisteredModel(NamedTuple):
@@ -288,22 +289,10 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=int, default=32, help="particles for open-loop predictions (default 32)")
 
 
-def epoch_progress(stream=None) -> Callable[[dict], None]:
-    """A fit's progress callback: one status line of epochs, steps and held-out MSE on `stream`
-    (default stderr), rewritten at most four times a second."""
-    stream = stream or sys.stderr
-    last = -1.0
-
-    def show(report: dict) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last >= 0.25:
-            last = now
-            stream.write(f"\r  epoch {report['epoch']}/{report['max_epochs']}  steps {report['steps']}  "
-                         f"held-out MSE {report['holdout_mse']:.4g}   ")
-            stream.flush()
-
-    return show
+def epoch_text(report: dict) -> str:
+    """A fit's progress report {"epoch", "max_epochs", "steps", "holdout_mse"} as one status line."""
+    return (f"  epoch {report['epoch']}/{report['max_epochs']}  steps {report['steps']}  "
+            f"held-out MSE {report['holdout_mse']:.4g}   ")
 
 
 def default_output(paths: Sequence[str], model: str) -> Path:
@@ -341,10 +330,12 @@ def fit_main(args: argparse.Namespace) -> int:
     print(f"fitting {args.model} on {len(train)} trials ({transitions} transitions), holding out {len(heldout)}...",
           file=sys.stderr)
     started = time.perf_counter()
-    reports_epochs = "progress" in inspect.signature(model.fit).parameters
-    info = model.fit(train, progress=epoch_progress()) if reports_epochs else model.fit(train)
-    print(f"\rfitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...".ljust(60),
-          file=sys.stderr)
+    line = StatusLine()
+    if "progress" in inspect.signature(model.fit).parameters:
+        info = model.fit(train, progress=lambda report: line.show(epoch_text(report)))
+    else:
+        info = model.fit(train)
+    line.finish(f"fitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...")
     horizons = default_horizons(min(t.horizon for t in heldout))
     report = evaluate_predictions(model, heldout, horizons, args.particles, args.seed, reference=train)
 

@@ -19,6 +19,7 @@ import yaml
 from forethought.robots.trial import Policy, Trial, rollout
 from forethought.robots.trial_log import TrialWriter, json_default
 from forethought.scripts.experiment import Experiment, make_controller, make_robot, make_task
+from forethought.scripts.status_line import StatusLine
 
 
 @dataclass
@@ -65,33 +66,26 @@ def make_cost(experiment: Experiment, robot, condition: dict):
 
 
 class Progress:
-    """One status line on stderr, rewritten at most a few times a second."""
+    """The experiment loop's status line: trial and step, then each trial's result and each update."""
 
     def __init__(self, total_trials: int, horizon: int, stream=None):
-        self.total, self.horizon, self.stream = total_trials, horizon, stream or sys.stderr
-        self.done, self._last = 0, 0.0
+        self.total, self.horizon, self.line = total_trials, horizon, StatusLine(stream)
+        self.done = 0
 
     def step(self, t: int) -> None:
-        now = time.monotonic()
-        if now - self._last > 0.25 or t == self.horizon - 1:
-            self._last = now
-            self.stream.write(f"\r  trial {self.done + 1}/{self.total}  step {t + 1}/{self.horizon}   ")
-            self.stream.flush()
+        self.line.show(f"  trial {self.done + 1}/{self.total}  step {t + 1}/{self.horizon}   ", force=t == self.horizon - 1)
 
     def trial_done(self, message: str) -> None:
         self.done += 1
-        self.stream.write("\r" + message.ljust(60) + "\n")
-        self.stream.flush()
+        self.line.finish(message)
 
     def updating(self, iteration: int, iterations: int) -> None:
         """Say that the controller is updating (a model fit can take minutes) until `updated`."""
-        self.stream.write(f"\r  updating the controller after iteration {iteration + 1}/{iterations}...")
-        self.stream.flush()
+        self.line.show(f"  updating the controller after iteration {iteration + 1}/{iterations}...", force=True)
 
     def updated(self) -> None:
         """Clear the update's line."""
-        self.stream.write("\r" + " " * 60 + "\r")
-        self.stream.flush()
+        self.line.clear()
 
 
 @dataclass
