@@ -292,12 +292,14 @@ class SiteDistanceCost(Term):
 
 @dataclass
 class Weighted:
-    """A term with its running weight, terminal weight and ramp (see the module docstring)."""
+    """A term with its running weight, terminal weight and ramp (see the module docstring), and a
+    label that names it in plots ("2 site_distance ee")."""
 
     term: Term
     weight: float = 1.0
     final_weight: float = 0.0
     ramp: str = "constant"
+    label: str = ""
 
     def running_scale(self, t: np.ndarray | None, horizon: int | None) -> np.ndarray | float:
         if t is None or self.ramp == "constant":
@@ -360,11 +362,15 @@ class Cost:
         return self._value(x, u, running, t, horizon)
 
     def _value(self, x, u, running, t, horizon):
-        total = np.zeros(len(x))
-        for w, scale in zip(self.terms, self._scales(len(x), running, t, horizon)):
+        return self._term_values(x, u, running, t, horizon).sum(axis=0)
+
+    def _term_values(self, x, u, running, t, horizon) -> np.ndarray:
+        """(terms, B): each term's weighted cost of each row."""
+        values = np.zeros((len(self.terms), len(x)))
+        for i, (w, scale) in enumerate(zip(self.terms, self._scales(len(x), running, t, horizon))):
             if np.any(scale != 0.0):
-                total += scale * w.term.value(x, u)
-        return total
+                values[i] = scale * w.term.value(x, u)
+        return values
 
     def derivatives(self, x, u=None, t=None, horizon=None) -> CostDerivatives:
         """Value and derivatives at each row; terminal (zero action parts) with u None."""
@@ -400,6 +406,14 @@ class Cost:
         """Derivatives along one trajectory X (T+1, n), U (T, m): rows 0..T-1 running, row T terminal."""
         x, u, running, t, T = self._trajectory_rows(X, U)
         return self._derivatives(x, u, running, t, T)
+
+    def term_costs(self, X, U) -> np.ndarray:
+        """Each term's part of a trial's logged cost, X (T+1, n), U (T, m) -> (terms,): its running
+        cost at every step at its full weight (as `cost(x, u)` gives it, no ramp) plus its terminal
+        cost; steps whose cost is not finite are left out, as Trial.total_cost leaves them out."""
+        x, u, running, _, _ = self._trajectory_rows(X, U)
+        values = self._term_values(x, u, running, None, None)
+        return values[:, np.isfinite(values).all(axis=0)].sum(axis=1)
 
     def trajectory_costs(self, X, U) -> np.ndarray:
         """Total cost of each trajectory in X (B, T+1, n), U (B, T, m) -> (B,); or of one (T+1, n) -> ()."""
@@ -586,6 +600,17 @@ def _joint_limits(r: _Reader, scene) -> Term:
     return JointLimitCost(index, bounds[0], bounds[1], margin, weights)
 
 
+def _term_label(i: int, kind: str, raw: dict) -> str:
+    """A short name for term i of the YAML list: its type and what it measures."""
+    if kind == "site_distance":
+        return f"{i} site_distance {raw.get('site', 'ee')}"
+    if kind in ("state", "saturating") and isinstance(raw.get("weights"), dict):
+        names = list(raw["weights"])
+        shown = ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+        return f"{i} {kind} {shown}"
+    return f"{i} {kind}"
+
+
 def build_cost(cfg: dict, spec: RobotSpec, scene=None, condition: dict | None = None) -> Cost:
     """The Cost that an experiment's `task.cost` mapping declares (schema in the module docstring).
 
@@ -631,5 +656,5 @@ def build_cost(cfg: dict, spec: RobotSpec, scene=None, condition: dict | None = 
         ramp = raw.get("ramp", "constant")
         if ramp not in RAMPS:
             r.fail("ramp", f"expected one of {', '.join(RAMPS)}, got {ramp!r}")
-        terms.append(Weighted(term, weight, final, ramp))
+        terms.append(Weighted(term, weight, final, ramp, _term_label(i, kind, raw)))
     return Cost(spec.n, spec.m, terms)

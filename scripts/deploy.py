@@ -205,7 +205,7 @@ def deploy(
     if stop is not None:
         stream.write("\n")  # end the progress line before the message
     if result.trials:
-        write_outputs(experiment, robot, result, video=False)
+        write_outputs(experiment, robot, result, video=False, costs=costs)
     if stop is not None:
         raise ArmStopped(f"{stop[0]}: torque is off; trials so far are in {result.folder / 'trials'}", stop[1], result)
     return result

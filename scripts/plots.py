@@ -1,4 +1,5 @@
-"""Plots of a run: a trial's joint trajectories and costs, the learning curve, predictions against truth.
+"""Plots of a run: a trial's joint trajectories and costs, the learning curve, the cost by term,
+predictions against truth.
 
 Each `*_figure` function builds a matplotlib Figure (Agg canvas, no pyplot and no global backend
 change); each `plot_*` saves one as a PNG and returns its path.
@@ -157,6 +158,41 @@ def plot_learning_curve(
 ) -> Path:
     """Save learning_curve_figure(...) as a PNG at `path`."""
     return _save(learning_curve_figure(costs_per_iteration, success_threshold, title), path)
+
+
+# -- Cost by term -----------------------------------------------------------------------------------
+def cost_terms_figure(labels: Sequence[str], costs: np.ndarray, iterations: Sequence[int]) -> Figure:
+    """Each cost term's part of the total cost of a trial, averaged over each iteration's trials,
+    one line per term on a log scale: which part of a task the controller gets right and which not.
+
+    labels: (K,) term names; costs: (N, K) per trial and term; iterations: (N,) each trial's iteration.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    iterations = np.asarray(iterations)
+    if costs.ndim != 2 or costs.shape[1] != len(labels) or len(costs) == 0 or iterations.shape != (len(costs),):
+        raise ValueError(
+            f"cost terms need costs (N, {len(labels)}) and iterations (N,), got {costs.shape}, {iterations.shape}"
+        )
+    steps = np.unique(iterations)
+    means = np.array([costs[iterations == i].mean(axis=0) for i in steps])
+    fig, (ax,) = _figure(1, 1, panel_size=(9.5, 4.0))
+    positive = means[means > 0]
+    floor = max(positive.min(), 1e-4 * positive.max()) if positive.size else 1.0
+    for k, label in enumerate(labels):
+        # Terms below 1e-4 of the largest (a joint limit never reached) sit on the floor.
+        ax.plot(steps + 1, np.maximum(means[:, k], floor), marker="o", markersize=3, label=label)
+    ax.set_yscale("log")
+    ax.set_title("cost by term")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("part of a trial's total cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def plot_cost_terms(labels: Sequence[str], costs: np.ndarray, iterations: Sequence[int], path: str | Path) -> Path:
+    """Save cost_terms_figure(...) as a PNG at `path`."""
+    return _save(cost_terms_figure(labels, costs, iterations), path)
 
 
 # -- Predictions ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import yaml
 
@@ -183,21 +183,33 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
             # not the controller's model, whose last update may have been cut short, nor a video.
             if result.trials:
                 try:
-                    write_outputs(experiment, robot, result, video=False, complete=False)
+                    write_outputs(experiment, robot, result, video=False, complete=False, costs=costs)
                     print(f"\nstopped after {len(result.trials)} trials: summary and plots in {folder}", file=sys.stderr)
                 except Exception as err:  # the stop's own error is the one to report
                     print(f"\nstopped; the summary could not be written: {err}", file=sys.stderr)
             raise
         if hasattr(controller, "save"):
             controller.save(folder / "models")
-        write_outputs(experiment, robot, result, loop.video if render_video is None else render_video)
+        write_outputs(experiment, robot, result, loop.video if render_video is None else render_video, costs=costs)
     return result
 
 
-def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool, complete: bool = True) -> None:
+def cost_by_term(costs: Sequence, trials: Sequence[Trial]) -> dict | None:
+    """{"terms": labels (K,), "per_trial": (N, K)}: each term's part of each trial's logged cost,
+    given the cost of each condition (make_cost's); None when they are no Cost (a dm_control reward)."""
+    if not costs or not all(hasattr(c, "term_costs") for c in costs):
+        return None
+    per_trial = [costs[int(t.metadata.get("condition", 0))].term_costs(t.states, t.actions).tolist() for t in trials]
+    return {"terms": [w.label for w in costs[0].terms], "per_trial": per_trial}
+
+
+def write_outputs(
+    experiment: Experiment, robot, result: RunResult, video: bool, complete: bool = True, costs: Sequence = ()
+) -> None:
     """summary.json (`complete`: false for a run stopped before its last iteration), plots, and a
-    video of the last trial for MuJoCo scenes."""
-    from forethought.scripts.plots import plot_learning_curve, plot_trial
+    video of the last trial for MuJoCo scenes. costs: each condition's cost, for the cost by term
+    (summary.json `cost_terms`, cost_terms.png)."""
+    from forethought.scripts.plots import plot_cost_terms, plot_learning_curve, plot_trial
 
     folder = result.folder
     summary = {
@@ -208,10 +220,16 @@ def write_outputs(experiment: Experiment, robot, result: RunResult, video: bool,
         "final_cost": result.trials[-1].total_cost,
         "diagnostics": result.diagnostics,
     }
+    terms = cost_by_term(costs, result.trials)
+    if terms is not None:
+        summary["cost_terms"] = terms
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     plot_trial(result.trials[-1], folder / "trajectories.png")
     if len(result.learning_curve) > 1:
         plot_learning_curve(result.learning_curve, folder / "learning_curve.png")
+    if terms is not None and len(terms["terms"]) > 1:
+        iterations = [int(t.metadata.get("iteration", i)) for i, t in enumerate(result.trials)]
+        plot_cost_terms(terms["terms"], terms["per_trial"], iterations, folder / "cost_terms.png")
     if video and hasattr(robot, "model"):
         from forethought.sim.render import render_trial_video
 

@@ -122,6 +122,19 @@ def test_ramps_scale_running_weights_over_the_horizon():
     assert batch.shape == (2,) and batch[1] == pytest.approx(4 * batch[0])
 
 
+def test_term_costs_split_a_trials_logged_cost():
+    terms = [dict(TERMS["state"], ramp="linear", final_weight=3.0), TERMS["action"], TERMS["saturating"]]
+    cost = build_cost({"terms": terms}, SPEC)
+    rng = np.random.default_rng(0)
+    X, U = rng.normal(size=(7, 4)), rng.normal(size=(6, 2))
+    X[2] = np.nan  # a step with no finite cost is left out, as Trial.total_cost leaves it out
+    # The logged cost: every running step at the full weight (a ramp belongs to planning horizons).
+    logged = np.nansum([cost(x, u) for x, u in zip(X[:-1], U)] + [cost(X[-1], None)])
+    parts = cost.term_costs(X, U)
+    assert parts.shape == (3,) and parts.sum() == pytest.approx(logged, rel=1e-12)
+    assert [w.label for w in cost.terms] == ["0 state cart, pole +1", "1 action", "2 saturating cart, pole"]
+
+
 def test_condition_supplies_the_target():
     cfg = {"terms": [{"type": "state", "weights": {"cart": 1.0, "pole": 1.0}, "target": "goal"}]}
     cost = build_cost(cfg, SPEC, condition={"goal": [0.5, -0.5]})

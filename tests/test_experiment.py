@@ -4,6 +4,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from forethought.robots.config import ConfigError, from_mapping
@@ -155,3 +156,25 @@ def test_a_stopped_run_keeps_the_summary_of_its_trials(tmp_path, monkeypatch, ca
     assert summary["complete"] is False and summary["trials"] == 2
     assert len(summary["learning_curve"]) == 2 and summary["diagnostics"][0]["measured"] == 1.0
     assert len(list((folder / "trials").glob("*.h5"))) == 2 and (folder / "trajectories.png").is_file()
+
+
+def test_summary_splits_each_trials_cost_by_term(tmp_path):
+    import json
+
+    path = tmp_path / "terms.yaml"
+    path.write_text(
+        GOOD.replace("iterations: 1", "iterations: 2, samples: 2").replace(
+            "task: {horizon: 5}",
+            "task:\n  horizon: 5\n  cost:\n    terms:\n"
+            "      - {type: state, weights: {pole: 1.0}, target: {pole: 3.14}, final_weight: 10.0}\n"
+            "      - {type: action, weights: 0.1}\n",
+        )
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-video"]) == 0
+    (folder,) = (tmp_path / "runs").glob("terms-*")
+    summary = json.loads((folder / "summary.json").read_text())
+    terms = summary["cost_terms"]
+    assert terms["terms"] == ["0 state pole", "1 action"]
+    totals = [sum(parts) for parts in terms["per_trial"]]
+    assert np.allclose(totals, np.ravel(summary["learning_curve"]), rtol=1e-12)
+    assert all(parts[1] > 0 for parts in terms["per_trial"]) and (folder / "cost_terms.png").is_file()

@@ -6,7 +6,9 @@ import pytest
 
 from forethought.robots.trial import Trial
 from forethought.scripts.plots import (
+    cost_terms_figure,
     learning_curve_figure,
+    plot_cost_terms,
     plot_learning_curve,
     plot_predictions,
     plot_trial,
@@ -101,6 +103,22 @@ def test_a_learning_curve_shows_mean_spread_and_the_success_threshold(tmp_path):
     assert len(single.collections) == 0
     with pytest.raises(ValueError, match="every iteration"):
         learning_curve_figure([[1.0], []])
+
+
+def test_cost_terms_are_averaged_per_iteration_one_line_each(tmp_path):
+    costs = [[100.0, 2.0, 0.0], [300.0, 4.0, 0.0], [50.0, 1.0, 1e-9]]
+    labels = ["0 state block:x", "1 site_distance ee", "2 joint_limits"]
+    assert_has_content(read_png(plot_cost_terms(labels, costs, [0, 0, 1], tmp_path / "cost_terms.png")))
+    ax = cost_terms_figure(labels, costs, [0, 0, 1]).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["0 state block:x"].get_xdata(), [1, 2])
+    np.testing.assert_allclose(lines["0 state block:x"].get_ydata(), [200.0, 50.0])
+    np.testing.assert_allclose(lines["1 site_distance ee"].get_ydata(), [3.0, 1.0])
+    # A term that barely counts sits on the floor of the log scale (1e-4 of the largest mean).
+    np.testing.assert_allclose(lines["2 joint_limits"].get_ydata(), [0.02, 0.02])
+    assert ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match=r"costs \(N, 3\)"):
+        cost_terms_figure(labels, [[1.0, 2.0]], [0])
 
 
 def test_predictions_are_drawn_against_the_actual_trajectory_with_their_spread(tmp_path):
