@@ -200,7 +200,8 @@ def cost_by_term(costs: Sequence, trials: Sequence[Trial]) -> dict | None:
     if not costs or not all(hasattr(c, "term_costs") for c in costs):
         return None
     per_trial = [costs[int(t.metadata.get("condition", 0))].term_costs(t.states, t.actions).tolist() for t in trials]
-    return {"terms": [w.label for w in costs[0].terms], "per_trial": per_trial}
+    labels = [w.label or f"{i} {type(w.term).__name__}" for i, w in enumerate(costs[0].terms)]
+    return {"terms": labels, "per_trial": per_trial}
 
 
 def write_outputs(
