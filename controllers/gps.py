@@ -14,7 +14,7 @@ then trains that policy on the new controllers by precision-weighted regression.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from forethought.controllers.costs import CostDerivatives
 from forethought.controllers.ilqr import BackwardPassError, lqr_backward
 from forethought.controllers.linear_gaussian import LinearGaussianPolicy
 from forethought.controllers.nn_policy import MLPPolicy, MLPPolicyConfig, NNPolicy, condition_features
-from forethought.models.tvlg import GMMPrior, LinearGaussianDynamics, TVLGConfig, fit_tvlg
+from forethought.models.tvlg import LinearGaussianDynamics, TVLGConfig, fit_tvlg
 from forethought.robots.config import ConfigError, from_mapping
 
 
@@ -389,8 +389,7 @@ class GPSController:
         if len(initial) != len(self.costs):
             raise ValueError(f"GPS: {len(self.costs)} costs but {len(initial)} initial actions")
         c = self.config
-        d = c.dynamics
-        self.prior = GMMPrior(d.clusters, d.min_samples_per_cluster, d.max_samples, d.strength, seed) if d.prior else None
+        self.prior = replace(c.dynamics, seed=seed).make_prior()
         self.conditions = [
             ConditionState(hold_gains(np.asarray(hold, dtype=np.float64), horizon, n, c.init_std)) for hold in initial
         ]

@@ -68,10 +68,11 @@ def model_errors(model: EnsembleModel, trials: Sequence[Trial], horizon: int) ->
     us = np.concatenate([t.actions for t in trials])
     ys = np.concatenate([t.states[1:] for t in trials])
     mean, var = model.predict(xs, us)
-    per_state = np.sqrt(np.mean((mean - ys) ** 2, axis=0)) / model.target_stats.std
+    squared = (mean - ys) ** 2
+    per_state = np.sqrt(squared.mean(axis=0)) / model.target_stats.std
     result = {
         "one_step_nll": gaussian_nll(mean, var, ys),
-        "one_step_rmse": float(np.sqrt(np.mean((mean - ys) ** 2))),
+        "one_step_rmse": float(np.sqrt(squared.mean())),
         "one_step_nrmse": float(np.mean(per_state)),
     }
     errors = []

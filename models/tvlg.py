@@ -246,6 +246,12 @@ class TVLGConfig:
     strength: float = 1.0
     seed: int = 0
 
+    def make_prior(self) -> GMMPrior | None:
+        """The GMM prior these settings describe (None when `prior` is off)."""
+        if not self.prior:
+            return None
+        return GMMPrior(self.clusters, self.min_samples_per_cluster, self.max_samples, self.strength, self.seed)
+
 
 class TVLGModel:
     """The DynamicsModel of a time-varying linear-Gaussian fit with a GMM prior over all data seen.
@@ -258,10 +264,7 @@ class TVLGModel:
 
     def __init__(self, config: TVLGConfig | None = None):
         self.config = config or TVLGConfig()
-        c = self.config
-        self.prior = (
-            GMMPrior(c.clusters, c.min_samples_per_cluster, c.max_samples, c.strength, c.seed) if c.prior else None
-        )
+        self.prior = self.config.make_prior()
         self.dynamics: LinearGaussianDynamics | None = None
         self.state_names: tuple[str, ...] = ()
         self.action_names: tuple[str, ...] = ()
