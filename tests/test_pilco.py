@@ -192,7 +192,7 @@ def test_controller_config_errors_name_the_key():
 def pendulum_setup(seed: int, max_iter: int):
     robot = MujocoRobot("pendulum")
     cost = {"terms": [{"type": "saturating", "weights": {"pole": 1.0}, "target": {"pole": math.pi},
-                       "angles": ["pole"], "sigma": 0.5}]}
+                       "angles": ["pole"], "sigma": 0.25}]}
     task = Task(horizon=40, cost=cost, scene="pendulum", seed=seed)
     params = {
         "start": {"mean": [0.0, 0.0], "std": 0.1},
