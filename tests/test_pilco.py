@@ -190,16 +190,15 @@ def test_controller_config_errors_name_the_key():
 
 
 def pendulum_setup(seed: int, max_iter: int):
+    """The shipped pendulum-swingup-pilco's robot, task and cost, with a policy search of max_iter."""
+    from forethought.scripts.experiment import load_experiment
+
+    experiment = load_experiment("pendulum-swingup-pilco")
     robot = MujocoRobot("pendulum")
-    cost = {"terms": [{"type": "saturating", "weights": {"pole": 1.0}, "target": {"pole": math.pi},
-                       "angles": ["pole"], "sigma": 0.25}]}
-    task = Task(horizon=40, cost=cost, scene="pendulum", seed=seed)
-    params = {
-        "start": {"mean": [0.0, 0.0], "std": 0.1},
-        "model": {"angle_states": ["pole"], "restarts": 0},
-        "policy": {"kind": "rbf", "basis": 10},
-        "optimiser": {"max_iter": max_iter},
-    }
+    cost = experiment.task.cost
+    task = Task(horizon=experiment.task.horizon, cost=cost, scene="pendulum", seed=seed)
+    params = {key: value for key, value in experiment.controller.items() if key != "type"}
+    params["optimiser"] = {**params.get("optimiser", {}), "max_iter": max_iter}
     return robot, task, build_pilco(params, robot, task), build_cost(cost, robot.spec, "pendulum")
 
 
