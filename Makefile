@@ -4,8 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-export MUJOCO_GL ?= osmesa
-export PYOPENGL_PLATFORM ?= osmesa
 
 .PHONY: setup demo test bench clean osmesa
 
@@ -18,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Offscreen rendering without a GPU needs Mesa's software OpenGL.
+# Offscreen rendering without a display or GPU needs Mesa's software OpenGL (forethought.sim.gl_backend
+# then picks EGL or OSMesa by itself).
 osmesa:
 	@if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then \
 		echo "installing libosmesa6 for offscreen rendering"; \

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from forethought.robots.config import ConfigError, from_mapping
+from forethought.robots.progress import Progress
 
 
 @dataclass
@@ -130,14 +131,17 @@ class MLPPolicy:
         try:
             with torch.no_grad():
                 start = float(loss_of(slice(None)))
-            for _ in range(self.config.epochs):
+            progress = Progress(f"policy network fit on {N} samples", total=self.config.epochs, unit="epochs")
+            for epoch in range(self.config.epochs):
                 for index in torch.randperm(N, generator=generator).split(self.config.batch_size):
                     optimiser.zero_grad()
                     loss = loss_of(index)
                     loss.backward()
                     optimiser.step()
+                progress.update(epoch + 1, batch_loss=float(loss))
             with torch.no_grad():
                 end = float(loss_of(slice(None)))
+            progress.finish(loss=end)
         finally:
             torch.set_num_threads(threads)
         self.cov = np.linalg.inv(mean_precision)

@@ -47,6 +47,7 @@ from forethought.controllers.rbf_policy import LinearPolicy, RBFPolicy, Saturate
 from forethought.models.gp import GPConfig, GPModel, is_numerical, minimize_lbfgs
 from forethought.models.moment_matching import augment_with_trig, augment_with_trig_moments
 from forethought.robots.config import ConfigError, from_mapping
+from forethought.robots.progress import Progress
 from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial
 
@@ -271,8 +272,9 @@ def predict_trajectory(model: GPModel, policy: SaturatedPolicy, mean0: torch.Ten
 
 
 def optimise_policy(model: GPModel, policy: SaturatedPolicy, cost: ExpectedCost, mean0, cov0, horizon: int,
-                    max_iter: int) -> dict[str, float]:
-    """Improve `policy` in place by L-BFGS on J = sum_{t=1..H} E[c(x_t)]; returns J before and after."""
+                    max_iter: int, progress: Progress | None = None) -> dict[str, float]:
+    """Improve `policy` in place by L-BFGS on J = sum_{t=1..H} E[c(x_t)]; returns J before and after.
+    progress: told each evaluation of J and the best so far."""
     params = [p for p in policy.parameters() if p.requires_grad]
 
     def value() -> torch.Tensor:
@@ -286,7 +288,7 @@ def optimise_policy(model: GPModel, policy: SaturatedPolicy, cost: ExpectedCost,
             if not is_numerical(err):
                 raise
             before = math.inf
-    result = minimize_lbfgs(value, params, max_iter, until_max_iter=True)
+    result = minimize_lbfgs(value, params, max_iter, until_max_iter=True, progress=progress)
     return {"predicted_cost_before": before, "predicted_cost": result.value, "evaluations": float(result.evaluations),
             "optimise_s": time.perf_counter() - start}
 
@@ -402,9 +404,16 @@ class PilcoController:
                 restarts = settings.first_restarts
             current = self.policies[c] if self.policies[c] is not None else self._new_policy(mean0, cov0, c, 0)
             candidates = [current] + [self._new_policy(mean0, cov0, c, r + 1) for r in range(restarts)]
-            results = [optimise_policy(self.model, p, cost, mean0, cov0, self.horizon, settings.max_iter)
-                       for p in candidates]
+            where = "" if len(self.costs) == 1 else f", condition {c}"
+            progress = Progress(f"PILCO policy optimisation{where}", unit="evaluations")
+            results = []
+            for k, policy in enumerate(candidates):
+                progress.values["start"] = f"{k + 1}/{len(candidates)}"
+                results.append(optimise_policy(self.model, policy, cost, mean0, cov0, self.horizon,
+                                               settings.max_iter, progress))
             best = min(range(len(candidates)), key=lambda i: results[i]["predicted_cost"])
+            progress.values.pop("start")
+            progress.finish(best=results[best]["predicted_cost"])
             self.policies[c] = candidates[best]
             result = dict(results[best], optimise_s=sum(r["optimise_s"] for r in results), kept_start=float(best))
             suffix = "" if len(self.costs) == 1 else f"_{c}"

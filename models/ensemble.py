@@ -19,13 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from forethought.models.dynamics_model import as_batch
+from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
 ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
@@ -290,21 +291,18 @@ class EnsembleModel:
         finite = np.isfinite(x).all(1) & np.isfinite(u).all(1) & np.isfinite(d).all(1)
         return x[finite], u[finite], d[finite]
 
-    def fit(self, trials: Sequence[Trial], progress: Callable[[dict], None] | None = None) -> dict:
+    def fit(self, trials: Sequence[Trial]) -> dict:
         """Train on every transition of `trials` (continuing from the current weights).
 
         Returns diagnostics: transitions, epochs, steps, seconds, held-out MSE and NLL per member
-        (normalised units, as trained) and of the elites, and the elite indices. progress, if given,
-        is called after every epoch with {"epoch", "max_epochs", "steps", "holdout_mse"} (the best
-        member's).
+        (normalised units, as trained) and of the elites, and the elite indices.
         """
         x, u, d = self.transitions(trials)
-        return self.fit_arrays(x, u, d, progress)
+        return self.fit_arrays(x, u, d)
 
-    def fit_arrays(
-        self, x: np.ndarray, u: np.ndarray, delta: np.ndarray, progress: Callable[[dict], None] | None = None
-    ) -> dict:
-        """Train on transitions given as arrays x (N, n), u (N, m), delta = x_next - x (N, n)."""
+    def fit_arrays(self, x: np.ndarray, u: np.ndarray, delta: np.ndarray) -> dict:
+        """Train on transitions given as arrays x (N, n), u (N, m), delta = x_next - x (N, n); each
+        epoch is reported to forethought.robots.progress (epoch, steps, best held-out MSE)."""
         cfg = self.config
         x, u, delta = (np.asarray(a, dtype=np.float64) for a in (x, u, delta))
         if x.ndim != 2 or x.shape[1] != self.n or u.shape != (len(x), self.m) or delta.shape != x.shape:
@@ -339,6 +337,7 @@ class EnsembleModel:
         epochs = steps = stale = 0
         batches_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
         max_epochs = max(cfg.max_epochs, math.ceil(cfg.min_steps / batches_per_epoch))
+        progress = Progress(f"ensemble fit on {len(x)} transitions", total=max_epochs, unit="epochs")
         while epochs < max_epochs and steps < cfg.max_steps:
             shuffle = torch.argsort(torch.rand(E, len(train), generator=self._generator), dim=1).to(self.device)
             idx = torch.gather(boot, 1, shuffle)
@@ -354,9 +353,7 @@ class EnsembleModel:
                 steps += 1
             epochs += 1
             loss = None if best_loss is None else self._holdout_scores(z_hold, y_hold)[0]
-            if progress is not None:
-                best = math.nan if loss is None else float(loss.min())
-                progress({"epoch": epochs, "max_epochs": max_epochs, "steps": steps, "holdout_mse": best})
+            progress.update(epochs, steps=steps, held_out_mse=math.nan if loss is None else float(loss.min()))
             if loss is None:
                 continue
             improved = (best_loss - loss) / np.abs(best_loss).clip(1e-8) > cfg.min_improvement
@@ -371,6 +368,8 @@ class EnsembleModel:
                 stale += 1
                 if stale >= cfg.patience and steps >= cfg.min_steps:
                     break
+        progress.total = epochs
+        progress.finish()
         if best_loss is not None:
             net.load_state_dict(best_state)
             self.holdout_mse, holdout_nll = self._holdout_scores(z_hold, y_hold)

@@ -38,6 +38,7 @@ import torch
 
 from forethought.models.dynamics_model import as_batch
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
+from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
 log = logging.getLogger(__name__)
@@ -109,18 +110,21 @@ class Minimum(NamedTuple):
 
 
 def minimize_lbfgs(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], max_iter: int,
-                   until_max_iter: bool = False) -> Minimum:
+                   until_max_iter: bool = False, progress: Progress | None = None) -> Minimum:
     """Minimise loss() over the tensors `params` in place: scipy's L-BFGS-B on autograd gradients.
 
     A loss that is not finite or whose evaluation fails with a linear-algebra error counts as +inf,
     so the line search backs off; the params end at the best point seen. until_max_iter: ignore the
     convergence tests on small steps and gradients and stop only after max_iter iterations (or when
     the line search fails), for losses whose gradients are small while far from converged.
+    progress: told each evaluation (counted on from where it stands) and the best value so far.
     """
     params = list(params)
     shapes = [p.shape for p in params]
     sizes = [p.numel() for p in params]
     best = {"value": math.inf, "x": torch.cat([p.detach().reshape(-1) for p in params]).clone()}
+    evaluated_before = progress.done if progress is not None else 0
+    evaluations = 0
 
     def assign(x: torch.Tensor) -> None:
         with torch.no_grad():
@@ -128,6 +132,10 @@ def minimize_lbfgs(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tens
                 p.copy_(chunk.reshape(shape))
 
     def fun(x_np: np.ndarray):
+        nonlocal evaluations
+        evaluations += 1
+        if progress is not None:
+            progress.update(evaluated_before + evaluations, best=best["value"])
         x = torch.as_tensor(x_np, dtype=DTYPE)
         assign(x)
         for p in params:
@@ -299,12 +307,15 @@ class GPModel:
         X_fit, Y_fit = X[subset], Y[:, subset]
 
         best_loss, best_state = None, None
-        for index, (ell, sf, sn) in enumerate(self._starts(X_fit, Y_fit, input_std)):
+        starts = self._starts(X_fit, Y_fit, input_std)
+        progress = Progress(f"GP fit on {N} transitions", unit="evaluations")
+        for index, (ell, sf, sn) in enumerate(starts):
+            progress.values["start"] = f"{index + 1}/{len(starts)}"
             gp = BatchedGP(X_fit.expand(Y.shape[0], -1, -1), Y_fit, cfg.noise_floor)
             self._initialise(gp, ell, sf, sn)
             loss = self._objective(gp, input_std)
             with exact_computations():
-                minimize_lbfgs(lambda: loss().sum(), list(gp.parameters()), cfg.max_iter)
+                minimize_lbfgs(lambda: loss().sum(), list(gp.parameters()), cfg.max_iter, progress=progress)
                 with torch.no_grad():
                     try:
                         per_output = loss()
@@ -331,6 +342,8 @@ class GPModel:
         self._X, self._Y, self._subset = X, Y, subset
         self._cache()
         self.fitted = True
+        progress.values.pop("start", None)
+        progress.finish(best=float(best_loss.sum()) / X_fit.shape[0])
         return {
             "transitions": N,
             "sparse": int(self.sparse),

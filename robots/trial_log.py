@@ -316,15 +316,25 @@ def _consistent_prefix(states, actions, stamps, costs):
     return states, actions, stamps, costs
 
 
+def _run_trial_files(folder: Path) -> list[Path]:
+    """A run folder's trial files: those in its trials/ folder, else those in the folder itself."""
+    return sorted((folder / "trials").glob("*.h5")) or sorted(folder.glob("*.h5"))
+
+
 def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Trial files named directly or found in run folders (their trials/ folder, else the folder).
+    """Trial files named directly, found in run folders (their trials/ folder, else the folder), or
+    in a folder of run folders (each subfolder that holds trials, as `--out runs` fills it).
 
     Raises FileNotFoundError for a path that does not exist.
     """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted((path / "trials").glob("*.h5")) or sorted(path.glob("*.h5"))
+            found = _run_trial_files(path)
+            if not found:
+                for run in sorted(p for p in path.iterdir() if p.is_dir()):
+                    found += _run_trial_files(run)
+            files += found
         elif path.exists():
             files.append(path)
         else:

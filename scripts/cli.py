@@ -13,6 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from forethought.sim.gl_backend import choose_gl_backend
+
+choose_gl_backend()  # before anything below imports mujoco, which reads MUJOCO_GL once
+
 from forethought.models.dynamics_model import MissingCapability
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError

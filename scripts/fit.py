@@ -24,7 +24,7 @@ import numpy as np
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
-from forethought.scripts.status_line import StatusLine
+from forethought.scripts.status_line import StatusLine, show_progress
 
 
 class RegisteredModel(NamedTuple):
@@ -94,16 +94,46 @@ def run_settings(name: str, folder: Path) -> tuple[Any, str] | None:
     return (replace(settings, seed=seed) if isinstance(seed, int) else settings), where
 
 
-def model_settings(name: str, model_config: str | None, paths: Sequence[str]) -> tuple[Any, str | None]:
+def model_settings(name: str, model_config: str | None, runs: Sequence[Path]) -> tuple[Any, str | None]:
     """The settings to build model `name` with and where they come from: the YAML file
-    `model_config`, else the experiment of the run folder given first (see run_settings), else the
+    `model_config`, else the experiment of the first run folder (see run_settings), else the
     defaults (source None). ConfigError naming the file and key for a bad file or setting."""
     cls = settings_class(name)
     if model_config is not None:
         return from_mapping(cls, load_yaml(model_config), f"{model_config}:"), model_config
-    first = Path(paths[0])
-    found = run_settings(name, first) if first.is_dir() else None
+    found = run_settings(name, Path(runs[0])) if runs and Path(runs[0]).is_dir() else None
     return found or (cls(), None)
+
+
+def run_folder_of(trial_file: Path) -> Path:
+    """The run folder a trial file belongs to (RUN/trials/trial_0001.h5 -> RUN), else its folder."""
+    folder = trial_file.parent
+    return folder.parent if folder.name == "trials" else folder
+
+
+def group_by_run(files: Sequence[Path]) -> dict[Path, list[Path]]:
+    """Trial files grouped by run folder, in the order found."""
+    runs: dict[Path, list[Path]] = {}
+    for path in files:
+        runs.setdefault(run_folder_of(path), []).append(path)
+    return runs
+
+
+def what_is_there(paths: Sequence[str]) -> str:
+    """For the error when no trial loads: what the given folders hold instead of trial files."""
+    seen = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            seen.append(f"{path} is a file")
+            continue
+        entries = sorted(path.iterdir())
+        folders = [p.name for p in entries if p.is_dir()]
+        files = [p.name for p in entries if p.is_file()]
+        shown = lambda names: ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")  # noqa: E731
+        parts = ([f"{len(folders)} folders without trials ({shown(folders)})"] if folders else []) + (
+            [f"{len(files)} other files ({shown(files)})"] if files else [])
+        seen.append(f"{path} holds " + (" and ".join(parts) if parts else "nothing"))
+    return "; ".join(seen)
 
 
 def build_model(name: str, trials: Sequence[Trial], config: Any = None):
@@ -164,6 +194,16 @@ def predict_open_loop(
     return stacked.mean(axis=1), stacked.std(axis=1)
 
 
+def predict_one_step(model, trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's mean and variance of every logged next state from the logged state and action,
+    and the logged next states: (N, n) each, N the trials' transitions in order."""
+    x = np.concatenate([t.states[:-1] for t in trials])
+    u = np.concatenate([t.actions for t in trials])
+    steps = np.concatenate([np.arange(t.horizon) for t in trials])
+    mean, var = _predict(model, x, u, steps)
+    return mean, var, np.concatenate([t.states[1:] for t in trials])
+
+
 @dataclass
 class PredictionReport:
     """Held-out prediction errors in the state's units and normalised by each state's spread.
@@ -210,11 +250,7 @@ def evaluate_predictions(
     states = [t.states for t in heldout]
     spread = np.concatenate(states + [t.states for t in reference]).std(axis=0)
     spread = np.where(spread > 1e-9, spread, 1.0)
-    x = np.concatenate([s[:-1] for s in states])
-    u = np.concatenate([t.actions for t in heldout])
-    steps = np.concatenate([np.arange(t.horizon) for t in heldout])
-    target = np.concatenate([s[1:] for s in states])
-    mean, var = _predict(model, x, u, steps)
+    mean, var, target = predict_one_step(model, heldout)
     var = np.maximum(var, 1e-12)
     one_step_rmse = float(np.sqrt(np.mean((mean - target) ** 2)))
     nll = 0.5 * np.mean(np.sum((mean - target) ** 2 / var + np.log(2 * np.pi * var), axis=1))
@@ -273,7 +309,8 @@ def default_horizons(horizon: int) -> list[int]:
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN", help="trial files (*.h5) or run folders")
+    parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN",
+                        help="trial files (*.h5), run folders, or folders of run folders (as --out fills them)")
     parser.add_argument("--model", required=True, help=f"the model to fit ({', '.join(sorted(MODELS))})")
     sections = "; ".join(f"for {name}: controller.{m.controller[1]} of a {' or '.join(m.controller[0])} experiment"
                          for name, m in MODELS.items() if m.controller)
@@ -289,34 +326,53 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=int, default=32, help="particles for open-loop predictions (default 32)")
 
 
-def epoch_text(report: dict) -> str:
-    """A fit's progress report {"epoch", "max_epochs", "steps", "holdout_mse"} as one status line."""
-    return (f"  epoch {report['epoch']}/{report['max_epochs']}  steps {report['steps']}  "
-            f"held-out MSE {report['holdout_mse']:.4g}   ")
+def default_output(runs: Sequence[Path], model: str) -> Path:
+    """models/MODEL.SUFFIX in the first run folder."""
+    return Path(runs[0]) / "models" / f"{model}{MODELS[model].suffix}"
 
 
-def default_output(paths: Sequence[str], model: str) -> Path:
-    first = Path(paths[0])
-    folder = first if first.is_dir() else first.parent
-    if folder.name == "trials":
-        folder = folder.parent
-    return folder / "models" / f"{model}{MODELS[model].suffix}"
+def run_report(model, by_run: dict[str, list[Trial]], heldout: Sequence[Trial]) -> list[dict]:
+    """Per run: its trials, how many of them were held out, and the held-out one-step RMSE on them."""
+    held = {id(t) for t in heldout}
+    report = []
+    for run, trials in by_run.items():
+        mine = [t for t in trials if id(t) in held]
+        entry = {"run": run, "trials": len(trials), "heldout_trials": len(mine)}
+        if mine:
+            mean, _, target = predict_one_step(model, mine)
+            entry["heldout_one_step_rmse"] = float(np.sqrt(np.mean((mean - target) ** 2)))
+        report.append(entry)
+    return report
 
 
 def fit_main(args: argparse.Namespace) -> int:
     """Run `forethought fit`; returns the exit status."""
-    from forethought.robots.trial_log import load_trials
+    from forethought.robots.trial_log import load_trials, trial_paths
     from forethought.scripts.plots import plot_predictions
 
+    runs = group_by_run(trial_paths(args.paths))
     # An unknown model or bad settings fail before any loading.
-    settings, settings_from = model_settings(args.model, args.model_config, args.paths)
+    settings, settings_from = model_settings(args.model, args.model_config, list(runs))
     if settings_from:
         print(f"model settings from {settings_from}", file=sys.stderr)
-    trials, problems = load_trials(args.paths)
+    by_run: dict[str, list[Trial]] = {}
+    problems: list[str] = []
+    for run, files in runs.items():
+        loaded, skipped = load_trials(files)
+        problems += skipped
+        if loaded:
+            by_run[str(run)] = loaded
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
-    if not trials:
-        raise ValueError(f"no trials could be loaded from {', '.join(map(str, args.paths))}")
+    if not by_run:
+        looked = "trial files (*.h5) in each folder, its trials/ folder, and the trials/ folders of its subfolders"
+        found = f"{len(problems)} damaged trial files" if problems else what_is_there(args.paths)
+        raise ConfigError(f"no trials could be loaded from {', '.join(map(str, args.paths))}: looked for {looked}; "
+                          f"found {found}")
+    if len(by_run) > 1:
+        print(f"trials from {len(by_run)} runs: " + ", ".join(f"{Path(r).name} ({len(t)})" for r, t in by_run.items()),
+              file=sys.stderr)
+    trials = [trial for group in by_run.values() for trial in group]
     if getattr(model_class(args.model), "time_varying", False):
         trials = common_horizon(trials)
     if args.particles < 1:
@@ -330,16 +386,14 @@ def fit_main(args: argparse.Namespace) -> int:
     print(f"fitting {args.model} on {len(train)} trials ({transitions} transitions), holding out {len(heldout)}...",
           file=sys.stderr)
     started = time.perf_counter()
-    line = StatusLine()
-    if "progress" in inspect.signature(model.fit).parameters:
-        info = model.fit(train, progress=lambda report: line.show(epoch_text(report)))
-    else:
-        info = model.fit(train)
+    line = StatusLine(show_every_s=10.0)
+    show_progress(line)
+    info = model.fit(train)
     line.finish(f"fitted in {time.perf_counter() - started:.1f} s; predicting the held-out trials...")
     horizons = default_horizons(min(t.horizon for t in heldout))
     report = evaluate_predictions(model, heldout, horizons, args.particles, args.seed, reference=train)
 
-    out = Path(args.out) if args.out else default_output(args.paths, args.model)
+    out = Path(args.out) if args.out else default_output(list(runs), args.model)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     shown = heldout[0]
@@ -356,6 +410,7 @@ def fit_main(args: argparse.Namespace) -> int:
         "train_trials": len(train),
         "heldout_trials": len(heldout),
         "skipped": list(map(str, problems)),
+        "runs": run_report(model, by_run, heldout),
         "fit": info,
         "prediction": report.as_dict(),
     }

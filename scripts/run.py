@@ -19,7 +19,7 @@ import yaml
 from forethought.robots.trial import Policy, Trial, rollout
 from forethought.robots.trial_log import TrialWriter, json_default
 from forethought.scripts.experiment import Experiment, make_controller, make_robot, make_task
-from forethought.scripts.status_line import StatusLine
+from forethought.scripts.status_line import StatusLine, show_progress
 
 
 @dataclass
@@ -66,26 +66,35 @@ def make_cost(experiment: Experiment, robot, condition: dict):
 
 
 class Progress:
-    """The experiment loop's status line: trial and step, then each trial's result and each update."""
+    """The experiment loop's progress: trial and step on a terminal's status line; each trial's
+    result and each update as a line with its time (the only lines in a log: no carriage returns).
+    The models' and controllers' own progress reports (fits, policy optimisation) go to the same
+    line while an update runs."""
 
     def __init__(self, total_trials: int, horizon: int, stream=None):
-        self.total, self.horizon, self.line = total_trials, horizon, StatusLine(stream)
+        self.total, self.horizon = total_trials, horizon
+        self.line = StatusLine(stream, show_every_s=10.0)
+        show_progress(self.line)
         self.done = 0
+        self._started = time.perf_counter()
 
     def step(self, t: int) -> None:
         self.line.show(f"  trial {self.done + 1}/{self.total}  step {t + 1}/{self.horizon}   ", force=t == self.horizon - 1)
 
     def trial_done(self, message: str) -> None:
         self.done += 1
-        self.line.finish(message)
+        self.line.finish(f"{message}  ({time.perf_counter() - self._started:.1f} s)")
+        self._started = time.perf_counter()
 
     def updating(self, iteration: int, iterations: int) -> None:
         """Say that the controller is updating (a model fit can take minutes) until `updated`."""
-        self.line.show(f"  updating the controller after iteration {iteration + 1}/{iterations}...", force=True)
+        self._update = f"update after iteration {iteration + 1}/{iterations}"
+        self.line.show(f"  {self._update}...", force=True)
 
-    def updated(self) -> None:
-        """Clear the update's line."""
-        self.line.clear()
+    def updated(self, seconds: float) -> None:
+        """End the update's line with the time it took."""
+        self.line.finish(f"{self._update}: done in {seconds:.1f} s")
+        self._started = time.perf_counter()
 
 
 @dataclass
@@ -143,7 +152,7 @@ def run_loop(
         diagnostics = dict(controller.update(by_condition) or {})
         diagnostics["update_s"] = time.perf_counter() - started
         if progress is not None:
-            progress.updated()
+            progress.updated(diagnostics["update_s"])
         result.diagnostics.append(diagnostics)
 
 
@@ -232,8 +241,23 @@ def write_outputs(
         iterations = [int(t.metadata.get("iteration", i)) for i, t in enumerate(result.trials)]
         plot_cost_terms(terms["terms"], terms["per_trial"], iterations, folder / "cost_terms.png")
     if video and hasattr(robot, "model"):
+        write_video_or_warn(robot, result.trials[-1], folder / "last_trial.mp4")
+
+
+def write_video_or_warn(robot, trial: Trial, path: Path) -> Path | None:
+    """The trial's video, or one warning line on stderr saying why there is none (no OpenGL backend
+    here, a GL context that fails, no video encoder): a run's other outputs never depend on it."""
+    from forethought.sim.gl_backend import HOW_TO_ENABLE, rendering_unavailable
+
+    why = rendering_unavailable()
+    if why is None:
+        import mujoco
+
         from forethought.sim.render import render_trial_video
 
-        render_trial_video(
-            robot.model, result.trials[-1], folder / "last_trial.mp4", mocap_pos=robot.data.mocap_pos.copy()
-        )
+        try:
+            return render_trial_video(robot.model, trial, path, mocap_pos=robot.data.mocap_pos.copy())
+        except (mujoco.FatalError, ImportError, RuntimeError, OSError) as err:  # GL platform or encoder failures
+            why = f"rendering failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): {HOW_TO_ENABLE}"
+    print(f"warning: no video: {why}", file=sys.stderr)
+    return None

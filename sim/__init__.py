@@ -1,8 +1,6 @@
 """Simulated robots: MuJoCo scenes and dm_control tasks behind the Robot interface."""
 
-import os as _os
+from forethought.sim.gl_backend import choose_gl_backend as _choose_gl_backend
 
-# Offscreen rendering without a display needs a software GL; set it before mujoco picks one.
-if not _os.environ.get("DISPLAY") and "MUJOCO_GL" not in _os.environ:
-    _os.environ["MUJOCO_GL"] = "osmesa"
-    _os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# Before anything of the stack imports mujoco: a headless machine needs an offscreen GL backend.
+_choose_gl_backend()

@@ -1,13 +1,12 @@
-import os
-
 import pytest
 import torch
 
-from forethought.controllers.controller import Task
-from forethought.sim.mujoco_robot import MujocoRobot
+from forethought.sim.gl_backend import choose_gl_backend
 
-os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+choose_gl_backend()  # a headless machine renders offscreen: chosen before any test imports mujoco
+
+from forethought.controllers.controller import Task  # noqa: E402
+from forethought.sim.mujoco_robot import MujocoRobot  # noqa: E402
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_forethought_run_logs_a_seeded_random_trial(task, tmp_path, capsys):
     runs = []
     for out in ("a", "b"):
         assert main(["run", f"dmc:{task}", "--horizon", "8", "--no-video", "--seed", "3", "--out", str(tmp_path / out)]) == 0
-        assert "updating the controller after iteration 1/1" in capsys.readouterr().err
+        assert "update after iteration 1/1: done in " in capsys.readouterr().err
         trials, problems = load_trials(sorted((tmp_path / out).glob("*/trials/*.h5")))
         assert not problems and len(trials) == 1
         runs.append(trials[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -67,13 +69,16 @@ def test_nll_beats_deterministic_mlp_and_epistemic_spread_grows_outside_the_data
     assert outside > 20 * inside, (inside, outside)
 
 
-def test_fit_reports_holdout_early_stopping_and_elites():
+def test_fit_reports_holdout_early_stopping_and_elites(caplog):
     model = fitted(members=4, elites=2, max_epochs=400, patience=3)
-    reports = []
-    diag = model.fit_arrays(*heteroscedastic_data(np.random.default_rng(5), 600), progress=reports.append)
+    with caplog.at_level(logging.DEBUG, logger="forethought.progress"):
+        diag = model.fit_arrays(*heteroscedastic_data(np.random.default_rng(5), 600))
     assert diag["epochs"] < 400  # stopped early on the held-out loss
-    assert [r["epoch"] for r in reports] == list(range(1, diag["epochs"] + 1))
-    assert reports[-1]["steps"] == diag["steps"] and min(r["holdout_mse"] for r in reports) <= min(diag["holdout_mse"])
+    reports = [r for r in caplog.records if r.name == "forethought.progress"]
+    assert reports[0].progress_done == 1 and not reports[0].progress_final  # progress as it trains
+    final = reports[-1]
+    assert final.progress_final and final.progress_done == final.progress_total == diag["epochs"]
+    assert f"steps {diag['steps']}" in final.getMessage()
     assert 90 <= diag["holdout_transitions"] <= 150  # about a fifth of 600
     losses = np.array(diag["holdout_mse"])
     assert sorted(diag["elites"]) == sorted(np.argsort(losses)[:2].tolist())

@@ -1,6 +1,7 @@
 """`forethought fit`: held-out prediction errors, the model registry and settings, the command on a run folder."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,7 +156,8 @@ def test_fit_with_model_config_builds_the_model_with_those_settings(tmp_path, ca
     settings.write_text(SMALL_ENSEMBLE + "\n")
     assert fit_cli(run, "--model-config", settings) == 0
     err = capsys.readouterr().err
-    assert f"model settings from {settings}" in err and "epoch 1/" in err  # progress while it trains
+    assert f"model settings from {settings}" in err and "ensemble fit on" in err  # progress while it trains
+    assert "\r" not in err  # not a terminal: plain lines
     config = EnsembleModel.load(run / "models" / "ensemble.pt").config
     assert (config.members, config.hidden, config.relative_actions, config.max_steps) == (2, [16], True, 10)
     report = json.loads((run / "models" / "ensemble_report.json").read_text())
@@ -216,3 +218,28 @@ def test_run_folder_gives_the_default_settings_of_its_controller(tmp_path, capsy
     assert model_settings("ensemble", None, [str(run)])[0].seed == 7
     (run / "config.yaml").write_text("controller: {type: pets, seed: 3, ensemble: {}}\nloop: {seed: 7}\n")
     assert model_settings("ensemble", None, [str(run)])[0].seed == 3
+
+
+def test_fit_on_a_folder_of_run_folders_fits_every_runs_trials(tmp_path, capsys):
+    """`forethought fit --model tvlg runs/` on the folder `--out runs` fills: both runs' trials."""
+    runs = tmp_path / "runs"
+    trials_folder(runs / "reach-a", count=4)
+    trials_folder(runs / "reach-b", count=6)
+    assert fit_cli(runs) == 0
+    assert "trials from 2 runs: reach-a (4), reach-b (6)" in capsys.readouterr().err
+    report = json.loads((runs / "reach-a" / "models" / "ensemble_report.json").read_text())
+    assert report["train_trials"] + report["heldout_trials"] == 10
+    assert [(Path(r["run"]).name, r["trials"]) for r in report["runs"]] == [("reach-a", 4), ("reach-b", 6)]
+    assert sum(r["heldout_trials"] for r in report["runs"]) == report["heldout_trials"]
+    assert all(np.isfinite(r["heldout_one_step_rmse"]) for r in report["runs"] if r["heldout_trials"])
+
+
+def test_fit_on_a_folder_without_trials_says_what_it_looked_for_and_found(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    (runs / "empty-run").mkdir(parents=True)
+    (runs / "notes.txt").write_text("not a trial")
+    assert fit_cli(runs) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "looked for trial files (*.h5)" in err
+    assert "1 folders without trials (empty-run)" in err and "1 other files (notes.txt)" in err
