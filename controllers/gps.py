@@ -14,7 +14,7 @@ then trains that policy on the new controllers by precision-weighted regression.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from forethought.controllers.costs import CostDerivatives
 from forethought.controllers.ilqr import BackwardPassError, lqr_backward
 from forethought.controllers.linear_gaussian import LinearGaussianPolicy
 from forethought.controllers.nn_policy import MLPPolicy, MLPPolicyConfig, NNPolicy, condition_features
-from forethought.models.tvlg import LinearGaussianDynamics, TVLGConfig, fit_tvlg
+from forethought.models.tvlg import LinearGaussianDynamics
 from forethought.robots.config import ConfigError, from_mapping
 
 
@@ -308,22 +308,18 @@ class GPSConfig:
 
     kl_step: KL bound per time step for an iteration (the bound is kl_step * T * multiplier);
     min_step_mult, max_step_mult: limits of the adapted multiplier;
-    init_std: std of the initial controller's exploration noise, in the action's units;
-    dynamics: the TVLGConfig of the linear-Gaussian fits and their GMM prior (its seed is the
-    controller's).
+    init_std: std of the initial controller's exploration noise, in the action's units.
+    The local models are the experiment's `model: {type: tvlg, ...}`.
     """
 
     kl_step: float = 0.2
     min_step_mult: float = 0.01
     max_step_mult: float = 10.0
     init_std: float = 0.1
-    dynamics: TVLGConfig = field(default_factory=TVLGConfig)
 
     def __post_init__(self) -> None:
         if not (self.kl_step > 0 and self.init_std > 0 and 0 < self.min_step_mult <= 1 <= self.max_step_mult):
             raise ValueError("kl_step and init_std must be positive, and min_step_mult <= 1 <= max_step_mult")
-        if self.dynamics.seed != TVLGConfig.seed:
-            raise ValueError("dynamics: seed: the experiment's seed seeds the prior")
 
 
 class SamplingPolicy(LinearGaussianPolicy):
@@ -377,19 +373,21 @@ def stack_condition(trials, n: int, m: int, horizon: int, condition: int) -> tup
 class GPSController:
     """Trajectory-centric guided policy search: one linear-Gaussian controller per condition.
 
-    costs: one cost per condition; initial: (m,) actions the initial controllers hold. Each
-    `update` fits the GMM prior on every new sample, then per condition fits the dynamics to that
-    condition's samples, models the cost, adapts the step and makes a KL-constrained update.
+    costs: one cost per condition; initial: (m,) actions the initial controllers hold; model: the
+    TVLGModel, which the experiment loop refits on each iteration's samples before `update` (its
+    GMM prior on every sample so far, per condition the dynamics on that condition's samples).
+    Each `update` models the cost, adapts the step and makes a KL-constrained update per condition.
     `history` keeps every iteration's diagnostics per condition.
     """
 
-    def __init__(self, n: int, m: int, horizon: int, costs, initial, config: GPSConfig | None = None, seed: int = 0):
+    def __init__(self, n: int, m: int, horizon: int, costs, initial, model, config: GPSConfig | None = None,
+                 seed: int = 0):
         self.n, self.m, self.horizon = n, m, horizon
         self.costs, self.config, self.seed = list(costs), config or GPSConfig(), seed
+        self.model = model
         if len(initial) != len(self.costs):
             raise ValueError(f"GPS: {len(self.costs)} costs but {len(initial)} initial actions")
         c = self.config
-        self.prior = replace(c.dynamics, seed=seed).make_prior()
         self.conditions = [
             ConditionState(hold_gains(np.asarray(hold, dtype=np.float64), horizon, n, c.init_std)) for hold in initial
         ]
@@ -405,13 +403,10 @@ class GPSController:
     def _fit(self, trials) -> list[tuple[np.ndarray, np.ndarray, LinearGaussianDynamics, QuadraticCost]]:
         if len(trials) != len(self.conditions):
             raise ValueError(f"GPS: expected trials for {len(self.conditions)} conditions, got {len(trials)}")
-        arrays = [stack_condition(group, self.n, self.m, self.horizon, c) for c, group in enumerate(trials)]
-        if self.prior is not None:
-            self.prior.update(np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays]))
         fits = []
-        for (X, U), cost in zip(arrays, self.costs):
-            dynamics = fit_tvlg(X, U, self.prior, self.config.dynamics.ridge)
-            fits.append((X, U, dynamics, cost_expansion(cost, X, U)))
+        for c, (group, cost) in enumerate(zip(trials, self.costs)):
+            X, U = stack_condition(group, self.n, self.m, self.horizon, c)
+            fits.append((X, U, self.model.local(c), cost_expansion(cost, X, U)))
         return fits
 
     def _current_cost(self, X, U, dynamics, model, anchor) -> float:
@@ -485,8 +480,9 @@ class MDGPSController(GPSController):
     regression.
     """
 
-    def __init__(self, n, m, horizon, costs, initial, features, mlp: MLPPolicy, config: GPSConfig | None = None, seed: int = 0):
-        super().__init__(n, m, horizon, costs, initial, config, seed)
+    def __init__(self, n, m, horizon, costs, initial, model, features, mlp: MLPPolicy, config: GPSConfig | None = None,
+                 seed: int = 0):
+        super().__init__(n, m, horizon, costs, initial, model, config, seed)
         self.features = np.asarray(features, dtype=np.float64).reshape(len(self.conditions), -1)
         if self.features.shape[1] != mlp.f or (mlp.n, mlp.m) != (n, m):
             raise ValueError(f"MDGPS: the policy takes {mlp.n} states + {mlp.f} features to {mlp.m} actions, "
@@ -595,20 +591,21 @@ def hold_actions(robot, task) -> list[np.ndarray]:
 def _task_costs(robot, task) -> list:
     from forethought.controllers.costs import build_cost
 
-    if not task.cost:
+    if not isinstance(task.cost, dict) or not task.cost:
         raise ConfigError("guided policy search needs the task's cost (task.cost)")
     return [build_cost(task.cost, robot.spec, task.scene, condition) for condition in task.conditions]
 
 
-def build_gps(params: dict, robot, task) -> GPSController:
-    """controller: {type: gps, kl_step: 0.2, init_std: 0.1, ...} (fields of GPSConfig)."""
+def build_gps(params: dict, robot, task, model) -> GPSController:
+    """controller: {type: gps, kl_step: 0.2, init_std: 0.1, ...} (fields of GPSConfig), on `model: {type: tvlg}`."""
     config = from_mapping(GPSConfig, params, "controller:")
     spec = robot.spec
-    return GPSController(spec.n, spec.m, task.horizon, _task_costs(robot, task), hold_actions(robot, task), config, task.seed)
+    return GPSController(spec.n, spec.m, task.horizon, _task_costs(robot, task), hold_actions(robot, task), model,
+                         config, task.seed)
 
 
-def build_mdgps(params: dict, robot, task) -> MDGPSController:
-    """controller: {type: mdgps, features: [hole], hidden: [64, 64], ...} (fields of MDGPSConfig)."""
+def build_mdgps(params: dict, robot, task, model) -> MDGPSController:
+    """controller: {type: mdgps, features: [hole], hidden: [64, 64], ...} (fields of MDGPSConfig), on `model: {type: tvlg}`."""
     config = from_mapping(MDGPSConfig, params, "controller:")
     spec = robot.spec
     features = np.stack([condition_features(c, config.features) for c in task.conditions])
@@ -617,6 +614,6 @@ def build_mdgps(params: dict, robot, task) -> MDGPSController:
     mlp = MLPPolicy(spec.n, spec.m, features.shape[1], network, names)
     gps = {f.name: getattr(config, f.name) for f in fields(GPSConfig)}
     return MDGPSController(
-        spec.n, spec.m, task.horizon, _task_costs(robot, task), hold_actions(robot, task), features, mlp,
+        spec.n, spec.m, task.horizon, _task_costs(robot, task), hold_actions(robot, task), model, features, mlp,
         GPSConfig(**gps), task.seed,
     )

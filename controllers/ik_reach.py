@@ -202,7 +202,7 @@ class IKReachController:
         return {"reach_error_m": float(np.mean(errors))} if errors else {}
 
 
-def build_ik_reach(params: dict, robot, task) -> IKReachController:
+def build_ik_reach(params: dict, robot, task, model=None) -> IKReachController:
     """The `ik_reach` controller of an experiment: params from its YAML `controller` section,
     targets from the conditions' "target" (else params' target, else the scene's site "target")."""
     config = from_mapping(IKReachConfig, params, "ik_reach:")

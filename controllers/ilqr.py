@@ -295,6 +295,21 @@ class ILQR:
             raise ValueError(f"iLQR: action bounds must have shape ({cost.m},)")
         self.regularization = self.config.regularization
         self._mu_step = 1.0
+        # A time-varying model (TVLG) is asked with each step's time index, counted from solve's t0.
+        self.time_varying = bool(getattr(model, "time_varying", False))
+        self._t0 = 0
+
+    def _predict(self, x: np.ndarray, u: np.ndarray, t: int) -> np.ndarray:
+        """The model's mean next state (1, n) from x (1, n), u (1, m) at step t of the horizon."""
+        if self.time_varying:
+            return self.model.predict(x, u, t=self._t0 + t)[0]
+        return self.model.predict(x, u)[0]
+
+    def _linearize(self, X: np.ndarray, U: np.ndarray):
+        """The model's (A, B, c, Sigma) about each (X[t], U[t]), t = 0..T-1."""
+        if self.time_varying:
+            return self.model.linearize(X, U, t=self._t0 + np.arange(len(U)))
+        return self.model.linearize(X, U)
 
     # -- rollouts ---------------------------------------------------------------------------
     def rollout(self, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
@@ -302,7 +317,7 @@ class ILQR:
         X = np.full((len(U) + 1, len(x0)), np.nan)
         X[0] = x0
         for t in range(len(U)):
-            X[t + 1] = self.model.predict(X[t : t + 1], U[t : t + 1])[0][0]
+            X[t + 1] = self._predict(X[t : t + 1], U[t : t + 1], t)[0]
             if not np.all(np.isfinite(X[t + 1])):
                 break  # the rest stays NaN: no point stepping a broken state
         return X
@@ -314,7 +329,7 @@ class ILQR:
         for t in range(len(U)):
             u = np.clip(U[t] + alpha * back.k[t] + back.K[t] @ (x - X[t]), self.low, self.high)
             U_new[t] = u
-            X_new[t + 1] = x = self.model.predict(x[None], u[None])[0][0]
+            X_new[t + 1] = x = self._predict(x[None], u[None], t)[0]
             if not np.all(np.isfinite(x)):
                 break  # the rest stays NaN, and the step is rejected
         return X_new, U_new
@@ -364,14 +379,16 @@ class ILQR:
                 return X_new, U_new, J_new, float(a), float(ratio)
         return None
 
-    def solve(self, x0, U_init, max_iterations: int | None = None, time_budget_s: float | None = None) -> ILQRResult:
+    def solve(self, x0, U_init, max_iterations: int | None = None, time_budget_s: float | None = None,
+              t0: int = 0) -> ILQRResult:
         """Optimise the actions (T, m) from x0 (n,), starting from U_init (clipped to the bounds).
 
         max_iterations overrides the config's cap; time_budget_s stops before an iteration that
-        would overrun it (one iteration always runs). Raises DivergenceError when the initial
-        rollout or its cost is not finite.
+        would overrun it (one iteration always runs); t0: the time step of x0 (for a time-varying
+        model). Raises DivergenceError when the initial rollout or its cost is not finite.
         """
         started = time.perf_counter()
+        self._t0 = int(t0)
         cfg = self.config
         cap = cfg.max_iterations if max_iterations is None else int(max_iterations)
         if self.regularization > cfg.regularization_max:  # the last solve gave up: start afresh
@@ -398,7 +415,7 @@ class ILQR:
                 break
             iteration_started = time.perf_counter()
             if derivatives is None:
-                A, B, _, _ = self.model.linearize(X[:-1], U)
+                A, B, _, _ = self._linearize(X[:-1], U)
                 derivatives = self.cost.trajectory_derivatives(X, U)
                 if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B)) and np.all(np.isfinite(derivatives.l_xx))):
                     raise DivergenceError("iLQR: the linearisation or the cost derivatives are NaN or infinite")

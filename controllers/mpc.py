@@ -191,6 +191,7 @@ class ILQRPlanner:
             U_init,
             max_iterations=self.first_iterations if first else self.iterations,
             time_budget_s=None if first else self.time_budget_s,
+            t0=t,
         )
         self.last_result = result
         K = result.backward.K if result.backward is not None else None
@@ -202,71 +203,42 @@ class ILQRPlanner:
 
 @dataclass
 class ILQRMPCConfig:
-    """The `controller:` section of an ilqr_mpc experiment (type: ilqr_mpc).
+    """The `controller:` section of an ilqr_mpc experiment (type: ilqr_mpc), on any model that can
+    predict and linearize (the experiment's `model:`).
 
-    horizon: planned steps; iterations: iLQR iterations per tick; first_iterations: at tick 0;
-    replan_every: ticks between replans (the feedback gains act in between);
-    time_budget_s: per-tick limit on the iterations (null: none);
-    model_timestep: physics step of the planning model in s (null: the scene's); a coarser step
-    than the robot's makes planning proportionally cheaper, and the control period must be a
-    whole number of them; model_frictionloss: keep the joints' dry friction in the planning model
-    (off by default: at rest it makes finite differences say the actions do nothing, which stalls
-    iLQR; the robot keeps its friction and MPC corrects for the difference);
-    centred_differences: in the model's linearisation;
+    horizon: planned steps (null: the trial's horizon: with replan_every as large, iLQR/LQG on the
+    whole trajectory, its feedback gains acting throughout); iterations: iLQR iterations per tick;
+    first_iterations: at tick 0; replan_every: ticks between replans (the feedback gains act in
+    between); time_budget_s: per-tick limit on the iterations (null: none);
     initial_action: "hold" (joint position targets at the current joint positions: needs every
     action to name a state entry), "middle" (of the action bounds) or a list of m numbers;
     ilqr: the solver's settings (ILQRConfig; iterations and first_iterations replace its
-    max_iterations).
+    max_iterations); seed: of the random trials before a learned model's first fit (default: the
+    experiment's seed).
     """
 
-    horizon: int = 50
+    horizon: int | None = 50
     iterations: int = 1
     first_iterations: int = 50
     replan_every: int = 1
     time_budget_s: float | None = None
-    model_timestep: float | None = None
-    model_frictionloss: bool = False
-    centred_differences: bool = False
     initial_action: str | list[float] = "middle"
     ilqr: ILQRConfig = field(default_factory=ILQRConfig)
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("horizon", "iterations", "first_iterations", "replan_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
-        if self.model_timestep is not None and not self.model_timestep > 0:
-            raise ValueError(f"model_timestep must be positive, got {self.model_timestep}")
         if isinstance(self.initial_action, str) and self.initial_action not in ("hold", "middle"):
             raise ValueError(f"initial_action must be hold, middle or a list of numbers, got {self.initial_action!r}")
 
 
-def planning_model(scene, dt: float, model_timestep: float | None = None, frictionloss: bool = True,
-                   centred: bool = False, threads: int = 1):
-    """MuJoCo as the planning model for a robot with control period dt (s).
-
-    model_timestep: the model's physics step in s (None: the scene's); the control period must be a
-    whole number of them. frictionloss: keep the joints' dry friction; centred: centred differences
-    in the model's linearisation; threads: MuJoCo threads per batched rollout.
-    """
-    from forethought.models.simulator import SimulatorModel
-
-    settings = dict(centred=centred, frictionloss=frictionloss, threads=threads)
-    if model_timestep is None:
-        model = SimulatorModel(scene, **settings)
-    else:
-        steps = dt / model_timestep
-        if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
-            raise ConfigError(f"model_timestep: the control period {dt} s is not a whole number of {model_timestep} s steps")
-        model = SimulatorModel(scene, control_steps=int(round(steps)), timestep=model_timestep, **settings)
-    if abs(model.dt - dt) > 1e-9:
-        raise ConfigError(f"the planning model's control period {model.dt} s differs from the robot's {dt} s")
-    return model
-
-
 def initial_action(setting, spec: RobotSpec):
-    """The RecedingHorizonPolicy initial_action for an ILQRMPCConfig.initial_action setting."""
+    """The RecedingHorizonPolicy initial_action for an `initial_action` setting."""
     if setting == "middle":
         return None
     if setting == "hold":
@@ -281,21 +253,39 @@ def initial_action(setting, spec: RobotSpec):
     return values
 
 
+def check_model_states(model, spec: RobotSpec) -> None:
+    """A model that plans the robot's actions must model all of the robot's states, in its order."""
+    names = getattr(model, "state_names", None)
+    if names is not None and tuple(names) != tuple(spec.state_names):
+        raise ConfigError(f"model: it models the states {list(names)}, and planning needs all of the robot's "
+                          f"({', '.join(spec.state_names)})")
+
+
 class MPCController:
-    """The Controller for MPC on a known model: nothing to learn, one RecedingHorizonPolicy per
-    condition around the planner that `planner_for(condition)` builds.
+    """The Controller for MPC on a model: one RecedingHorizonPolicy per condition around the planner
+    that `planner_for(condition, seed)` builds. On a learned model that has not been fitted yet it
+    hands out seeded random policies instead (the trials the first fit learns from).
 
     update() reports the replanning statistics of the policies handed out since the last update.
     """
 
-    def __init__(self, spec: RobotSpec, planner_for: Callable[[int], object], replan_every: int = 1,
-                 initial=None):
+    def __init__(self, spec: RobotSpec, planner_for: Callable[[int, int], object], replan_every: int = 1,
+                 initial=None, model=None, seed: int = 0):
         self.spec, self.planner_for = spec, planner_for
         self.replan_every, self._initial = int(replan_every), initial
+        self.model, self.seed = model, int(seed)
         self._policies: list[RecedingHorizonPolicy] = []
+        self._handed_out = 0
 
-    def policy(self, condition: int) -> RecedingHorizonPolicy:
-        policy = RecedingHorizonPolicy(self.planner_for(condition), self.spec, self.replan_every, self._initial)
+    def policy(self, condition: int):
+        from forethought.controllers.policy import RandomPolicy
+
+        self._handed_out += 1
+        # A fresh stream for every policy, fixed by the seed and the order of the policies.
+        seed = self.seed * 1_000_003 + 1009 * self._handed_out + condition
+        if self.model is not None and getattr(self.model, "learned", False) and not getattr(self.model, "fitted", True):
+            return RandomPolicy(self.spec, seed)
+        policy = RecedingHorizonPolicy(self.planner_for(condition, seed), self.spec, self.replan_every, self._initial)
         self._policies.append(policy)
         return policy
 
@@ -312,30 +302,24 @@ class MPCController:
         }
 
 
-def scene_model(controller: str, robot, task, model_timestep: float | None = None, frictionloss: bool = True,
-                centred: bool = False, threads: int = 1):
-    """The planning model of a controller that plans on the robot's MuJoCo scene (see planning_model),
-    with ConfigErrors when there is no scene, no cost, or the scene does not match the robot."""
-    if task.scene is None:
-        raise ConfigError(f"{controller} plans on the MuJoCo scene, and this robot has none (use a robot with `scene`)")
-    if not task.cost:
-        raise ConfigError(f"{controller} needs the task's `cost`")
-    spec = robot.spec
-    model = planning_model(task.scene, spec.dt, model_timestep, frictionloss, centred, threads)
-    if model.n != spec.n or model.m != spec.m:
-        raise ConfigError(f"the scene's model has n={model.n}, m={model.m}; the robot's spec n={spec.n}, m={spec.m}")
-    return model
+def task_costs(task, spec: RobotSpec, controller: str) -> list:
+    """One Cost per condition of the task (controllers.costs); ConfigError when it declares none."""
+    if not isinstance(task.cost, dict) or not task.cost:
+        raise ConfigError(f"{controller} needs the task's `cost` (its terms)")
+    return [build_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
 
 
-def build_ilqr_mpc(params: dict, robot, task) -> MPCController:
-    """Controller `type: ilqr_mpc`: params as ILQRMPCConfig; the robot must be a MuJoCo scene (task.scene)."""
+def build_ilqr_mpc(params: dict, robot, task, model) -> MPCController:
+    """Controller `type: ilqr_mpc`: params as ILQRMPCConfig, on the experiment's model."""
     cfg = from_mapping(ILQRMPCConfig, params, "controller:")
-    model = scene_model("ilqr_mpc", robot, task, cfg.model_timestep, cfg.model_frictionloss, cfg.centred_differences)
     spec = robot.spec
-    costs = [build_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]
+    check_model_states(model, spec)
+    costs = task_costs(task, spec, "ilqr_mpc")
+    horizon = cfg.horizon or task.horizon
 
-    def planner_for(condition: int) -> ILQRPlanner:
-        return ILQRPlanner(model, costs[condition], spec.action_low, spec.action_high, cfg.horizon,
+    def planner_for(condition: int, seed: int) -> ILQRPlanner:
+        return ILQRPlanner(model, costs[condition], spec.action_low, spec.action_high, horizon,
                            cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr)
 
-    return MPCController(spec, planner_for, cfg.replan_every, initial_action(cfg.initial_action, spec))
+    seed = cfg.seed if cfg.seed is not None else task.seed
+    return MPCController(spec, planner_for, cfg.replan_every, initial_action(cfg.initial_action, spec), model, seed)

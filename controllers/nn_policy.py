@@ -246,7 +246,7 @@ class NNPolicyController:
         return {}
 
 
-def build_nn_policy(params: dict, robot, task) -> NNPolicyController:
+def build_nn_policy(params: dict, robot, task, model=None) -> NNPolicyController:
     config = from_mapping(NNPolicyParams, params, "controller:")
     mlp = MLPPolicy.load(config.path)
     if (mlp.n, mlp.m) != (robot.spec.n, robot.spec.m):

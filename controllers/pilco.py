@@ -1,7 +1,8 @@
 """PILCO (Deisenroth and Rasmussen, ICML 2011): policy search through a GP dynamics model.
 
-The loop: the first trial runs uniformly random actions; after every trial `update` fits the GP
-(models.gp) on all transitions so far, then improves the policy (controllers.rbf_policy) by L-BFGS
+The loop: the first trial runs uniformly random actions; after every trial the experiment loop
+fits the GP (models.gp: `model: {type: gp}`, the only model that propagates moments) on all
+transitions so far, then `update` improves the policy (controllers.rbf_policy) by L-BFGS
 on the predicted value J = sum_{t=1..H} E[c(x_t)], where x_0 ~ N(start mean, start cov) and every
 step is moment matched: policy, GP, and the expected saturating cost, all exact in the moments
 and differentiated by autograd. The angles' (sin, cos) moments are matched once per predicted state
@@ -16,13 +17,12 @@ pairs (d^2 is then quadratic in them). Term weights, final weights and ramps app
 
 In an experiment file:
 
+    model: {type: gp, states: [cart, pole, d_cart, d_pole], actions: [force],   # what PILCO learns
+            angle_states: [pole], restarts: 1, inducing: 300}                    # (default: all)
     controller:
       type: pilco
-      states: [cart, pole, d_cart, d_pole]     # the states the GP models (default: all)
-      actions: [force]                         # the actions the policy sets (default: all)
       hold: {}                                 # values for the other actions (default: middle of bounds)
       start: {mean: [0, 0, 0, 0], std: 0.1}    # x_0 (default: the robot's, else the trials' first states)
-      model: {angle_states: [pole], restarts: 1, inducing: 300}
       policy: {kind: rbf, basis: 50, lengthscale: 1.0}
       optimiser: {max_iter: 150, first_restarts: 2}
 """
@@ -30,7 +30,6 @@ In an experiment file:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -44,7 +43,7 @@ import torch
 
 from forethought.controllers.costs import Cost, SaturatingCost, build_cost
 from forethought.controllers.rbf_policy import LinearPolicy, RBFPolicy, SaturatedPolicy
-from forethought.models.gp import GPConfig, GPModel, is_numerical, minimize_lbfgs
+from forethought.models.gp import GPModel, is_numerical, minimize_lbfgs
 from forethought.models.moment_matching import augment_with_trig, augment_with_trig_moments
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.progress import Progress
@@ -102,14 +101,12 @@ class StartConfig:
 
 @dataclass
 class PilcoConfig:
-    """See the module docstring. seed: for the random trial and the policy's start (default: the
-    experiment's)."""
+    """See the module docstring. The states and actions PILCO learns are the GP's (the experiment's
+    `model: {type: gp, states, actions}`); hold: the other actions' values; seed: for the random
+    trial and the policy's start (default: the experiment's)."""
 
-    states: list[str] | None = None
-    actions: list[str] | None = None
     hold: dict = field(default_factory=dict)
     start: StartConfig | None = None
-    model: GPConfig = field(default_factory=GPConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     seed: int | None = None
@@ -326,17 +323,18 @@ class PilcoPolicy:
 class PilcoController:
     """The PILCO Controller: a random first trial, then fit-and-optimise after every trial.
 
-    spec: the robot's; costs: one controllers.costs.Cost per condition; horizon: H steps per trial;
-    start: (mean (n,), std (n,)) of x_0 over the model's states, or None to take the mean and spread
-    of the trials' first states (std at least 1e-2 where only one trial is known).
+    spec: the robot's; costs: one controllers.costs.Cost per condition; config: PilcoConfig;
+    horizon: H steps per trial; model: the GPModel (fitted by the experiment loop on every trial so
+    far before each update; its states and actions are those PILCO learns); start: (mean (n,),
+    std (n,)) of x_0 over the model's states, or None to take the mean and spread of the trials'
+    first states (std at least 1e-2 where only one trial is known).
     """
 
     def __init__(self, spec: RobotSpec, costs: Sequence[Cost], config: PilcoConfig, horizon: int,
-                 seed: int = 0, start: tuple[np.ndarray, np.ndarray] | None = None):
+                 model: GPModel, seed: int = 0, start: tuple[np.ndarray, np.ndarray] | None = None):
         self.spec, self.config, self.horizon = spec, config, int(horizon)
         self.seed = int(config.seed if config.seed is not None else seed)
-        states = list(config.states or spec.state_names)
-        actions = list(config.actions or spec.action_names)
+        states, actions = list(model.state_names), list(model.action_names)
         for kind, names, known in (("states", states, spec.state_names), ("actions", actions, spec.action_names)):
             unknown = [s for s in names if s not in known]
             if unknown:
@@ -353,8 +351,7 @@ class PilcoController:
                            + np.where(np.isfinite(spec.action_high), spec.action_high, 0.0))
         for name, value in config.hold.items():
             self.hold[spec.action_names.index(name)] = float(value)
-        model_config = dataclasses.replace(config.model, seed=self.seed)
-        self.model = GPModel(states, actions, model_config)
+        self.model = model
         self.costs = [ExpectedCost(cost, spec.state_names, states, self.horizon) for cost in costs]
         self.start = start
         if start is not None:
@@ -378,8 +375,8 @@ class PilcoController:
         return PilcoPolicy(self.spec, self.state_index, self.action_index, self.hold, self.policies[condition], seed)
 
     def update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
-        """Fit the GP on every trial so far, then optimise each condition's policy through it (on one
-        torch thread, see `one_torch_thread`)."""
+        """Optimise each condition's policy through the GP, which the experiment loop has just fitted
+        on every trial so far (on one torch thread, see `one_torch_thread`)."""
         with one_torch_thread():
             return self._update(trials)
 
@@ -389,14 +386,8 @@ class PilcoController:
             for trial in group:
                 self.trial_costs.append(self.trial_cost(trial, condition))
                 self.trials.append(trial)
-        fit = self.model.fit(self.trials)
         mean0, cov0 = self.start_distribution()
-        diagnostics: dict[str, float] = {
-            "transitions": float(fit["transitions"]),
-            "sparse": float(fit["sparse"]),
-            "fit_s": float(fit["fit_s"]),
-            "gp_jitter": float(fit["jitter"]),
-        }
+        diagnostics: dict[str, float] = {}
         settings = self.config.optimiser
         for c, cost in enumerate(self.costs):
             restarts = settings.restarts
@@ -479,8 +470,8 @@ class PilcoController:
         (folder / "learning_curve.json").write_text(json.dumps(self.learning_curve, indent=2) + "\n")
 
 
-def start_of(config: PilcoConfig, robot) -> tuple[np.ndarray, np.ndarray] | None:
-    """x_0's (mean, std) over the model's states: the config's `start`, else the robot's own start
+def start_of(config: PilcoConfig, robot, states) -> tuple[np.ndarray, np.ndarray] | None:
+    """x_0's (mean, std) over the model's `states`: the config's `start`, else the robot's own start
     distribution if it declares one (`initial_state_distribution() -> (mean (n,), std (n,))`), else None."""
     if config.start is not None:
         return np.asarray(config.start.mean, dtype=np.float64), np.asarray(config.start.std, dtype=np.float64)
@@ -488,13 +479,16 @@ def start_of(config: PilcoConfig, robot) -> tuple[np.ndarray, np.ndarray] | None
     if not callable(declared):
         return None
     names = list(robot.spec.state_names)
-    index = [names.index(s) for s in (config.states or names) if s in names]
+    index = [names.index(s) for s in states if s in names]
     mean, std = declared()
     return np.asarray(mean, dtype=np.float64)[index], np.asarray(std, dtype=np.float64)[index]
 
 
-def build_pilco(params: dict, robot, task) -> PilcoController:
-    """The `pilco` controller of an experiment: params from its YAML `controller` section."""
+def build_pilco(params: dict, robot, task, model) -> PilcoController:
+    """The `pilco` controller of an experiment: params from its YAML `controller` section, on its GP."""
     config = from_mapping(PilcoConfig, params, "pilco:")
+    if not isinstance(task.cost, dict) or not task.cost:
+        raise ConfigError("pilco needs the task's `cost` (its saturating terms)")
     costs = [build_cost(task.cost, robot.spec, task.scene, condition) for condition in task.conditions]
-    return PilcoController(robot.spec, costs, config, task.horizon, task.seed, start=start_of(config, robot))
+    return PilcoController(robot.spec, costs, config, task.horizon, model, task.seed,
+                           start=start_of(config, robot, model.state_names))

@@ -36,7 +36,7 @@ class RandomController:
         return {}
 
 
-def build_random(params: dict, robot, task) -> RandomController:
+def build_random(params: dict, robot, task, model=None) -> RandomController:
     if params:
         raise ConfigError(f"unknown key '{sorted(params)[0]}' (the random controller takes no parameters)")
     return RandomController(robot.spec, task.seed)

@@ -209,8 +209,14 @@ class SamplingPlanner:
         self.half_range = (high - low) / 2
         self.generator = torch.Generator(device=self.device).manual_seed(int(config.seed))
         self.last_diagnostics: dict[str, float] = {}
+        # A time-varying model (TVLG) rolls out from the time step of the plan's first action.
+        self.time_varying = bool(getattr(self.dynamics, "time_varying", False))
+        self._t0 = 0
 
-    def _inputs(self, x0, U_init) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, x0, U_init, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 and the clipped warm start as tensors, checked; t: the plan's time step (kept for a
+        time-varying model's rollouts)."""
+        self._t0 = int(t)
         x0 = np.asarray(x0, dtype=np.float64)
         U_init = np.asarray(U_init, dtype=np.float64)
         H = self.config.horizon
@@ -233,7 +239,10 @@ class SamplingPlanner:
         """Mean cost over particles (N,), inf where any state or cost is not finite; states (N, P, H+1, n)."""
         N, P = U.shape[0], self.config.particles
         Up = U.repeat_interleave(P, dim=0)
-        X = self.dynamics.rollout(x0.expand(N * P, -1), Up, self.generator)
+        if self.time_varying:
+            X = self.dynamics.rollout(x0.expand(N * P, -1), Up, self.generator, t0=self._t0)
+        else:
+            X = self.dynamics.rollout(x0.expand(N * P, -1), Up, self.generator)
         with torch.no_grad():
             c = torch.as_tensor(self.cost(X, Up), device=X.device).view(N, P).mean(dim=1)
         finite = torch.isfinite(c) & torch.isfinite(X).view(N, -1).all(dim=1)
@@ -263,7 +272,7 @@ class CEMPlanner(SamplingPlanner):
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
         cfg = self.config
-        x, warm = self._inputs(x0, U_init)
+        x, warm = self._inputs(x0, U_init, t)
         mean = warm
         std = (cfg.init_std * self.half_range).expand_as(mean).clone()
         started, iteration_s, done, elite_cost = time.perf_counter(), 0.0, 0, math.inf
@@ -299,7 +308,7 @@ class ICEMPlanner(SamplingPlanner):
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
         cfg = self.config
-        x, warm = self._inputs(x0, U_init)
+        x, warm = self._inputs(x0, U_init, t)
         mean, H = warm, cfg.horizon
         std = (cfg.init_std * self.half_range).expand_as(mean).clone()
         keep = max(1, int(round(cfg.keep_elites * cfg.elites))) if cfg.keep_elites > 0 else 0
@@ -346,7 +355,7 @@ class MPPIPlanner(SamplingPlanner):
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
         cfg = self.config
-        x, warm = self._inputs(x0, U_init)
+        x, warm = self._inputs(x0, U_init, t)
         U, std = warm, cfg.init_std * self.half_range
         started, iteration_s, done, weighted_cost = time.perf_counter(), 0.0, 0, math.inf
         while done < cfg.iterations and (done == 0 or self._within_budget(started, iteration_s)):
@@ -372,7 +381,7 @@ class RandomShootingPlanner(SamplingPlanner):
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
         cfg = self.config
-        x, U = self._inputs(x0, U_init)
+        x, U = self._inputs(x0, U_init, t)
         started = time.perf_counter()
         uniform = torch.rand(cfg.population - 1, cfg.horizon, self.m, generator=self.generator, device=self.device)
         samples = torch.cat([U[None], self.low + (self.high - self.low) * uniform])

@@ -53,7 +53,8 @@ class GPConfig:
     max_snr: signal std / noise std beyond which the penalty rises; max_lengthscale_ratio: how far (as a
     factor either way) a length-scale may stray from its input's std before the penalty rises;
     inducing: number of shared inducing inputs, used once there are more transitions (0: never sparse);
-    seed: for the random starts."""
+    seed: for the random starts; states, actions: the robot's states and actions the GP models (default:
+    all; PILCO learns a policy over a subset, as on the arm)."""
 
     angle_states: list[str] = field(default_factory=list)
     restarts: int = 2
@@ -62,6 +63,8 @@ class GPConfig:
     max_snr: float = 1000.0
     max_lengthscale_ratio: float = 100.0
     inducing: int = 300
+    states: list[str] | None = None
+    actions: list[str] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,10 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
+from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
 from forethought.models.dynamics_model import as_batch
+from forethought.robots.config import ConfigError
+from forethought.sim.fixtures import SceneFixtures
 from forethought.sim.scenes import scene_path
 
 if TYPE_CHECKING:  # torch is imported when rollout is called: iLQR on this model never needs it
@@ -91,6 +95,10 @@ class SimulatorModel:
     Every thread gets its own MjData, so predict and linearize may be called concurrently.
     """
 
+    capabilities = frozenset({PREDICT, LINEARIZE, ROLLOUT})
+    learned = False
+    fit_on = "all_trials"
+
     def __init__(
         self,
         scene,
@@ -138,6 +146,7 @@ class SimulatorModel:
         mujoco.mj_getState(model, template, self._full_state, _FULL)
         self._full_state[0] = _CLOCK_START
         self._template = template
+        self.fixtures = SceneFixtures(model)
         free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
         # (qpos address, dof address) of every quaternion: a free joint's follows its position.
         self._quat_joints = [
@@ -165,6 +174,13 @@ class SimulatorModel:
             runner = mj_rollout.Rollout(nthread=self.threads if self.threads > 1 else 0)
             pool = self._local.pool = (runner, datas)
         return pool
+
+    def apply_condition(self, index: int, condition: dict) -> None:
+        """Plan in the task's condition: its fixtures (sim.fixtures: the target, the hole) from the
+        scene's defaults, as the robot has them."""
+        self.fixtures.apply(self.model, self._template.mocap_pos, condition, "planning model")
+        mujoco.mj_forward(self.model, self._template)
+        self._local = threading.local()
 
     def set_mocap_pos(self, body: str, pos) -> None:
         """Move mocap body `body` to pos (3,) m in the model (for scenes where a mocap body collides)."""
@@ -436,3 +452,59 @@ class SimulatorModel:
             epsilon=settings["epsilon"],
             frictionloss=settings["frictionloss"],
         )
+
+
+# -- The model of an experiment's `model: {type: mujoco}` ---------------------------------------
+
+
+@dataclass
+class MujocoModelConfig:
+    """`model: {type: mujoco, ...}`: MuJoCo itself as the planning model.
+
+    scene: the MJCF scene to plan on (a name or path; default: the robot's own `scene`, e.g. an
+    identified scene for a robot that runs the nominal one); timestep: the model's physics step in
+    s (null: the scene's; the control period must be a whole number of them; coarser is cheaper);
+    frictionloss: keep the joints' dry friction (at rest it makes finite differences say the
+    actions do nothing, which stalls iLQR: planners on derivatives usually drop it, and the robot
+    keeps it); centred: centred differences in linearize; epsilon: their step; threads: MuJoCo
+    threads per batched rollout (null: torch's thread count, which `forethought run --threads` sets).
+    """
+
+    scene: str | None = None
+    timestep: float | None = None
+    frictionloss: bool = True
+    centred: bool = False
+    epsilon: float = 1e-6
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.timestep is not None and not self.timestep > 0:
+            raise ValueError(f"timestep must be positive, got {self.timestep}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+
+def build_scene_model(config: MujocoModelConfig, spec, scene: str | None) -> "SimulatorModel":
+    """The planning model on `config.scene` (else the robot's `scene`) with the robot's control period
+    spec.dt; ConfigError when there is no scene or it does not match the robot."""
+    scene = config.scene or scene
+    if scene is None:
+        raise ConfigError("model: a mujoco model plans on a MuJoCo scene: give model.scene, or use a robot with `scene`")
+    threads = config.threads
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    settings = dict(centred=config.centred, epsilon=config.epsilon, frictionloss=config.frictionloss, threads=threads)
+    if config.timestep is None:
+        model = SimulatorModel(scene, **settings)
+    else:
+        steps = spec.dt / config.timestep
+        if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
+            raise ConfigError(f"model.timestep: the control period {spec.dt} s is not a whole number of {config.timestep} s steps")
+        model = SimulatorModel(scene, control_steps=int(round(steps)), timestep=config.timestep, **settings)
+    if abs(model.dt - spec.dt) > 1e-9:
+        raise ConfigError(f"model: the planning model's control period {model.dt} s differs from the robot's {spec.dt} s")
+    if model.n != spec.n or model.m != spec.m:
+        raise ConfigError(f"model: the scene's model has n={model.n}, m={model.m}; the robot's n={spec.n}, m={spec.m}")
+    return model

@@ -42,18 +42,51 @@ def run_errors() -> tuple[type[BaseException], ...]:
     return (MPCError, DivergenceError, BackwardPassError, DualSearchError, SimulationError)
 
 
+def print_matrix() -> None:
+    """The models x controllers matrix: per cell the shipped experiments, or a refusal with its reason."""
+    from forethought.controllers.registry import CONTROLLERS
+    from forethought.scripts.experiment import combinations
+
+    cells = combinations()
+    models = list(dict.fromkeys(cell.model for cell in cells))
+    reasons: list[str] = []
+    rows = []
+    for controller in CONTROLLERS:
+        row = [controller]
+        for cell in (c for c in cells if c.controller == controller):
+            if cell.refused is None:
+                row.append(", ".join(cell.experiments) or CONTROLLERS[controller].runs_on or "works (none shipped)")
+            elif cell.refused in reasons:
+                row.append(f"no [{reasons.index(cell.refused) + 1}]")
+            else:
+                reasons.append(cell.refused)
+                row.append(f"no [{len(reasons)}]")
+        rows.append(row)
+    header = ["controller \\ model", *models]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print("models x controllers (model.type x controller.type; a cell names the shipped experiments):")
+    for row in [header, *rows]:
+        print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    for i, reason in enumerate(reasons, 1):
+        print(f"  [{i}] {reason}")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    from forethought.controllers.registry import CONTROLLERS
+    from forethought.models.registry import MODELS
     from forethought.robots.arm_description import arm_names
     from forethought.scripts.bench import BENCHMARKS
-    from forethought.scripts.experiment import CONTROLLERS, shipped_experiments
-    from forethought.scripts.fit import MODELS
+    from forethought.scripts.experiment import shipped_experiments
     from forethought.sim.scenes import scene_names
 
+    if args.what == "matrix":
+        print_matrix()
+        return 0
     sections = {
         "scenes (robot.scene)": scene_names(),
         "experiments (forethought run NAME)": shipped_experiments(),
-        "controllers (controller.type)": sorted(CONTROLLERS),
-        "models (forethought fit --model)": sorted(MODELS),
+        "controllers (controller.type)": [f"{name:14s} {entry.summary}" for name, entry in CONTROLLERS.items()],
+        "models (model.type, forethought fit --model)": list(MODELS),
         "arms (forethought deploy --arm)": arm_names(),
         "benchmarks (forethought bench NAME)": sorted(BENCHMARKS),
     }
@@ -67,6 +100,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name in names:
             print(f"  {name}")
+    if args.what is None:
+        print_matrix()
     return 0
 
 
@@ -110,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = commands.add_parser("list", help="list scenes, shipped experiments, controllers, models, benchmarks, dm_control tasks")
-    p.add_argument("what", nargs="?", choices=["dmc"], help="only the dm_control tasks")
+    p = commands.add_parser("list", help="list scenes, shipped experiments, controllers, models, benchmarks, "
+                                         "dm_control tasks, and the models x controllers matrix")
+    p.add_argument("what", nargs="?", choices=["dmc", "matrix"], help="only the dm_control tasks, or only the matrix")
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("run", help="run an experiment in simulation and write a run folder")

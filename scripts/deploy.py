@@ -36,9 +36,9 @@ from forethought.robots.servo_arm import ServoArm
 from forethought.robots.servo_bus import BusError, usb_latency_timer_ms
 from forethought.robots.trial import Trial, rollout
 from forethought.robots.trial_log import TrialWriter
-from forethought.scripts.experiment import load_experiment, make_controller, make_robot, make_task
+from forethought.scripts.experiment import build_parts, load_experiment, make_robot
 from forethought.scripts.run import (
-    Progress, RunResult, TrialSlot, apply_condition, make_cost, new_run_folder, run_loop, write_outputs,
+    Progress, RunResult, TrialSlot, judge_trial, judgement_text, make_cost, new_run_folder, run_loop, write_outputs,
 )
 from forethought.sim.scenes import scene_names, scene_path
 
@@ -153,9 +153,10 @@ def deploy(
             _dry_run(robot, stream)
         return result
 
-    task = make_task(experiment)
+    parts = build_parts(experiment, sim)
+    task, model, controller = parts.task, parts.model, parts.controller
+    models = [model] if model is not None else []
     loop = experiment.loop
-    controller = make_controller(experiment, sim, task)
     costs = [make_cost(experiment, sim, condition) for condition in task.conditions]
     result.folder = new_run_folder(Path(out_root), f"{experiment.name}-{arm.name}")
     config = experiment.as_dict()
@@ -164,8 +165,9 @@ def deploy(
     progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon, stream)
     stop: tuple[str, int] | None = None
 
-    def prepare(condition: dict) -> None:
-        apply_condition(sim, condition)
+    def prepare(index: int) -> None:
+        task.apply(index, sim, models)
+        condition = task.conditions[index]
         robot.start_pose = np.asarray(condition.get("qpos", home), dtype=np.float64)[: robot.spec.m]
 
     def run_trial(slot: TrialSlot, policy) -> Trial:
@@ -184,15 +186,16 @@ def deploy(
             if error is not None:
                 trial.metadata["reach_error_m"] = error
                 result.reach_error_m.append(error)
+            judgement = judge_trial(task, trial, slot.condition, result)
             writer.finish(trial)
         result.loop.append(robot.loop_stats())
         reach = f", end effector {error * 1e3:.1f} mm from the target" if error is not None else ""
-        progress.trial_done(f"trial {slot.index + 1}: cost {trial.total_cost:.4g}{reach}")
+        progress.trial_done(f"trial {slot.index + 1}: cost {trial.total_cost:.4g}{reach}{judgement_text(judgement)}")
         return trial
 
     with exit_signals_raise(), robot:
         try:
-            run_loop(experiment, task, controller, prepare, run_trial, result, progress)
+            run_loop(experiment, task, controller, prepare, run_trial, result, progress, model)
         except (BusError, SafetyStop) as err:
             stop = (str(err), EXIT_FAILED)
         except ActionError as err:
@@ -205,7 +208,7 @@ def deploy(
     if stop is not None:
         stream.write("\n")  # end the progress line before the message
     if result.trials:
-        write_outputs(experiment, robot, result, video=False, costs=costs)
+        write_outputs(experiment, task, robot, result, video=False, costs=costs)
     if stop is not None:
         raise ArmStopped(f"{stop[0]}: torque is off; trials so far are in {result.folder / 'trials'}", stop[1], result)
     return result

@@ -1,41 +1,36 @@
-"""Experiment files: YAML validated into dataclasses, and the robot and controller they name.
+"""Experiment files: YAML validated into dataclasses, and the robot, task, model and controller they name.
 
-An experiment = robot + task + controller + loop settings:
+An experiment = robot + task + model + controller + loop settings, each chosen on its own:
 
     robot:      {scene: so101_reach, control_steps: 10, init_qpos_std: 0.02}  or  {dm_control: cartpole:swingup}
-    task:       {horizon: 150, cost: {...}, conditions: [{target: [0.2, 0.0, 0.1]}]}
-    controller: {type: ik_reach, ...parameters of that controller}
+    task:       {horizon: 150, cost: {...}, goal: {...}, conditions: [{target: [0.2, 0.0, 0.1]}]}
+    model:      {type: mujoco | tvlg | gp | ensemble | none, ...settings of that model}
+    controller: {type: ilqr_mpc, ...parameters of that controller}
     loop:       {iterations: 1, samples: 1, seed: 0}
 
-`forethought run` resolves a shipped name (scripts/configs/NAME.yaml), a YAML path, or
-"dmc:DOMAIN:TASK" (a seeded random policy on that dm_control task).
+The controller must be able to use the model: what it needs (controllers/registry.py) against what
+the model offers (models/capabilities.py) is checked when the experiment loads, and a combination
+that cannot work is refused in one line. `forethought run` resolves a shipped name
+(scripts/configs/NAME.yaml), a YAML path, or "dmc:DOMAIN:TASK" (a seeded random policy on that
+dm_control task).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from forethought.controllers.controller import Task
+from forethought.controllers.registry import CONTROLLERS, MODEL_BOUND
+from forethought.models.capabilities import CAPABILITIES, missing
+from forethought.models.registry import MODELS, build_model, model_entry, model_settings
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-# controller type -> "module:builder"; a builder is build(params: dict, robot, task: Task) -> Controller.
-CONTROLLERS: dict[str, str] = {
-    "random": "forethought.controllers.policy:build_random",
-    "ik_reach": "forethought.controllers.ik_reach:build_ik_reach",
-    "ilqr_mpc": "forethought.controllers.mpc:build_ilqr_mpc",
-    "gps": "forethought.controllers.gps:build_gps",
-    "mdgps": "forethought.controllers.gps:build_mdgps",
-    "nn_policy": "forethought.controllers.nn_policy:build_nn_policy",
-    "pets": "forethought.controllers.pets:build_pets",
-    "predictive_sampling": "forethought.controllers.predictive_sampling:build_predictive_sampling",
-    "pilco": "forethought.controllers.pilco:build_pilco",
-}
+NO_MODEL = "none"
 
 
 @dataclass
@@ -54,7 +49,8 @@ class RobotConfig:
 @dataclass
 class TaskConfig:
     horizon: int
-    cost: dict = field(default_factory=dict)
+    cost: dict | str = field(default_factory=dict)
+    goal: dict | None = None
     conditions: list[dict] = field(default_factory=lambda: [{}])
 
     def __post_init__(self) -> None:
@@ -62,6 +58,8 @@ class TaskConfig:
             raise ValueError(f"horizon must be at least 1, got {self.horizon}")
         if not self.conditions:
             raise ValueError("conditions must list at least one condition (use [{}] for one plain start)")
+        if isinstance(self.cost, str) and self.cost != "reward":
+            raise ValueError(f"cost: expected a mapping of terms or `reward`, got {self.cost!r}")
 
 
 @dataclass
@@ -81,6 +79,7 @@ class Experiment:
     name: str
     robot: RobotConfig
     task: TaskConfig
+    model: dict = field(default_factory=lambda: {"type": NO_MODEL})
     controller: dict = field(default_factory=lambda: {"type": "random"})
     loop: LoopConfig = field(default_factory=LoopConfig)
     description: str = ""
@@ -92,6 +91,70 @@ class Experiment:
 
 def shipped_experiments() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+# The first form of experiment files welded each controller to its model; say how to write them now.
+OLD_FORMS = {
+    "pets": "PETS is sampling MPC on the ensemble: `model: {type: ensemble, ...the old controller.ensemble, "
+            "propagation}` and `controller: {type: sampling_mpc, ...the old controller.planner}`",
+    "predictive_sampling": "predictive sampling is sampling MPC on MuJoCo: `model: {type: mujoco, timestep, "
+                           "frictionloss, threads}` and `controller: {type: sampling_mpc, ...the old controller.planner}`",
+}
+OLD_KEYS = {
+    "model_timestep": "model.timestep", "model_frictionloss": "model.frictionloss", "model_threads": "model.threads",
+    "centred_differences": "model.centred", "dynamics": "the `model: {type: tvlg, ...}` section",
+    "model": "the `model: {type: gp, ...}` section", "ensemble": "the `model: {type: ensemble, ...}` section",
+}
+
+
+def _refuse_old_form(controller: dict, where: str) -> None:
+    kind = controller.get("type")
+    if kind in OLD_FORMS:
+        raise ConfigError(f"{where}: controller.type: {kind} is written in the old form; {OLD_FORMS[kind]}")
+    for key, now in OLD_KEYS.items():
+        if key in controller:
+            raise ConfigError(f"{where}: controller.{key}: the model is its own section now; move this to {now}")
+
+
+def check_combination(model_type: str, controller_type: str) -> str | None:
+    """Why `controller_type` cannot run on `model_type` (one line), or None when it can."""
+    entry = CONTROLLERS[controller_type]
+    if not entry.needs:
+        return None if model_type == NO_MODEL else "the controller uses no model (set `model: {type: none}`)"
+    if model_type == NO_MODEL:
+        return "the controller plans on a model (add a `model:` section)"
+    bound = MODEL_BOUND.get(controller_type)
+    if bound is not None and bound[0] != model_type:
+        return f"the controller needs the {bound[0]} model: {bound[1]}"
+    lacking = missing(MODELS[model_type].model_class, entry.needs)
+    if lacking:
+        return f"the controller needs `{lacking[0]}` ({CAPABILITIES[lacking[0]]}), which the {model_type} model does not offer"
+    return None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model x controller combination: the shipped experiments that use it, or why it cannot work."""
+
+    model: str
+    controller: str
+    experiments: tuple[str, ...]
+    refused: str | None
+
+
+def combinations() -> list[Cell]:
+    """Every model (and `none`) x every controller, with the shipped experiments of each working
+    combination and the reason for each refused one."""
+    shipped: dict[tuple[str, str], list[str]] = {}
+    for name in shipped_experiments():
+        data = load_yaml(CONFIG_DIR / f"{name}.yaml")
+        key = (data.get("model", {}).get("type", NO_MODEL), data.get("controller", {}).get("type", "random"))
+        shipped.setdefault(key, []).append(name)
+    return [
+        Cell(model, controller, tuple(shipped.get((model, controller), ())), check_combination(model, controller))
+        for controller in CONTROLLERS
+        for model in (*MODELS, NO_MODEL)
+    ]
 
 
 def load_experiment(name: str) -> Experiment:
@@ -113,13 +176,21 @@ def load_experiment(name: str) -> Experiment:
             )
     data = load_yaml(path)
     data.setdefault("name", path.stem)
+    if isinstance(data.get("controller"), dict):
+        _refuse_old_form(data["controller"], str(path))
     experiment = from_mapping(Experiment, data, f"{path}:")
     experiment.source = str(path)
-    controller_type = experiment.controller.get("type")
+    controller_type = experiment.controller.get("type", "random")
     if controller_type not in CONTROLLERS:
         raise ConfigError(
-            f"{path}: controller.type: unknown controller {controller_type!r} (known: {', '.join(sorted(CONTROLLERS))})"
+            f"{path}: controller.type: unknown controller {controller_type!r} (known: {', '.join(CONTROLLERS)})"
         )
+    model_type = experiment.model.get("type", NO_MODEL)
+    if model_type != NO_MODEL:
+        model_entry(model_type, f"{path}: model.type")
+    problem = check_combination(model_type, controller_type)
+    if problem is not None:
+        raise ConfigError(f"{path}: model {model_type} x controller {controller_type}: {problem}")
     if experiment.robot.dm_control is not None and experiment.robot.dm_control.count(":") != 1:
         raise ConfigError(f"{path}: robot.dm_control: expected DOMAIN:TASK, got {experiment.robot.dm_control!r}")
     return experiment
@@ -141,23 +212,64 @@ def make_robot(config: RobotConfig):
     )
 
 
-def make_task(experiment: Experiment) -> Task:
+def make_task(experiment: Experiment, robot) -> Task:
+    """The experiment's Task for `robot` (its goal checked against the robot's states and scene)."""
+    from forethought.controllers.goals import Goal
+
+    cfg = experiment.task
+    goal = None
+    if cfg.goal is not None:
+        goal = Goal(cfg.goal, robot.spec, experiment.robot.scene, f"{experiment.source}: task.goal")
+        goal.check_conditions(cfg.conditions)
     return Task(
-        horizon=experiment.task.horizon,
-        cost=dict(experiment.task.cost),
-        conditions=tuple(dict(c) for c in experiment.task.conditions),
+        horizon=cfg.horizon,
+        cost=cfg.cost if isinstance(cfg.cost, str) else dict(cfg.cost),
+        conditions=tuple(dict(c) for c in cfg.conditions),
         scene=experiment.robot.scene,
         seed=experiment.loop.seed,
+        goal=goal,
     )
 
 
-def make_controller(experiment: Experiment, robot, task: Task):
-    """Build the experiment's controller; ConfigError naming the key for bad parameters."""
+def make_model(experiment: Experiment, robot):
+    """The experiment's dynamics model for `robot` (None for `model: {type: none}`), seeded with the
+    experiment's seed unless its section gives one."""
+    section = dict(experiment.model)
+    kind = section.pop("type", NO_MODEL)
+    if kind == NO_MODEL:
+        return None
+    where = f"{experiment.source}: model"
+    settings = model_settings(kind, section, where, seed=experiment.loop.seed)
+    try:
+        return build_model(kind, settings, robot.spec, experiment.robot.scene)
+    except ConfigError as err:
+        raise ConfigError(f"{experiment.source}: {err}") from None
+
+
+def make_controller(experiment: Experiment, robot, task: Task, model=None):
+    """Build the experiment's controller on `model`; ConfigError naming the key for bad parameters."""
     params = dict(experiment.controller)
     kind = params.pop("type", "random")
-    module_name, builder_name = CONTROLLERS[kind].split(":")
-    builder = getattr(importlib.import_module(module_name), builder_name)
+    builder = CONTROLLERS[kind].load()
     try:
-        return builder(params, robot, task)
+        return builder(params, robot, task, model)
     except ConfigError as err:
         raise ConfigError(f"{experiment.source}: controller ({kind}): {err}") from None
+
+
+@dataclass
+class Parts:
+    """What an experiment builds: the robot, its task, the planning model (or None) and the controller."""
+
+    robot: Any
+    task: Task
+    model: Any
+    controller: Any
+
+
+def build_parts(experiment: Experiment, robot=None) -> Parts:
+    """Robot (made here unless given), task, model and controller of `experiment`."""
+    robot = make_robot(experiment.robot) if robot is None else robot
+    task = make_task(experiment, robot)
+    model = make_model(experiment, robot)
+    return Parts(robot, task, model, make_controller(experiment, robot, task, model))

@@ -10,88 +10,59 @@ the run folder's experiment when its controller builds this kind of model, else 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from forethought.models.prediction import (
+    PredictionReport,
+    default_horizons,
+    evaluate_predictions,
+    predict_one_step,
+    predict_open_loop,
+)
+from forethought.models.registry import MODELS, model_entry
+from forethought.models.registry import build_model as registry_build
+from forethought.models.registry import model_settings as registry_settings
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
+from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
 from forethought.scripts.status_line import StatusLine, show_progress
 
 
-class RegisteredModel(NamedTuple):
-    """A model `fit` can build. model: "module:Class", which builds from `config` (given state_names
-    and action_names when it asks for them) and offers fit(trials), predict(x, u) (plus t= when it
-    has `time_varying`), save(path) and load(path); suffix: of its saved file; settings:
-    "module:Class" of its config dataclass; controller: (types, key): the experiment controllers (by
-    type) that build this model from the settings under `key`, or None."""
-
-    model: str
-    suffix: str
-    settings: str
-    controller: tuple[tuple[str, ...], str] | None = None
-
-
-MODELS: dict[str, RegisteredModel] = {
-    "tvlg": RegisteredModel(
-        "forethought.models.tvlg:TVLGModel", ".npz", "forethought.models.tvlg:TVLGConfig", (("gps", "mdgps"), "dynamics")
-    ),
-    "gp": RegisteredModel("forethought.models.gp:GPModel", ".pt", "forethought.models.gp:GPConfig", (("pilco",), "model")),
-    "ensemble": RegisteredModel(
-        "forethought.models.ensemble:EnsembleModel", ".pt", "forethought.models.ensemble:EnsembleConfig",
-        (("pets",), "ensemble"),
-    ),
-}
-
-
-class ModelNotAvailable(KeyError):
-    """A model name that is not registered."""
-
-
-def _imported(spec: str):
-    module_name, name = spec.split(":")
-    return getattr(importlib.import_module(module_name), name)
-
-
-def model_class(name: str):
-    """The class registered as `name`, imported on first use."""
-    if name not in MODELS:
-        raise ModelNotAvailable(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
-    return _imported(MODELS[name].model)
+def model_class(name: str) -> type:
+    """The class of the models registered as `name` (models/registry.py); ConfigError for an unknown name."""
+    return model_entry(name, "--model").model_class
 
 
 def settings_class(name: str) -> type:
-    """The config dataclass of the model registered as `name`."""
-    model_class(name)  # names an unknown model
-    return _imported(MODELS[name].settings)
+    """The settings dataclass of the model registered as `name`."""
+    return model_entry(name, "--model").load("settings")
 
 
 def run_settings(name: str, folder: Path) -> tuple[Any, str] | None:
-    """Settings of model `name` from the experiment in run folder `folder` (its config.yaml), when
-    its controller builds this kind of model: (config, "FOLDER/config.yaml: controller.KEY"), else None."""
-    section = MODELS[name].controller
+    """Settings of model `name` from the experiment in run folder `folder` (its config.yaml) when its
+    `model:` section is of that type: (settings, "FOLDER/config.yaml: model"), else None. The seed
+    is the section's, else the experiment's, as the experiment loop seeds its model."""
     path = folder / "config.yaml"
-    if section is None or not path.is_file():
+    if not path.is_file():
         return None
-    kinds, key = section
     experiment = load_yaml(path)
-    controller = experiment.get("controller")
-    if not isinstance(controller, dict) or controller.get("type") not in kinds or key not in controller:
+    section = experiment.get("model")
+    if not isinstance(section, dict) or section.get("type") != name:
         return None
-    where = f"{path}: controller.{key}"
-    settings = from_mapping(settings_class(name), controller[key], where)
-    # The controller seeds its model with its own seed, else the experiment's: so does the fit.
     loop = experiment.get("loop") if isinstance(experiment.get("loop"), dict) else {}
-    seed = controller.get("seed", loop.get("seed", 0))
-    return (replace(settings, seed=seed) if isinstance(seed, int) else settings), where
+    seed = loop.get("seed", 0)
+    where = f"{path}: model"
+    settings = registry_settings(name, {k: v for k, v in section.items() if k != "type"}, where,
+                                 seed=seed if isinstance(seed, int) else None)
+    return settings, where
 
 
 def model_settings(name: str, model_config: str | None, runs: Sequence[Path]) -> tuple[Any, str | None]:
@@ -138,11 +109,12 @@ def what_is_there(paths: Sequence[str]) -> str:
 
 def build_model(name: str, trials: Sequence[Trial], config: Any = None):
     """A fresh model of kind `name` for the trials' states and actions, built from `config` (its
-    config dataclass; None: the defaults)."""
-    cls = model_class(name)
-    wants = inspect.signature(cls).parameters
-    names = {"state_names": trials[0].state_names, "action_names": trials[0].action_names}
-    return cls(**{key: value for key, value in names.items() if key in wants}, config=config)
+    settings; None: the defaults)."""
+    first = trials[0]
+    spec = RobotSpec(str(first.metadata.get("robot", "logged trials")), first.state_names, first.action_names,
+                     np.full(len(first.action_names), -np.inf), np.full(len(first.action_names), np.inf), first.dt)
+    return registry_build(name, config if config is not None else settings_class(name)(), spec,
+                          first.metadata.get("scene"))
 
 
 def common_horizon(trials: Sequence[Trial]) -> list[Trial]:
@@ -164,119 +136,6 @@ def split_trials(trials: Sequence[Trial], heldout: float, seed: int) -> tuple[li
     order = np.random.default_rng(seed).permutation(len(trials))
     k = int(np.clip(round(heldout * len(trials)), 1, len(trials) - 1))
     return [trials[i] for i in order[k:]], [trials[i] for i in order[:k]]
-
-
-def _predict(model, x: np.ndarray, u: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if getattr(model, "time_varying", False):
-        return model.predict(x, u, t=t)
-    return model.predict(x, u)
-
-
-def predict_open_loop(
-    model, starts: np.ndarray, actions: np.ndarray, t0: np.ndarray, particles: int = 32, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Propagate sampled particles through the model under fixed actions.
-
-    starts: (S, n) initial states; actions: (S, H, m); t0: (S,) time index of each start.
-    Each step draws x_{k+1} ~ N(mean, var) for every particle, so uncertainty compounds as it does
-    on the robot. Returns the particles' mean and std: (S, H+1, n) each.
-    """
-    rng = np.random.default_rng(seed)
-    S, H, _ = actions.shape
-    x = np.repeat(starts, particles, axis=0)
-    t = np.repeat(np.asarray(t0, dtype=int), particles)
-    path = [x.reshape(S, particles, -1)]
-    for k in range(H):
-        mean, var = _predict(model, x, np.repeat(actions[:, k], particles, axis=0), t + k)
-        x = mean + np.sqrt(np.maximum(var, 0.0)) * rng.standard_normal(mean.shape)
-        path.append(x.reshape(S, particles, -1))
-    stacked = np.stack(path, axis=2)  # (S, P, H+1, n)
-    return stacked.mean(axis=1), stacked.std(axis=1)
-
-
-def predict_one_step(model, trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's mean and variance of every logged next state from the logged state and action,
-    and the logged next states: (N, n) each, N the trials' transitions in order."""
-    x = np.concatenate([t.states[:-1] for t in trials])
-    u = np.concatenate([t.actions for t in trials])
-    steps = np.concatenate([np.arange(t.horizon) for t in trials])
-    mean, var = _predict(model, x, u, steps)
-    return mean, var, np.concatenate([t.states[1:] for t in trials])
-
-
-@dataclass
-class PredictionReport:
-    """Held-out prediction errors in the state's units and normalised by each state's spread.
-
-    horizons: the open-loop horizons in steps; rmse / normalised_rmse: over all states, one per
-    horizon; state_rmse: state name -> one per horizon (positions and velocities apart: on a
-    damped arm position errors compound while velocity errors stay bounded);
-    one_step_rmse, one_step_nll: from the predicted mean and variance of the next state.
-    """
-
-    horizons: list[int]
-    rmse: list[float]
-    normalised_rmse: list[float]
-    state_rmse: dict[str, list[float]]
-    one_step_rmse: float
-    one_step_nll: float
-
-    def as_dict(self) -> dict:
-        return {
-            "horizons": self.horizons,
-            "rmse": self.rmse,
-            "normalised_rmse": self.normalised_rmse,
-            "state_rmse": self.state_rmse,
-            "one_step_rmse": self.one_step_rmse,
-            "one_step_nll": self.one_step_nll,
-        }
-
-
-def evaluate_predictions(
-    model,
-    heldout: Sequence[Trial],
-    horizons: Sequence[int],
-    particles: int = 32,
-    seed: int = 0,
-    starts_per_trial: int = 8,
-    reference: Sequence[Trial] = (),
-) -> PredictionReport:
-    """One-step and open-loop multi-step errors of `model` on held-out trials.
-
-    Normalised errors divide by each state's spread over the held-out and `reference` trials (the
-    training ones): a state that barely moves in the few held-out trials (a block at rest) would
-    otherwise turn a tiny error into a huge normalised one.
-    """
-    states = [t.states for t in heldout]
-    spread = np.concatenate(states + [t.states for t in reference]).std(axis=0)
-    spread = np.where(spread > 1e-9, spread, 1.0)
-    mean, var, target = predict_one_step(model, heldout)
-    var = np.maximum(var, 1e-12)
-    one_step_rmse = float(np.sqrt(np.mean((mean - target) ** 2)))
-    nll = 0.5 * np.mean(np.sum((mean - target) ** 2 / var + np.log(2 * np.pi * var), axis=1))
-
-    rmse, normalised, per_state = [], [], []
-    shortest = min(t.horizon for t in heldout)
-    horizons = [h for h in horizons if 1 <= h <= shortest]
-    if not horizons:
-        raise ValueError(f"no prediction horizon fits the held-out trials (shortest has {shortest} steps)")
-    for h in horizons:
-        starts, actions, t0, actual = [], [], [], []
-        for trial in heldout:
-            first = np.unique(np.linspace(0, trial.horizon - h, starts_per_trial).astype(int))
-            for s in first:
-                starts.append(trial.states[s])
-                actions.append(trial.actions[s : s + h])
-                t0.append(s)
-                actual.append(trial.states[s + h])
-        predicted, _ = predict_open_loop(model, np.array(starts), np.array(actions), np.array(t0), particles, seed)
-        error = predicted[:, -1] - np.array(actual)
-        rmse.append(float(np.sqrt(np.mean(error**2))))
-        normalised.append(float(np.sqrt(np.mean((error / spread) ** 2))))
-        per_state.append(np.sqrt(np.mean(error**2, axis=0)))
-    names = heldout[0].state_names
-    state_rmse = {name: [float(e[i]) for e in per_state] for i, name in enumerate(names)}
-    return PredictionReport(list(horizons), rmse, normalised, state_rmse, one_step_rmse, float(nll))
 
 
 def plot_error_by_horizon(report: PredictionReport, path: Path) -> Path:
@@ -302,23 +161,15 @@ def plot_error_by_horizon(report: PredictionReport, path: Path) -> Path:
     return path
 
 
-def default_horizons(horizon: int) -> list[int]:
-    """1, 2, 5, 10, 20, 50, ... up to the trial horizon."""
-    steps = [h * scale for scale in (1, 10, 100, 1000) for h in (1, 2, 5)]
-    return [h for h in steps if h <= horizon]
-
-
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN",
                         help="trial files (*.h5), run folders, or folders of run folders (as --out fills them)")
     parser.add_argument("--model", required=True, help=f"the model to fit ({', '.join(sorted(MODELS))})")
-    sections = "; ".join(f"for {name}: controller.{m.controller[1]} of a {' or '.join(m.controller[0])} experiment"
-                         for name, m in MODELS.items() if m.controller)
     parser.add_argument(
         "--model-config", metavar="YAML",
-        help="YAML mapping of the model's settings (the keys of its config, e.g. EnsembleConfig for ensemble; "
-        "the report's model_settings reproduce a fit). Default: the settings in the experiment of the run "
-        f"folder given first when its controller builds this model ({sections}), else the model's defaults",
+        help="YAML mapping of the model's settings (the keys of its settings, e.g. EnsembleConfig for ensemble; "
+        "the report's model_settings reproduce a fit). Default: the `model:` section of the experiment of the "
+        "first run folder when it is of this type, else the model's defaults",
     )
     parser.add_argument("--out", help="where to save the model (default: models/MODEL.SUFFIX in the first run folder)")
     parser.add_argument("--heldout", type=float, default=0.2, help="fraction of trials held out (default 0.2)")

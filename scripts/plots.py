@@ -121,11 +121,14 @@ def learning_curve_figure(
     costs_per_iteration: Sequence[Sequence[float]] | Sequence[float],
     success_threshold: float | None = None,
     title: str = "learning curve",
+    successes: Sequence[Sequence[bool]] | None = None,
 ) -> Figure:
     """Total trial cost per iteration: every sample as a dot, their mean as a line and min-max as a band.
 
     costs_per_iteration: [iteration][sample] total costs (samples may differ in number), or one
     total cost per iteration. success_threshold: a cost below which a trial succeeds, drawn dashed.
+    successes: [iteration][sample] the task goal's judgement of each trial: successful trials are
+    marked with a green ring, and the title gives the success rate of the last iteration.
     """
     groups = [np.atleast_1d(np.asarray(c, dtype=np.float64)) for c in costs_per_iteration]
     if not groups or any(g.size == 0 for g in groups):
@@ -141,6 +144,13 @@ def learning_curve_figure(
     ax.plot(iterations, mean, marker="o", label="mean" if any(g.size > 1 for g in groups) else "total cost")
     if success_threshold is not None:
         ax.axhline(success_threshold, color="tab:red", linestyle="--", label=f"success threshold ({success_threshold:g})")
+    if successes is not None:
+        hit = [(i, c) for i, g, ok in zip(iterations, groups, successes) for c, s in zip(g, ok) if s]
+        if hit:
+            ax.scatter(*zip(*hit), s=60, facecolors="none", edgecolors="tab:green", linewidths=1.5, zorder=4,
+                       label="reached the goal")
+        last = successes[-1]
+        title = f"{title} (goal reached by {sum(last)}/{len(last)} in the last iteration)"
     ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel("total cost of a trial")
@@ -155,9 +165,36 @@ def plot_learning_curve(
     path: str | Path,
     success_threshold: float | None = None,
     title: str = "learning curve",
+    successes: Sequence[Sequence[bool]] | None = None,
 ) -> Path:
     """Save learning_curve_figure(...) as a PNG at `path`."""
-    return _save(learning_curve_figure(costs_per_iteration, success_threshold, title), path)
+    return _save(learning_curve_figure(costs_per_iteration, success_threshold, title, successes), path)
+
+
+# -- A learned model's errors -------------------------------------------------------------------------
+def model_errors_figure(errors: Sequence[tuple[int, Sequence[float]]], state_names: Sequence[str]) -> Figure:
+    """Per state and iteration, a learned model's one-step error on that iteration's new trials over
+    the spread of the state's change in the data it was fitted on: which states it has learned (well
+    below 1) and which not (1 and above, as for an unlearned contact).
+
+    errors: (iteration, per-state errors (n,)) per measured iteration."""
+    from matplotlib.colors import LogNorm
+
+    iterations = [i for i, _ in errors]
+    grid = np.clip(np.stack([np.asarray(e, dtype=np.float64) for _, e in errors], axis=1), 1e-3, 1e2)
+    fig, (ax,) = _figure(1, 1, panel_size=(max(5.0, 0.4 * len(iterations) + 3.0), max(3.0, 0.22 * len(state_names) + 1.0)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", norm=LogNorm(1e-2, 10.0), interpolation="nearest",
+                      extent=(iterations[0] - 0.5, iterations[-1] + 0.5, len(state_names) - 0.5, -0.5))
+    ax.set_yticks(range(len(state_names)), state_names, fontsize=7)
+    ax.set_xlabel("iteration (model fitted on the trials before it)")
+    ax.set_title("one-step error / spread of the change", fontsize=9)
+    fig.colorbar(image, ax=ax)
+    return fig
+
+
+def plot_model_errors(errors: Sequence[tuple[int, Sequence[float]]], state_names: Sequence[str], path: str | Path) -> Path:
+    """Save model_errors_figure(...) as a PNG at `path`."""
+    return _save(model_errors_figure(errors, state_names), path)
 
 
 # -- Cost by term -----------------------------------------------------------------------------------

@@ -1,33 +1,54 @@
-"""The experiment loop: run a controller's policies on a robot, log every trial, update, repeat.
+"""The experiment loop: run a controller's policies on a robot, log and judge every trial, refit the
+model, update the controller, repeat.
 
-A run folder holds config.yaml (the resolved experiment), trials/trial_NNNN.h5, summary.json
-(the learning curve and the controller's diagnostics), plots and a video of the last trial.
+Per iteration: each condition is set on the robot and on the planning model alike (the task's
+`apply`), `loop.samples` trials of the controller's policy for it run and are logged and judged by
+the task's goal; then a learned model is refitted (on every trial so far, or on the last
+iteration's for a model that keeps its history in a prior: models/capabilities.py), after its
+one-step errors on the new trials are measured; then the controller updates.
+
+A run folder holds config.yaml (the resolved experiment), trials/trial_NNNN.h5, summary.json,
+plots and a video of the last trial (scripts/run_outputs.py), and models/ (the fitted model and
+what the controller saves).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import yaml
 
+from forethought.models.prediction import one_step_errors
+from forethought.models.registry import MODELS
 from forethought.robots.trial import Policy, Trial, rollout
-from forethought.robots.trial_log import TrialWriter, json_default
-from forethought.scripts.experiment import Experiment, make_controller, make_robot, make_task
+from forethought.robots.trial_log import TrialWriter
+from forethought.scripts.experiment import Experiment, build_parts, make_robot
+from forethought.scripts.run_outputs import write_outputs
 from forethought.scripts.status_line import StatusLine, show_progress
 
 
 @dataclass
 class RunResult:
+    """What a run has done so far (kept as it goes, so that a stop keeps it too).
+
+    learning_curve: [iteration][sample] total cost; successes, goal_values: each trial's judgement
+    by the task's goal (empty without one); diagnostics: each update's; model_errors: (iteration,
+    per-state one-step error over the spread of the change (n,)) of a learned model on each new
+    iteration's trials before its refit."""
+
     folder: Path
     trials: list[Trial]
-    learning_curve: list[list[float]] = field(default_factory=list)  # [iteration][sample] total cost
+    learning_curve: list[list[float]] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+    goal_values: list[float] = field(default_factory=list)
     diagnostics: list[dict] = field(default_factory=list)
+    model_errors: list[tuple[int, list[float]]] = field(default_factory=list)
 
 
 def new_run_folder(root: Path, name: str) -> Path:
@@ -41,22 +62,9 @@ def new_run_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def apply_condition(robot, condition: dict) -> None:
-    """Set what a condition fixes on a simulated robot: the reach target, the hole, the initial state."""
-    if "target" in condition and hasattr(robot, "set_mocap_pos"):
-        try:
-            robot.set_mocap_pos("target", condition["target"])
-        except ValueError:
-            pass  # scenes without a target marker take the target through the cost alone
-    if "hole" in condition and hasattr(robot, "place_site"):
-        robot.place_site("hole_bottom", condition["hole"])
-    if ("qpos" in condition or "qvel" in condition) and hasattr(robot, "set_initial_state"):
-        robot.set_initial_state(condition.get("qpos"), condition.get("qvel"))
-
-
 def make_cost(experiment: Experiment, robot, condition: dict):
     """The per-step cost logged with each trial: the experiment's cost, or minus a dm_control reward."""
-    if experiment.task.cost:
+    if isinstance(experiment.task.cost, dict) and experiment.task.cost:
         from forethought.controllers.costs import build_cost
 
         return build_cost(experiment.task.cost, robot.spec, experiment.robot.scene, condition)
@@ -109,32 +117,75 @@ class TrialSlot:
     metadata: dict
 
 
+def judge_trial(task, trial: Trial, condition: int, result: RunResult):
+    """The task goal's Judgement of a trial (None without a goal), kept in the trial's metadata (its
+    log) and in `result`."""
+    judgement = task.judge(trial, condition)
+    if judgement is not None:
+        trial.metadata["goal"] = {"success": judgement.success, "value": judgement.value}
+        result.successes.append(judgement.success)
+        result.goal_values.append(judgement.value)
+    return judgement
+
+
+def judgement_text(judgement) -> str:
+    """'  success (3.2 mm)' or '  missed (12 mm)' for a status line; '' without a goal."""
+    return "" if judgement is None else f"  {'success' if judgement.success else 'missed'} ({judgement.text})"
+
+
+def refit_model(model, task, result: RunResult, by_condition: Sequence[Sequence[Trial]], iteration: int) -> dict:
+    """Measure a learned model on the new trials (when fitted), then refit it; returns diagnostics
+    prefixed `model_` (its one-step errors on the new trials, and the fit's own numbers)."""
+    new = [trial for group in by_condition for trial in group]
+    seen = result.trials[: len(result.trials) - len(new)]
+    diagnostics: dict[str, float] = {}
+    if getattr(model, "fitted", True) and seen:
+        spread = np.concatenate([t.states[1:] - t.states[:-1] for t in seen]).std(axis=0)
+        errors, per_state = [], []
+        for c, group in enumerate(by_condition):
+            if group:
+                task.apply(c, None, [model])
+                e, s = one_step_errors(model, group, spread)
+                errors.append((len(group), e))
+                per_state.append(s * len(group))
+        total = sum(k for k, _ in errors)
+        for key in errors[0][1]:
+            diagnostics[f"model_{key}"] = float(sum(k * e[key] for k, e in errors) / total)
+        result.model_errors.append((iteration + 1, (np.sum(per_state, axis=0) / total).tolist()))
+    fit = model.fit(result.trials if model.fit_on == "all_trials" else new)
+    for key, value in (fit or {}).items():
+        if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+            diagnostics[f"model_{key}"] = float(value)
+    return diagnostics
+
+
 def run_loop(
     experiment: Experiment,
     task,
     controller,
-    prepare: Callable[[dict], None],
+    prepare: Callable[[int], None],
     run_trial: Callable[[TrialSlot, Policy], Trial],
     result: RunResult,
     progress: Progress | None = None,
+    model=None,
 ) -> None:
-    """The experiment loop: per iteration, `loop.samples` trials of each condition's policy, then one
-    controller update. prepare(condition) sets the robot up for a condition before its policy is
-    asked for; run_trial(slot, policy) runs and logs one trial. `result` gathers the trials, the
-    learning curve and the update diagnostics as they come, so that they survive a stop. `progress`
-    shows each update as it starts."""
+    """The experiment loop (module docstring). prepare(c) sets the robot (and the planning model) up
+    for condition c before its policy is asked for; run_trial(slot, policy) runs and logs one trial.
+    `result` gathers the trials, judgements, learning curve and diagnostics as they come, so that they
+    survive a stop. `model`: the experiment's planning model, refitted after each iteration when learned."""
     loop = experiment.loop
     index = 0
     for iteration in range(loop.iterations):
         by_condition: list[list[Trial]] = []
-        for c, condition in enumerate(task.conditions):
-            prepare(condition)
+        for c in range(len(task.conditions)):
+            prepare(c)
             policy = controller.policy(c)
             samples = []
             for s in range(loop.samples):
                 meta = {
                     "task": experiment.name,
                     "controller": experiment.controller.get("type", "random"),
+                    "model": experiment.model.get("type", "none"),
                     "condition": c,
                     "iteration": iteration,
                     "sample": s,
@@ -149,25 +200,38 @@ def run_loop(
         if progress is not None:
             progress.updating(iteration, loop.iterations)
         started = time.perf_counter()
-        diagnostics = dict(controller.update(by_condition) or {})
+        diagnostics: dict = {}
+        if model is not None and getattr(model, "learned", False):
+            diagnostics.update(refit_model(model, task, result, by_condition, iteration))
+        diagnostics.update(controller.update(by_condition) or {})
         diagnostics["update_s"] = time.perf_counter() - started
         if progress is not None:
             progress.updated(diagnostics["update_s"])
         result.diagnostics.append(diagnostics)
 
 
+def save_models(experiment: Experiment, model, controller, folder: Path) -> None:
+    """models/: the fitted learned model (MODEL.SUFFIX) and whatever the controller saves."""
+    kind = experiment.model.get("type", "none")
+    if model is not None and getattr(model, "learned", False) and getattr(model, "fitted", True):
+        model.save(folder / f"{kind}{MODELS[kind].suffix}")
+    if hasattr(controller, "save"):
+        controller.save(folder)
+
+
 def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None) -> RunResult:
     """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve."""
-    task = make_task(experiment)
     loop = experiment.loop
     with make_robot(experiment.robot) as robot:
         # Bad configuration fails here, before a run folder exists.
-        controller = make_controller(experiment, robot, task)
+        parts = build_parts(experiment, robot)
+        task, model, controller = parts.task, parts.model, parts.controller
         costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
         folder = new_run_folder(Path(out_root), experiment.name)
         (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
         result = RunResult(folder, [])
         progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
+        models = [model] if model is not None else []
 
         def run_trial(slot: TrialSlot, policy: Policy) -> Trial:
             path = folder / "trials" / f"trial_{slot.index:04d}.h5"
@@ -175,89 +239,27 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
                 trial = rollout(
                     robot, policy, task.horizon, slot.seed, costs[slot.condition], slot.metadata, writer, progress.step
                 )
+                judgement = judge_trial(task, trial, slot.condition, result)
                 writer.finish(trial)
             progress.trial_done(
                 f"iteration {slot.iteration + 1}/{loop.iterations}  condition {slot.condition}  "
-                f"sample {slot.sample}: cost {trial.total_cost:.4g}"
+                f"sample {slot.sample}: cost {trial.total_cost:.4g}{judgement_text(judgement)}"
             )
             return trial
 
         try:
-            run_loop(
-                experiment, task, controller, lambda condition: apply_condition(robot, condition), run_trial, result,
-                progress,
-            )
+            run_loop(experiment, task, controller, lambda c: task.apply(c, robot, models), run_trial, result,
+                     progress, model)
         except BaseException:
             # A stop (Ctrl-C, a robot's error) keeps the summary and plots of the trials done so far;
-            # not the controller's model, whose last update may have been cut short, nor a video.
+            # not the models, whose last update may have been cut short, nor a video.
             if result.trials:
                 try:
-                    write_outputs(experiment, robot, result, video=False, complete=False, costs=costs)
+                    write_outputs(experiment, task, robot, result, video=False, complete=False, costs=costs)
                     print(f"\nstopped after {len(result.trials)} trials: summary and plots in {folder}", file=sys.stderr)
                 except Exception as err:  # the stop's own error is the one to report
                     print(f"\nstopped; the summary could not be written: {err}", file=sys.stderr)
             raise
-        if hasattr(controller, "save"):
-            controller.save(folder / "models")
-        write_outputs(experiment, robot, result, loop.video if render_video is None else render_video, costs=costs)
+        save_models(experiment, model, controller, folder / "models")
+        write_outputs(experiment, task, robot, result, loop.video if render_video is None else render_video, costs=costs)
     return result
-
-
-def cost_by_term(costs: Sequence, trials: Sequence[Trial]) -> dict | None:
-    """{"terms": labels (K,), "per_trial": (N, K)}: each term's part of each trial's logged cost,
-    given the cost of each condition (make_cost's); None when they are no Cost (a dm_control reward)."""
-    if not costs or not all(hasattr(c, "term_costs") for c in costs):
-        return None
-    per_trial = [costs[int(t.metadata.get("condition", 0))].term_costs(t.states, t.actions).tolist() for t in trials]
-    labels = [w.label or f"{i} {type(w.term).__name__}" for i, w in enumerate(costs[0].terms)]
-    return {"terms": labels, "per_trial": per_trial}
-
-
-def write_outputs(
-    experiment: Experiment, robot, result: RunResult, video: bool, complete: bool = True, costs: Sequence = ()
-) -> None:
-    """summary.json (`complete`: false for a run stopped before its last iteration), plots, and a
-    video of the last trial for MuJoCo scenes. costs: each condition's cost, for the cost by term
-    (summary.json `cost_terms`, cost_terms.png)."""
-    from forethought.scripts.plots import plot_cost_terms, plot_learning_curve, plot_trial
-
-    folder = result.folder
-    summary = {
-        "experiment": experiment.name,
-        "complete": complete,
-        "trials": len(result.trials),
-        "learning_curve": result.learning_curve,
-        "final_cost": result.trials[-1].total_cost,
-        "diagnostics": result.diagnostics,
-    }
-    terms = cost_by_term(costs, result.trials)
-    if terms is not None:
-        summary["cost_terms"] = terms
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
-    plot_trial(result.trials[-1], folder / "trajectories.png")
-    if len(result.learning_curve) > 1:
-        plot_learning_curve(result.learning_curve, folder / "learning_curve.png")
-    if terms is not None and len(terms["terms"]) > 1:
-        iterations = [int(t.metadata.get("iteration", i)) for i, t in enumerate(result.trials)]
-        plot_cost_terms(terms["terms"], terms["per_trial"], iterations, folder / "cost_terms.png")
-    if video and hasattr(robot, "model"):
-        write_video_or_warn(robot, result.trials[-1], folder / "last_trial.mp4")
-
-
-def write_video_or_warn(robot, trial: Trial, path: Path) -> Path | None:
-    """The trial's video, or one warning line on stderr saying why there is none (no OpenGL backend
-    here, a GL context that fails, no video encoder): a run's other outputs never depend on it."""
-    from forethought.sim.gl_backend import HOW_TO_ENABLE, rendering_unavailable
-
-    why = rendering_unavailable()
-    if why is None:
-        import mujoco
-
-        from forethought.sim.render import render_trial_video
-
-        try:
-            return render_trial_video(robot.model, trial, path, mocap_pos=robot.data.mocap_pos.copy())
-        except (mujoco.FatalError, ImportError, RuntimeError, OSError) as err:  # GL platform or encoder failures
-            why = f"rendering failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): {HOW_TO_ENABLE}"
-    print(f"warning: no video: {why}", file=sys.stderr)
-    return None

@@ -8,6 +8,7 @@ import mujoco
 import numpy as np
 
 from forethought.robots.robot import RobotSpec, check_action
+from forethought.sim.fixtures import SceneFixtures
 from forethought.sim.scenes import scene_path
 
 
@@ -89,7 +90,8 @@ class MujocoRobot:
         self._qvel_std = _per_entry(0.0 if qvel_std is None else qvel_std, model.nv, "init_qvel_std")
         self._qpos0: np.ndarray | None = None
         self._qvel0: np.ndarray | None = None
-        self._mocap: dict[int, np.ndarray] = {}
+        self.fixtures = SceneFixtures(model)
+        self._mocap = self.fixtures.mocap_pos.copy()  # (nmocap, 3): where reset puts the mocap bodies
 
         names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or f"actuator{i}" for i in range(model.nu)]
         limited = model.actuator_ctrllimited.astype(bool)
@@ -140,8 +142,7 @@ class MujocoRobot:
         data.qpos[:] += self._qpos_std * rng.standard_normal(model.nq)
         data.qvel[:] += self._qvel_std * rng.standard_normal(model.nv)
         mujoco.mj_normalizeQuat(model, data.qpos)
-        for mocap_id, pos in self._mocap.items():
-            data.mocap_pos[mocap_id] = pos
+        data.mocap_pos[:] = self._mocap
         mujoco.mj_forward(model, data)
         self.interventions = {"clipped": 0}
         self._bad_qacc = data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
@@ -186,6 +187,14 @@ class MujocoRobot:
         self.data.qvel[:] = x[self.model.nq :]
         mujoco.mj_forward(self.model, self.data)
 
+    def apply_condition(self, index: int, condition: dict) -> None:
+        """Set up the scene for a task's condition: its fixtures (sim.fixtures: the target, the hole)
+        and its initial state (`qpos`, `qvel`; else the scene's home), each from the scene's defaults."""
+        self.fixtures.apply(self.model, self._mocap, condition, self.spec.name)
+        self.set_initial_state(condition.get("qpos"), condition.get("qvel"))
+        self.data.mocap_pos[:] = self._mocap
+        mujoco.mj_forward(self.model, self.data)
+
     def set_mocap_pos(self, body: str, pos) -> None:
         """Move the mocap body `body` (a target marker) to pos: (3,) m, now and after every reset."""
         body_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)
@@ -198,14 +207,7 @@ class MujocoRobot:
 
     def place_site(self, name: str, pos) -> None:
         """Move the static body that holds site `name` (a hole, a fixture) so that the site lies at pos: (3,) m."""
-        site_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
-        if site_id < 0:
-            raise ValueError(f"{self.spec.name}: no site named '{name}'")
-        body_id = self.model.site_bodyid[site_id]
-        if self.model.body_dofnum[body_id] or self.model.body_mocapid[body_id] >= 0:
-            raise ValueError(f"{self.spec.name}: site '{name}' is on a moving body; only fixtures can be placed")
-        mujoco.mj_kinematics(self.model, self.data)
-        self.model.body_pos[body_id] += np.asarray(pos, dtype=np.float64).reshape(3) - self.data.site_xpos[site_id]
+        self.fixtures.place_site(self.model, name, pos, self.spec.name)
         mujoco.mj_forward(self.model, self.data)
 
     def site_pos(self, name: str) -> np.ndarray:
