@@ -203,8 +203,12 @@ class Goal:
     def judge(self, trial: Trial, condition: dict) -> Judgement:
         window = self.settings.window(trial)
         if self._distances is None:
+            # A reward per action (T,): the last one, all, or those of the final `seconds`.
             rewards = -trial.costs[:-1] if len(trial.costs) > 1 else -trial.costs
-            rewards = rewards[window] if self.settings.at != "end" else rewards[-1:]
+            if self.settings.at == "end":
+                rewards = rewards[-1:]
+            elif self.settings.at == "final":
+                rewards = rewards[-max(1, int(round(self.settings.seconds / trial.dt))):]
             rewards = np.where(np.isfinite(rewards), rewards, -math.inf)
             value = float(rewards.max() if self.settings.at == "any" else rewards.mean())
             return Judgement(value >= self.settings.at_least, value, f"reward {value:.3g}")

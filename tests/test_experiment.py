@@ -110,10 +110,25 @@ def test_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2 and "--threads must be at least 1" in result.stderr
 
 
-def test_every_shipped_experiment_loads():
-    names = shipped_experiments()
-    for name in names:
-        load_experiment(name)
+@pytest.mark.parametrize("name", shipped_experiments())
+def test_every_shipped_experiment_builds_and_runs_two_steps(name):
+    """Robot, task (with its goal), model and controller of each shipped experiment, and two steps of
+    its first policy with the first condition set on robot and model, judged by the goal."""
+    import dataclasses
+
+    from forethought.robots.trial import rollout
+    from forethought.scripts.experiment import build_parts
+
+    experiment = load_experiment(name)
+    parts = build_parts(experiment)
+    task = dataclasses.replace(parts.task, horizon=2)
+    with parts.robot as robot:
+        task.apply(0, robot, [parts.model] if parts.model is not None else [])
+        trial = rollout(robot, parts.controller.policy(0), 2, seed=0)
+    assert trial.states.shape == (3, robot.spec.n) and np.all(np.isfinite(trial.states))
+    assert experiment.task.goal is not None, "every shipped experiment states its goal"
+    judgement = task.judge(trial, 0)
+    assert judgement is not None and np.isfinite(judgement.value)
 
 
 def test_help_lists_the_commands(capsys):
@@ -128,12 +143,12 @@ def test_help_lists_the_commands(capsys):
 def test_a_stopped_run_keeps_the_summary_of_its_trials(tmp_path, monkeypatch, capsys):
     import json
 
-    from forethought.scripts import run as run_module
+    from forethought.scripts import experiment as experiment_module
 
-    make_controller = run_module.make_controller
+    make_controller = experiment_module.make_controller
 
-    def stopped_at_the_second_update(experiment, robot, task):
-        controller = make_controller(experiment, robot, task)
+    def stopped_at_the_second_update(experiment, robot, task, model=None):
+        controller = make_controller(experiment, robot, task, model)
         updates = []
 
         def update(trials):
@@ -145,7 +160,7 @@ def test_a_stopped_run_keeps_the_summary_of_its_trials(tmp_path, monkeypatch, ca
         controller.update = update
         return controller
 
-    monkeypatch.setattr(run_module, "make_controller", stopped_at_the_second_update)
+    monkeypatch.setattr(experiment_module, "make_controller", stopped_at_the_second_update)
     path = tmp_path / "stop.yaml"
     path.write_text(GOOD.replace("iterations: 1", "iterations: 4"))
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-video"]) == 130

@@ -11,7 +11,6 @@ from forethought.models.tvlg import TVLGModel
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.trial import Trial
 from forethought.scripts.fit import (
-    ModelNotAvailable,
     build_model,
     default_horizons,
     evaluate_predictions,
@@ -71,7 +70,7 @@ def test_normalised_errors_use_the_training_spread_for_a_state_still_in_the_held
 
 def test_registry_names_missing_models():
     assert model_class("tvlg") is TVLGModel
-    with pytest.raises(ModelNotAvailable, match="unknown model 'pilco'"):
+    with pytest.raises(ConfigError, match="unknown model .pilco."):
         model_class("pilco")
 
 
@@ -91,7 +90,6 @@ def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
     from forethought.scripts.fit import add_fit_arguments, fit_main
     from forethought.scripts.run import run_experiment
 
-    monkeypatch.setitem(experiment.CONTROLLERS, "gps", "forethought.controllers.gps:build_gps")
     config = tmp_path / "gps-reach.yaml"
     config.write_text(
         "robot: {scene: so101_reach}\n"
@@ -99,7 +97,8 @@ def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
         "  horizon: 25\n"
         "  cost: {terms: [{type: site_distance, site: ee, target: target, weight: 100.0}]}\n"
         "  conditions: [{target: [0.20, 0.05, 0.12]}]\n"
-        "controller: {type: gps, init_std: 0.05, dynamics: {clusters: 4, ridge: 1.0e-5}}\n"
+        "model: {type: tvlg, clusters: 4, ridge: 1.0e-5}\n"
+        "controller: {type: gps, init_std: 0.05}\n"
         "loop: {iterations: 2, samples: 5, seed: 0, video: false}\n"
     )
     run = run_experiment(experiment.load_experiment(str(config)), tmp_path / "runs", render_video=False)
@@ -123,9 +122,9 @@ def test_fit_command_on_a_run_folder(tmp_path, capsys, monkeypatch):
     assert loaded.dynamics.horizon == 25
     # The run's GPS fitted its dynamics with these settings, and so does fit.
     assert (loaded.config.clusters, loaded.config.ridge) == (4, 1e-5)
-    assert report["model_settings_from"] == f"{run.folder / 'config.yaml'}: controller.dynamics"
+    assert report["model_settings_from"] == f"{run.folder / 'config.yaml'}: model"
 
-    with pytest.raises(ModelNotAvailable, match="unknown model"):
+    with pytest.raises(ConfigError, match="unknown model"):
         fit_main(parser.parse_args([str(run.folder), "--model", "nope"]))
     with pytest.raises(FileNotFoundError, match="no such trial file"):
         fit_main(parser.parse_args([str(tmp_path / "missing"), "--model", "tvlg"]))
@@ -195,9 +194,9 @@ def test_missing_model_config_is_an_error(tmp_path, capsys):
 
 def test_run_folder_gives_the_default_settings_of_its_controller(tmp_path, capsys):
     run = trials_folder(tmp_path / "run")
-    (run / "config.yaml").write_text(f"controller: {{type: pets, ensemble: {SMALL_ENSEMBLE}}}\n")
+    (run / "config.yaml").write_text(f"model: {{type: ensemble, {SMALL_ENSEMBLE[1:-1]}}}\n")
     assert fit_cli(run) == 0
-    source = f"{run / 'config.yaml'}: controller.ensemble"
+    source = f"{run / 'config.yaml'}: model"
     assert f"model settings from {source}" in capsys.readouterr().err
     config = EnsembleModel.load(run / "models" / "ensemble.pt").config
     assert (config.members, config.hidden, config.relative_actions) == (2, [16], True)
@@ -205,18 +204,18 @@ def test_run_folder_gives_the_default_settings_of_its_controller(tmp_path, capsy
 
     # A bad setting there names the file and key; --model-config takes precedence over it; another
     # controller's experiment gives the model's defaults.
-    (run / "config.yaml").write_text("controller: {type: pets, ensemble: {members: 0.5}}\n")
-    with pytest.raises(ConfigError, match=r"config.yaml: controller.ensemble.members: expected an integer"):
+    (run / "config.yaml").write_text("model: {type: ensemble, members: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: model.members: expected an integer"):
         model_settings("ensemble", None, [str(run)])
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert model_settings("ensemble", str(empty), [str(run)]) == (EnsembleConfig(), str(empty))
-    (run / "config.yaml").write_text("controller: {type: gps}\n")
+    (run / "config.yaml").write_text("model: {type: tvlg}\n")
     assert model_settings("ensemble", None, [str(run)]) == (EnsembleConfig(), None)
-    # The controller seeds its ensemble with its own seed, else the experiment's.
-    (run / "config.yaml").write_text("controller: {type: pets, ensemble: {}}\nloop: {seed: 7}\n")
+    # The experiment loop seeds its model with the model's own seed, else the experiment's: so does fit.
+    (run / "config.yaml").write_text("model: {type: ensemble}\nloop: {seed: 7}\n")
     assert model_settings("ensemble", None, [str(run)])[0].seed == 7
-    (run / "config.yaml").write_text("controller: {type: pets, seed: 3, ensemble: {}}\nloop: {seed: 7}\n")
+    (run / "config.yaml").write_text("model: {type: ensemble, seed: 3}\nloop: {seed: 7}\n")
     assert model_settings("ensemble", None, [str(run)])[0].seed == 3
 
 
