@@ -1,12 +1,14 @@
 """`forethought bench gps`: guided policy search on the arm, reach and peg insertion.
 
-Runs the shipped experiments arm-reach-gps, arm-peg-gps and arm-peg-mdgps as the experiment
-loop does (samples per condition, then an update), without writing run folders, and measures:
+Runs the shipped experiments arm-reach-gps, arm-peg-gps and arm-peg-mdgps through the experiment
+loop (samples per condition, the local models refitted, then an update), without writing run
+folders, and measures by each experiment's own goal (task.goal):
 
 - reach_iterations: the first iteration whose samples end with the end-effector within 2 cm of
   the target on average over conditions (iteration 1 samples the initial controllers);
-- peg_success_rate: the fraction of the last iteration's samples with the peg tip within 5 mm
-  of the hole's bottom; peg_iterations: the first iteration where that fraction reaches 0.9;
+- peg_success_rate: the fraction of the last iteration's samples that reach the goal (the peg tip
+  within 5 mm of the hole's bottom); peg_iterations: the first iteration where that fraction
+  reaches 0.9;
 - mdgps_heldout_success: the neural-network policy alone, without noise, on hole positions it
   was not trained on;
 - samples_used: trials run on the robot in all three.
@@ -15,11 +17,10 @@ loop does (samples per condition, then an update), without writing run folders, 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from forethought.scripts.run import apply_condition
 
 EXPERIMENTS = {"reach": "arm-reach-gps", "peg": "arm-peg-gps", "mdgps": "arm-peg-mdgps"}
 REACH_TOLERANCE_M = 0.02
@@ -29,42 +30,31 @@ HELDOUT_HOLES = [[0.19, -0.07], [0.21, -0.05], [0.19, -0.05], [0.21, -0.07], [0.
 HELDOUT_SEEDS = (0, 1)
 
 
-def final_distance(robot, trial, site: str, goal) -> float:
-    """Distance (m) of `site` from goal (3,) (a point, or a site name) at the trial's last state."""
-    robot.set_state(trial.states[-1])
-    point = robot.site_pos(goal) if isinstance(goal, str) else np.asarray(goal, dtype=np.float64)
-    return float(np.linalg.norm(robot.site_pos(site) - point))
-
-
-def train(name: str, iterations: int | None, measure: Callable, seed_offset: int = 0):
-    """Run experiment `name` for `iterations` (default: its own); measure(robot, condition, trial) -> error.
-
-    Returns (controller, robot, task, errors[iteration][condition][sample], diagnostics per iteration).
-    """
+def train(name: str, iterations: int | None):
+    """Run experiment `name` through the experiment loop for `iterations` (default: its own), without
+    a run folder. Returns (parts, goal values per iteration [iteration][trial] in m, diagnostics)."""
     from forethought.robots.trial import rollout
-    from forethought.scripts.experiment import load_experiment, make_controller, make_robot, make_task
-    from forethought.scripts.run import make_cost
+    from forethought.scripts.experiment import build_parts, load_experiment
+    from forethought.scripts.run import RunResult, judge_trial, make_cost, run_loop
 
     experiment = load_experiment(name)
-    task = make_task(experiment)
-    robot = make_robot(experiment.robot)
-    controller = make_controller(experiment, robot, task)
+    if iterations:
+        experiment.loop.iterations = iterations
+    parts = build_parts(experiment)
+    robot, task, model = parts.robot, parts.task, parts.model
     costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
-    errors, diagnostics, index = [], [], 0
-    for _ in range(iterations or experiment.loop.iterations):
-        trials, round_errors = [], []
-        for c, condition in enumerate(task.conditions):
-            apply_condition(robot, condition)
-            policy = controller.policy(c)
-            group = []
-            for _ in range(experiment.loop.samples):
-                group.append(rollout(robot, policy, task.horizon, seed_offset + index, costs[c]))
-                index += 1
-            round_errors.append([measure(robot, condition, trial) for trial in group])
-            trials.append(group)
-        errors.append(round_errors)
-        diagnostics.append(controller.update(trials))
-    return controller, robot, task, errors, diagnostics
+    result = RunResult(Path("."), [])
+
+    def run_trial(slot, policy):
+        trial = rollout(robot, policy, task.horizon, slot.seed, costs[slot.condition], slot.metadata)
+        judge_trial(task, trial, slot.condition, result)
+        return trial
+
+    run_loop(experiment, task, parts.controller, lambda c: task.apply(c, robot, [model]), run_trial, result,
+             None, model)
+    per_iteration = len(task.conditions) * experiment.loop.samples
+    values = np.reshape(result.goal_values, (-1, per_iteration))
+    return parts, values, result.diagnostics
 
 
 def first_iteration(values: list[float], passes: Callable[[float], bool]) -> int | None:
@@ -85,26 +75,21 @@ def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None
     metrics: dict = {}
     names = {**EXPERIMENTS, **(experiments or {})}
 
-    def reach_error(robot, condition, trial):
-        return final_distance(robot, trial, "ee", condition["target"])
-
-    def peg_error(robot, condition, trial):
-        return final_distance(robot, trial, "peg_tip", "hole_bottom")
-
-    _, _, _, errors, reach_diag = train(names["reach"], reach_iterations, reach_error)
+    _, errors, reach_diag = train(names["reach"], reach_iterations)
     reach_mean = [float(np.mean(e)) for e in errors]
     metrics["reach_iterations"] = first_iteration(reach_mean, lambda e: e < REACH_TOLERANCE_M)
     metrics["reach_final_error_m"] = reach_mean[-1]
     samples = sum(np.size(e) for e in errors)
 
-    _, _, _, errors, peg_diag = train(names["peg"], peg_iterations, peg_error)
+    _, errors, peg_diag = train(names["peg"], peg_iterations)
     success = [float(np.mean(np.asarray(e) < PEG_TOLERANCE_M)) for e in errors]
     metrics["peg_success_rate"] = success[-1]
     metrics["peg_iterations"] = first_iteration(success, lambda s: s >= 0.9)
     metrics["peg_final_error_m"] = float(np.mean(errors[-1]))
     samples += sum(np.size(e) for e in errors)
 
-    controller, robot, task, errors, md_diag = train(names["mdgps"], mdgps_iterations, peg_error)
+    parts, errors, md_diag = train(names["mdgps"], mdgps_iterations)
+    controller, robot, task = parts.controller, parts.robot, parts.task
     metrics["mdgps_train_success"] = float(np.mean(np.asarray(errors[-1]) < PEG_TOLERANCE_M))
     samples += sum(np.size(e) for e in errors)
     depth = task.conditions[0]["hole"][2]
@@ -112,11 +97,11 @@ def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None
     for x, y in HELDOUT_HOLES:
         condition = {key: value for key, value in task.conditions[0].items()}
         condition["hole"] = [x, y, depth]
-        apply_condition(robot, condition)
+        robot.apply_condition(0, condition)
         features = np.array(condition["hole"])
         for seed in HELDOUT_SEEDS:
             trial = rollout(robot, NNPolicy(controller.mlp, features), task.horizon, 10_000 + seed)
-            heldout_errors.append(final_distance(robot, trial, "peg_tip", "hole_bottom"))
+            heldout_errors.append(task.goal.judge(trial, condition).value)
     metrics["mdgps_heldout_success"] = float(np.mean(np.asarray(heldout_errors) < PEG_TOLERANCE_M))
     metrics["mdgps_heldout_error_m"] = float(np.mean(heldout_errors))
     metrics["samples_used"] = int(samples)

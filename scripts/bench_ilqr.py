@@ -17,10 +17,10 @@ import numpy as np
 
 from forethought.controllers.costs import build_cost
 from forethought.controllers.ilqr import ILQR
-from forethought.controllers.mpc import ILQRMPCConfig, build_ilqr_mpc, planning_model
+from forethought.controllers.mpc import ILQRMPCConfig
 from forethought.robots.config import from_mapping
 from forethought.robots.trial import rollout
-from forethought.scripts.experiment import load_experiment, make_robot, make_task
+from forethought.scripts.experiment import build_parts, load_experiment
 
 EXPERIMENT = "arm-reach-ilqr"
 
@@ -42,36 +42,32 @@ class _TimedPolicy:
         return u
 
 
-def _controller_params(experiment) -> dict:
-    return {k: v for k, v in experiment.controller.items() if k != "type"}
-
-
 def _mpc_runs(experiment, conditions: int):
-    """(tick seconds after the first, final end-effector errors m) over the first `conditions` conditions."""
-    task = make_task(experiment)
+    """(tick seconds after the first, final end-effector errors m by the task's goal) over the first
+    `conditions` conditions."""
+    parts = build_parts(experiment)
+    robot, task, model = parts.robot, parts.task, parts.model
     ticks: list[float] = []
     errors: list[float] = []
-    with make_robot(experiment.robot) as robot:
-        controller = build_ilqr_mpc(_controller_params(experiment), robot, task)
-        for c, condition in enumerate(task.conditions[:conditions]):
-            robot.set_mocap_pos("target", condition["target"])
-            policy = _TimedPolicy(controller.policy(c))
-            rollout(robot, policy, task.horizon, seed=c)
+    with robot:
+        for c in range(conditions):
+            task.apply(c, robot, [model])
+            policy = _TimedPolicy(parts.controller.policy(c))
+            trial = rollout(robot, policy, task.horizon, seed=c)
             ticks += policy.ticks
-            errors.append(float(np.linalg.norm(robot.site_pos("ee") - np.asarray(condition["target"]))))
+            errors.append(task.judge(trial, c).value)
     return np.array(ticks), np.array(errors)
 
 
 def _iteration_ms(experiment, horizon: int, repeats: int) -> float:
     """Median ms of one iLQR iteration at `horizon` steps from a partly optimised reach trajectory."""
-    task = make_task(experiment)
-    config = from_mapping(ILQRMPCConfig, _controller_params(experiment), "controller:")
-    with make_robot(experiment.robot) as robot:
-        robot.set_mocap_pos("target", task.conditions[0]["target"])
+    parts = build_parts(experiment)
+    robot, task, model = parts.robot, parts.task, parts.model
+    config = from_mapping(ILQRMPCConfig, {k: v for k, v in experiment.controller.items() if k != "type"}, "controller:")
+    with robot:
+        task.apply(0, robot, [model])
         x0 = robot.reset(seed=0)
         spec = robot.spec
-    model = planning_model(task.scene, spec.dt, config.model_timestep, config.model_frictionloss,
-                           config.centred_differences)
     cost = build_cost(task.cost, spec, task.scene, task.conditions[0])
     solver = ILQR(model, cost, spec.action_low, spec.action_high, config.ilqr)
     hold = np.array([spec.state_names.index(a) for a in spec.action_names])
@@ -103,6 +99,7 @@ def run_bench_ilqr(quick: bool = False) -> tuple[dict, dict]:
         "scene": experiment.robot.scene,
         "targets": conditions,
         "trial_steps": experiment.task.horizon,
+        "model": experiment.model,
         "controller": {k: v for k, v in experiment.controller.items() if k != "ilqr"},
         "iteration_repeats": repeats,
         # Timings depend on what else the machine runs: its 1-minute load average when done.

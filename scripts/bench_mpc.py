@@ -20,12 +20,13 @@ import time
 import numpy as np
 import torch
 
-from forethought.controllers.costs import build_cost
+from forethought.controllers.planning_cost import build_planning_cost
 from forethought.controllers.policy import RandomPolicy
 from forethought.controllers.samplers import make_planner
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bfloat16
-from forethought.robots.trial import Trial, rollout
-from forethought.scripts.experiment import load_experiment, make_controller, make_robot, make_task
+from forethought.robots.trial import rollout
+from forethought.scripts.bench_learning import iterations_to_success
+from forethought.scripts.experiment import load_experiment, make_robot, make_task
 
 EXPERIMENT = "cartpole-swingup-pets"
 PLANNER_SETTINGS = {
@@ -33,15 +34,6 @@ PLANNER_SETTINGS = {
     "icem": dict(horizon=15, particles=20),
     "mppi": dict(horizon=30, population=1000, particles=20),
 }
-
-
-def swingup_success(trial: Trial, final_s: float = 1.0, angle_tol: float = 0.1, cart_tol: float = 0.1) -> bool:
-    """Pole within angle_tol rad of upright (angle 0 hangs) and cart within cart_tol m of centre
-    at every state of the final `final_s` seconds."""
-    names = list(trial.state_names)
-    last = trial.states[-(int(round(final_s / trial.dt)) + 1) :]
-    off_upright = np.abs(np.angle(np.exp(1j * (last[:, names.index("pole")] - np.pi))))
-    return bool(np.all(off_upright < angle_tol) and np.all(np.abs(last[:, names.index("cart")]) < cart_tol))
 
 
 def time_per_action(planner, states: np.ndarray, repeats: int) -> float:
@@ -98,40 +90,24 @@ def network_floor_ms(planner, dynamics, state: np.ndarray, rate: float) -> float
 
 def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     experiment = load_experiment(EXPERIMENT)
-    task = make_task(experiment)
     with make_robot(experiment.robot) as robot:
-        controller = make_controller(experiment, robot, task)
+        task = make_task(experiment, robot)
         trial = rollout(robot, RandomPolicy(robot.spec, 0), task.horizon, seed=0)
+    cost = build_planning_cost(task.cost, robot.spec, task.scene, task.conditions[0])
     config = EnsembleConfig(members=5, hidden=[200, 200, 200], max_epochs=20, min_steps=0, planning_dtype=dtype,
-                            angle_states=list(controller.config.ensemble.angle_states))
+                            angle_states=list(experiment.model.get("angle_states", [])))
     model = EnsembleModel(trial.state_names, trial.action_names, config)
     model.fit([trial])
     dynamics = model.dynamics("tsinf")
     rate = matmul_rate(dynamics)
     metrics = {}
     for kind, settings in PLANNER_SETTINGS.items():
-        planner = make_planner(kind, dynamics, controller.costs[0], robot.spec.action_low, robot.spec.action_high,
+        planner = make_planner(kind, dynamics, cost, robot.spec.action_low, robot.spec.action_high,
                                **settings)
         metrics[f"{kind}_ms_per_action"] = time_per_action(planner, trial.states, repeats)
         metrics[f"{kind}_network_floor_ms"] = network_floor_ms(planner, dynamics, trial.states[0], rate)
     config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate}
     return metrics, config
-
-
-def trials_to_success(seed: int, max_trials: int) -> int | None:
-    """Trials (the random first one included) until PETS's first successful swing-up; None if none."""
-    experiment = load_experiment(EXPERIMENT)
-    experiment.loop.seed = seed
-    task = make_task(experiment)
-    with make_robot(experiment.robot) as robot:
-        controller = make_controller(experiment, robot, task)
-        cost = build_cost(task.cost, robot.spec, task.scene, task.conditions[0])
-        for index in range(max_trials):
-            trial = rollout(robot, controller.policy(0), task.horizon, seed * 100_003 + index, cost)
-            if swingup_success(trial):
-                return index + 1
-            controller.update([[trial]])
-    return None
 
 
 def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20) -> tuple[dict, dict]:
@@ -147,8 +123,8 @@ def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials:
             full, _ = planning_speed(repeats, "float32")
             metrics.update({f"{key}_float32": value for key, value in full.items()})
         if learning if learning is not None else not quick:
-            results = [trials_to_success(seed, max_trials) for seed in (0, 1, 2)]
-            metrics["pets_trials_to_success"] = results
+            results = [iterations_to_success(EXPERIMENT, seed, max_trials) for seed in (0, 1, 2)]
+            metrics["pets_trials_to_success"] = [r.first_success for r in results]
         config.update(
             experiment=EXPERIMENT,
             ensemble={"members": 5, "hidden": [200, 200, 200], "propagation": "tsinf"},

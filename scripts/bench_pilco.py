@@ -19,60 +19,23 @@ import time
 import numpy as np
 import torch
 
-from forethought.controllers.costs import build_cost
-from forethought.controllers.pilco import PilcoController, build_pilco
-from forethought.robots.config import from_mapping, load_yaml
 from forethought.robots.trial import Trial, rollout
-from forethought.scripts.bench_mpc import swingup_success
-from forethought.scripts.experiment import CONFIG_DIR, Experiment, make_robot, make_task
+from forethought.scripts.bench_learning import iterations_to_success
+from forethought.scripts.experiment import build_parts, load_experiment
 
 EXPERIMENT = "cartpole-swingup-pilco"
 
 
-def load_pilco_experiment(name: str = EXPERIMENT) -> Experiment:
-    path = CONFIG_DIR / f"{name}.yaml"
-    data = load_yaml(path)
-    data.setdefault("name", name)
-    experiment = from_mapping(Experiment, data, f"{path}:")
-    experiment.source = str(path)
-    return experiment
-
-
-def learn_swingup(seed: int, max_trials: int) -> tuple[int | None, float | None, list[float]]:
-    """(trials to the first success or None, seconds of experience used or None, update wall times)."""
-    experiment = load_pilco_experiment()
-    experiment.loop.seed = seed
-    task = make_task(experiment)
-    params = {k: v for k, v in experiment.controller.items() if k != "type"}
-    with make_robot(experiment.robot) as robot:
-        controller: PilcoController = build_pilco(params, robot, task)
-        cost = build_cost(task.cost, robot.spec, task.scene, task.conditions[0])
-        for index in range(max_trials):
-            trial = rollout(robot, controller.policy(0), task.horizon, seed * 100_003 + index, cost)
-            if swingup_success(trial):
-                return index + 1, (index + 1) * task.horizon * robot.spec.dt, _update_times(controller)
-            if index + 1 < max_trials:
-                controller.update([[trial]])
-    return None, None, _update_times(controller)
-
-
-def _update_times(controller: PilcoController) -> list[float]:
-    return [h["iteration_s"] for h in controller.history]
-
-
 def propagate_speed(repeats: int) -> dict[str, float]:
     """Median ms of one GP propagate step at 300 cart-pole transitions (6 inputs, 4 outputs)."""
-    experiment = load_pilco_experiment()
-    task = make_task(experiment)
-    params = {k: v for k, v in experiment.controller.items() if k != "type"}
-    with make_robot(experiment.robot) as robot:
-        controller = build_pilco(params, robot, task)
-        policy = controller.policy(0)
-        trials: list[Trial] = []
+    parts = build_parts(load_experiment(EXPERIMENT))
+    policy = parts.controller.policy(0)
+    trials: list[Trial] = []
+    with parts.robot as robot:
         while sum(t.horizon for t in trials) < 300:
-            steps = min(task.horizon, 300 - sum(t.horizon for t in trials))
+            steps = min(parts.task.horizon, 300 - sum(t.horizon for t in trials))
             trials.append(rollout(robot, policy, steps, seed=len(trials)))
-    model = controller.model
+    model = parts.model
     model.fit(trials)
     assert model.inputs.shape == (300, 6) and model.n == 4
     generator = torch.Generator().manual_seed(0)
@@ -105,19 +68,20 @@ def run_bench_pilco(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2), max
     try:
         metrics = propagate_speed(repeats=5 if quick else 30)
         if not quick:
-            results = [learn_swingup(seed, max_trials) for seed in seeds]
-            metrics["trials_to_success"] = [r[0] for r in results]
-            metrics["interaction_s"] = [r[1] for r in results]
-            updates = [t for r in results for t in r[2]]
+            results = [iterations_to_success(EXPERIMENT, seed, max_trials) for seed in seeds]
+            metrics["trials_to_success"] = [r.first_success for r in results]
+            metrics["interaction_s"] = [r.interaction_s for r in results]
+            updates = [t for r in results for t in r.update_s]
             metrics["iteration_s"] = statistics.median(updates) if updates else None
-        experiment = load_pilco_experiment()
+        experiment = load_experiment(EXPERIMENT)
         config = {
             "experiment": EXPERIMENT,
+            "model": experiment.model,
             "controller": experiment.controller,
             "horizon": experiment.task.horizon,
             "seeds": list(seeds),
             "max_trials": max_trials,
-            "success": "pole within 0.1 rad of upright and cart within 0.1 m over the final 1 s",
+            "success": experiment.task.goal,
             "torch_threads": 1,
         }
         return metrics, config

@@ -64,10 +64,16 @@ class TaskConfig:
 
 @dataclass
 class LoopConfig:
+    """iterations: of the loop (trials per condition and sample; `--trials` overrides); samples:
+    trials per condition and iteration; seed: of everything random; video: of the last trial;
+    until_success: stop after the first iteration whose trials all reach the task's goal (for
+    "trials to success" measurements)."""
+
     iterations: int = 1
     samples: int = 1
     seed: int = 0
     video: bool = True
+    until_success: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.samples < 1:

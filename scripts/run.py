@@ -208,6 +208,9 @@ def run_loop(
         if progress is not None:
             progress.updated(diagnostics["update_s"])
         result.diagnostics.append(diagnostics)
+        done = sum(len(group) for group in by_condition)
+        if loop.until_success and task.goal is not None and all(result.successes[-done:]):
+            break
 
 
 def save_models(experiment: Experiment, model, controller, folder: Path) -> None:
