@@ -304,6 +304,9 @@ class MPCController:
 
 def task_costs(task, spec: RobotSpec, controller: str) -> list:
     """One Cost per condition of the task (controllers.costs); ConfigError when it declares none."""
+    if task.cost == "reward":
+        raise ConfigError(f"{controller} needs the cost's derivatives, and `cost: reward` (the task's own reward) has "
+                          "none: write the cost with its terms, or plan with sampling_mpc")
     if not isinstance(task.cost, dict) or not task.cost:
         raise ConfigError(f"{controller} needs the task's `cost` (its terms)")
     return [build_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]

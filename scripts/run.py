@@ -63,13 +63,15 @@ def new_run_folder(root: Path, name: str) -> Path:
 
 
 def make_cost(experiment: Experiment, robot, condition: dict):
-    """The per-step cost logged with each trial: the experiment's cost, or minus a dm_control reward."""
+    """The per-step cost logged with each trial: minus a dm_control task's reward (the task's own
+    measure, whatever cost the controller plans with, and what a `reward` goal reads), else the
+    experiment's cost."""
+    if hasattr(robot, "last_cost"):
+        return lambda x, u: robot.last_cost if u is not None else float("nan")
     if isinstance(experiment.task.cost, dict) and experiment.task.cost:
         from forethought.controllers.costs import build_cost
 
         return build_cost(experiment.task.cost, robot.spec, experiment.robot.scene, condition)
-    if hasattr(robot, "last_cost"):
-        return lambda x, u: robot.last_cost if u is not None else float("nan")
     return None
 
 
