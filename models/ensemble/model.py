@@ -1,148 +1,29 @@
-"""Probabilistic neural-network ensemble (PETS): E Gaussian MLPs over the state change.
+"""The probabilistic ensemble as a dynamics model: data, training, prediction and persistence.
 
-Each member maps features of (x_t, u_t) to a Gaussian over x_{t+1} - x_t. All members run in one
-batched pass: a layer's weights are an (E, in, out) tensor applied with `torch.baddbmm`. Inputs and
-targets are normalised with statistics computed in float64; angles named in the config are fed as
-(sin, cos). Training follows PETS: a bootstrap of the data per member, Gaussian negative
-log-likelihood with learned soft bounds on the log-variance plus their penalty, a held-out split
-with early stopping that keeps each member's best weights, and elites chosen by held-out loss.
-
-`EnsembleModel.dynamics(propagation)` returns an `EnsembleDynamics` that rolls whole batches of
-action sequences forward by trajectory sampling (TS1, TSinf) or by propagating the expectation,
-for the sampling planners.
+Each member maps features of (x_t, u_t) to a Gaussian over x_{t+1} - x_t. Inputs and targets are
+normalised with statistics computed in float64; angles named in the config are fed as (sin, cos).
+Training follows PETS: a bootstrap of the data per member, Gaussian negative log-likelihood with
+learned soft bounds on the log-variance plus their penalty, a held-out split with early stopping
+that keeps each member's best weights, and elites chosen by held-out loss.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache, partial
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from forethought.models.dynamics_model import as_batch
+from forethought.models.ensemble.config import EnsembleConfig, native_bfloat16, resolve_device
+from forethought.models.ensemble.network import EnsembleNetwork, Normaliser
+from forethought.models.ensemble.planning import EnsembleDynamics
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
-
-ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": F.elu, "tanh": torch.tanh}
-ACTIVATIONS_IN_PLACE = {"silu": partial(F.silu, inplace=True), "relu": torch.relu_, "elu": F.elu_, "tanh": torch.tanh_}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-PROPAGATIONS = ("ts1", "tsinf", "expectation")
-
-
-@dataclass
-class EnsembleConfig:
-    """How the ensemble is built and trained.
-
-    members: networks in the ensemble; elites: how many of them (best held-out loss) predict and plan
-    (default all). hidden: widths of the hidden layers. angle_states: state names fed as (sin, cos).
-    relative_actions: feed each action that shares its name with a state as the difference action -
-    state (a servo's position target becomes its position error, which its torque follows); other
-    actions are fed as they are.
-    weight_decay: L2 weight on every layer's weights. holdout: fraction of transitions kept out of
-    training for early stopping (at most max_holdout; the same transitions in every fit); training
-    stops after `patience` epochs in which no member's held-out mean squared error improved by a
-    relative `min_improvement`, once it has taken `min_steps` gradient steps (so that the few
-    transitions of the first trials still train the networks), and after `max_epochs` epochs (or
-    enough epochs for min_steps) or `max_steps` steps at the latest (each fit continues from the
-    last one's weights, so a capped fit still builds on all earlier training).
-    logvar_min, logvar_max: initial soft bounds on the log-variance (normalised target units);
-    logvar_penalty: weight of (sum of upper bounds - sum of lower bounds) in the loss.
-    planning_dtype: precision of the network inside planning rollouts: "float32", "bfloat16" (about
-    4 times faster on CPUs with AVX512-BF16 or AMX, accurate to about 3 significant digits; states
-    accumulate in float32 either way) or "auto" (bfloat16 where the hardware has it, else float32).
-    device: "cpu" or "cuda" (an error when CUDA is not available).
-    """
-
-    members: int = 5
-    elites: int | None = None
-    hidden: list[int] = field(default_factory=lambda: [200, 200, 200])
-    activation: str = "silu"
-    angle_states: list[str] = field(default_factory=list)
-    relative_actions: bool = False
-    learning_rate: float = 1e-3
-    weight_decay: float = 5e-5
-    batch_size: int = 32
-    max_epochs: int = 200
-    min_steps: int = 1000
-    max_steps: int = 10000
-    patience: int = 30
-    min_improvement: float = 0.01
-    holdout: float = 0.2
-    max_holdout: int = 2000
-    logvar_min: float = -10.0
-    logvar_max: float = 0.5
-    logvar_penalty: float = 0.01
-    planning_dtype: str = "auto"
-    device: str = "cpu"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.hidden = [int(h) for h in self.hidden]
-        self.angle_states = list(self.angle_states)
-        if self.members < 1:
-            raise ValueError(f"members must be at least 1, got {self.members}")
-        if self.elites is not None and not 1 <= self.elites <= self.members:
-            raise ValueError(f"elites must be between 1 and members ({self.members}), got {self.elites}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden must list at least one positive width, got {self.hidden}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation '{self.activation}' (known: {', '.join(ACTIVATIONS)})")
-        if self.planning_dtype not in (*DTYPES, "auto"):
-            raise ValueError(f"unknown planning_dtype '{self.planning_dtype}' (known: auto, {', '.join(DTYPES)})")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("batch_size, max_epochs and patience must be at least 1")
-        if self.max_steps < max(1, self.min_steps):
-            raise ValueError(f"max_steps ({self.max_steps}) must be at least min_steps ({self.min_steps}) and 1")
-        if not self.logvar_min < self.logvar_max:
-            raise ValueError(f"logvar_min ({self.logvar_min}) must be below logvar_max ({self.logvar_max})")
-        resolve_device(self.device)
-
-    @property
-    def n_elites(self) -> int:
-        return self.members if self.elites is None else self.elites
-
-
-def resolve_device(device: str) -> torch.device:
-    """torch.device for "cpu" / "cuda[:i]"; ValueError when CUDA is asked for and not available."""
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device '{device}' (use 'cpu' or 'cuda')") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' asked for, but torch finds no CUDA device here")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device '{device}' (use 'cpu' or 'cuda')")
-    return resolved
-
-
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether `device` multiplies bfloat16 natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return _cpu_has_bfloat16()
-
-
-@lru_cache(maxsize=1)
-def _cpu_has_bfloat16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def soft_bound_logvar(raw: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """Squash raw log-variances smoothly into (lower, upper) as in PETS."""
-    logvar = upper - F.softplus(upper - raw)
-    return lower + F.softplus(logvar - lower)
 
 
 def gaussian_nll(mean: np.ndarray, var: np.ndarray, target: np.ndarray) -> float:
@@ -150,66 +31,6 @@ def gaussian_nll(mean: np.ndarray, var: np.ndarray, target: np.ndarray) -> float
     var = np.maximum(var, 1e-300)
     per_row = 0.5 * (np.log(2 * np.pi * var) + (target - mean) ** 2 / var).sum(axis=-1)
     return float(per_row.mean())
-
-
-class EnsembleNetwork(torch.nn.Module):
-    """E Gaussian MLPs evaluated together: z (E, B, d_in) -> mean, log-variance (E, B, d_out)."""
-
-    def __init__(
-        self,
-        members: int,
-        d_in: int,
-        d_out: int,
-        hidden: Sequence[int],
-        activation: str,
-        logvar_bounds: tuple[float, float],
-        generator: torch.Generator,
-    ):
-        super().__init__()
-        widths = [d_in, *hidden, 2 * d_out]
-        self.d_out = d_out
-        self.activation = ACTIVATIONS[activation]
-        self.weights = torch.nn.ParameterList()
-        self.biases = torch.nn.ParameterList()
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            w = torch.empty(members, fan_in, fan_out)
-            # PETS' initialisation: truncated normal with std 1 / (2 sqrt(fan_in)).
-            torch.nn.init.trunc_normal_(w, std=1.0 / (2.0 * math.sqrt(fan_in)), a=-2.0 / math.sqrt(fan_in),
-                                        b=2.0 / math.sqrt(fan_in), generator=generator)
-            self.weights.append(torch.nn.Parameter(w))
-            self.biases.append(torch.nn.Parameter(torch.zeros(members, 1, fan_out)))
-        self.min_logvar = torch.nn.Parameter(torch.full((members, 1, d_out), float(logvar_bounds[0])))
-        self.max_logvar = torch.nn.Parameter(torch.full((members, 1, d_out), float(logvar_bounds[1])))
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = z
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)
-            if i < last:
-                h = self.activation(h)
-        mean, raw = h[..., : self.d_out], h[..., self.d_out :]
-        return mean, soft_bound_logvar(raw, self.min_logvar, self.max_logvar)
-
-
-@dataclass
-class Normaliser:
-    """Affine statistics in float64: mean and std per column.
-
-    A constant column gets std `constant_std`: 1 for inputs (so an unseen value stays moderate
-    after normalisation), tiny for targets (so the network's output for a quantity that never
-    changed in the data is scaled to practically zero).
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, data: np.ndarray, constant_std: float) -> "Normaliser":
-        mean = data.mean(axis=0)
-        std = data.std(axis=0)
-        std = np.where(std < 1e-12, constant_std, std)
-        return cls(mean.astype(np.float64), std.astype(np.float64))
 
 
 class EnsembleModel:
@@ -247,7 +68,7 @@ class EnsembleModel:
         self.target_stats: Normaliser | None = None
         self.elites = np.arange(self.config.n_elites)
         self.holdout_mse = np.full(self.config.members, np.nan)
-        self._dynamics_cache: dict[tuple[str, str], "EnsembleDynamics"] = {}
+        self._dynamics_cache: dict[tuple[str, str], EnsembleDynamics] = {}
 
     @property
     def n(self) -> int:
@@ -458,7 +279,7 @@ class EnsembleModel:
         means, _ = self.predict_members(x, u)
         return means.var(axis=0)
 
-    def dynamics(self, propagation: str = "tsinf", dtype: str | None = None) -> "EnsembleDynamics":
+    def dynamics(self, propagation: str = "tsinf", dtype: str | None = None) -> EnsembleDynamics:
         """Batched rollouts through the elites for planners (cached until the next fit)."""
         if not self.fitted:
             raise RuntimeError("the ensemble has not been fitted: call fit(trials) first")
@@ -518,131 +339,3 @@ class EnsembleModel:
         model.holdout_mse = np.asarray(state.get("holdout_mse", model.holdout_mse), dtype=np.float64)
         model._generator.set_state(state["generator"])
         return model
-
-
-class EnsembleDynamics:
-    """Rollouts of whole batches of action sequences through the elites (a BatchedDynamics).
-
-    propagation: "tsinf" (each trajectory keeps one member for the whole rollout), "ts1" (a fresh
-    member every step), or "expectation" (the mean over members, no sampling). Members are assigned
-    to trajectories at random in near-equal shares, so a batch of any size works. Input and target
-    normalisation are folded into the first and last layers, and a constant input feature carries the
-    first layer's bias, so a step is one gather, k-way batched matmuls and one sample.
-    """
-
-    def __init__(self, model: EnsembleModel, propagation: str, dtype: str = "float32"):
-        if propagation not in PROPAGATIONS:
-            raise ValueError(f"unknown propagation '{propagation}' (known: {', '.join(PROPAGATIONS)})")
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype '{dtype}' (known: {', '.join(DTYPES)})")
-        self.propagation = propagation
-        self.model = model
-        self.device = model.device
-        self.dtype = DTYPES[dtype]
-        self.n, self.m = model.n, model.m
-        self.activation = ACTIVATIONS_IN_PLACE[model.config.activation]
-        net = model.network
-        elites = torch.as_tensor(model.elites, device=self.device)
-        self.k = len(elites)
-        f64 = dict(dtype=torch.float64, device=self.device)
-        in_mean = torch.as_tensor(model.input_stats.mean, **f64)
-        in_std = torch.as_tensor(model.input_stats.std, **f64)
-        out_mean = torch.as_tensor(model.target_stats.mean, **f64)
-        out_std = torch.as_tensor(model.target_stats.std, **f64)
-        weights = [w.detach()[elites].double() for w in net.weights]
-        biases = [b.detach()[elites].double() for b in net.biases]
-        # z = (f - mean) / std  =>  z W + b = f (W / std) + (b - (mean / std) W); the bias rides on a 1 feature.
-        w0 = weights[0] / in_std[None, :, None]
-        b0 = biases[0] - torch.einsum("d,kdh->kh", in_mean / in_std, weights[0])[:, None, :]
-        weights[0] = torch.cat([w0, b0], dim=1)
-        # The mean head outputs delta directly: columns scaled by the target std, shifted by its mean.
-        scale = torch.cat([out_std, torch.ones_like(out_std)])
-        shift = torch.cat([out_mean, torch.zeros_like(out_mean)])
-        weights[-1] = weights[-1] * scale
-        biases[-1] = biases[-1] * scale + shift
-        self.weights = [w.to(self.dtype).contiguous() for w in weights]
-        self.biases = [b.to(self.dtype).contiguous() for b in biases[1:]]
-        self.min_logvar = net.min_logvar.detach()[elites].float()
-        self.max_logvar = net.max_logvar.detach()[elites].float()
-        self.log_std_scale = torch.log(out_std).float()
-        self._buffers: dict[int, list[torch.Tensor]] = {}
-        self._angle_idx = torch.as_tensor(model._angle_idx, device=self.device)
-        self._plain_idx = torch.as_tensor(model._plain_idx, device=self.device)
-        self._action_ref = torch.as_tensor(model._action_ref, device=self.device)
-        self._action_rel = torch.as_tensor(model._action_rel, dtype=torch.float32, device=self.device)
-        self._relative = bool(model._action_rel.any())
-
-    def _features(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """(x without angles, sin and cos of angles, u or u - x, 1) in the network's dtype."""
-        ang = x[..., self._angle_idx]
-        if self._relative:
-            u = u - self._action_rel * x[..., self._action_ref]
-        ones = torch.ones_like(u[..., :1])
-        return torch.cat([x[..., self._plain_idx], torch.sin(ang), torch.cos(ang), u, ones], dim=-1).to(self.dtype)
-
-    def _workspace(self, R: int) -> list[torch.Tensor]:
-        """Hidden-layer buffers (k, R, width), reused across steps and calls.
-
-        Allocating megabyte-sized activations afresh at every layer costs more than the layer's
-        activation function on CPU (each new block is page-faulted in again).
-        """
-        if R not in self._buffers:
-            if len(self._buffers) >= 8:
-                self._buffers.clear()
-            self._buffers[R] = [
-                torch.empty(self.k, R, w.shape[-1], dtype=self.dtype, device=self.device) for w in self.weights[:-1]
-            ]
-        return self._buffers[R]
-
-    def _network(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f (k, R, d+1) -> delta mean (k, R, n), log std (k, R, n), float32."""
-        buffers = self._workspace(f.shape[1])
-        h = self.activation(torch.bmm(f, self.weights[0], out=buffers[0]))
-        for w, b, out in zip(self.weights[1:-1], self.biases[:-1], buffers[1:]):
-            h = self.activation(torch.baddbmm(b, h, w, out=out))
-        out = torch.baddbmm(self.biases[-1], h, self.weights[-1]).float()
-        logvar = soft_bound_logvar(out[..., self.n :], self.min_logvar, self.max_logvar)
-        return out[..., : self.n], 0.5 * logvar + self.log_std_scale
-
-    def _assignment(self, B: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """A random member for each of B rows, in near-equal shares (counts differ by at most one).
-
-        Returns order (k*R,): the row in each member-major slot (member e owns slots e*R .. e*R+R-1;
-        a few slots repeat a row to pad), inverse (B,): the slot that holds each row's result, and R.
-        """
-        k = self.k
-        R = math.ceil(B / k)
-        perm = torch.randperm(B, generator=generator, device=self.device)
-        # Deal the shuffled rows out to the members like cards: row perm[s] goes to member s % k.
-        dealt = torch.cat([perm, perm[: k * R - B]]).view(R, k)
-        order = dealt.t().reshape(-1)
-        s = torch.arange(B, device=self.device)
-        inverse = torch.empty_like(perm)
-        inverse[perm] = (s % k) * R + s // k
-        return order, inverse, R
-
-    @torch.no_grad()
-    def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """States (B, H+1, n) from x0 (B, n) under actions U (B, H, m), float32 on `device`."""
-        B, H, _ = U.shape
-        X = torch.empty(B, H + 1, self.n, device=self.device)
-        X[:, 0] = x = x0
-        if self.propagation == "expectation":
-            for t in range(H):
-                f = self._features(x, U[:, t]).expand(self.k, B, -1)
-                delta, _ = self._network(f)
-                x = X[:, t + 1] = x + delta.mean(dim=0)
-            return X
-        # Rows stay in member-major slot order between steps; TS1 deals them out afresh each step.
-        order, inverse, R = self._assignment(B, generator)
-        xs, Us = x0[order], U[order]
-        for t in range(H):
-            if t > 0 and self.propagation == "ts1":
-                order, inverse, R = self._assignment(B, generator)
-                xs, Us = x[order], U[order]
-            f = self._features(xs, Us[:, t]).view(self.k, R, -1)
-            delta, log_std = self._network(f)
-            noise = torch.randn(self.k, R, self.n, generator=generator, device=self.device)
-            xs = xs + (delta + torch.exp(log_std) * noise).view(self.k * R, self.n)
-            x = X[:, t + 1] = xs[inverse]
-        return X
