@@ -22,28 +22,34 @@ A Cholesky factorisation that fails is retried with growing jitter and the event
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Sequence
 
 import gpytorch
 import numpy as np
-import scipy.optimize
 import torch
 
 from forethought.models.dynamics_model import as_batch
+from forethought.models.gp.kernel import (
+    DTYPE,
+    BatchedGP,
+    CholeskyError,
+    exact_computations,
+    farthest_points,
+    robust_cholesky,
+    se_kernel,
+)
+from forethought.models.gp.lbfgs import is_numerical, minimize_lbfgs
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
 log = logging.getLogger(__name__)
-
-DTYPE = torch.float64
 
 
 @dataclass
@@ -73,157 +79,6 @@ class GPConfig:
             raise ValueError("max_snr and max_lengthscale_ratio must exceed 1")
         if self.inducing < 0:
             raise ValueError(f"inducing must not be negative, got {self.inducing}")
-
-
-class CholeskyError(np.linalg.LinAlgError):
-    """A matrix that stays indefinite however much jitter is added."""
-
-
-def robust_cholesky(A: torch.Tensor, what: str, max_tries: int = 10) -> tuple[torch.Tensor, float]:
-    """Lower Cholesky factor of the batch A (..., N, N), adding jitter where it fails.
-
-    The jitter starts at 1e-10 times the mean diagonal and grows tenfold per failed try; every
-    retry is logged as a warning naming `what`. Returns (L, largest jitter added, 0.0 if none);
-    raises CholeskyError after max_tries.
-    """
-    L, info = torch.linalg.cholesky_ex(A)
-    if not bool((info > 0).any()):
-        return L, 0.0
-    scale = torch.diagonal(A, dim1=-2, dim2=-1).mean().abs().item() or 1.0
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    jitter = 1e-10 * scale
-    for _ in range(max_tries):
-        log.warning("Cholesky factorisation of %s failed; retrying with jitter %.1e", what, jitter)
-        L, info = torch.linalg.cholesky_ex(A + jitter * eye)
-        if not bool((info > 0).any()):
-            return L, jitter
-        jitter *= 10.0
-    raise CholeskyError(f"Cholesky factorisation of {what} failed even with jitter {jitter / 10:.1e}")
-
-
-class Minimum(NamedTuple):
-    """The best loss seen, how many evaluations it took and how the optimiser stopped."""
-
-    value: float
-    evaluations: int
-    message: str
-
-
-def minimize_lbfgs(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], max_iter: int,
-                   until_max_iter: bool = False, progress: Progress | None = None) -> Minimum:
-    """Minimise loss() over the tensors `params` in place: scipy's L-BFGS-B on autograd gradients.
-
-    A loss that is not finite or whose evaluation fails with a linear-algebra error counts as +inf,
-    so the line search backs off; the params end at the best point seen. until_max_iter: ignore the
-    convergence tests on small steps and gradients and stop only after max_iter iterations (or when
-    the line search fails), for losses whose gradients are small while far from converged.
-    progress: told each evaluation (counted on from where it stands) and the best value so far.
-    """
-    params = list(params)
-    shapes = [p.shape for p in params]
-    sizes = [p.numel() for p in params]
-    best = {"value": math.inf, "x": torch.cat([p.detach().reshape(-1) for p in params]).clone()}
-    evaluated_before = progress.done if progress is not None else 0
-    evaluations = 0
-
-    def assign(x: torch.Tensor) -> None:
-        with torch.no_grad():
-            for p, chunk, shape in zip(params, torch.split(x, sizes), shapes):
-                p.copy_(chunk.reshape(shape))
-
-    def fun(x_np: np.ndarray):
-        nonlocal evaluations
-        evaluations += 1
-        if progress is not None:
-            progress.update(evaluated_before + evaluations, best=best["value"])
-        x = torch.as_tensor(x_np, dtype=DTYPE)
-        assign(x)
-        for p in params:
-            p.grad = None
-        try:
-            value = loss()
-            if not torch.isfinite(value):
-                raise FloatingPointError
-            grads = torch.autograd.grad(value, params, allow_unused=True)
-        except (FloatingPointError, RuntimeError, np.linalg.LinAlgError, ValueError) as err:
-            if not isinstance(err, FloatingPointError) and not is_numerical(err):
-                raise
-            return math.inf, np.zeros_like(x_np)
-        g = torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1) for p, gr in zip(params, grads)])
-        if not torch.all(torch.isfinite(g)):
-            return math.inf, np.zeros_like(x_np)
-        v = float(value.detach())
-        if v < best["value"]:
-            best["value"], best["x"] = v, x.clone()
-        return v, g.numpy().astype(np.float64)
-
-    x0 = best["x"].numpy().astype(np.float64)
-    options = {"maxiter": max_iter, "maxfun": 2 * max_iter}
-    if until_max_iter:
-        options.update(ftol=0.0, gtol=0.0)
-    result = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", options=options)
-    assign(best["x"])
-    return Minimum(best["value"], int(result.nfev), str(result.message))
-
-
-def is_numerical(err: Exception) -> bool:
-    """Failures that a bad step in hyperparameter or policy space can cause (not programming errors)."""
-    if type(err).__name__ in ("NotPSDError", "LinAlgError", "_LinAlgError"):
-        return True
-    text = str(err).lower()
-    return any(word in text for word in ("cholesky", "singular", "positive-definite"))
-
-
-# -- the batched gpytorch model ----------------------------------------------------------------------
-
-
-def _positive():
-    """Positive hyperparameters optimised in log space: every scale is equally easy to reach."""
-    return gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log)
-
-
-class BatchedGP(gpytorch.models.ExactGP):
-    """E independent GPs (batch over outputs) with zero mean and scaled SE-ARD kernels.
-
-    train_x: (E, N, D) (the same inputs repeated), train_y: (E, N); noise_floor: least noise variance.
-    """
-
-    def __init__(self, train_x, train_y, noise_floor: float):
-        E, _, D = train_x.shape
-        likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            batch_shape=torch.Size([E]),
-            noise_constraint=gpytorch.constraints.GreaterThan(noise_floor, transform=torch.exp, inv_transform=torch.log),
-        )
-        super().__init__(train_x, train_y, likelihood)
-        self.mean_module = gpytorch.means.ZeroMean(batch_shape=torch.Size([E]))
-        self.covar_module = gpytorch.kernels.ScaleKernel(
-            gpytorch.kernels.RBFKernel(ard_num_dims=D, batch_shape=torch.Size([E]), lengthscale_constraint=_positive()),
-            batch_shape=torch.Size([E]),
-            outputscale_constraint=_positive(),
-        )
-        self.to(DTYPE)
-
-    def forward(self, x):
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
-
-    @property
-    def lengthscales(self) -> torch.Tensor:
-        return self.covar_module.base_kernel.lengthscale.reshape(self.covar_module.batch_shape[0], -1)
-
-    @property
-    def signal_var(self) -> torch.Tensor:
-        return self.covar_module.outputscale.reshape(-1)
-
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return self.likelihood.noise.reshape(-1)
-
-
-@contextlib.contextmanager
-def exact_computations():
-    """gpytorch on Cholesky factorisations throughout (no CG, no Lanczos): exact float64 numbers."""
-    with gpytorch.settings.max_cholesky_size(10**9), gpytorch.settings.fast_computations(False, False, False):
-        yield
 
 
 # -- the dynamics model -----------------------------------------------------------------------------
@@ -551,23 +406,3 @@ class GPModel:
         model._cache()
         model.fitted = True
         return model
-
-
-def se_kernel(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor, signal_var: torch.Tensor) -> torch.Tensor:
-    """SE-ARD kernel matrices (E, A, B) for inputs a (A, D), b (B, D), lengthscales (E, D), signal_var (E,)."""
-    # Differences rather than |a|^2 + |b|^2 - 2ab: no cancellation, so K is accurate to rounding.
-    scaled = (a[None, :, None, :] - b[None, None, :, :]) / lengthscales[:, None, None, :]
-    return signal_var[:, None, None] * torch.exp(-0.5 * (scaled * scaled).sum(-1))
-
-
-def farthest_points(X: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices (count,) of rows of X (N, D) in farthest-point order: each the farthest from those before,
-    starting from the row nearest the mean. Deterministic; covers the data's extremes and gaps."""
-    count = min(count, X.shape[0])
-    chosen = [int(torch.argmin(((X - X.mean(0)) ** 2).sum(-1)))]
-    nearest = ((X - X[chosen[0]]) ** 2).sum(-1)
-    for _ in range(count - 1):
-        i = int(torch.argmax(nearest))
-        chosen.append(i)
-        nearest = torch.minimum(nearest, ((X - X[i]) ** 2).sum(-1))
-    return torch.tensor(chosen, dtype=torch.long)
