@@ -16,7 +16,7 @@ PROPAGATIONS = ("ts1", "tsinf", "expectation")
 
 @dataclass
 class EnsembleConfig:
-    """How the ensemble is built and trained.
+    """How the ensemble is built, trained and rolled out.
 
     members: networks in the ensemble; elites: how many of them (best held-out loss) predict and plan
     (default all). hidden: widths of the hidden layers. angle_states: state names fed as (sin, cos).
@@ -32,6 +32,9 @@ class EnsembleConfig:
     last one's weights, so a capped fit still builds on all earlier training).
     logvar_min, logvar_max: initial soft bounds on the log-variance (normalised target units);
     logvar_penalty: weight of (sum of upper bounds - sum of lower bounds) in the loss.
+    propagation: how `rollout` carries particles through the members: "tsinf" (each particle keeps
+    one member for the whole rollout), "ts1" (a fresh member every step) or "expectation" (the mean
+    over members, no sampling).
     planning_dtype: precision of the network inside planning rollouts: "float32", "bfloat16" (about
     4 times faster on CPUs with AVX512-BF16 or AMX, accurate to about 3 significant digits; states
     accumulate in float32 either way) or "auto" (bfloat16 where the hardware has it, else float32).
@@ -57,6 +60,7 @@ class EnsembleConfig:
     logvar_min: float = -10.0
     logvar_max: float = 0.5
     logvar_penalty: float = 0.01
+    propagation: str = "tsinf"
     planning_dtype: str = "auto"
     device: str = "cpu"
     seed: int = 0
@@ -72,6 +76,8 @@ class EnsembleConfig:
             raise ValueError(f"hidden must list at least one positive width, got {self.hidden}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{self.activation}' (known: {', '.join(ACTIVATIONS)})")
+        if self.propagation not in PROPAGATIONS:
+            raise ValueError(f"unknown propagation '{self.propagation}' (known: {', '.join(PROPAGATIONS)})")
         if self.planning_dtype not in (*DTYPES, "auto"):
             raise ValueError(f"unknown planning_dtype '{self.planning_dtype}' (known: auto, {', '.join(DTYPES)})")
         if not 0.0 <= self.holdout < 1.0:

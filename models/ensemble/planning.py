@@ -1,4 +1,9 @@
-"""The ensemble's planning kernel: whole batches of action sequences rolled through the elites."""
+"""The ensemble's planning kernel: whole batches of action sequences rolled through the elites.
+
+Input and target normalisation are folded into the first and last layers once per fit, so a
+planning step is one gather, k-way batched matmuls and one sample; the same folded weights give
+the differentiable mixture mean that `EnsembleModel.linearize` differentiates.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
-from forethought.models.ensemble.network import ACTIVATIONS_IN_PLACE, soft_bound_logvar
+from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
 
 if TYPE_CHECKING:
     from forethought.models.ensemble.model import EnsembleModel
 
+
 class EnsembleDynamics:
-    """Rollouts of whole batches of action sequences through the elites (a BatchedDynamics).
+    """Rollouts of whole batches of action sequences through the elites (a BatchedDynamics), and the
+    elites' mean next state as a differentiable function (`mean_step`).
 
     propagation: "tsinf" (each trajectory keeps one member for the whole rollout), "ts1" (a fresh
     member every step), or "expectation" (the mean over members, no sampling). Members are assigned
@@ -34,6 +41,7 @@ class EnsembleDynamics:
         self.dtype = DTYPES[dtype]
         self.n, self.m = model.n, model.m
         self.activation = ACTIVATIONS_IN_PLACE[model.config.activation]
+        self.activation_out_of_place = ACTIVATIONS[model.config.activation]
         net = model.network
         elites = torch.as_tensor(model.elites, device=self.device)
         self.k = len(elites)
@@ -96,6 +104,21 @@ class EnsembleDynamics:
         out = torch.baddbmm(self.biases[-1], h, self.weights[-1]).float()
         logvar = soft_bound_logvar(out[..., self.n :], self.min_logvar, self.max_logvar)
         return out[..., : self.n], 0.5 * logvar + self.log_std_scale
+
+    def mean_step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The elites' mean next state (B, n) for x (B, n), u (B, m), in the kernel's dtype.
+
+        Differentiable (no workspace, nothing in place); rows are independent, so the Jacobian of
+        row b's output depends on row b alone.
+        """
+        f = self._features(x.to(self.dtype), u.to(self.dtype))
+        h = f.expand(self.k, *f.shape)
+        h = self.activation_out_of_place(torch.matmul(h, self.weights[0]))
+        for w, b in zip(self.weights[1:-1], self.biases[:-1]):
+            h = self.activation_out_of_place(torch.baddbmm(b, h, w))
+        # The mean head only: the first n output columns.
+        delta = torch.baddbmm(self.biases[-1][..., : self.n], h, self.weights[-1][..., : self.n])
+        return x.to(self.dtype) + delta.mean(dim=0)
 
     def _assignment(self, B: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         """A random member for each of B rows, in near-equal shares (counts differ by at most one).
