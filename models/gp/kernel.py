@@ -90,11 +90,25 @@ def exact_computations():
         yield
 
 
-def se_kernel(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor, signal_var: torch.Tensor) -> torch.Tensor:
-    """SE-ARD kernel matrices (E, A, B) for inputs a (A, D), b (B, D), lengthscales (E, D), signal_var (E,)."""
-    # Differences rather than |a|^2 + |b|^2 - 2ab: no cancellation, so K is accurate to rounding.
-    scaled = (a[None, :, None, :] - b[None, None, :, :]) / lengthscales[:, None, None, :]
-    return signal_var[:, None, None] * torch.exp(-0.5 * (scaled * scaled).sum(-1))
+def se_kernel(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor, signal_var: torch.Tensor,
+              expanded: bool = False) -> torch.Tensor:
+    """SE-ARD kernel matrices (E, A, B) for inputs a (A, D), b (B, D), lengthscales (E, D), signal_var (E,).
+
+    The squared distances come from the differences by default: no cancellation, so K is accurate to
+    rounding, as the Cholesky factorisations of a fit want. expanded: from |a|^2 + |b|^2 - 2 a.b
+    instead (after centring both on b's mean), one matrix product rather than an (E, A, B, D)
+    tensor: several times faster for thousands of points, and within about 1e-12 relative in float64.
+    """
+    if not expanded:
+        scaled = (a[None, :, None, :] - b[None, None, :, :]) / lengthscales[:, None, None, :]
+        squared = (scaled * scaled).sum(-1)
+    else:
+        centre = b.mean(dim=0)
+        sa = (a - centre)[None] / lengthscales[:, None, :]
+        sb = (b - centre)[None] / lengthscales[:, None, :]
+        norms = (sa * sa).sum(-1)[..., None] + (sb * sb).sum(-1)[:, None, :]
+        squared = torch.baddbmm(norms, sa, sb.transpose(-1, -2), alpha=-2.0).clamp_min_(0.0)
+    return signal_var[:, None, None] * torch.exp(-0.5 * squared)
 
 
 def farthest_points(X: torch.Tensor, count: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ import gpytorch
 import numpy as np
 import torch
 
+from forethought.models.capabilities import LINEARIZE, PREDICT, PROPAGATE, ROLLOUT
 from forethought.models.dynamics_model import as_batch
 from forethought.models.gp.kernel import (
     DTYPE,
@@ -45,6 +46,7 @@ from forethought.models.gp.kernel import (
     se_kernel,
 )
 from forethought.models.gp.lbfgs import is_numerical, minimize_lbfgs
+from forethought.models.jacobians import row_jacobians
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
@@ -88,8 +90,15 @@ class GPModel:
     """PILCO's GP dynamics model over the named states and actions (see the module docstring).
 
     state_names, action_names: the model's state x (n,) and action u (m,), looked up by name in the
-    trials it is fitted on (so a model may cover part of a robot's state).
+    trials it is fitted on (so a model may cover part of a robot's state). Offers predict, linearize
+    (through the posterior mean, by autograd), rollout (particles sampled from the predictive
+    distribution) and propagate (exact moment matching); refitted on every trial so far.
     """
+
+    capabilities = frozenset({PREDICT, LINEARIZE, ROLLOUT, PROPAGATE})
+    learned = True
+    fit_on = "all_trials"
+    device = torch.device("cpu")  # where rollout's tensors live
 
     def __init__(self, state_names: Sequence[str], action_names: Sequence[str], config: GPConfig | None = None):
         self.state_names = tuple(state_names)
@@ -310,11 +319,11 @@ class GPModel:
     def posterior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and latent variance of the state difference at GP inputs z (B, D): (B, E) each."""
         self._require_fit()
-        k = se_kernel(z, self.inputs, self.lengthscales, self.signal_var)  # (E, B, N)
-        mean = (k @ self.beta[..., None])[..., 0].T
+        k = se_kernel(self.inputs, z, self.lengthscales, self.signal_var, expanded=True)  # (E, N, B)
+        mean = (self.beta[:, None, :] @ k)[:, 0].T
         # k iK k from triangular solves (no explicit inverse): |L^-1 k|^2, less |LB^-1 Luu^-1 k|^2 if sparse.
         first, second = self._factors
-        a = torch.linalg.solve_triangular(first, k.transpose(-1, -2), upper=False)
+        a = torch.linalg.solve_triangular(first, k, upper=False)
         explained = (a * a).sum(-2)
         if second is not None:
             b = torch.linalg.solve_triangular(second, a, upper=False)
@@ -334,6 +343,50 @@ class GPModel:
             mean, var = self.posterior(self.features(xt, torch.as_tensor(u, dtype=DTYPE)))
             mean, var = (xt + mean).numpy(), (var + self.noise_var).numpy()
         return (mean[0], var[0]) if single else (mean, var)
+
+    def mean_step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The posterior mean of the next state (B, n) for x (B, n), u (B, m), float64, differentiable;
+        the kernel from exact differences, as in the fit."""
+        self._require_fit()
+        k = se_kernel(self.inputs, self.features(x, u), self.lengthscales, self.signal_var)  # (E, N, B)
+        return x + (self.beta[:, None, :] @ k)[:, 0].T
+
+    def linearize(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The next state about each row as A x + B u + c with noise covariance Sigma, float64:
+        A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n); a single (n,), (m,) pair gives unbatched
+        outputs.
+
+        A and B are the exact derivatives of the posterior mean by autograd; c puts predict's mean at
+        the row itself; Sigma is predict's variance (latent plus noise) on the diagonal.
+        """
+        mean, var = self.predict(x, u)
+        x2, u2, single = as_batch(x, u, self.n, self.m, "GPModel")
+        A, B = (j.numpy() for j in row_jacobians(self.mean_step, torch.as_tensor(x2), torch.as_tensor(u2)))
+        mean, var = np.atleast_2d(mean), np.atleast_2d(var)
+        c = mean - np.einsum("bij,bj->bi", A, x2) - np.einsum("bij,bj->bi", B, u2)
+        Sigma = var[:, :, None] * np.eye(self.n)
+        return (A[0], B[0], c[0], Sigma[0]) if single else (A, B, c, Sigma)
+
+    @torch.no_grad()
+    def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """States (B, H+1, n) float32 on the CPU from x0 (B, n) under actions U (B, H, m).
+
+        Each particle steps by a draw x_{t+1} ~ N(mean, var) from the GP's predictive distribution
+        (latent plus noise variance, independent per state) at its own state and action: one batched
+        posterior evaluation (float64) per step, random draws only from `generator`.
+        """
+        self._require_fit()
+        B, H, _ = U.shape
+        x = x0.detach().to("cpu", DTYPE)
+        actions = U.detach().to("cpu", DTYPE)
+        X = torch.empty(B, H + 1, self.n, dtype=torch.float32)
+        X[:, 0] = x
+        for t in range(H):
+            mean, var = self.posterior(self.features(x, actions[:, t]))
+            draw = torch.randn(B, self.n, generator=generator, dtype=DTYPE)
+            x = x + mean + torch.sqrt(var + self.noise_var) * draw
+            X[:, t + 1] = x
+        return X
 
     def propagate(self, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Moment-match a Gaussian over (x, u) through the model to the next state.
