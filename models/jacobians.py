@@ -3,10 +3,10 @@
 A learned model's mean next state f(x, u) treats the rows of a batch independently, so the
 gradient of output i summed over the rows holds row b's derivatives of output i in row b. One
 backward pass per output through one forward pass gives A (B, n, n) and B (B, n, m) for the
-whole batch. On a CPU this beat the alternatives for the ensemble's linearisation (B = 50, n = 12,
-m = 6, 5 members of 3 x 200, one thread, best of 40): 36-38 ms in float32 against 50-63 ms for one
-vectorised backward pass (is_grads_batched) or one pass over the batch stacked n times, and
-seconds for torch.func's jacrev under vmap over rows.
+whole batch. For the ensemble's linearisation (B = 50, n = 12, m = 6, 5 members of 3 x 200, float32,
+one thread, best of 40, on a shared 2-core CPU) this was the fastest or tied in every comparison:
+36-63 ms, against 50-64 ms for one pass over the batch stacked n times, 50-77 ms for one vectorised
+backward pass (is_grads_batched), and 2.3 s for torch.func's jacrev under vmap over rows.
 """
 
 from __future__ import annotations
