@@ -1,0 +1,499 @@
+"""How the trial reader takes damaged trial files, and what its checks cost.
+
+10,000 trial files (1,000 with --quick), seeded: a finished trial, a partial one whose writer closed
+it, or a partial one whose writer died (left marked open), each damaged once or twice: truncated,
+bytes flipped or zeroed (in the global heap too), garbage before the header, a dataset dropped,
+reshaped, retyped, declared 2^20..2^62 rows long, holding NaN or inf, or replaced by a link; an
+attribute deleted or given a bad value. Each is read by `load_trial` in a worker process with a
+deadline, so a hang or a crash is counted, not suffered. Reported: the count of each outcome
+(`project_error`: TrialLogError; `loaded`: the damage left a readable trial; `other_exception`,
+`timeout`, `crash`: bugs), the time per file, and the first examples of each bug.
+
+Then the costs on a large trial: `load_trial` and its byte checks (`check_file`) on a
+30-minute partial log at 500 Hz, and `TrialWriter.append` at 500 Hz (mean, p99, max).
+
+The damage catalogue (`damage`, `make_trial_file`) draws its choices through a `Chooser`, so the
+suite's property tests drive the same catalogue with hypothesis.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, TypeVar
+
+import h5py
+import numpy as np
+
+from forethought.robots.hdf5_layout import GCOL_HEADER, check_file, lookup3_hash, read_superblock
+from forethought.robots.robot import RobotSpec
+from forethought.robots.trial import Trial
+from forethought.robots import trial_log_read
+from forethought.robots.trial_log import TrialLogError, TrialWriter, load_trial, partial_path, save_trial
+from forethought.robots.trial_writer_lock import WriterLock
+
+T_ = TypeVar("T_")
+BASES = ("finished", "partial_closed", "partial_crashed")
+DATASETS = ("states", "actions", "timestamps", "costs")
+ATTRIBUTES = ("format", "format_version", "state_names", "action_names", "dt", "complete", "metadata", "robot", "seed")
+# Seconds a worker may take over one file before it counts as hung (a sound read takes milliseconds).
+DEADLINE_S = 20.0
+# The reader's own deadline for a file whose writer runs in another process (60 s as shipped).
+LIVE_DEADLINE_S = 5.0
+
+
+class Chooser(Protocol):
+    """Where the catalogue's choices come from: a seeded generator here, hypothesis in the suite."""
+
+    def integer(self, low: int, high: int) -> int:
+        """An integer in [low, high]."""
+
+    def choice(self, options: Sequence[T_]) -> T_: ...
+
+
+class RandomChooser:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def integer(self, low: int, high: int) -> int:
+        return int(self.rng.integers(low, high, endpoint=True))
+
+    def choice(self, options: Sequence[T_]) -> T_:
+        return options[int(self.rng.integers(len(options)))]
+
+
+# -- Sound trial files ------------------------------------------------------------------------------
+def _spec(choose: Chooser) -> RobotSpec:
+    n, m = choose.integer(1, 5), choose.integer(1, 3)
+    return RobotSpec(
+        "fuzz", tuple(f"x{i}" for i in range(n)), tuple(f"u{j}" for j in range(m)), -np.ones(m), np.ones(m), 0.01
+    )
+
+
+def _trial(spec: RobotSpec, T: int, seed: int) -> Trial:
+    rng = np.random.default_rng(seed)
+    metadata = {"robot": spec.name, "task": "fuzz", "seed": seed, "notes": {"kind": "fuzz", "list": [1, 2.5, None]}}
+    return Trial(
+        rng.standard_normal((T + 1, spec.n)), rng.uniform(-1, 1, (T, spec.m)), np.arange(T + 1) * spec.dt,
+        rng.random(T + 1), spec.state_names, spec.action_names, spec.dt, metadata,
+    )
+
+
+def make_trial_file(folder: Path, base: str, choose: Chooser) -> Path:
+    """A sound trial file of kind `base` (BASES) in `folder`, of up to 600 steps."""
+    spec, T, seed = _spec(choose), choose.integer(0, 600), choose.integer(0, 2**31)
+    trial = _trial(spec, T, seed)
+    path = folder / "trial_0000.h5"
+    if base == "finished":
+        return save_trial(trial, path)
+    writer = TrialWriter(path, spec, dict(trial.metadata), x0=trial.states[0] if choose.integer(0, 3) else None)
+    every = choose.integer(1, 300)
+    for t in range(T):
+        writer.append(trial.states[t + 1], trial.actions[t], trial.timestamps[t + 1], trial.costs[t])
+        if (t + 1) % every == 0:
+            writer.flush()
+    writer.flush()
+    if base == "partial_crashed":
+        # What a writer killed after its last flush leaves: the file as it is on disk, marked open.
+        crashed = folder / "crashed.partial.h5"
+        shutil.copyfile(writer.partial, crashed)
+        writer.close()
+        partial_path(path).unlink()
+        return crashed
+    writer.close()
+    return writer.partial
+
+
+def set_consistency_flags(path: Path, flags: int) -> None:
+    """Rewrite a version 2/3 superblock's open-for-writing flags (and its checksum) in place."""
+    data = bytearray(path.read_bytes())
+    sb = read_superblock(bytes(data), len(data))
+    data[sb.offset + 11] = flags
+    end = sb.offset + sb.length
+    data[end - 4 : end] = lookup3_hash(bytes(data[sb.offset : end - 4])).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+# -- Damage -----------------------------------------------------------------------------------------
+def _rewrite(path: Path, edit: Callable[[bytearray], bytes | bytearray]) -> None:
+    path.write_bytes(bytes(edit(bytearray(path.read_bytes()))))
+
+
+def _truncate(path: Path, choose: Chooser) -> None:
+    _rewrite(path, lambda data: data[: choose.integer(0, len(data) - 1)])
+
+
+def _flip_bytes(path: Path, choose: Chooser) -> None:
+    def edit(data: bytearray) -> bytearray:
+        # Anywhere, or where the metadata lives: the first and last pages and the global heap.
+        region = choose.choice(("anywhere", "start", "end", "heap"))
+        low, high = 0, len(data) - 1
+        heap = data.find(GCOL_HEADER)
+        if region == "start":
+            high = min(high, 4095)
+        elif region == "end":
+            low = max(0, len(data) - 4096)
+        elif region == "heap" and heap >= 0:
+            low, high = heap, min(high, heap + 4095)
+        for _ in range(choose.integer(1, 8)):
+            data[choose.integer(low, high)] ^= choose.integer(1, 255)
+        return data
+
+    _rewrite(path, edit)
+
+
+def _zero_bytes(path: Path, choose: Chooser) -> None:
+    def edit(data: bytearray) -> bytearray:
+        heaps, at = [], data.find(GCOL_HEADER)
+        while at >= 0:
+            heaps.append(at)
+            at = data.find(GCOL_HEADER, at + 1)
+        heaps = heaps if choose.integer(0, 1) else []
+        if heaps:  # 8 aligned bytes of a global heap collection: an object's header or size
+            heap = choose.choice(heaps)
+            at = heap + 8 * choose.integer(0, (min(4096, len(data) - heap) - 8) // 8)
+        else:
+            at = choose.integer(0, len(data) - 1)
+        length = choose.choice((1, 2, 4, 8, 16, 64))
+        data[at : at + length] = bytes(len(data[at : at + length]))
+        return data
+
+    _rewrite(path, edit)
+
+
+def _random_bytes(path: Path, choose: Chooser) -> None:
+    def edit(data: bytearray) -> bytearray:
+        at, length = choose.integer(0, len(data) - 1), choose.choice((4, 16, 256, 4096))
+        noise = np.random.default_rng(choose.integer(0, 2**32 - 1)).bytes(length)
+        data[at : at + length] = noise[: len(data[at : at + length])]
+        return data
+
+    _rewrite(path, edit)
+
+
+def _garbage_before(path: Path, choose: Chooser) -> None:
+    length = choose.choice((1, 8, 511, 512, 1024, 3000))
+    noise = np.random.default_rng(choose.integer(0, 2**32 - 1)).bytes(length)
+    _rewrite(path, lambda data: noise + data)
+
+
+def _signature_then_zeros(path: Path, choose: Chooser) -> None:
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(choose.choice((0, 8, 40, 96, 4096, 20000))))
+
+
+def _drop_dataset(f: h5py.File, choose: Chooser) -> None:
+    del f[choose.choice(DATASETS)]
+
+
+def _replace(f: h5py.File, name: str, **create) -> None:
+    del f[name]
+    f.create_dataset(name, **create)
+
+
+def _reshape_dataset(f: h5py.File, choose: Chooser) -> None:
+    name = choose.choice(DATASETS)
+    rows, rest = f[name].shape[0], f[name].shape[1:]
+    shape = choose.choice(((), (rows,), (rows, 1), (rows + choose.integer(-3, 3), *rest), (rows, *rest, 2), (0, *rest)))
+    shape = tuple(max(0, d) for d in shape)
+    _replace(f, name, data=np.random.default_rng(rows).standard_normal(shape))
+
+
+def _retype_dataset(f: h5py.File, choose: Chooser) -> None:
+    name = choose.choice(DATASETS)
+    values = f[name][()]
+    kind = choose.choice(("complex", "int", "uint8", "bool", "bytes", "text", "float16", "compound", "vlen"))
+    if kind == "complex":
+        data = values * (1 + 2j)
+    elif kind in ("int", "uint8", "bool", "float16"):
+        data = np.nan_to_num(values).astype({"int": "i4", "uint8": "u1", "bool": "?", "float16": "f2"}[kind])
+    elif kind == "bytes":
+        data = values.astype("S12")
+    elif kind == "text":
+        data = values.astype(str).astype(object)
+    elif kind == "compound":
+        data = np.zeros(values.shape[:1], dtype=[("a", "f8"), ("b", "i4")])
+    else:
+        _replace(f, name, shape=values.shape[:1], dtype=h5py.vlen_dtype(np.float64))
+        return
+    _replace(f, name, data=data)
+
+
+def _huge_dataset(f: h5py.File, choose: Chooser) -> None:
+    chunked = bool(choose.integer(0, 1))
+    # Contiguous storage must fit in 64-bit addresses (5 columns of 8 bytes); chunks need not.
+    rows = 2 ** choose.integer(20, 62 if chunked else 56)
+    names = DATASETS if choose.integer(0, 1) else (choose.choice(DATASETS),)
+    for name in names:
+        rest = f[name].shape[1:]
+        shape = (rows + (name != "actions"), *rest)
+        _replace(f, name, shape=shape, dtype="f8", chunks=(256, *rest) if chunked else None,
+                 maxshape=(None, *rest) if chunked else None)
+
+
+def _nonfinite_value(f: h5py.File, choose: Chooser) -> None:
+    name = choose.choice(DATASETS)
+    values = f[name][()]
+    if values.size:
+        flat = values.reshape(-1)
+        flat[choose.integer(0, flat.size - 1)] = choose.choice((np.nan, np.inf, -np.inf))
+        f[name][...] = values
+
+
+def _link_dataset(f: h5py.File, choose: Chooser) -> None:
+    name = choose.choice(DATASETS)
+    kind = choose.choice(("group", "soft", "dangling", "external", "external_self", "other_dataset"))
+    del f[name]
+    if kind == "group":
+        f.create_group(name)
+    elif kind == "soft":
+        f[name] = h5py.SoftLink("/" + choose.choice([d for d in DATASETS if d != name]))
+    elif kind == "dangling":
+        f[name] = h5py.SoftLink("/nowhere")
+    elif kind == "external":
+        f[name] = h5py.ExternalLink("/nonexistent/elsewhere.h5", "/states")
+    elif kind == "external_self":
+        f[name] = h5py.ExternalLink(f.filename, "/" + name)
+    else:
+        f[name] = f[choose.choice([d for d in DATASETS if d != name])]
+
+
+def _delete_attribute(f: h5py.File, choose: Chooser) -> None:
+    name = choose.choice(ATTRIBUTES)
+    if name in f.attrs:
+        del f.attrs[name]
+
+
+BAD_VALUES: tuple = (
+    0, -1, 2, 1.5, np.nan, np.inf, -np.inf, 1 + 2j, True, "", "text", b"bytes", b"\xff\xfe", "42", "null",
+    "[1,2,3]", "{", "[" * 2000 + "]" * 2000, '{"a":' * 2000 + "1" + "}" * 2000, "1" * 5000, np.zeros(3),
+    np.zeros((2, 2)), np.array([b"a", b"b"]), np.array([["a", "b"]], dtype=h5py.string_dtype()),
+    np.zeros(6000), np.array([1 + 1j]), np.array([], dtype="f8"), h5py.Empty("f8"),
+    np.zeros((), dtype=[("a", "f8"), ("b", "i4")]), np.array(["x"] * 3, dtype=h5py.string_dtype()),
+)
+
+
+def _bad_attribute(f: h5py.File, choose: Chooser) -> None:
+    f.attrs[choose.choice(ATTRIBUTES)] = choose.choice(BAD_VALUES)
+
+
+BYTE_DAMAGE = {
+    "truncate": _truncate, "flip_bytes": _flip_bytes, "zero_bytes": _zero_bytes, "random_bytes": _random_bytes,
+    "garbage_before": _garbage_before, "signature_then_zeros": _signature_then_zeros,
+}
+STRUCTURE_DAMAGE = {
+    "drop_dataset": _drop_dataset, "reshape_dataset": _reshape_dataset, "retype_dataset": _retype_dataset,
+    "huge_dataset": _huge_dataset, "nonfinite_value": _nonfinite_value, "link_dataset": _link_dataset,
+    "delete_attribute": _delete_attribute, "bad_attribute": _bad_attribute,
+}
+DAMAGE = (*BYTE_DAMAGE, *STRUCTURE_DAMAGE)
+
+
+def damage(path: Path, kind: str, choose: Chooser) -> None:
+    """Damage the sound trial file at `path` in place by one of DAMAGE."""
+    if kind in BYTE_DAMAGE:
+        BYTE_DAMAGE[kind](path, choose)
+        return
+    # h5py edits only a file not marked open: clear a crashed file's mark for the edit, then restore it.
+    flags = check_file(path).superblock.flags
+    if flags:
+        set_consistency_flags(path, 0)
+    with h5py.File(path, "r+") as f:
+        STRUCTURE_DAMAGE[kind](f, choose)
+    if flags:
+        set_consistency_flags(path, flags)
+
+
+def damaged_trial_file(folder: Path, choose: Chooser, kind: str | None = None) -> tuple[Path, str]:
+    """A sound trial file damaged once by `kind` (drawn from DAMAGE if None), a structural damage
+    perhaps followed by a damage of its bytes; returns (path, description)."""
+    base = choose.choice(BASES)
+    path = make_trial_file(folder, base, choose)
+    kinds = [kind or choose.choice(DAMAGE)]
+    if kinds[0] in STRUCTURE_DAMAGE and choose.integer(0, 1):
+        kinds.append(choose.choice(tuple(BYTE_DAMAGE)))
+    for each in kinds:
+        damage(path, each, choose)
+    return path, f"{base}+{'+'.join(kinds)}"
+
+
+# -- Reading in a worker with a deadline -------------------------------------------------------------
+def _worker(connection, live_deadline_s: float) -> None:
+    trial_log_read.LIVE_READ_DEADLINE_S = live_deadline_s
+    while (path := connection.recv()) is not None:
+        started = time.perf_counter()
+        try:
+            load_trial(path)
+            outcome, detail = "loaded", ""
+        except TrialLogError as err:
+            outcome, detail = "project_error", str(err)
+        except Exception as err:  # counted as a bug, with its message
+            outcome, detail = "other_exception", f"{type(err).__name__}: {err}"
+        connection.send((outcome, detail, time.perf_counter() - started))
+
+
+class Reader:
+    """A worker process that reads trial files; restarted after a hang or a crash."""
+
+    def __init__(self, live_deadline_s: float = LIVE_DEADLINE_S):
+        self._context = multiprocessing.get_context("spawn")
+        self._live_deadline_s = live_deadline_s
+        self._start()
+
+    def _start(self) -> None:
+        self._connection, child = self._context.Pipe()
+        self._process = self._context.Process(target=_worker, args=(child, self._live_deadline_s), daemon=True)
+        self._process.start()
+        child.close()
+
+    def read(self, path: Path, deadline_s: float = DEADLINE_S) -> tuple[str, str, float]:
+        """(outcome, detail, seconds): outcome is loaded, project_error, other_exception, timeout or crash."""
+        self._connection.send(str(path))
+        try:
+            if self._connection.poll(deadline_s):
+                return self._connection.recv()
+            outcome = "timeout"
+        except (EOFError, OSError):  # the worker died
+            outcome = "crash"
+        code = self._process.exitcode
+        self._process.kill()
+        self._process.join()
+        self._start()
+        return outcome, f"exit code {code}" if outcome == "crash" else "", deadline_s
+
+    def close(self) -> None:
+        self._connection.send(None)
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+OUTCOMES = ("project_error", "loaded", "other_exception", "timeout", "crash")
+
+
+def fuzz(count: int, seed: int = 0, live: bool = False) -> dict:
+    """Read `count` damaged trial files; counts by outcome, read times, and the first bugs' descriptions.
+
+    live: the files are partial files of a writer that died, damaged, read while this process holds
+    the writer's lock on them, as if the writer still ran (read in SWMR mode, in a child process).
+    """
+    chooser = RandomChooser(np.random.default_rng(seed))
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    examples: list[str] = []
+    read_s, make_s = [], 0.0
+    reader = Reader()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(count):
+                folder = Path(tmp) / f"{i:05d}"
+                folder.mkdir()
+                started = time.perf_counter()
+                if live:
+                    path = make_trial_file(folder, "partial_crashed", chooser)
+                    kind = chooser.choice(DAMAGE)
+                    damage(path, kind, chooser)
+                    description = f"live+{kind}"
+                else:
+                    path, description = damaged_trial_file(folder, chooser)
+                make_s += time.perf_counter() - started
+                lock = WriterLock(path) if live else None
+                try:
+                    outcome, detail, seconds = reader.read(path)
+                finally:
+                    if lock is not None:
+                        lock.release()
+                outcomes[outcome] += 1
+                read_s.append(seconds)
+                if outcome not in ("project_error", "loaded") and len(examples) < 25:
+                    examples.append(f"#{i} {description}: {outcome} {detail[:300]}")
+                shutil.rmtree(folder)
+    finally:
+        reader.close()
+    read_ms = np.array(read_s) * 1e3
+    return {
+        **{f"files_{name}": value for name, value in outcomes.items()},
+        "read_ms_mean": float(read_ms.mean()), "read_ms_p99": float(np.percentile(read_ms, 99)),
+        "read_ms_max": float(read_ms.max()), "make_s_total": make_s, "bug_examples": examples,
+    }
+
+
+# -- Costs on a large trial -------------------------------------------------------------------------
+HOLD_LOCK = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from forethought.robots.trial_writer_lock import WriterLock\n"
+    "lock = WriterLock(Path(sys.argv[1]))\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def large_trial_costs(folder: Path, minutes: float) -> dict:
+    """Costs on a `minutes` long partial log at 500 Hz (12 states, 6 actions): the writer's append,
+    and `load_trial` of it closed (plain), left by a dead writer (through FlagsClearedView) and
+    held by a running writer in another process (SWMR, in a child), with the byte checks alone."""
+    spec = RobotSpec("arm", tuple(f"x{i}" for i in range(12)), tuple(f"u{j}" for j in range(6)),
+                     -np.ones(6), np.ones(6), 0.002)
+    steps = int(minutes * 60 * 500)
+    x, u = np.linspace(0, 1, spec.n), np.zeros(spec.m)
+    append_s = np.empty(steps)
+    path = folder / "trial_0000.h5"
+    crashed = folder / "crashed" / "trial_0000.partial.h5"
+    crashed.parent.mkdir()
+    with TrialWriter(path, spec, {"task": "large"}, x0=x, flush_interval=0.5) as writer:
+        for t in range(steps):
+            started = time.perf_counter()
+            writer.append(x, u, t * 0.002, 0.0)
+            append_s[t] = time.perf_counter() - started
+        writer.flush()
+        shutil.copyfile(writer.partial, crashed)
+    closed = partial_path(path)
+    _, check_s = _timed(check_file, closed, trial_log_read.ATTRIBUTES)
+    trial, load_s = _timed(load_trial, closed)
+    dead, dead_s = _timed(load_trial, crashed)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(crashed)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        if holder.stdout.readline().strip() != "locked":
+            raise RuntimeError("the process holding the writer's lock did not start")
+        live, live_s = _timed(load_trial, crashed)
+    finally:
+        holder.kill()
+        holder.wait()
+    if not trial.horizon == dead.horizon == live.horizon == steps:
+        read_back = f"{trial.horizon}, {dead.horizon} and {live.horizon}"
+        raise RuntimeError(f"the large trial read back {read_back} of its {steps} steps")
+    return {
+        "large_trial_steps": steps, "large_trial_mib": os.path.getsize(closed) / 2**20,
+        "large_check_file_s": check_s, "large_load_s": load_s, "large_load_dead_writer_s": dead_s,
+        "large_load_live_writer_s": live_s,
+        "append_us_mean": float(append_s.mean() * 1e6), "append_us_p99": float(np.percentile(append_s, 99) * 1e6),
+        "append_us_max": float(append_s.max() * 1e6),
+    }
+
+
+def run_bench_fuzz_trials(quick: bool = False) -> tuple[dict, dict]:
+    count, live, minutes = (1000, 20, 2.0) if quick else (10_000, 200, 30.0)
+    started = time.perf_counter()
+    metrics = fuzz(count, seed=0)
+    metrics["fuzz_s"] = time.perf_counter() - started
+    metrics.update({f"live_{name}": value for name, value in fuzz(live, seed=1, live=True).items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics.update(large_trial_costs(Path(tmp), minutes))
+    config = {
+        "files": count, "live_files": live, "seeds": [0, 1], "deadline_s": DEADLINE_S,
+        "live_read_deadline_s": LIVE_DEADLINE_S, "bases": list(BASES), "damage": list(DAMAGE),
+        "large_trial_minutes_at_500hz": minutes,
+    }
+    return metrics, config
