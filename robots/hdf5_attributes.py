@@ -60,7 +60,10 @@ class _Bytes:
     def raw(self, at: int, n: int) -> bytes:
         if at < 0 or n < 0 or at + n > self.size:
             raise _Stop
-        return bytes(self.data[at : at + n])
+        data = bytes(self.data[at : at + n])
+        if len(data) != n:  # the file shrank while it was read
+            raise _Stop
+        return data
 
     def uint(self, at: int, n: int) -> int:
         return int.from_bytes(self.raw(at, n), "little")

@@ -19,7 +19,6 @@ Layouts from the HDF5 file format specification, version 3.
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -81,23 +80,24 @@ def _uint(data: bytes, at: int, size: int) -> int:
     return int.from_bytes(data[at : at + size], "little")
 
 
-def read_superblock(data: bytes | mmap.mmap, file_size: int) -> Superblock:
-    """Find and decode the superblock in `data`, the file's bytes (or a map of them)."""
+def read_superblock(data: bytes | FileBytes, file_size: int) -> Superblock:
+    """Find and decode the superblock in `data`, the file's bytes."""
     offset = 0
     while data[offset : offset + len(SIGNATURE)] != SIGNATURE:
         offset = FIRST_USER_BLOCK if offset == 0 else 2 * offset
         if offset + len(SIGNATURE) > file_size:
             raise LayoutError("not an HDF5 file (no signature)")
-    if offset + 16 > file_size:
+    start = bytes(data[offset : offset + 16])
+    if len(start) < 16:
         raise LayoutError(f"truncated HDF5 superblock ({file_size} bytes)")
-    version = data[offset + 8]
+    version = start[8]
     if version in (0, 1):
         head = offset + 24 if version == 0 else offset + 28
-        sizeof_addr, sizeof_size, flags = data[offset + 13], data[offset + 14], 0
+        sizeof_addr, sizeof_size, flags = start[13], start[14], 0
         # base address, free-space address, end-of-file address, driver information address
         eof_at, length = head + 2 * sizeof_addr, head + 4 * sizeof_addr - offset
     elif version in (2, 3):
-        sizeof_addr, sizeof_size, flags = data[offset + 9], data[offset + 10], data[offset + 11]
+        sizeof_addr, sizeof_size, flags = start[9], start[10], start[11]
         # base address, superblock extension address, end-of-file address, root object header address
         eof_at, length = offset + 12 + 2 * sizeof_addr, 12 + 4 * sizeof_addr + 4
     else:
@@ -117,7 +117,7 @@ def read_superblock(data: bytes | mmap.mmap, file_size: int) -> Superblock:
     return Superblock(offset, version, sizeof_addr, sizeof_size, offset + eof, flags, length)
 
 
-def check_global_heaps(data: bytes | mmap.mmap, file_size: int, superblock: Superblock) -> dict[int, dict[int, int]]:
+def check_global_heaps(data: bytes | FileBytes, file_size: int, superblock: Superblock) -> dict[int, dict[int, int]]:
     """Walk every global heap collection in `data` as libhdf5 will; LayoutError if one cannot be walked.
     Returns {collection address: {object index: size in bytes}}.
 
@@ -171,6 +171,33 @@ def check_attribute_values(
             )
 
 
+class FileBytes:
+    """The bytes of an open file, read on demand: data[a:b] and data.find(pattern, start).
+
+    Not a memory map: a file that shrinks under a map (a writer closing it) kills the reader with
+    SIGBUS. A read past the end, or of a file that shrank, gives fewer bytes, never an error.
+    """
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, fd: int, size: int):
+        self._fd, self._size = fd, size
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop = key.start or 0, min(key.stop, self._size)
+        return os.pread(self._fd, stop - start, start) if stop > start >= 0 else b""
+
+    def find(self, pattern: bytes, start: int = 0) -> int:
+        """The first position >= start where `pattern` begins, or -1."""
+        while start < self._size:
+            chunk = self[start : start + self._CHUNK + len(pattern) - 1]
+            found = chunk.find(pattern)
+            if found >= 0:
+                return start + found
+            start += self._CHUNK
+        return -1
+
+
 @dataclass(frozen=True)
 class FileCheck:
     """What `check_file` learned: the file's size (bytes) and its superblock."""
@@ -200,15 +227,15 @@ def check_file(path: str | os.PathLike, attributes: set[str] = frozenset()) -> F
         size = info.st_size
         if size < len(SIGNATURE):
             raise LayoutError(f"not an HDF5 file ({size} bytes)")
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
-            superblock = read_superblock(data, size)
-            try:
-                collections = check_global_heaps(data, size, superblock)
-                check_attribute_values(data, size, superblock, collections, set(attributes))
-            except LayoutError as err:
-                if size < superblock.eof:
-                    raise LayoutError(f"{truncation(size, superblock.eof)}; {err}") from None
-                raise
+        data = FileBytes(fd, size)
+        superblock = read_superblock(data, size)
+        try:
+            collections = check_global_heaps(data, size, superblock)
+            check_attribute_values(data, size, superblock, collections, set(attributes))
+        except LayoutError as err:
+            if size < superblock.eof:
+                raise LayoutError(f"{truncation(size, superblock.eof)}; {err}") from None
+            raise
     finally:
         os.close(fd)
     return FileCheck(size, superblock)
