@@ -148,8 +148,8 @@ def _consistent_prefix(states, actions, stamps, costs):
     steps = int(np.argmin(written)) if not written.all() else steps
     states, actions, stamps = states[: steps + 1], actions[:steps], stamps[: steps + 1]
     costs = np.append(costs[:steps], np.nan)
-    if not np.all(np.isfinite(states[0])):
-        # x0 was never given to the writer: the trial starts at its first logged state.
+    if not (np.all(np.isfinite(states[0])) and np.isfinite(stamps[0])):
+        # x0 was never given to the writer (or its row is damaged): the trial starts at its first logged state.
         if steps == 0:
             return None
         states, actions, stamps, costs = states[1:], actions[1:], stamps[1:], costs[1:]

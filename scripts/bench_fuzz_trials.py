@@ -7,10 +7,13 @@ reshaped, retyped, declared 2^20..2^62 rows long, holding NaN or inf, or replace
 attribute deleted or given a bad value. Each is read by `load_trial` in a worker process with a
 deadline, so a hang or a crash is counted, not suffered. Reported: the count of each outcome
 (`project_error`: TrialLogError; `loaded`: the damage left a readable trial; `other_exception`,
-`timeout`, `crash`: bugs), the time per file, and the first examples of each bug.
+`timeout`, `crash`: bugs), the time per file, and the first examples of each bug. Then `live_*`:
+200 (20) damaged partial files read as if their writer still ran in another process (this process
+holds its lock): SWMR mode, in the reader's child process, under a 5 s deadline.
 
-Then the costs on a large trial: `load_trial` and its byte checks (`check_file`) on a
-30-minute partial log at 500 Hz, and `TrialWriter.append` at 500 Hz (mean, p99, max).
+Then the costs on a large trial (30 minutes at 500 Hz, 12 states, 6 actions; 2 minutes with
+--quick): `TrialWriter.append` (mean, p99, max: a flush), the byte checks (`check_file`), and
+`load_trial` of the file closed, left by a dead writer, and held by a running one.
 
 The damage catalogue (`damage`, `make_trial_file`) draws its choices through a `Chooser`, so the
 suite's property tests drive the same catalogue with hypothesis.
@@ -31,10 +34,11 @@ from typing import Callable, Protocol, Sequence, TypeVar
 import h5py
 import numpy as np
 
-from forethought.robots.hdf5_layout import GCOL_HEADER, check_file, lookup3_hash, read_superblock
+from forethought.robots import trial_log_read
+from forethought.robots.hdf5_checksum import lookup3_hash
+from forethought.robots.hdf5_layout import GCOL_HEADER, check_file, read_superblock
 from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial
-from forethought.robots import trial_log_read
 from forethought.robots.trial_log import TrialLogError, TrialWriter, load_trial, partial_path, save_trial
 from forethought.robots.trial_writer_lock import WriterLock
 
@@ -115,9 +119,14 @@ def set_consistency_flags(path: Path, flags: int) -> None:
     data = bytearray(path.read_bytes())
     sb = read_superblock(bytes(data), len(data))
     data[sb.offset + 11] = flags
+    path.write_bytes(bytes(_with_checksum(data, sb)))
+
+
+def _with_checksum(data: bytearray, sb) -> bytearray:
+    """`data` with its version 2/3 superblock's checksum made to match the superblock."""
     end = sb.offset + sb.length
     data[end - 4 : end] = lookup3_hash(bytes(data[sb.offset : end - 4])).to_bytes(4, "little")
-    path.write_bytes(bytes(data))
+    return data
 
 
 # -- Damage -----------------------------------------------------------------------------------------
@@ -181,6 +190,38 @@ def _garbage_before(path: Path, choose: Chooser) -> None:
     length = choose.choice((1, 8, 511, 512, 1024, 3000))
     noise = np.random.default_rng(choose.integer(0, 2**32 - 1)).bytes(length)
     _rewrite(path, lambda data: noise + data)
+
+
+def _string_length(path: Path, choose: Chooser) -> None:
+    """A variable-length string's stated length (4 bytes before the address of its heap collection)."""
+
+    def edit(data: bytearray) -> bytearray:
+        values, heap = [], data.find(GCOL_HEADER)
+        while heap >= 0:
+            at = data.find(heap.to_bytes(8, "little"))
+            while at >= 4:
+                values.append(at - 4)
+                at = data.find(heap.to_bytes(8, "little"), at + 1)
+            heap = data.find(GCOL_HEADER, heap + 1)
+        if values:
+            at = choose.choice(values)
+            data[at : at + 4] = choose.choice((0, 1, 2**16, 2**31, 2**32 - 1, choose.integer(0, 2**32 - 1))).to_bytes(
+                4, "little"
+            )
+        return data
+
+    _rewrite(path, edit)
+
+
+def _grow_end_of_file(path: Path, choose: Chooser) -> None:
+    """The superblock's end-of-file address moved past the file's end (a writer killed mid-flush)."""
+    data = bytearray(path.read_bytes())
+    sb = read_superblock(bytes(data), len(data))
+    # After the base and the free-space (or superblock extension) addresses.
+    eof_at = sb.offset + {0: 24, 1: 28, 2: 12, 3: 12}[sb.version] + 2 * sb.sizeof_addr
+    eof = sb.eof - sb.offset + choose.choice((1, 4096, 2**20, 2**27, choose.integer(1, 2**40)))
+    data[eof_at : eof_at + sb.sizeof_addr] = eof.to_bytes(sb.sizeof_addr, "little")
+    path.write_bytes(bytes(_with_checksum(data, sb) if sb.version >= 2 else data))
 
 
 def _signature_then_zeros(path: Path, choose: Chooser) -> None:
@@ -285,6 +326,7 @@ def _bad_attribute(f: h5py.File, choose: Chooser) -> None:
 BYTE_DAMAGE = {
     "truncate": _truncate, "flip_bytes": _flip_bytes, "zero_bytes": _zero_bytes, "random_bytes": _random_bytes,
     "garbage_before": _garbage_before, "signature_then_zeros": _signature_then_zeros,
+    "string_length": _string_length, "grow_end_of_file": _grow_end_of_file,
 }
 STRUCTURE_DAMAGE = {
     "drop_dataset": _drop_dataset, "reshape_dataset": _reshape_dataset, "retype_dataset": _retype_dataset,

@@ -413,6 +413,18 @@ def test_nan_rows_in_a_partial_trials_unfinished_tail_are_cut_off(tmp_path):
     np.testing.assert_array_equal(loaded.states, synthetic_trial(T=30).states[:20])
 
 
+def test_a_partial_trial_whose_first_row_is_damaged_starts_at_its_first_logged_state(tmp_path):
+    crashed = crashed_partial(tmp_path, T=30)
+    whole = load_trial(crashed)
+    data = bytearray(crashed.read_bytes())
+    at = bytes(data).find(whole.timestamps[:3].tobytes())  # the first timestamp, 0.0, then two steps
+    data[at : at + 8] = np.full(1, np.nan).tobytes()
+    crashed.write_bytes(bytes(data))
+    loaded = load_trial(crashed)
+    assert loaded.horizon == 29
+    np.testing.assert_array_equal(loaded.states, whole.states[1:])
+
+
 def test_the_signature_followed_by_zeros_is_refused(tmp_path):
     bad = tmp_path / "trial_0000.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(4096))

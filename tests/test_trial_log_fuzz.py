@@ -11,15 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from forethought.robots.trial_log import TrialLogError, load_trial, load_trials
 from forethought.scripts.bench_fuzz_trials import DAMAGE, damaged_trial_file, make_trial_file
 
 EXAMPLES_PER_KIND = 12
+# No shrinking: each example writes HDF5 files, and shrinking one takes minutes; a failure is
+# reported as found, with its draws.
 FUZZ = settings(
     max_examples=EXAMPLES_PER_KIND, derandomize=True, deadline=None, database=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
