@@ -6,8 +6,8 @@ bytes flipped or zeroed (in the global heap too), garbage before the header, a d
 reshaped, retyped, declared 2^20..2^62 rows long, holding NaN or inf, or replaced by a link; an
 attribute deleted or given a bad value. Each is read by `load_trial` in a worker process with a
 deadline, so a hang or a crash is counted, not suffered. Reported: the count of each outcome
-(`project_error`: TrialLogError; `loaded`: the damage left a readable trial; `other_exception`,
-`timeout`, `crash`: bugs), the time per file, and the first examples of each bug. Then `live_*`:
+(`project_error`: TrialLogError; `loaded`: the damage left a sound trial; `loaded_unsound` (NaN
+states, shapes that disagree), `other_exception`, `timeout`, `crash`: bugs), the time per file, and the first examples of each bug. Then `live_*`:
 200 (20) damaged partial files read as if their writer still ran in another process (this process
 holds its lock): SWMR mode, in the reader's child process, under a 5 s deadline.
 
@@ -365,13 +365,28 @@ def damaged_trial_file(folder: Path, choose: Chooser, kind: str | None = None) -
 
 
 # -- Reading in a worker with a deadline -------------------------------------------------------------
+def unsound(trial: Trial) -> str | None:
+    """What is wrong with a loaded trial, damaged file or not (None: nothing)."""
+    T, n, m = trial.horizon, len(trial.state_names), len(trial.action_names)
+    if trial.states.shape != (T + 1, n) or trial.actions.shape != (T, m):
+        return f"states {trial.states.shape} and actions {trial.actions.shape} for {n} states, {m} actions"
+    if trial.timestamps.shape != (T + 1,) or trial.costs.shape != (T + 1,):
+        return f"timestamps {trial.timestamps.shape} and costs {trial.costs.shape} for {T} steps"
+    if not (np.isfinite(trial.dt) and trial.dt > 0) or not isinstance(trial.metadata, dict):
+        return f"dt {trial.dt} or metadata {type(trial.metadata).__name__}"
+    for name in ("states", "actions", "timestamps"):
+        if not np.all(np.isfinite(getattr(trial, name))):
+            return f"{name} not finite"
+    return None
+
+
 def _worker(connection, live_deadline_s: float) -> None:
     trial_log_read.LIVE_READ_DEADLINE_S = live_deadline_s
     while (path := connection.recv()) is not None:
         started = time.perf_counter()
         try:
-            load_trial(path)
-            outcome, detail = "loaded", ""
+            problem = unsound(load_trial(path))
+            outcome, detail = ("loaded", "") if problem is None else ("loaded_unsound", problem)
         except TrialLogError as err:
             outcome, detail = "project_error", str(err)
         except Exception as err:  # counted as a bug, with its message
@@ -394,7 +409,7 @@ class Reader:
         child.close()
 
     def read(self, path: Path, deadline_s: float = DEADLINE_S) -> tuple[str, str, float]:
-        """(outcome, detail, seconds): outcome is loaded, project_error, other_exception, timeout or crash."""
+        """(outcome, detail, seconds): outcome is one of OUTCOMES."""
         self._connection.send(str(path))
         try:
             if self._connection.poll(deadline_s):
@@ -415,7 +430,7 @@ class Reader:
             self._process.kill()
 
 
-OUTCOMES = ("project_error", "loaded", "other_exception", "timeout", "crash")
+OUTCOMES = ("project_error", "loaded", "loaded_unsound", "other_exception", "timeout", "crash")
 
 
 def fuzz(count: int, seed: int = 0, live: bool = False) -> dict:
