@@ -1,7 +1,8 @@
 """Property tests: damaged trial files give the reader's own error, never another exception or a hang.
 
-The damage catalogue is the fuzz benchmark's (`forethought bench fuzz_trials` reads 10,000 such
-files); here hypothesis drives it, seeded (derandomize), a few examples of each kind of damage.
+The damage catalogue (scripts/trial_damage.py) is the fuzz benchmark's, which reads 10,000 such
+files (`forethought bench fuzz_trials`); here hypothesis drives it, seeded (derandomize), a few
+examples of each kind of damage.
 A hang inside libhdf5 cannot be interrupted by an exception: pytest-timeout's thread method turns
 it into a failure.
 """
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from forethought.robots.trial_log import TrialLogError, load_trial, load_trials
-from forethought.scripts.bench_fuzz_trials import DAMAGE, damaged_trial_file, make_trial_file, unsound
+from forethought.scripts.trial_damage import DAMAGE, damaged_trial_file, make_trial_file, unsound
 
 EXAMPLES_PER_KIND = 12
 # No shrinking: each example writes HDF5 files, and shrinking one takes minutes; a failure is
