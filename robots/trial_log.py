@@ -240,12 +240,13 @@ class TrialWriter:
 
     def close(self) -> None:
         """Flush and close without finishing: the partial file keeps every step logged."""
-        if self._finished or not self._file:
+        if self._finished:
             return
         try:
-            self.flush()
-            self._write_attrs()  # the metadata may have grown while the trial ran
-            self._file.close()
+            if self._file:  # not already closed by a `finish` that failed
+                self.flush()
+                self._write_attrs()  # the metadata may have grown while the trial ran
+                self._file.close()
         finally:
             self._release_lock()
 
