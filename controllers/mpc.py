@@ -290,6 +290,11 @@ class MPCController:
         return policy
 
     def update(self, trials) -> dict[str, float]:
+        """Nothing to learn (a learned model is refitted by the experiment loop): the report."""
+        return self.report(trials)
+
+    def report(self, trials) -> dict[str, float]:
+        """Replanning statistics of the policies handed out since the last report."""
         stats = [p.stats for p in self._policies if p.stats["replans"]]
         self._policies = []
         if not stats:
