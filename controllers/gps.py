@@ -403,11 +403,9 @@ class GPSController:
     def _fit(self, trials) -> list[tuple[np.ndarray, np.ndarray, LinearGaussianDynamics, QuadraticCost]]:
         if len(trials) != len(self.conditions):
             raise ValueError(f"GPS: expected trials for {len(self.conditions)} conditions, got {len(trials)}")
-        fits = []
-        for c, (group, cost) in enumerate(zip(trials, self.costs)):
-            X, U = stack_condition(group, self.n, self.m, self.horizon, c)
-            fits.append((X, U, self.model.local(c), cost_expansion(cost, X, U)))
-        return fits
+        arrays = [stack_condition(group, self.n, self.m, self.horizon, c) for c, group in enumerate(trials)]
+        return [(X, U, self.model.local(c), cost_expansion(cost, X, U))
+                for c, ((X, U), cost) in enumerate(zip(arrays, self.costs))]
 
     def _current_cost(self, X, U, dynamics, model, anchor) -> float:
         """The expected cost of the policy that drew samples X, U, as the step-size rule needs it."""

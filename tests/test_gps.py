@@ -227,7 +227,7 @@ def test_mdgps_anchor_is_the_network_averaged_over_the_samples():
     # and reproduces the network's mean action there.
     n, m, horizon, samples = 3, 2, 6, 4
     mlp = MLPPolicy(n, m, 1, MLPPolicyConfig(hidden=[8], seed=1))
-    controller = MDGPSController(n, m, horizon, [None], [np.zeros(m)], [[0.5]], mlp)
+    controller = MDGPSController(n, m, horizon, [None], [np.zeros(m)], None, [[0.5]], mlp)
     X = np.random.default_rng(0).normal(size=(samples, horizon + 1, n))
     anchor = controller.linearized_policy(0, X)
     K, _ = mlp.linearize(X[:, :horizon].reshape(-1, n), [0.5])
@@ -251,22 +251,30 @@ REACH_COST = {
 TARGETS = ({"target": [0.20, 0.05, 0.12]}, {"target": [0.18, -0.08, 0.10]})
 
 
+def tvlg(robot, **settings):
+    from forethought.models.registry import build_model, model_settings
+
+    return build_model("tvlg", model_settings("tvlg", settings, "model:", seed=0), robot.spec)
+
+
 def run_iterations(controller, robot, task, iterations: int, samples: int = 5):
-    """The experiment loop in miniature; returns the mean final end-effector error of each iteration."""
+    """The experiment loop in miniature (samples per condition, the local models refitted on them,
+    the update); returns the mean final end-effector error of each iteration."""
     costs = [build_cost(task.cost, robot.spec, task.scene, c) for c in task.conditions]
     errors, seed = [], 0
     for _ in range(iterations):
         trials, finals = [], []
         for c, condition in enumerate(task.conditions):
-            robot.set_mocap_pos("target", condition["target"])
+            task.apply(c, robot)
             policy = controller.policy(c)
-            group = [rollout(robot, policy, task.horizon, seed + s, costs[c]) for s in range(samples)]
+            group = [rollout(robot, policy, task.horizon, seed + s, costs[c], {"condition": c}) for s in range(samples)]
             seed += samples
             for trial in group:
                 robot.set_state(trial.states[-1])
                 finals.append(np.linalg.norm(robot.site_pos("ee") - condition["target"]))
             trials.append(group)
         errors.append(float(np.mean(finals)))
+        controller.model.fit([trial for group in trials for trial in group])
         controller.update(trials)
     return errors
 
@@ -274,7 +282,7 @@ def run_iterations(controller, robot, task, iterations: int, samples: int = 5):
 def test_gps_reaches_targets_on_the_arm():
     robot = MujocoRobot("so101_reach")
     task = Task(horizon=30, cost=REACH_COST, conditions=TARGETS, scene="so101_reach", seed=0)
-    controller = build_gps({"kl_step": 0.5}, robot, task)
+    controller = build_gps({"kl_step": 0.5}, robot, task, tvlg(robot))
     errors = run_iterations(controller, robot, task, iterations=6)
     assert errors[0] > 0.05 and errors[-1] < 0.02, errors
     records = [r for iteration in controller.history for r in iteration]
@@ -289,7 +297,7 @@ def test_gps_reaches_targets_on_the_arm():
 def test_mdgps_policy_generalises_and_runs_alone(tmp_path):
     robot = MujocoRobot("so101_reach")
     task = Task(horizon=30, cost=REACH_COST, conditions=TARGETS, scene="so101_reach", seed=0)
-    controller = build_mdgps({"kl_step": 0.5, "features": ["target"], "epochs": 50}, robot, task)
+    controller = build_mdgps({"kl_step": 0.5, "features": ["target"], "epochs": 50}, robot, task, tvlg(robot))
     errors = run_iterations(controller, robot, task, iterations=5)
     assert controller.mlp.trained and errors[-1] < 0.5 * errors[0], errors
     [path] = controller.save(tmp_path)
@@ -307,20 +315,19 @@ def test_mdgps_policy_generalises_and_runs_alone(tmp_path):
 def test_builders_reject_bad_parameters():
     robot = MujocoRobot("so101_reach")
     task = Task(horizon=10, cost=REACH_COST, conditions=TARGETS, scene="so101_reach")
+    model = tvlg(robot)
     with pytest.raises(ConfigError, match="unknown key 'kl'"):
-        build_gps({"kl": 1.0}, robot, task)
+        build_gps({"kl": 1.0}, robot, task, model)
     with pytest.raises(ConfigError, match="kl_step"):
-        build_gps({"kl_step": -1.0}, robot, task)
+        build_gps({"kl_step": -1.0}, robot, task, model)
     with pytest.raises(ConfigError, match="task's cost"):
-        build_gps({}, robot, Task(horizon=10, conditions=TARGETS, scene="so101_reach"))
+        build_gps({}, robot, Task(horizon=10, conditions=TARGETS, scene="so101_reach"), model)
     with pytest.raises(ConfigError, match="no 'hole'"):
-        build_mdgps({"features": ["hole"]}, robot, task)
-    with pytest.raises(ConfigError, match="dynamics.*unknown key 'cluster'"):
-        build_gps({"dynamics": {"cluster": 4}}, robot, task)
-    with pytest.raises(ConfigError, match="dynamics: seed"):
-        build_mdgps({"dynamics": {"seed": 3}}, robot, task)
-    assert build_gps({"dynamics": {"prior": False}}, robot, task).prior is None
-    controller = build_gps({}, robot, task)
+        build_mdgps({"features": ["hole"]}, robot, task, model)
+    with pytest.raises(ConfigError, match="model: unknown key 'cluster'"):
+        tvlg(robot, cluster=4)
+    assert tvlg(robot, prior=False).prior is None
+    controller = build_gps({}, robot, task, model)
     names = robot.spec.state_names, robot.spec.action_names
     good = Trial(np.zeros((11, robot.spec.n)), np.zeros((10, robot.spec.m)), np.arange(11.0), np.zeros(11), *names, 0.02)
     short = Trial(np.zeros((10, robot.spec.n)), np.zeros((9, robot.spec.m)), np.arange(10.0), np.zeros(10), *names, 0.02)
