@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from forethought.controllers.mpc import RecedingHorizonPolicy, initial_action
-from forethought.controllers.planning_cost import build_planning_cost
+from forethought.controllers.costs import build_planning_cost
 from forethought.controllers.policy import RandomPolicy
 from forethought.controllers.samplers import PLANNERS, PlanningCost, make_planner, planner_settings
 from forethought.models.ensemble import PROPAGATIONS, EnsembleConfig, EnsembleModel, gaussian_nll

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from forethought.controllers.mpc import MPCController, initial_action, scene_model
-from forethought.controllers.planning_cost import build_planning_cost
+from forethought.controllers.costs import build_planning_cost
 from forethought.controllers.samplers import make_planner, planner_settings
 from forethought.robots.config import from_mapping
 
