@@ -64,8 +64,8 @@ class _Frame:
 class BatchedSiteKinematics:
     """p(q): joint angles (..., k) -> the site's world position (..., 3) m, in q's floating dtype;
     the same map as ArmKinematics.site_positions (its joints as inputs, the chain's other joints at
-    the reference pose). `position_and_jacobian(q)` also gives dp/dq (..., 3, k) m/rad (m/m for a
-    slide) from the same pass.
+    the reference pose). `position_and_jacobian(q)` gives that position and dp/dq (..., 3, k) m/rad
+    (m/m for a slide).
 
     device: where the computation runs (q is moved there); None: q's own device.
     """

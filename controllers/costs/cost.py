@@ -1,6 +1,7 @@
 """A weighted sum of cost terms, in float64 with derivatives: what iLQR, GPS and the trial logs use.
 
-numpy in, numpy out (the solvers work in numpy); each term computes in float64 torch, and the
+numpy in, numpy out (the solvers work in numpy); each term computes in float64 torch, on one
+torch thread (a trajectory's rows are too few to share: see controllers.torch_threads), and the
 weights come from the one schedule (controllers.costs.schedule).
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from forethought.controllers.costs.schedule import Weighted, trajectory_total
+from forethought.controllers.torch_threads import one_torch_thread
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Cost:
             return np.zeros((len(x), self.m)), False
         return u, True
 
+    @one_torch_thread()
     def value(self, x, u=None, t=None, horizon=None) -> np.ndarray:
         """Cost of each row (B,): running with u (B, m), terminal with u None."""
         x, u = self._check(x, u)
@@ -85,6 +88,7 @@ class Cost:
                 values[i] = scale * w.term.value(xt, ut).numpy()
         return values
 
+    @one_torch_thread()
     def derivatives(self, x, u=None, t=None, horizon=None) -> CostDerivatives:
         """Value and derivatives at each row; terminal (zero action parts) with u None."""
         x, u = self._check(x, u)
@@ -130,11 +134,13 @@ class Cost:
         t = np.broadcast_to(np.arange(T + 1), lead + (T + 1,))
         return X.reshape(-1, self.n), U_rows.reshape(-1, self.m), (t < T).reshape(-1), t.reshape(-1), T
 
+    @one_torch_thread()
     def trajectory_derivatives(self, X, U) -> CostDerivatives:
         """Derivatives along one trajectory X (T+1, n), U (T, m): rows 0..T-1 running, row T terminal."""
         x, u, running, t, T = self._trajectory_rows(X, U)
         return self._derivatives(x, u, running, t, T)
 
+    @one_torch_thread()
     def term_costs(self, X, U) -> np.ndarray:
         """Each term's part of a trial's logged cost, X (T+1, n), U (T, m) -> (terms,): its running
         cost at every step at its full weight (as `cost(x, u)` gives it, no ramp) plus its terminal
@@ -143,6 +149,7 @@ class Cost:
         values = self._term_values(x, u, running, None, None)
         return values[:, np.isfinite(values).all(axis=0)].sum(axis=1)
 
+    @one_torch_thread()
     def trajectory_costs(self, X, U) -> np.ndarray:
         """Total cost of each trajectory in X (B, T+1, n), U (B, T, m) -> (B,); or of one (T+1, n) -> ()."""
         X, U, _ = self._check_trajectory(X, U)
