@@ -117,41 +117,48 @@ class BatchedSiteKinematics:
         self._site = frame
         self._cast: dict = {}
 
-    def _constants(self, dtype: torch.dtype, device: torch.device):
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> dict:
         """The folded chain as tensors of this dtype on this device, made once each.
 
         Segment j maps x -> R_j Rot_j(x) + t_j, with (R_j, t_j) constant and Rot_j the joint's
-        motion (a slide: x + d k_j). A hinge's R_j Rot_j(a) = A_j + cos a B_j + sin a C_j by
-        Rodrigues' formula, with A_j = R_j k k^T, B_j = R_j (I - k k^T), C_j = R_j [k]x; a slide's
-        R_j is A_j (B_j = C_j = 0).
+        motion by a (rad, or m for a slide: x + a k_j). A hinge's R_j Rot_j = G_j = A_j + cos a B_j
+        + sin a C_j with A_j = R_j k k^T, B_j = R_j (I - k k^T), C_j = R_j [k]x (Rodrigues'
+        formula); a slide's G_j is R_j (A_j = R_j, B_j = C_j = 0) and its motion adds a R_j k_j.
+        Per-segment tensors are kept in lists, so that a pass costs no indexing.
         """
         key = (dtype, device)
         if key not in self._cast:
-            A, B, C = [], [], []
+            def tensor(a, kind=dtype):  # an ordinary tensor even in inference mode, usable by autograd later
+                with torch.inference_mode(False):
+                    return torch.tensor(np.asarray(a, dtype=np.float64), device=device).to(kind)
+
+            A, BC = [], []  # per segment: A_j (3, 3) as (1, 9); (B_j, C_j) as (2, 9)
             for f, hinge, axis, _, _ in self._segments:
-                P = np.outer(axis, axis) if hinge else np.eye(3)
-                A.append(f.R @ P)
-                B.append(f.R @ (np.eye(3) - P))
-                C.append(f.R @ _skew(axis) if hinge else np.zeros((3, 3)))
-
-            def tensor(a, shape):
-                return torch.as_tensor(np.asarray(a, dtype=np.float64).reshape(shape), device=device).to(dtype)
-
-            ABC = tensor([A, B, C], (3, -1, 3, 3))
+                P = np.outer(axis, axis)
+                if hinge:
+                    A.append((f.R @ P).reshape(1, 9))
+                    BC.append(np.stack([f.R @ (np.eye(3) - P), f.R @ _skew(axis)]).reshape(2, 9))
+                else:
+                    A.append(f.R.reshape(1, 9))
+                    BC.append(np.zeros((2, 9)))
+            order = [index for *_, index, _ in self._segments]
+            hinges = [hinge for _, hinge, *_ in self._segments]
             self._cast[key] = {
-                "ABC": ABC,  # (3, J, 3, 3)
-                "rows": ABC.permute(1, 3, 0, 2).reshape(-1, 3, 9),  # v -> [A v, B v, C v] (J, 3, 9)
-                "t": tensor([f.p for f, *_ in self._segments], (-1, 3)),
-                "axes": tensor([axis for _, _, axis, _, _ in self._segments], (-1, 3)),
-                "hinge": [hinge for _, hinge, _, _, _ in self._segments],
-                "order": torch.as_tensor([index for *_, index, _ in self._segments], dtype=torch.long, device=device),
-                "zero": tensor([zero for *_, zero in self._segments], (-1,)),
-                "site": tensor(self._site.p, (3,)),
+                "A": tensor(np.reshape(A, (-1, 1, 9))),  # (J, 1, 9)
+                "BC": tensor(np.reshape(BC, (-1, 2, 9))),  # (J, 2, 9)
+                "t": [tensor(f.p).view(3, 1) for f, *_ in self._segments],
+                "axes": [tensor(axis).view(3, 1) for _, _, axis, _, _ in self._segments],
+                "slide_axes": [tensor(f.R @ axis) for f, _, axis, _, _ in self._segments],  # R_j k_j
+                "hinges": hinges,
+                "order": None if order == list(range(self.k)) else tensor(order, torch.long),
+                "zero": None if not any(zero for *_, zero in self._segments) else tensor([zero for *_, zero in self._segments]),
+                "site": tensor(self._site.p).view(1, 3, 1),
             }
         return self._cast[key]
 
-    def _input(self, q: torch.Tensor):
-        """q on the device, floating; the constants; each segment's angle (or slide) from qpos0 (..., J)."""
+    def _segment_maps(self, q: torch.Tensor):
+        """q (..., k) as rows (N, k), floating, on the device; the constants; each segment's angle
+        (N, J) from qpos0 and its G_j (N, 3, 3), all at once."""
         if q.shape[-1] != self.k:
             raise ValueError(f"joint angles must end in k = {self.k}, got shape {tuple(q.shape)}")
         if self.device is not None:
@@ -159,51 +166,57 @@ class BatchedSiteKinematics:
         if not q.is_floating_point():
             q = q.to(torch.get_default_dtype())
         chain = self._constants(q.dtype, q.device)
-        return q, chain, q[..., chain["order"]] - chain["zero"]
+        if q.dim() != 2:
+            q = q.reshape(-1, self.k)
+        angle = q if chain["order"] is None else q[:, chain["order"]]
+        if chain["zero"] is not None:
+            angle = angle - chain["zero"]
+        turn = angle.t()  # (J, N)
+        cs = torch.stack([torch.cos(turn), torch.sin(turn)], dim=-1)  # (J, N, 2)
+        G = torch.baddbmm(chain["A"], cs, chain["BC"]).view(-1, len(q), 3, 3).unbind(0)  # J of (N, 3, 3)
+        return q, chain, angle, G
+
+    def _position(self, chain: dict, angle: torch.Tensor, G) -> torch.Tensor:
+        """The site's position (N, 3) from the site back to the world: v <- G_j v + t_j."""
+        v = chain["site"].expand(angle.shape[0], 3, 1)
+        for j in reversed(range(len(G))):
+            v = torch.baddbmm(chain["t"][j], G[j], v)
+            if not chain["hinges"][j]:
+                v = v + (angle[:, j, None] * chain["slide_axes"][j])[..., None]
+        return v.view(-1, 3)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """q (..., k) -> the site's world position (..., 3) m.
-
-        From the site back to the world (v <- R_j Rot_j v + t_j): matrix-vector products only,
-        which on a planner's batch is about four times faster than composing the frames forwards."""
-        q, chain, angle = self._input(q)
-        c, s = torch.cos(angle), torch.sin(angle)
-        v = chain["site"].expand(*q.shape[:-1], 3)
-        for j in reversed(range(len(chain["hinge"]))):
-            W = v @ chain["rows"][j]  # (..., 9): A_j v, B_j v, C_j v
-            if chain["hinge"][j]:
-                v = W[..., 0:3] + c[..., j, None] * W[..., 3:6] + s[..., j, None] * W[..., 6:9] + chain["t"][j]
-            else:
-                v = W[..., 0:3] + (chain["ABC"][0, j] @ chain["axes"][j]) * angle[..., j, None] + chain["t"][j]
-        return v
+        """q (..., k) -> the site's world position (..., 3) m."""
+        _, chain, angle, G = self._segment_maps(q)
+        return self._position(chain, angle, G).view(*q.shape[:-1], 3)
 
     def position_and_jacobian(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q (..., k) -> position (..., 3) m (as `self(q)`) and Jacobian dp/dq (..., 3, k).
 
         Column j is k_j x (p - o_j) for a hinge and k_j for a slide, with k_j and o_j the joint's
         world axis and anchor, found by composing the frames from the world forwards."""
-        site = self(q)
-        q, chain, angle = self._input(q)
         batch = q.shape[:-1]
-        c, s = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None, None]
-        A, B, C = chain["ABC"]
-        G = A + c * B + s * C  # (..., J, 3, 3): every segment's R_j Rot_j at once
-        R = p = None  # the world frame so far
-        world_axes, origins = [], []
-        for j, hinge in enumerate(chain["hinge"]):
+        q, chain, angle, G = self._segment_maps(q)
+        site = self._position(chain, angle, G)
+        R = p = None  # the world frame so far: R (N, 3, 3), p (N, 3, 1)
+        axes, origins = [], []
+        for j, G_j in enumerate(G):
             if R is None:
-                p, R = chain["t"][j].expand(*batch, 3), G[..., j, :, :]
+                p, R = chain["t"][j].expand(len(q), 3, 1), G_j
             else:
-                p = p + R @ chain["t"][j]
-                R = R @ G[..., j, :, :]
-            world_axes.append(R @ chain["axes"][j])  # a hinge's rotation leaves its own axis in place
+                p = torch.baddbmm(p, R, chain["t"][j].expand(len(q), 3, 1))
+                R = torch.bmm(R, G_j)
+            axes.append(R @ chain["axes"][j])  # a hinge's rotation leaves its own axis in place
             origins.append(p)
-            if not hinge:
-                p = p + world_axes[-1] * angle[..., j, None]
-        J = torch.zeros(*batch, 3, self.k, dtype=q.dtype, device=q.device)
-        if world_axes:
-            world_axes, origins = torch.stack(world_axes, dim=-2), torch.stack(origins, dim=-2)
-            hinge = torch.as_tensor(chain["hinge"], device=q.device)[:, None]
-            columns = torch.where(hinge, torch.linalg.cross(world_axes, site[..., None, :] - origins, dim=-1), world_axes)
-            J[..., chain["order"]] = columns.transpose(-1, -2)
-        return site, J
+            if not chain["hinges"][j]:
+                p = p + axes[-1] * angle[:, j, None, None]
+        axes, origins = torch.cat(axes, dim=2), torch.cat(origins, dim=2)  # (N, 3, J)
+        columns = torch.linalg.cross(axes, site[:, :, None] - origins, dim=1)
+        if not all(chain["hinges"]):
+            columns = torch.where(torch.as_tensor(chain["hinges"], device=q.device), columns, axes)
+        if chain["order"] is None:
+            jacobian = columns
+        else:
+            jacobian = torch.zeros(len(q), 3, self.k, dtype=q.dtype, device=q.device)
+            jacobian[..., chain["order"]] = columns
+        return site.view(*batch, 3), jacobian.reshape(*batch, 3, self.k)

@@ -27,9 +27,9 @@ class ActionCost(Term):
         self.state_index = None if state_index is None else np.asarray(state_index, dtype=np.intp)
 
     def _error(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        center, index = self.tensors(x, "center", "state_index")
-        if index is not None:
-            return u - x[..., index]
+        if self.state_index is not None:
+            return u - self.take(x, "state_index")
+        (center,) = self.tensors(x, "center")
         return u if center is None else u - center
 
     def _of_error(self, e: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ class ActionCost(Term):
         e = self._error(x, u)
         w, s = self.tensors(x, "weights", "state_index")
         j = torch.arange(len(self.weights), device=x.device)
-        d = TermDerivatives.zeros(x, u, self._of_error(e))
+        d = TermDerivatives.zeros(x, u, self._of_error(e), action=True)
         we = w * e
         d.l_u[:] = we
         d.l_uu[:, j, j] = w

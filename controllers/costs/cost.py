@@ -1,8 +1,10 @@
 """A weighted sum of cost terms, in float64 with derivatives: what iLQR, GPS and the trial logs use.
 
 numpy in, numpy out (the solvers work in numpy); each term computes in float64 torch, on one
-torch thread (a trajectory's rows are too few to share: see controllers.torch_threads), and the
-weights come from the one schedule (controllers.costs.schedule).
+torch thread (a trajectory's rows are too few to share: see controllers.torch_threads) and in
+inference mode (no autograd bookkeeping: a trajectory's cost is some hundred small operations,
+whose dispatch is most of its time), and the weights come from the one schedule
+(controllers.costs.schedule).
 """
 
 from __future__ import annotations
@@ -72,41 +74,45 @@ class Cost:
         return u, True
 
     @one_torch_thread()
+    @torch.inference_mode()
     def value(self, x, u=None, t=None, horizon=None) -> np.ndarray:
         """Cost of each row (B,): running with u (B, m), terminal with u None."""
         x, u = self._check(x, u)
         u, running = self._rows(x, u)
-        return self._term_values(x, u, running, t, horizon).sum(axis=0)
+        return self._term_values(x, u, self._row_scales(running, t, horizon, len(x))).sum(axis=0)
 
-    def _term_values(self, x, u, running, t, horizon) -> np.ndarray:
-        """(terms, B): each term's weighted cost of each row."""
+    def _row_scales(self, running, t, horizon, rows: int) -> list[np.ndarray]:
+        return [w.row_scales(running, t, horizon, rows) for w in self.terms]
+
+    def _term_values(self, x, u, scales) -> np.ndarray:
+        """(terms, B): each term's weighted cost of each row, with the terms' weights scales (B,) each."""
         xt, ut = _tensor(x), _tensor(u)
         values = np.zeros((len(self.terms), len(x)))
-        for i, w in enumerate(self.terms):
-            scale = w.row_scales(running, t, horizon, len(x))
+        for i, (w, scale) in enumerate(zip(self.terms, scales)):
             if np.any(scale != 0.0):
                 values[i] = scale * w.term.value(xt, ut).numpy()
         return values
 
     @one_torch_thread()
+    @torch.inference_mode()
     def derivatives(self, x, u=None, t=None, horizon=None) -> CostDerivatives:
         """Value and derivatives at each row; terminal (zero action parts) with u None."""
         x, u = self._check(x, u)
         u, running = self._rows(x, u)
-        return self._derivatives(x, u, running, t, horizon)
+        return self._derivatives(x, u, self._row_scales(running, t, horizon, len(x)))
 
-    def _derivatives(self, x, u, running, t, horizon) -> CostDerivatives:
+    def _derivatives(self, x, u, scales) -> CostDerivatives:
+        """The terms' derivatives at rows x (B, n), u (B, m), weighted by scales (B,) each."""
         total = CostDerivatives.zeros(len(x), self.n, self.m)
         xt, ut = _tensor(x), _tensor(u)
-        for w in self.terms:
-            scale = w.row_scales(running, t, horizon, len(x))
+        for w, scale in zip(self.terms, scales):
             if not np.any(scale != 0.0):
                 continue
             d = w.term.derivatives(xt, ut)
             total.l += scale * d.l.numpy()
             total.l_x += scale[:, None] * d.l_x.numpy()
             total.l_xx += scale[:, None, None] * d.l_xx.numpy()
-            if w.term.uses_action:
+            if w.term.uses_action:  # any other term has zero action derivatives
                 total.l_u += scale[:, None] * d.l_u.numpy()
                 total.l_uu += scale[:, None, None] * d.l_uu.numpy()
                 total.l_ux += scale[:, None, None] * d.l_ux.numpy()
@@ -127,29 +133,33 @@ class Cost:
         return X, U, T
 
     def _trajectory_rows(self, X, U):
-        """X (..., T+1, n), U (..., T, m) as rows: states, actions (zero at T), running?, step, T."""
+        """X (..., T+1, n), U (..., T, m) as rows: states, actions (zero at T), the leading shape, T."""
         X, U, T = self._check_trajectory(X, U)
         lead = X.shape[:-2]
         U_rows = np.concatenate([U, np.zeros(lead + (1, self.m))], axis=-2)
-        t = np.broadcast_to(np.arange(T + 1), lead + (T + 1,))
-        return X.reshape(-1, self.n), U_rows.reshape(-1, self.m), (t < T).reshape(-1), t.reshape(-1), T
+        return X.reshape(-1, self.n), U_rows.reshape(-1, self.m), lead, T
 
     @one_torch_thread()
+    @torch.inference_mode()
     def trajectory_derivatives(self, X, U) -> CostDerivatives:
         """Derivatives along one trajectory X (T+1, n), U (T, m): rows 0..T-1 running, row T terminal."""
-        x, u, running, t, T = self._trajectory_rows(X, U)
-        return self._derivatives(x, u, running, t, T)
+        x, u, lead, T = self._trajectory_rows(X, U)
+        # Row t's weight is the schedule's weight of step t of the horizon T.
+        return self._derivatives(x, u, [np.broadcast_to(w.step_weights(T), lead + (T + 1,)).reshape(-1) for w in self.terms])
 
     @one_torch_thread()
+    @torch.inference_mode()
     def term_costs(self, X, U) -> np.ndarray:
         """Each term's part of a trial's logged cost, X (T+1, n), U (T, m) -> (terms,): its running
         cost at every step at its full weight (as `cost(x, u)` gives it, no ramp) plus its terminal
         cost; steps whose cost is not finite are left out, as Trial.total_cost leaves them out."""
-        x, u, running, _, _ = self._trajectory_rows(X, U)
-        values = self._term_values(x, u, running, None, None)
+        x, u, lead, T = self._trajectory_rows(X, U)
+        running = np.broadcast_to(np.arange(T + 1) < T, lead + (T + 1,)).reshape(-1)
+        values = self._term_values(x, u, self._row_scales(running, None, None, len(x)))
         return values[:, np.isfinite(values).all(axis=0)].sum(axis=1)
 
     @one_torch_thread()
+    @torch.inference_mode()
     def trajectory_costs(self, X, U) -> np.ndarray:
         """Total cost of each trajectory in X (B, T+1, n), U (B, T, m) -> (B,); or of one (T+1, n) -> ()."""
         X, U, _ = self._check_trajectory(X, U)

@@ -36,8 +36,8 @@ class WeightedDistance(TensorParameters):
     def evaluate(self, x: torch.Tensor, derivatives: bool = False):
         """d2 (...) of x (..., n); with derivatives also its gradient (..., k) and its (diagonal)
         Hessian (..., k) with respect to x[..., index]; else None for both."""
-        index, w, target, angle = self.tensors(x, "index", "weights", "target", "angle")
-        e = x[..., index] - target
+        w, target, angle = self.tensors(x, "weights", "target", "angle")
+        e = self.take(x, "index") - target
         sq = torch.where(angle, 2.0 * (1.0 - torch.cos(e)), e * e) if self._any_angle else e * e
         d2 = sq @ w
         if not derivatives:

@@ -33,8 +33,8 @@ class JointLimitCost(Term):
         self.weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), self.index.shape).copy()
 
     def _violation(self, x: torch.Tensor) -> torch.Tensor:
-        index, low, high = self.tensors(x, "index", "low", "high")
-        q = x[..., index]
+        low, high = self.tensors(x, "low", "high")
+        q = self.take(x, "index")
         return torch.clamp(q - low, max=0.0) + torch.clamp(q - high, min=0.0)
 
     def _of_violation(self, v: torch.Tensor) -> torch.Tensor:

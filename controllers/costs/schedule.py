@@ -70,14 +70,17 @@ class Weighted:
     def row_scales(self, running, t, horizon: int | None, rows: int) -> np.ndarray:
         """(rows,) weights of rows that are running (bool or (rows,) bool) at steps t (None, or (rows,)),
         terminal elsewhere."""
-        run = np.broadcast_to(self.running_scale(t, horizon), (rows,))
-        return np.where(running, run, self.final_weight)
+        run = self.running_scale(t, horizon)
+        if np.ndim(run) == 0 and np.ndim(running) == 0:
+            return np.full(rows, run if running else self.final_weight)
+        return np.broadcast_to(np.where(running, run, self.final_weight), (rows,))
 
     def step_tensor(self, horizon: int, like: torch.Tensor) -> torch.Tensor:
         """`step_weights(horizon)` as a tensor in like's dtype on its device (made once each)."""
         key = (horizon, like.dtype, like.device)
         if key not in self._steps:
-            self._steps[key] = torch.tensor(self.step_weights(horizon), device=like.device).to(like.dtype)
+            with torch.inference_mode(False):  # an ordinary tensor, usable by autograd later
+                self._steps[key] = torch.tensor(self.step_weights(horizon), device=like.device).to(like.dtype)
         return self._steps[key]
 
 
@@ -89,9 +92,9 @@ def trajectory_total(terms: Sequence[Weighted], X: torch.Tensor, U: torch.Tensor
     # The terminal state goes with a zero action, so that every term sees all T+1 states in one
     # call (an end effector's kinematics once per batch, not twice); action terms weigh it 0.
     U_rows = torch.cat([U, U.new_zeros(U.shape[:-2] + (1, U.shape[-1]))], dim=-2)
-    total = X.new_zeros(X.shape[:-2])
+    total = None
     for w in terms:
-        if not w.step_weights(T).any():
-            continue
-        total = total + w.term.value(X, U_rows) @ w.step_tensor(T, X)
-    return total
+        if w.step_weights(T).any():
+            part = w.term.value(X, U_rows) @ w.step_tensor(T, X)
+            total = part if total is None else total + part
+    return X.new_zeros(X.shape[:-2]) if total is None else total

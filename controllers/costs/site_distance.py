@@ -53,10 +53,10 @@ class SiteDistanceCost(Term):
 
     def _residual(self, x: torch.Tensor, jacobian: bool):
         """r (..., 3) and, with jacobian, dp/dq (..., 3, k)."""
-        q_index, target, target_index, offset = self.tensors(x, "q_index", "target", "target_index", "offset")
-        q = x[..., q_index]
+        target, offset = self.tensors(x, "target", "offset")
+        q = self.take(x, "q_index")
         p, J = self.site.position_and_jacobian(q) if jacobian else (self.site(q), None)
-        goal = target if target_index is None else x[..., target_index] + offset
+        goal = target if self.target_index is None else self.take(x, "target_index") + offset
         return p - goal, J
 
     def _of_residual(self, r: torch.Tensor):

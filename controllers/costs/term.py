@@ -42,32 +42,52 @@ class TensorParameters:
         return found
 
 
+    def take(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """x[..., index] for the integer parameter `name` (k,): a view when the indices run
+        consecutively (a state's joints usually do), else a gather."""
+        cache = self.__dict__.setdefault("_tensors", {})
+        key = ("take", name, x.device)
+        found = cache.get(key)
+        if found is None:
+            index = np.asarray(getattr(self, name))
+            consecutive = len(index) > 0 and np.array_equal(index, np.arange(index[0], index[0] + len(index)))
+            found = cache[key] = slice(int(index[0]), int(index[0]) + len(index)) if consecutive else _as_tensor(index, x)
+        return x[..., found]
+
+
 def _as_tensor(value, like: torch.Tensor):
+    """A parameter as an ordinary tensor (never an inference tensor, even when first met in
+    inference mode, so that autograd can use it later)."""
     if value is None:
         return None
     a = np.asarray(value)
-    if a.dtype.kind == "f":
-        return torch.as_tensor(a, device=like.device).to(like.dtype)
-    if a.dtype.kind in "iu":
-        return torch.as_tensor(a.astype(np.int64), device=like.device)
-    return torch.as_tensor(a, device=like.device)
+    with torch.inference_mode(False):
+        if a.dtype.kind == "f":
+            return torch.tensor(a, device=like.device).to(like.dtype)
+        if a.dtype.kind in "iu":
+            return torch.tensor(a.astype(np.int64), device=like.device)
+        return torch.tensor(a, device=like.device)
 
 
 class TermDerivatives(NamedTuple):
-    """l (B,), l_x (B, n), l_u (B, m), l_xx (B, n, n), l_uu (B, m, m), l_ux (B, m, n), torch."""
+    """l (B,), l_x (B, n), l_u (B, m), l_xx (B, n, n), l_uu (B, m, m), l_ux (B, m, n), torch; the
+    action blocks may be None (zero) for a term that does not read the action."""
 
     l: torch.Tensor
     l_x: torch.Tensor
-    l_u: torch.Tensor
+    l_u: torch.Tensor | None
     l_xx: torch.Tensor
-    l_uu: torch.Tensor
-    l_ux: torch.Tensor
+    l_uu: torch.Tensor | None
+    l_ux: torch.Tensor | None
 
     @classmethod
-    def zeros(cls, x: torch.Tensor, u: torch.Tensor, l: torch.Tensor) -> "TermDerivatives":
-        """Zero derivatives for rows x (B, n), u (B, m), around the values l (B,), to fill in place."""
+    def zeros(cls, x: torch.Tensor, u: torch.Tensor, l: torch.Tensor, action: bool = False) -> "TermDerivatives":
+        """Zero derivatives for rows x (B, n), u (B, m), around the values l (B,), to fill in place;
+        the action blocks only with `action`."""
         (B, n), m = x.shape, u.shape[-1]
         z = dict(dtype=x.dtype, device=x.device)
+        if not action:
+            return cls(l, torch.zeros(B, n, **z), None, torch.zeros(B, n, n, **z), None, None)
         return cls(l, torch.zeros(B, n, **z), torch.zeros(B, m, **z), torch.zeros(B, n, n, **z),
                    torch.zeros(B, m, m, **z), torch.zeros(B, m, n, **z))
 
@@ -103,9 +123,11 @@ class Term(TensorParameters):
 def autograd_derivatives(term: Term, x: torch.Tensor, u: torch.Tensor) -> TermDerivatives:
     """A term's exact derivatives through its `value` by torch.func, row by row under vmap (reverse
     mode twice for the Hessian: forward mode would pull in torch's deprecated TorchScript decompositions)."""
-    gradient = vmap(jacrev(term.value, argnums=(0, 1)))(x, u)
-    (l_xx, _), (l_ux, l_uu) = vmap(jacrev(jacrev(term.value, argnums=(0, 1)), argnums=(0, 1)))(x, u)
-    return TermDerivatives(term.value(x, u), gradient[0], gradient[1], l_xx, l_uu, l_ux)
+    with torch.inference_mode(False):  # the Cost calls terms in inference mode; autograd needs it off
+        x, u = x.clone(), u.clone()
+        gradient = vmap(jacrev(term.value, argnums=(0, 1)))(x, u)
+        (l_xx, _), (l_ux, l_uu) = vmap(jacrev(jacrev(term.value, argnums=(0, 1)), argnums=(0, 1)))(x, u)
+        return TermDerivatives(term.value(x, u), gradient[0], gradient[1], l_xx, l_uu, l_ux)
 
 
 TERM_TYPES: dict[str, type[Term]] = {}
