@@ -147,7 +147,9 @@ class BatchedSiteKinematics:
                 "A": tensor(np.reshape(A, (-1, 1, 9))),  # (J, 1, 9)
                 "BC": tensor(np.reshape(BC, (-1, 2, 9))),  # (J, 2, 9)
                 "t": [tensor(f.p).view(3, 1) for f, *_ in self._segments],
-                "axes": [tensor(axis).view(3, 1) for _, _, axis, _, _ in self._segments],
+                "t_stack": tensor([f.p for f, *_ in self._segments]).view(-1, 3, 1),
+                "axis_stack": tensor([axis for _, _, axis, _, _ in self._segments]).view(-1, 3, 1),
+                "slides": tensor([0.0 if hinge else 1.0 for _, hinge, *_ in self._segments]),
                 "slide_axes": [tensor(f.R @ axis) for f, _, axis, _, _ in self._segments],  # R_j k_j
                 "hinges": hinges,
                 "order": None if order == list(range(self.k)) else tensor(order, torch.long),
@@ -173,7 +175,7 @@ class BatchedSiteKinematics:
             angle = angle - chain["zero"]
         turn = angle.t()  # (J, N)
         cs = torch.stack([torch.cos(turn), torch.sin(turn)], dim=-1)  # (J, N, 2)
-        G = torch.baddbmm(chain["A"], cs, chain["BC"]).view(-1, len(q), 3, 3).unbind(0)  # J of (N, 3, 3)
+        G = torch.baddbmm(chain["A"], cs, chain["BC"]).view(-1, q.shape[0], 3, 3).unbind(0)  # J of (N, 3, 3)
         return q, chain, angle, G
 
     def _position(self, chain: dict, angle: torch.Tensor, G) -> torch.Tensor:
@@ -198,25 +200,23 @@ class BatchedSiteKinematics:
         batch = q.shape[:-1]
         q, chain, angle, G = self._segment_maps(q)
         site = self._position(chain, angle, G)
-        R = p = None  # the world frame so far: R (N, 3, 3), p (N, 3, 1)
-        axes, origins = [], []
-        for j, G_j in enumerate(G):
-            if R is None:
-                p, R = chain["t"][j].expand(len(q), 3, 1), G_j
-            else:
-                p = torch.baddbmm(p, R, chain["t"][j].expand(len(q), 3, 1))
-                R = torch.bmm(R, G_j)
-            axes.append(R @ chain["axes"][j])  # a hinge's rotation leaves its own axis in place
-            origins.append(p)
-            if not chain["hinges"][j]:
-                p = p + axes[-1] * angle[:, j, None, None]
-        axes, origins = torch.cat(axes, dim=2), torch.cat(origins, dim=2)  # (N, 3, J)
-        columns = torch.linalg.cross(axes, site[:, :, None] - origins, dim=1)
+        frames = [G[0]]  # each joint's world rotation: R_j = G_0 ... G_j (its own turn leaves its axis)
+        for G_j in G[1:]:
+            frames.append(torch.bmm(frames[-1], G_j))
+        R = torch.stack(frames, dim=1)  # (N, J, 3, 3)
+        axes = (R @ chain["axis_stack"]).squeeze(-1)  # (N, J, 3)
+        # Anchors: o_0 = t_0, o_j = o_(j-1) + R_(j-1) t_j (+ the slide of joint j-1).
+        steps = (R[:, :-1] @ chain["t_stack"][1:]).squeeze(-1)
         if not all(chain["hinges"]):
-            columns = torch.where(torch.as_tensor(chain["hinges"], device=q.device), columns, axes)
+            steps = steps + axes[:, :-1] * (angle[:, :-1] * chain["slides"][:-1])[..., None]
+        origins = torch.cat([chain["t_stack"][:1, :, 0].expand(q.shape[0], 1, 3), steps], dim=1).cumsum(dim=1)
+        columns = torch.linalg.cross(axes, site[:, None, :] - origins, dim=-1)
+        if not all(chain["hinges"]):
+            columns = torch.where(chain["slides"][:, None] > 0, axes, columns)
+        columns = columns.transpose(1, 2)  # (N, 3, J)
         if chain["order"] is None:
             jacobian = columns
         else:
-            jacobian = torch.zeros(len(q), 3, self.k, dtype=q.dtype, device=q.device)
+            jacobian = torch.zeros(q.shape[0], 3, self.k, dtype=q.dtype, device=q.device)
             jacobian[..., chain["order"]] = columns
         return site.view(*batch, 3), jacobian.reshape(*batch, 3, self.k)

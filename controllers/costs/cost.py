@@ -118,11 +118,20 @@ class Cost:
                 total.l_ux += scale[:, None, None] * d.l_ux.numpy()
         return total
 
+    @one_torch_thread()
+    @torch.inference_mode()
     def __call__(self, x, u=None) -> float:
-        """Running cost of one pair x (n,), u (m,), or the terminal cost of x with u None."""
-        x = np.asarray(x, dtype=np.float64).reshape(1, -1)
-        u = None if u is None else np.asarray(u, dtype=np.float64).reshape(1, -1)
-        return float(self.value(x, u)[0])
+        """Running cost of one pair x (n,), u (m,), or the terminal cost of x with u None (as
+        `value` gives it for one row; a trial logs this at every step, so it skips value's arrays)."""
+        x, u = self._check(np.asarray(x, dtype=np.float64).reshape(1, -1), None if u is None else np.asarray(u, dtype=np.float64).reshape(1, -1))
+        u, running = self._rows(x, u)
+        xt, ut = _tensor(x), _tensor(u)
+        total = 0.0
+        for w in self.terms:
+            scale = float(w.running_scale(None, None)) if running else w.final_weight
+            if scale != 0.0:
+                total += scale * float(w.term.value(xt, ut)[0])
+        return total
 
     def _check_trajectory(self, X, U):
         X = np.asarray(X, dtype=np.float64)

@@ -76,7 +76,7 @@ class SiteDistanceCost(Term):
         # G = dr/dx restricted to the entries it touches: [J, -I] (target from the state) or J.
         q_index, target_index = self.tensors(x, "q_index", "target_index")
         if target_index is not None:
-            G = torch.cat([J, -torch.eye(3, dtype=x.dtype, device=x.device).expand(len(r), 3, 3)], dim=2)
+            G = torch.cat([J, -torch.eye(3, dtype=x.dtype, device=x.device).expand(r.shape[0], 3, 3)], dim=2)
             index = torch.cat([q_index, target_index])
         else:
             G, index = J, q_index
