@@ -185,7 +185,7 @@ class BatchedSiteKinematics:
             v = torch.baddbmm(chain["t"][j], G[j], v)
             if not chain["hinges"][j]:
                 v = v + (angle[:, j, None] * chain["slide_axes"][j])[..., None]
-        return v.view(-1, 3)
+        return v.reshape(-1, 3)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """q (..., k) -> the site's world position (..., 3) m."""
@@ -200,6 +200,8 @@ class BatchedSiteKinematics:
         batch = q.shape[:-1]
         q, chain, angle, G = self._segment_maps(q)
         site = self._position(chain, angle, G)
+        if not G:  # none of the joints is on the site's chain
+            return site.view(*batch, 3), torch.zeros(*batch, 3, self.k, dtype=q.dtype, device=q.device)
         frames = [G[0]]  # each joint's world rotation: R_j = G_0 ... G_j (its own turn leaves its axis)
         for G_j in G[1:]:
             frames.append(torch.bmm(frames[-1], G_j))
