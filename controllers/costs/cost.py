@@ -172,4 +172,5 @@ class Cost:
     def trajectory_costs(self, X, U) -> np.ndarray:
         """Total cost of each trajectory in X (B, T+1, n), U (B, T, m) -> (B,); or of one (T+1, n) -> ()."""
         X, U, _ = self._check_trajectory(X, U)
-        return trajectory_total(self.terms, _tensor(X), _tensor(U)).numpy()
+        U_rows = np.concatenate([U, np.zeros(U.shape[:-2] + (1, self.m))], axis=-2)
+        return trajectory_total(self.terms, _tensor(X), torch.from_numpy(U_rows)).numpy()

@@ -35,7 +35,8 @@ class TrajectoryCost:
     @torch.no_grad()
     def __call__(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         X, U = X.to(self.device, self.dtype), U.to(self.device, self.dtype)
-        return trajectory_total(self.cost.terms, X, U)
+        U_rows = torch.cat([U, U.new_zeros(U.shape[:-2] + (1, U.shape[-1]))], dim=-2)
+        return trajectory_total(self.cost.terms, X, U_rows)
 
 
 def build_planning_cost(cfg: dict, spec: RobotSpec, scene=None, condition: dict | None = None,

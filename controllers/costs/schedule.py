@@ -84,14 +84,14 @@ class Weighted:
         return self._steps[key]
 
 
-def trajectory_total(terms: Sequence[Weighted], X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """Total weighted cost of trajectories X (..., T+1, n), U (..., T, m) -> (...), in X's dtype:
-    each term's running cost at steps 0..T-1 with its ramp over the horizon T, plus its terminal
-    cost at X[..., T, :]. A non-finite entry that a weighted term reads makes the total NaN."""
-    T = U.shape[-2]
-    # The terminal state goes with a zero action, so that every term sees all T+1 states in one
-    # call (an end effector's kinematics once per batch, not twice); action terms weigh it 0.
-    U_rows = torch.cat([U, U.new_zeros(U.shape[:-2] + (1, U.shape[-1]))], dim=-2)
+def trajectory_total(terms: Sequence[Weighted], X: torch.Tensor, U_rows: torch.Tensor) -> torch.Tensor:
+    """Total weighted cost of trajectories X (..., T+1, n) under actions U_rows (..., T+1, m) whose
+    last row (the terminal state's) is zeros -> (...), in X's dtype: each term's running cost at
+    steps 0..T-1 with its ramp over the horizon T, plus its terminal cost at X[..., T, :]. The
+    terminal state goes with a zero action so that every term sees all T+1 states in one call (an
+    end effector's kinematics once per batch, not twice); action terms weigh it 0. A non-finite
+    entry that a weighted term reads makes the total NaN."""
+    T = X.shape[-2] - 1
     total = None
     for w in terms:
         if w.step_weights(T).any():
