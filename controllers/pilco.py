@@ -121,6 +121,12 @@ class ExpectedCost:
     cost: a controllers.costs.Cost over the robot's states `robot_states`; model_states: the names of
     the model's state entries (every state a term weighs must be among them); horizon: H, for ramps
     and the final weight at t = H.
+
+    The parameters (the distance's weights, targets and angles, sigma) are the terms' own objects,
+    and each step's weight comes from the cost's schedule (`Weighted.scale`). The value cannot be
+    the term's `value`: that is c at a point, and E[c(x)] under a Gaussian is not c at the mean;
+    its closed form (`expected_saturating_cost`) rewrites the term's d^2 as a quadratic in
+    (plain entries, sin and cos of the angles) and integrates the exponential against their moments.
     """
 
     def __init__(self, cost: Cost, robot_states: Sequence[str], model_states: Sequence[str], horizon: int):
@@ -179,7 +185,7 @@ class ExpectedCost:
 
     def _scale(self, weighted, t: int) -> float:
         """The term's weight at step t: its final weight at t = H, its ramped running weight before."""
-        return weighted.final_weight if t >= self.horizon else float(weighted.running_scale(t, self.horizon))
+        return weighted.scale(t, self.horizon)
 
 
 def _goal_and_scales(weights, target, angle, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,18 @@
-"""Cost terms: derivatives against finite differences, ramps, terminal costs, YAML errors."""
+"""Cost terms: each defined once in torch; derivatives against finite differences and autograd,
+the planners' float32 (and bfloat16) against float64, ramps, terminal costs, YAML errors, the registry."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
-from forethought.controllers.costs import build_cost
+from forethought.controllers.costs import RAMPS, TERM_TYPES, Term, TrajectoryCost, Weighted, build_cost, register
+from forethought.controllers.costs.term import autograd_derivatives
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import RobotSpec
 
@@ -21,7 +28,7 @@ SPEC = RobotSpec(
 
 def relative_error(a, b) -> float:
     # The floor: central differences of a derivative that vanishes leave rounding of about 1e-17.
-    return float(np.linalg.norm(np.ravel(a) - np.ravel(b)) / max(np.linalg.norm(np.ravel(b)), 1e-10))
+    return float(np.linalg.norm(np.ravel(a) - np.ravel(b)) / max(np.linalg.norm(np.ravel(b)), 1e-9))
 
 
 def numeric_derivatives(cost, x, u, h=1e-6):
@@ -247,3 +254,227 @@ def test_joint_limits_from_the_scene(arm_spec):
         build_cost({"terms": [{"type": "site_distance", "site": "tip", "target": [0, 0, 0]}]}, arm_spec, ARM)
     with pytest.raises(ConfigError, match=r"cost.terms\[0\].type: site_distance needs a MuJoCo scene"):
         build_cost({"terms": [{"type": "site_distance", "target": [0, 0, 0]}]}, arm_spec, None)
+
+
+# -- every term: one definition, its derivatives, its precisions ---------------------------------
+
+BALL_SCENE = (
+    '<mujoco><worldbody><body pos="0.1 0 0"><joint name="swivel" type="ball" pos="0 0 0.05"/><geom size="0.05"/>'
+    '<body pos="0 0 0.2"><joint name="hinge" axis="0 1 0" pos="0 0.1 0"/><geom size="0.03"/>'
+    '<site name="ee" pos="0 0 0.2"/></body></body></worldbody>'
+    '<keyframe><key name="home" qpos="0.9 0.3 0.2 0.1 0.4"/></keyframe></mujoco>'
+)
+FREE_SCENE = (
+    '<mujoco><worldbody><body pos="0.1 0 0" quat="0.9 0.1 0 0.3"><freejoint name="base"/><geom size="0.05"/>'
+    '<body pos="0 0 0.2"><joint name="hinge" axis="0 1 1" ref="0.3"/><joint name="slide" type="slide" axis="1 0 0"/>'
+    '<geom size="0.03"/><site name="ee" pos="0 0 0.2"/></body></body></worldbody>'
+    '<keyframe><key name="home" qpos="0.3 0.2 0.5 0.9 0.3 0.2 0.1 0.4 0.1"/></keyframe></mujoco>'
+)
+
+
+@functools.lru_cache(maxsize=None)
+def setting(name: str):
+    """(spec, scene) of a case's robot: the toy cart-pole, an arm scene, or a small chain through a
+    ball or free joint (written to a temporary MJCF file)."""
+    from forethought.sim.mujoco_robot import MujocoRobot
+
+    if name == "toy":
+        return SPEC, None
+    if name in ("so101_reach", "so101_push"):
+        with MujocoRobot(name) as robot:
+            return robot.spec, name
+    path = Path(tempfile.mkdtemp()) / f"{name}.xml"
+    path.write_text(BALL_SCENE if name == "ball" else FREE_SCENE)
+    joints = ("hinge",) if name == "ball" else ("hinge", "slide")
+    spec = RobotSpec(name, joints + tuple(f"d_{j}" for j in joints), ("u",), [-1.0], [1.0], 0.02)
+    return spec, str(path)
+
+
+PUSH_TERM = {"type": "site_distance", "site": "ee", "target_state": ["block:x", "block:y", "block:z"],
+             "offset": [-0.01, 0.044, 0.0], "norm": "smooth_abs", "smoothing": 0.01}
+# (robot, term, condition): every registered term type, each of its forms.
+CASES = {
+    "state": ("toy", TERMS["state"], None),
+    "state_plain": ("toy", {"type": "state", "weights": {"cart": 0.5, "d_cart": 0.1}, "target": {"cart": 0.2}}, None),
+    "saturating": ("toy", TERMS["saturating"], None),
+    "action": ("toy", TERMS["action"], None),
+    "action_to_state": ("toy", TERMS["action_to_state"], None),
+    "joint_limits": ("toy", TERMS["joint_limits"], None),
+    "site_quadratic": ("so101_reach", {"type": "site_distance", "target": "target"}, {"target": [0.2, 0.05, 0.12]}),
+    "site_smooth_abs": ("so101_reach", {"type": "site_distance", "norm": "smooth_abs", "smoothing": 0.02}, {"target": [0.2, 0.05, 0.12]}),
+    "site_behind_block": ("so101_push", PUSH_TERM, None),
+    "site_ball_joint": ("ball", {"type": "site_distance", "target": [0.1, 0.0, 0.3]}, None),
+    "site_free_joint": ("free", {"type": "site_distance", "target": [0.1, 0.0, 0.3], "norm": "smooth_abs"}, None),
+}
+GAUSS_NEWTON = {"site_distance"}  # terms whose Hessian is not the exact one (their docstring says so)
+
+
+def case_cost(name: str, **weights):
+    robot, term, condition = CASES[name]
+    spec, scene = setting(robot)
+    return build_cost({"terms": [dict(term, **weights)]}, spec, scene, condition), spec
+
+
+def case_points(spec, count: int, seed: int = 0):
+    """States and actions in the ranges the cases live in: joints within about a radian, the block
+    near the hand (m), velocities and actions of order one."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, (count, spec.n))
+    for i, name in enumerate(spec.state_names):
+        if name in ("block:x", "block:y", "block:z"):
+            x[:, i] = {"x": 0.2, "y": 0.0, "z": 0.03}[name[-1]] + rng.uniform(-0.05, 0.05, count)
+    return x, rng.uniform(-1.0, 1.0, (count, spec.m))
+
+
+def test_every_registered_term_type_has_cases():
+    assert {term["type"] for _, term, _ in CASES.values()} == set(TERM_TYPES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_case_matches_finite_differences(name):
+    cost, spec = case_cost(name)
+    x, u = case_points(spec, 3, seed=1)
+    exact_hessian = CASES[name][1]["type"] not in GAUSS_NEWTON
+    for xb, ub in zip(x, u):
+        assert_derivatives_match(cost, xb, ub, hessian=exact_hessian)
+        assert_derivatives_match(cost, xb, None, hessian=exact_hessian)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_analytic_derivatives_equal_autograd_through_the_value(name):
+    """Each term's own derivatives against torch.func's through its `value`; l is the value itself,
+    bit for bit (the same code computes it)."""
+    cost, spec = case_cost(name)
+    term = cost.terms[0].term
+    points = case_points(spec, 6, seed=2)
+    cost.derivatives(*points)  # first met in the Cost's inference mode: its tensors stay usable by autograd
+    x, u = (torch.from_numpy(a) for a in points)
+    ours, auto = term.derivatives(x, u), autograd_derivatives(term, x, u)
+    assert torch.equal(ours.l, term.value(x, u))
+    for field in ("l", "l_x", "l_u") + (() if term.name in GAUSS_NEWTON else ("l_xx", "l_uu", "l_ux")):
+        mine = getattr(ours, field)
+        if mine is None:  # a term that does not read the action leaves its action blocks out
+            assert not term.uses_action and not getattr(auto, field).any()
+            continue
+        torch.testing.assert_close(mine, getattr(auto, field), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ramp", RAMPS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_planner_float32_totals_equal_float64_for_every_term_and_ramp(name, ramp):
+    weights = {"weight": 2.0, "ramp": ramp}
+    if CASES[name][1]["type"] != "action":
+        weights["final_weight"] = 7.0
+    cost, spec = case_cost(name, **weights)
+    B, H = 16, 6
+    x, u = case_points(spec, B * (H + 1), seed=3)
+    X, U = x.reshape(B, H + 1, spec.n), u[: B * H].reshape(B, H, spec.m)
+    expected = cost.trajectory_costs(X, U)
+    got = TrajectoryCost(cost)(torch.tensor(X, dtype=torch.float32), torch.tensor(U, dtype=torch.float32))
+    assert got.dtype == torch.float32 and got.shape == (B,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=2e-6, atol=1e-6 * np.abs(expected).max())
+    # The trajectory totals are the rows' weighted values: running at t < H with the ramp, terminal at H.
+    rows = sum(cost.value(X[:, t], U[:, t], np.full(B, t), H) for t in range(H)) + cost.value(X[:, H], None)
+    np.testing.assert_allclose(expected, rows, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_terms_take_any_batch_shape_and_bfloat16(name):
+    cost, spec = case_cost(name)
+    term = cost.terms[0].term
+    x, u = case_points(spec, 24, seed=4)
+    exact = term.value(torch.from_numpy(x), torch.from_numpy(u)).numpy()
+    one = term.value(torch.from_numpy(x[5]), torch.from_numpy(u[5]))
+    assert one.shape == () and float(one) == exact[5]
+    shaped = term.value(torch.tensor(x, dtype=torch.float32).view(2, 3, 4, -1), torch.tensor(u, dtype=torch.float32).view(2, 3, 4, -1))
+    assert shaped.shape == (2, 3, 4) and shaped.dtype == torch.float32
+    np.testing.assert_allclose(shaped.reshape(-1).numpy(), exact, rtol=1e-5, atol=1e-6 * np.abs(exact).max())
+    half = term.value(torch.tensor(x, dtype=torch.bfloat16), torch.tensor(u, dtype=torch.bfloat16))
+    assert half.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: a few parts in a hundred after a handful of operations.
+    np.testing.assert_allclose(half.float().numpy(), exact, rtol=0.05, atol=0.02 * np.abs(exact).max())
+
+
+def test_a_diverged_prediction_costs_nan_for_the_planner():
+    cost, spec = case_cost("site_quadratic")
+    x, u = case_points(spec, 4 * 4, seed=5)
+    X = torch.tensor(x.reshape(4, 4, spec.n), dtype=torch.float32)
+    U = torch.tensor(u[:12].reshape(4, 3, spec.m), dtype=torch.float32)
+    X[2, 1, 0] = float("nan")
+    got = TrajectoryCost(cost)(X, U).numpy()
+    assert np.isnan(got[2]) and np.all(np.isfinite(np.delete(got, 2)))
+
+
+@pytest.mark.parametrize("robot", ["ball", "free"])
+def test_a_site_behind_a_ball_or_free_joint_is_where_mujoco_puts_it(robot):
+    """The joint is held at the scene's reference pose, as ArmKinematics holds it."""
+    from forethought.sim.kinematics import ArmKinematics
+
+    spec, scene = setting(robot)
+    cost, _ = case_cost(f"site_{robot}_joint")
+    kinematics = ArmKinematics(scene)
+    x, u = case_points(spec, 5, seed=6)
+    target = np.array([0.1, 0.0, 0.3])
+    r = kinematics.site_positions(x[:, : kinematics.k]) - target
+    expected = 0.5 * np.sum(r * r, axis=1) if robot == "ball" else np.sqrt(np.sum(r * r, axis=1) + 0.01**2) - 0.01
+    np.testing.assert_allclose(cost.value(x, u), expected, rtol=1e-12)
+
+
+# -- the schedule and the registry -------------------------------------------------------------------
+
+
+def test_one_schedule_gives_every_consumer_its_weights():
+    cost = build_cost({"terms": [{"type": "state", "weights": {"cart": 1.0}, "weight": 2.0, "final_weight": 5.0, "ramp": "linear"},
+                                 dict(TERMS["action"], weight=3.0)]}, SPEC)
+    state, action = cost.terms
+    H = 4
+    np.testing.assert_allclose(state.step_weights(H), [0.5, 1.0, 1.5, 2.0, 5.0])
+    np.testing.assert_allclose(action.step_weights(H), [3.0, 3.0, 3.0, 3.0, 0.0])
+    assert [state.scale(t, H) for t in range(H + 1)] == list(state.step_weights(H))
+    assert state.running_scale(None, None) == 2.0  # no horizon: the full running weight
+    with pytest.raises(ValueError, match="no terminal cost"):
+        Weighted(action.term, 1.0, 2.0)
+    with pytest.raises(ValueError, match="ramp must be one of"):
+        Weighted(state.term, ramp="steep")
+
+
+@pytest.fixture
+def toy_term_type():
+    """A term type added as a new module would add it: a class with `value` and `from_config`,
+    registered by its decorator; its derivatives come from autograd."""
+
+    @register("test_quartic", keys=("gain",))
+    class Quartic(Term):
+        uses_action = True
+
+        def __init__(self, gain: float):
+            self.gain = gain
+
+        def value(self, x, u):
+            return self.gain * (x[..., 0] * u[..., 0]) ** 2 + torch.cos(x[..., 1]) ** 4
+
+        @classmethod
+        def from_config(cls, r, scene):
+            return cls(r.number("gain", 1.0))
+
+    yield Quartic
+    del TERM_TYPES["test_quartic"]
+
+
+def test_a_registered_term_type_is_read_differentiated_and_planned_with(toy_term_type):
+    cfg = {"terms": [{"type": "test_quartic", "gain": 0.7}]}
+    cost = build_cost(cfg, SPEC)
+    assert isinstance(cost.terms[0].term, toy_term_type) and cost.terms[0].label == "0 test_quartic"
+    x, u = np.array([0.3, -0.4, 0.1, 0.2]), np.array([0.8, -0.5])
+    assert cost(x, u) == pytest.approx(0.7 * (0.3 * 0.8) ** 2 + np.cos(-0.4) ** 4)
+    assert_derivatives_match(cost, x, u)
+    assert cost(x, None) == 0.0  # it reads the action: a running cost only
+    X, U = np.random.default_rng(7).normal(size=(3, 5, 4)), np.random.default_rng(8).normal(size=(3, 4, 2))
+    np.testing.assert_allclose(TrajectoryCost(cost)(torch.tensor(X, dtype=torch.float32), torch.tensor(U, dtype=torch.float32)).numpy(),
+                               cost.trajectory_costs(X, U), rtol=1e-5)
+    with pytest.raises(ConfigError, match=r"cost.terms\[0\].gain: expected a finite number"):
+        build_cost({"terms": [{"type": "test_quartic", "gain": "big"}]}, SPEC)
+    with pytest.raises(ConfigError, match=r"cost.terms\[0\]: unknown key 'sigma' for a test_quartic term"):
+        build_cost({"terms": [{"type": "test_quartic", "sigma": 1.0}]}, SPEC)
+    with pytest.raises(ValueError, match="registered twice"):
+        register("test_quartic")(toy_term_type)

@@ -236,3 +236,16 @@ def test_build_rejects_bad_parameters_and_robots_with_one_line():
         build_ik_reach({}, MujocoRobot("cartpole"), task)
     with pytest.raises(ConfigError, match="needs a MuJoCo arm scene"):
         build_ik_reach({}, object(), task)
+
+
+@pytest.mark.parametrize("scene, site, joints", [
+    ("so101_peg", "peg_tip", None), ("koch_reach", "ee", None), ("so101_reach", "ee", ["elbow_flex", "shoulder_lift"]),
+])
+def test_batched_kinematics_in_float64_give_mujocos_positions_and_jacobians(scene, site, joints):
+    kinematics = ArmKinematics(scene, site=site, joints=joints)
+    q = random_angles(kinematics, np.random.default_rng(3), 30)
+    p, J = BatchedSiteKinematics(kinematics).position_and_jacobian(torch.tensor(q).view(5, 6, -1))
+    assert p.dtype == J.dtype == torch.float64 and J.shape == (5, 6, 3, kinematics.k)
+    expected_p, expected_J = kinematics.site_positions_and_jacobians(q)
+    np.testing.assert_allclose(p.reshape(30, 3).numpy(), expected_p, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(J.reshape(30, 3, -1).numpy(), expected_J, atol=1e-12, rtol=0)
