@@ -276,12 +276,15 @@ def cost_expansion(cost, states: np.ndarray, actions: np.ndarray) -> QuadraticCo
     T, m = T1 - 1, actions.shape[2]
     d = n + m
     H, g, const = np.zeros((T + 1, d, d)), np.zeros((T + 1, d)), np.zeros(T + 1)
+    # Every sample's every step in one call (rows t < T running, row T terminal), then step by step.
+    every = cost.trajectory_derivatives(states, actions)
+    per_step = [a.reshape(N, T + 1, *a.shape[1:]) for a in (every.l, every.l_x, every.l_u, every.l_xx, every.l_uu,
+                                                            every.l_ux)]
     for t in range(T + 1):
         terminal = t == T
         x = states[:, t]
         u = None if terminal else actions[:, t]
-        d = cost.derivatives(x, u, np.full(N, t), T)
-        l, l_x, l_u, l_xx, l_uu, l_ux = d.l, d.l_x, d.l_u, d.l_xx, d.l_uu, d.l_ux
+        l, l_x, l_u, l_xx, l_uu, l_ux = (a[:, t] for a in per_step)
         z = x if terminal else np.concatenate([x, u], axis=1)
         grad = l_x if terminal else np.concatenate([l_x, l_u], axis=1)
         hess = l_xx if terminal else np.block([[l_xx, np.swapaxes(l_ux, 1, 2)], [l_ux, l_uu]])

@@ -24,14 +24,3 @@ def one_torch_thread():
     finally:
         torch.set_num_threads(threads)
 
-
-def on_one_torch_thread(function):
-    """Decorate a method or function to run on one torch thread (see one_torch_thread)."""
-    import functools
-
-    @functools.wraps(function)
-    def wrapped(*args, **kwargs):
-        with one_torch_thread():
-            return function(*args, **kwargs)
-
-    return wrapped

@@ -48,7 +48,7 @@ from forethought.models.gp.kernel import (
 from forethought.models.gp.lbfgs import is_numerical, minimize_lbfgs
 from forethought.models.jacobians import row_jacobians
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
-from forethought.models.torch_threads import on_one_torch_thread
+from forethought.models.torch_threads import one_torch_thread
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
@@ -152,7 +152,7 @@ class GPModel:
         return np.concatenate(xs), np.concatenate(us), np.concatenate(ys)
 
     # -- fitting ---------------------------------------------------------------------------------------
-    @on_one_torch_thread
+    @one_torch_thread()
     def fit(self, trials: Sequence[Trial]) -> dict:
         """Fit the hyperparameters on the transitions of `trials` and cache the posterior (on one torch
         thread: models.torch_threads).
