@@ -29,6 +29,7 @@ from forethought.models.registry import MODELS
 from forethought.robots.trial import Policy, Trial, rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.experiment import Experiment, build_parts, make_robot
+from forethought.scripts.report import write_report
 from forethought.scripts.run_outputs import write_outputs
 from forethought.scripts.status_line import StatusLine, show_progress
 
@@ -267,4 +268,5 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
             raise
         save_models(experiment, model, controller, folder / "models")
         write_outputs(experiment, task, robot, result, loop.video if render_video is None else render_video, costs=costs)
+        write_report(folder)
     return result
