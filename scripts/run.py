@@ -225,10 +225,11 @@ def save_models(experiment: Experiment, model, controller, folder: Path) -> None
         controller.save(folder)
 
 
-def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None) -> RunResult:
-    """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve."""
+def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None) -> RunResult:
+    """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve.
+    robot: the robot to run on (default: the experiment's, made here; closed at the end either way)."""
     loop = experiment.loop
-    with make_robot(experiment.robot) as robot:
+    with make_robot(experiment.robot) if robot is None else robot as robot:
         # Bad configuration fails here, before a run folder exists.
         parts = build_parts(experiment, robot)
         task, model, controller = parts.task, parts.model, parts.controller
