@@ -1,4 +1,4 @@
-"""`forethought report RUN_FOLDER`: one self-contained report.html of a run, to open from the file system.
+"""`forethought report RUN_FOLDER...`: one self-contained report.html of a run, to open from the file system.
 
 The page holds the experiment (its description and resolved config), the success table (every
 trial judged by the task's goal, as summary.json records it), the learning curve, the cost by term,
@@ -213,9 +213,10 @@ def write_report(folder: Path) -> Path:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_folder", help="a run folder (runs/NAME-YYYYmmdd-HHMMSS)")
+    parser.add_argument("run_folders", nargs="+", metavar="RUN_FOLDER", help="run folders (runs/NAME-YYYYmmdd-HHMMSS)")
 
 
 def report_main(args: argparse.Namespace) -> int:
-    print(write_report(Path(args.run_folder)))
+    for folder in args.run_folders:
+        print(write_report(Path(folder)))
     return 0
