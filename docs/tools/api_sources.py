@@ -1,8 +1,8 @@
 """MkDocs hook: the import layout the API reference reads the sources through.
 
 The repository maps its folders into one namespace (robots/ -> forethought.robots, ...; see
-pyproject.toml), which the reference's static reader (griffe) cannot follow on its own. Before the
-build reads any page, this lays out build/api-src/forethought/ with a link to each folder, so that
+pyproject.toml), which the reference's static reader (griffe) cannot follow on its own. When the build
+starts, before any plugin reads its configuration, this lays out build/api-src/forethought/ with a link to each folder, so that
 `::: forethought.models.gp` finds models/gp.py without importing anything.
 """
 
@@ -28,6 +28,6 @@ def lay_out_sources() -> Path:
     return SOURCE.parent
 
 
-def on_config(config):
+def on_startup(command, dirty) -> None:
+    # Before any plugin reads its configuration: the reference's handler looks for its paths then.
     lay_out_sources()
-    return config

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import io
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,7 +30,8 @@ def matrix_text() -> str:
     from forethought.scripts.cli import print_matrix
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the model modules' imports (torch.jit in gpytorch)
         print_matrix()
     return out.getvalue()
 
