@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[docs]'
 	touch $(STAMP)
 
 # Offscreen rendering without a display or GPU needs Mesa's software OpenGL (forethought.sim.gl_backend
@@ -23,6 +24,22 @@ osmesa:
 		echo "installing libosmesa6 for offscreen rendering"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libosmesa6 >/dev/null; \
 	fi
+
+# The tests take screenshots: of report.html in headless Chromium, of the live view under Xvfb.
+.PHONY: browser docs
+setup: browser
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xvfb-run >/dev/null 2>&1; then \
+		echo "installing chromium and xvfb for the tests' screenshots"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium xvfb xauth >/dev/null; \
+	fi
+
+# The README's generated blocks (the models x controllers matrix, the results from bench/*.json),
+# then the docs site into build/site/; a broken link or reference fails the build.
+docs: setup
+	$(PY) docs/tools/readme_blocks.py README.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+test: docs
 
 demo: setup
 	$(VENV)/bin/forethought run arm-reach-ilqr --out runs

@@ -23,6 +23,42 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
+def cpu_kernels() -> str:
+    """The matrix kernels this process runs: each BLAS library's core type (OpenBLAS's
+    OPENBLAS_CORETYPE: they change a result's last digits) and torch's CPU capability."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = sorted({f"{i['internal_api']} {i.get('architecture')}" for i in threadpool_info() if i.get("user_api") == "blas"})
+    return ", ".join([*blas, f"torch {torch.backends.cpu.get_cpu_capability()}"])
+
+
+def source_commit() -> str | None:
+    """The git commit of the code that runs (with "-dirty" for uncommitted changes), None outside a checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the platform's processor."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     import numpy
     import torch
@@ -30,11 +66,14 @@ def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_kernels": cpu_kernels(),
+        "commit": source_commit(),
     }
     try:
         import mujoco

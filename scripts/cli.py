@@ -20,6 +20,7 @@ choose_gl_backend()  # before anything below imports mujoco, which reads MUJOCO_
 from forethought.models.dynamics_model import MissingCapability
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
+from forethought.sim.viewer import ViewerClosed
 
 # Subcommands provided by other modules: name -> ("module", "add_arguments", "main", help).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -27,6 +28,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "deploy": ("forethought.scripts.deploy", "add_deploy_arguments", "deploy_main", "run a controller on a servo arm"),
     "calibrate": ("forethought.scripts.deploy", "add_calibrate_arguments", "calibrate_main", "record a servo arm's joint ranges"),
     "emulate": ("forethought.scripts.deploy", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
+    "report": ("forethought.scripts.report", "add_report_arguments", "report_main", "write a run folder's report.html"),
 }
 
 USER_ERRORS = (ConfigError, ActionError, MissingCapability, FileNotFoundError, KeyError, ValueError)
@@ -124,8 +126,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    robot = None
+    if args.view:
+        from forethought.scripts.experiment import make_robot
+        from forethought.sim.viewer import ViewedRobot, view_unavailable
+
+        why = view_unavailable()
+        if why is not None:
+            raise ValueError(f"--view: {why}")
+        conditions = len(experiment.task.conditions)
+        robot = ViewedRobot(make_robot(experiment.robot), experiment.loop.iterations * experiment.loop.samples * conditions)
     print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
-    result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None)
+    try:
+        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot)
+    except ViewerClosed:
+        print("forethought run: the viewer was closed; the run stopped with its trials so far kept", file=sys.stderr)
+        return 0
     print(f"run folder: {result.folder}")
     return 0
 
@@ -159,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip rendering the video of the last trial")
     p.add_argument("--threads", type=int,
                    help="torch threads (default: one per core); 1 when several runs share the cores")
+    p.add_argument("--view", action="store_true",
+                   help="watch the run live in MuJoCo's viewer (needs a display); closing it stops the run")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("bench", help="run a benchmark and write its JSON")

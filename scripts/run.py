@@ -29,6 +29,7 @@ from forethought.models.registry import MODELS
 from forethought.robots.trial import Policy, Trial, rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.experiment import Experiment, build_parts, make_robot
+from forethought.scripts.report import write_report
 from forethought.scripts.run_outputs import write_outputs
 from forethought.scripts.status_line import StatusLine, show_progress
 
@@ -231,10 +232,11 @@ def save_models(experiment: Experiment, model, controller, folder: Path) -> None
         controller.save(folder)
 
 
-def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None) -> RunResult:
-    """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve."""
+def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None) -> RunResult:
+    """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve.
+    robot: the robot to run on (default: the experiment's, made here; closed at the end either way)."""
     loop = experiment.loop
-    with make_robot(experiment.robot) as robot:
+    with make_robot(experiment.robot) if robot is None else robot as robot:
         # Bad configuration fails here, before a run folder exists.
         parts = build_parts(experiment, robot)
         task, model, controller = parts.task, parts.model, parts.controller
@@ -274,4 +276,5 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
             raise
         save_models(experiment, model, controller, folder / "models")
         write_outputs(experiment, task, robot, result, loop.video if render_video is None else render_video, costs=costs)
+        write_report(folder)
     return result
