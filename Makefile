@@ -13,8 +13,7 @@ setup: $(STAMP) osmesa
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 # Offscreen rendering without a display or GPU needs Mesa's software OpenGL (forethought.sim.gl_backend
@@ -27,7 +26,6 @@ osmesa:
 
 # The tests take screenshots: of report.html in headless Chromium, of the live view under Xvfb.
 .PHONY: browser docs
-setup: browser
 browser:
 	@if ! command -v chromium >/dev/null 2>&1 || ! command -v xvfb-run >/dev/null 2>&1; then \
 		echo "installing chromium and xvfb for the tests' screenshots"; \
@@ -39,7 +37,7 @@ browser:
 docs: setup
 	$(PY) docs/tools/readme_blocks.py README.md
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
-test: docs
+test: docs browser
 
 demo: setup
 	$(VENV)/bin/forethought run arm-reach-ilqr --out runs

@@ -32,7 +32,7 @@ CONTROLLER_KEYS = ("replan_every", "initial_action", "seed")
 
 def build_sampling_mpc(params: dict, robot, task, model) -> MPCController:
     """Controller `type: sampling_mpc` on the experiment's model (its settings in the module docstring)."""
-    from forethought.controllers.planning_cost import build_planning_cost
+    from forethought.controllers.costs import build_planning_cost
 
     spec = robot.spec
     check_model_states(model, spec)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from forethought.controllers.planning_cost import build_planning_cost
+from forethought.controllers.costs import build_planning_cost
 from forethought.controllers.policy import RandomPolicy
 from forethought.controllers.samplers import make_planner
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bfloat16
