@@ -45,32 +45,38 @@ def run_errors() -> tuple[type[BaseException], ...]:
 
 
 def print_matrix() -> None:
-    """The models x controllers matrix: per cell the shipped experiments, or a refusal with its reason."""
+    """The models x controllers matrix: a letter per working cell, listed below with its shipped
+    experiments (or what the controller runs on), a number per refused one, listed with its reason."""
+    import string
+
     from forethought.controllers.registry import CONTROLLERS
     from forethought.scripts.experiment import combinations
 
     cells = combinations()
     models = list(dict.fromkeys(cell.model for cell in cells))
+    works: list[str] = []
     reasons: list[str] = []
     rows = []
     for controller in CONTROLLERS:
         row = [controller]
         for cell in (c for c in cells if c.controller == controller):
             if cell.refused is None:
-                row.append(", ".join(cell.experiments) or CONTROLLERS[controller].runs_on or "works (none shipped)")
-            elif cell.refused in reasons:
-                row.append(f"no [{reasons.index(cell.refused) + 1}]")
+                works.append(", ".join(cell.experiments) or CONTROLLERS[controller].runs_on or "(none shipped)")
+                row.append(f"[{string.ascii_lowercase[len(works) - 1]}]")
             else:
-                reasons.append(cell.refused)
-                row.append(f"no [{len(reasons)}]")
+                if cell.refused not in reasons:
+                    reasons.append(cell.refused)
+                row.append(f"no {reasons.index(cell.refused) + 1}")
         rows.append(row)
     header = ["controller \\ model", *models]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print("models x controllers (model.type x controller.type; a cell names the shipped experiments):")
+    print("models x controllers (model.type x controller.type):")
     for row in [header, *rows]:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    for i, experiments in enumerate(works):
+        print(f"  [{string.ascii_lowercase[i]}] {experiments}")
     for i, reason in enumerate(reasons, 1):
-        print(f"  [{i}] {reason}")
+        print(f"  no {i}: {reason}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

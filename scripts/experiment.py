@@ -143,7 +143,7 @@ def check_combination(model_type: str, controller_type: str) -> str | None:
         return f"the controller needs the {bound[0]} model: {bound[1]}"
     lacking = missing(MODELS[model_type].model_class, entry.needs)
     if lacking:
-        return f"the controller needs `{lacking[0]}` ({CAPABILITIES[lacking[0]]}), which the {model_type} model does not offer"
+        return f"the controller needs `{lacking[0]}` ({CAPABILITIES[lacking[0]]}), which the model does not offer"
     return None
 
 
