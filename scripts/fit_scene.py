@@ -98,6 +98,9 @@ def fit_scene_main(args) -> int:
         validate_runs, more = load_logged(args.validate)
         problems += more
         train, heldout = trials, [t for group in validate_runs.values() for t in group]
+    elif len(trials) < 2:
+        raise ConfigError("one trial to fit and none to judge the fit on: give held-out trials with --validate "
+                          "(another arm-excite run with another --seed, or reach trials)")
     else:
         train, heldout = split_trials(trials, args.heldout, args.seed)
     scene = args.scene or run_scene(list(by_run))

@@ -144,12 +144,14 @@ def test_fit_mujoco_refuses_bad_input_in_one_line(tmp_path, capsys):
         run = _log(robot, load_experiment("arm-excite"), tmp_path / "excite", seed=0, horizon=60)
     bad = tmp_path / "bad.yaml"
     bad.write_text("fields: [stiffness]\n")
+    held_out = ["--validate", str(run)]
     for argv, message in (
-        (["--model-config", str(bad)], "fields: unknown servo parameter 'stiffness'"),
-        (["--scene", "cartpole"], "is not a position servo"),
-        (["--scene", "nowhere"], "unknown scene 'nowhere'"),
+        (["--model-config", str(bad), *held_out], "fields: unknown servo parameter 'stiffness'"),
+        (["--scene", "cartpole", *held_out], "is not a position servo"),
+        (["--scene", "nowhere", *held_out], "unknown scene 'nowhere'"),
+        ([], "give held-out trials with --validate"),  # one trial, nothing to hold out
     ):
-        assert main(["fit", "--model", "mujoco", str(run), "--validate", str(run), *argv]) == 2
+        assert main(["fit", "--model", "mujoco", str(run), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert message in err, err
     assert main(["fit", "--model", "tvlg", str(run), "--scene", SCENE]) == 2
