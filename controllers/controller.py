@@ -19,7 +19,11 @@ class Controller(Protocol):
     def policy(self, condition: int) -> Policy: ...
 
     def update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
-        """trials[c][i]: sample i of condition c from the iteration just run; returns diagnostics."""
+        """trials[c][i]: sample i of condition c from the iteration just run; returns diagnostics.
+
+        Not called after the last iteration, whose policies are never asked for again; a controller
+        with diagnostics of its policies worth reporting then offers `report(trials) -> dict`
+        (iLQR-MPC's replans and solve times), which must not learn."""
 
 
 @dataclass(frozen=True)

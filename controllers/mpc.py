@@ -290,6 +290,11 @@ class MPCController:
         return policy
 
     def update(self, trials) -> dict[str, float]:
+        """Nothing to learn (a learned model is refitted by the experiment loop): the report."""
+        return self.report(trials)
+
+    def report(self, trials) -> dict[str, float]:
+        """Replanning statistics of the policies handed out since the last report."""
         stats = [p.stats for p in self._policies if p.stats["replans"]]
         self._policies = []
         if not stats:
@@ -304,6 +309,9 @@ class MPCController:
 
 def task_costs(task, spec: RobotSpec, controller: str) -> list:
     """One Cost per condition of the task (controllers.costs); ConfigError when it declares none."""
+    if task.cost == "reward":
+        raise ConfigError(f"{controller} needs the cost's derivatives, and `cost: reward` (the task's own reward) has "
+                          "none: write the cost with its terms, or plan with sampling_mpc")
     if not isinstance(task.cost, dict) or not task.cost:
         raise ConfigError(f"{controller} needs the task's `cost` (its terms)")
     return [build_cost(task.cost, spec, task.scene, condition) for condition in task.conditions]

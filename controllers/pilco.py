@@ -29,7 +29,6 @@ In an experiment file:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ import torch
 from forethought.controllers.costs import Cost, SaturatingCost, build_cost
 from forethought.controllers.rbf_policy import LinearPolicy, RBFPolicy, SaturatedPolicy
 from forethought.models.gp import GPModel, is_numerical, minimize_lbfgs
+from forethought.models.torch_threads import one_torch_thread
 from forethought.models.moment_matching import augment_with_trig, augment_with_trig_moments
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.progress import Progress
@@ -110,22 +110,6 @@ class PilcoConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     seed: int | None = None
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Run the block on one torch thread, then restore the previous count.
-
-    A moment-matched rollout is thousands of operations on tensors of a few to a few hundred
-    thousand entries: splitting them over threads gains little, and on a machine whose cores are
-    busy a second thread that is not scheduled stalls every operation: on a loaded 2-core machine
-    the arm reach's first update took 45 s on one thread and had not ended after 15 minutes on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # -- the expected cost --------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ experiment's model: on the ensemble it is PETS (Chua et al. 2018: trajectory sam
 probabilistic ensemble refitted on every trial); on MuJoCo itself it is predictive sampling as in
 MuJoCo MPC; on the GP, MPPI through the GP's predictive distribution; on TVLG, planning through
 time-varying local models. Before a learned model's first fit the policies are seeded random ones.
+With `task.cost: reward` on a dm_control task the planners rank by the task's own reward
+(controllers/reward_cost.py).
 
 In an experiment file:
 
@@ -47,10 +49,15 @@ def build_sampling_mpc(params: dict, robot, task, model) -> MPCController:
     seed = params.get("seed", task.seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed: expected an integer, got {seed!r}")
-    if not isinstance(task.cost, dict) or not task.cost:
-        raise ConfigError("sampling_mpc needs the task's `cost` (its terms)")
     device = getattr(model, "device", "cpu")
-    costs = [build_planning_cost(task.cost, spec, task.scene, condition, device) for condition in task.conditions]
+    if task.cost == "reward":
+        from forethought.controllers.reward_cost import RewardTrajectoryCost, reward_cost
+
+        costs = [RewardTrajectoryCost(reward_cost(robot), device)] * len(task.conditions)
+    elif not isinstance(task.cost, dict) or not task.cost:
+        raise ConfigError("sampling_mpc needs the task's `cost` (its terms, or `reward` on a dm_control task)")
+    else:
+        costs = [build_planning_cost(task.cost, spec, task.scene, condition, device) for condition in task.conditions]
 
     def planner_for(condition: int, planner_seed: int):
         return make_planner(kind, model, costs[condition], spec.action_low, spec.action_high, seed=planner_seed,

@@ -3,7 +3,7 @@
 One line registers a model: its name, the callable that builds it, its settings dataclass and the
 suffix of the file it saves to. The builder is a class or function called with `config` (the
 settings) and, when its signature asks for them, `spec` (the robot's RobotSpec), `state_names`,
-`action_names` and `scene` (the robot's MJCF scene, None for other robots). Modules load on first
+`action_names` and `scene` (the robot's MJCF scene; a dm_control task's MjModel; None otherwise). Modules load on first
 use, so naming a model costs nothing until it is built.
 """
 
@@ -66,8 +66,9 @@ def model_settings(name: str, section: dict, where: str, seed: int | None = None
     return settings
 
 
-def build_model(name: str, settings: Any, spec, scene: str | None = None):
-    """A fresh model `name` for a robot with `spec` (and MJCF `scene`), built from its settings.
+def build_model(name: str, settings: Any, spec, scene=None):
+    """A fresh model `name` for a robot with `spec` (and its `scene`: an MJCF name or path, or a
+    dm_control task's MjModel), built from its settings.
 
     Settings with `states` / `actions` lists (the GP's) model those of the robot's only."""
     builder = model_entry(name).load("builder")

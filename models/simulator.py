@@ -41,6 +41,7 @@ from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
 from forethought.models.dynamics_model import as_batch
 from forethought.robots.config import ConfigError
 from forethought.sim.fixtures import SceneFixtures
+from forethought.sim.mujoco_robot import state_names
 from forethought.sim.scenes import scene_path
 
 if TYPE_CHECKING:  # torch is imported when rollout is called: iLQR on this model never needs it
@@ -484,17 +485,21 @@ class MujocoModelConfig:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
 
 
-def build_scene_model(config: MujocoModelConfig, spec, scene: str | None) -> "SimulatorModel":
-    """The planning model on `config.scene` (else the robot's `scene`) with the robot's control period
-    spec.dt; ConfigError when there is no scene or it does not match the robot."""
+def build_scene_model(config: MujocoModelConfig, spec, scene: "str | mujoco.MjModel | None") -> "SimulatorModel":
+    """The planning model on `config.scene` (else the robot's `scene`: an MJCF scene, or the MjModel of
+    a dm_control task) with the robot's control period spec.dt; ConfigError when there is no scene or
+    it does not match the robot."""
     scene = config.scene or scene
     if scene is None:
-        raise ConfigError("model: a mujoco model plans on a MuJoCo scene: give model.scene, or use a robot with `scene`")
+        raise ConfigError("model: a mujoco model plans on a MuJoCo scene: give model.scene, or use a robot with "
+                          "`scene` (or a dm_control robot with `state: physics`)")
     threads = config.threads
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
+    if isinstance(scene, mujoco.MjModel):
+        return _task_model(config, spec, scene, threads)
     settings = dict(centred=config.centred, epsilon=config.epsilon, frictionloss=config.frictionloss, threads=threads)
     if config.timestep is None:
         model = SimulatorModel(scene, **settings)
@@ -508,3 +513,24 @@ def build_scene_model(config: MujocoModelConfig, spec, scene: str | None) -> "Si
     if model.n != spec.n or model.m != spec.m:
         raise ConfigError(f"model: the scene's model has n={model.n}, m={model.m}; the robot's n={spec.n}, m={spec.m}")
     return model
+
+
+def _task_model(config: MujocoModelConfig, spec, model: mujoco.MjModel, threads: int) -> "SimulatorModel":
+    """The planning model on a dm_control task's own MjModel, shared rather than copied: each episode
+    may set things in it (the reacher's target), and the planner must see them. It has its own
+    MjData, steps the task's physics step and takes spec.dt / timestep steps per control period
+    (dm_control's n_sub_steps)."""
+    for key, value, kept in (("timestep", config.timestep, None), ("frictionloss", config.frictionloss, True)):
+        if value != kept:
+            raise ConfigError(f"model.{key}: a dm_control task's planning model shares the task's MjModel (to see "
+                              "what each episode sets in it) and keeps its physics as it is")
+    names = state_names(model)
+    if tuple(spec.state_names) != names:
+        raise ConfigError(f"model: a mujoco model plans on the task's physics state ({', '.join(names)}), and the "
+                          "robot's state is not it: set robot.state: physics")
+    steps = spec.dt / model.opt.timestep
+    if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
+        raise ConfigError(f"model: the control period {spec.dt} s is not a whole number of the task's "
+                          f"{model.opt.timestep} s physics steps")
+    return SimulatorModel(model, control_steps=int(round(steps)), centred=config.centred, epsilon=config.epsilon,
+                          threads=threads)

@@ -11,14 +11,18 @@ mean and scale matrix, worth `strength` pseudo-observations.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
+from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
+from forethought.models.dynamics_model import as_batch
 from forethought.robots.trial import Trial
 
 
@@ -254,77 +258,168 @@ class TVLGConfig:
 
 
 class TVLGModel:
-    """The DynamicsModel of a time-varying linear-Gaussian fit with a GMM prior over all data seen.
+    """The DynamicsModel of time-varying linear-Gaussian fits, one per condition, with a GMM prior
+    over all data seen.
 
-    `fit(trials)` adds the trials to the prior and refits every step from these trials (the GPS
-    loop passes one iteration's samples of one condition). Predictions need the time index t.
+    `fit(trials)` adds the trials to the prior and fits each condition's dynamics on its own trials
+    (`trial.metadata["condition"]`, default 0); the experiment loop passes the latest iteration's
+    trials. `apply_condition` selects the condition that predict, linearize and rollout use;
+    `local(c)` is condition c's fit. Every call takes the time step: t, or t0 for rollout. A step at
+    or beyond the fitted horizon uses the last fitted step, so that a receding-horizon planner can
+    look past the end of the trials the model was fitted on.
     """
 
+    capabilities = frozenset({PREDICT, LINEARIZE, ROLLOUT})
+    learned = True
+    fit_on = "latest_iteration"
     time_varying = True
+    device = torch.device("cpu")  # where rollout's tensors live
 
     def __init__(self, config: TVLGConfig | None = None):
         self.config = config or TVLGConfig()
         self.prior = self.config.make_prior()
-        self.dynamics: LinearGaussianDynamics | None = None
+        self.conditions: dict[int, LinearGaussianDynamics] = {}
+        self.condition = 0
         self.state_names: tuple[str, ...] = ()
         self.action_names: tuple[str, ...] = ()
+        self._noise_factors: dict[int, np.ndarray] = {}
+
+    @property
+    def dynamics(self) -> LinearGaussianDynamics | None:
+        """The selected condition's dynamics (None before it has been fitted)."""
+        return self.conditions.get(self.condition)
 
     def fit(self, trials: Sequence[Trial]) -> dict:
-        """Fit on trials of equal horizon; returns {"trials", "horizon", "clusters", "train_loglik"}."""
-        states, actions = trials_to_arrays(trials)
-        clusters = self.prior.update(states, actions) if self.prior is not None else 0
-        self.dynamics = fit_tvlg(states, actions, self.prior, self.config.ridge)
-        self.state_names, self.action_names = trials[0].state_names, trials[0].action_names
+        """Fit on trials of equal horizon: the prior on all of them (grouped by condition, in order),
+        then each condition's dynamics on its trials; conditions without trials here keep their fit.
+
+        Returns {"trials", "horizon", "clusters", "conditions" (fitted now), "train_loglik" (mean
+        log-density per transition of the trials under their condition's fit)}.
+        """
+        trials_to_arrays(trials)  # one horizon, one set of names, finite numbers
+        groups: dict[int, list[Trial]] = {}
+        for trial in trials:
+            groups.setdefault(int(trial.metadata.get("condition", 0)), []).append(trial)
+        arrays = {c: trials_to_arrays(groups[c]) for c in sorted(groups)}
+        clusters = 0
+        if self.prior is not None:
+            states = np.concatenate([a[0] for a in arrays.values()])
+            actions = np.concatenate([a[1] for a in arrays.values()])
+            clusters = self.prior.update(states, actions)
+        loglik = 0.0
+        for c, (states, actions) in arrays.items():
+            self.conditions[c] = fit_tvlg(states, actions, self.prior, self.config.ridge)
+            self._noise_factors.pop(c, None)
+            loglik += self.conditions[c].log_likelihood(states, actions) * len(states)
+        self.state_names, self.action_names = tuple(trials[0].state_names), tuple(trials[0].action_names)
         return {
             "trials": len(trials),
-            "horizon": self.dynamics.horizon,
+            "horizon": trials[0].horizon,
             "clusters": clusters,
-            "train_loglik": self.dynamics.log_likelihood(states, actions),
+            "conditions": sorted(arrays),
+            "train_loglik": loglik / len(trials),
         }
 
-    def _require_fit(self) -> LinearGaussianDynamics:
-        if self.dynamics is None:
-            raise RuntimeError("TVLG model: fit it on trials before using it")
-        return self.dynamics
+    def apply_condition(self, index: int, condition: dict | None = None) -> None:
+        """Predict, linearize and roll out with condition `index`'s dynamics from now on (the
+        condition's settings are not needed: each condition has a fit of its own)."""
+        self.condition = int(index)
+
+    def local(self, condition: int) -> LinearGaussianDynamics:
+        """Condition `condition`'s fitted dynamics."""
+        if condition not in self.conditions:
+            fitted = ", ".join(map(str, sorted(self.conditions))) or "none"
+            raise RuntimeError(
+                f"TVLG model: condition {condition} has no dynamics yet (fitted: {fitted}); fit it on trials of that condition"
+            )
+        return self.conditions[condition]
+
+    def _steps(self, t, rows: int, horizon: int, call: str) -> np.ndarray:
+        """(rows,) time steps from t (an int or (rows,) ints), clamped to the last fitted step."""
+        if t is None:
+            raise ValueError(f"TVLG model: {call} needs the time step t (the model is time-varying)")
+        steps = np.asarray(t)
+        if steps.dtype.kind not in "iu" or steps.ndim > 1 or steps.size not in (1, rows):
+            raise ValueError(f"TVLG model: t must be an int or {rows} ints, got {t!r}")
+        if np.any(steps < 0):
+            raise ValueError(f"TVLG model: t must not be negative, got {t!r}")
+        return np.minimum(np.broadcast_to(steps.reshape(-1), (rows,)), horizon - 1)
+
+    def _batch(self, x, u, t, call: str):
+        dyn = self.local(self.condition)
+        n, m = dyn.A.shape[1], dyn.B.shape[2]
+        x, u, single = as_batch(x, u, n, m, "TVLG model")
+        return dyn, x, u, self._steps(t, len(x), dyn.horizon, call), single
 
     def predict(self, x: np.ndarray, u: np.ndarray, t=None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of x_{t+1} for x (B, n) or (n,), u (B, m) or (m,), t an int or (B,) ints."""
-        dyn = self._require_fit()
-        if t is None:
-            raise ValueError("TVLG model: predict needs the time step t (the model is time-varying)")
-        x = np.asarray(x, dtype=np.float64)
-        u = np.asarray(u, dtype=np.float64)
-        single = x.ndim == 1
-        x, u = np.atleast_2d(x), np.atleast_2d(u)
-        n, m = dyn.A.shape[1], dyn.B.shape[2]
-        if x.shape[1:] != (n,) or u.shape[1:] != (m,) or x.shape[0] != u.shape[0]:
-            raise ValueError(f"TVLG model: expected x (B, {n}) and u (B, {m}), got {x.shape} and {u.shape}")
-        steps = np.broadcast_to(np.asarray(t, dtype=int), (x.shape[0],))
-        if np.any(steps < 0) or np.any(steps >= dyn.horizon):
-            raise ValueError(f"TVLG model: t must lie in [0, {dyn.horizon}), got {t}")
+        """Mean and variance (B, n) of x_{t+1} for x (B, n), u (B, m) at step t (an int or (B,) ints)
+        of the selected condition; a single (n,), (m,) pair gives (n,) outputs."""
+        dyn, x, u, steps, single = self._batch(x, u, t, "predict")
         mean = np.einsum("bij,bj->bi", dyn.A[steps], x) + np.einsum("bij,bj->bi", dyn.B[steps], u) + dyn.c[steps]
         var = np.diagonal(dyn.Sigma[steps], axis1=1, axis2=2).copy()
         return (mean[0], var[0]) if single else (mean, var)
 
-    def linearize(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per-step (A (T, n, n), B (T, n, m), c (T, n), Sigma (T, n, n)) along x (T or T+1, n), u (T, m).
+    def linearize(self, x: np.ndarray, u: np.ndarray, t=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n)) of step t (an int or (B,) ints) of the
+        selected condition for each row of x (B, n), u (B, m); the fit is linear in each step, so the
+        rows only give the batch its size. A single (n,), (m,) pair gives unbatched outputs."""
+        dyn, x, _, steps, single = self._batch(x, u, t, "linearize")
+        out = (dyn.A[steps], dyn.B[steps], dyn.c[steps], dyn.Sigma[steps])
+        return tuple(a[0] for a in out) if single else out
 
-        The fit is already linear in each step, so the nominal only has to span the fitted horizon.
-        """
-        dyn = self._require_fit()
-        u = np.asarray(u)
-        if u.ndim != 2 or u.shape[0] != dyn.horizon:
-            raise ValueError(f"TVLG model: linearize needs actions for its {dyn.horizon} steps, got {u.shape}")
-        return dyn.A, dyn.B, dyn.c, dyn.Sigma
+    @torch.no_grad()
+    def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator, t0=0) -> torch.Tensor:
+        """States (B, H+1, n) float32 on the CPU from x0 (B, n) under U (B, H, m), the first action
+        taken at step t0 (an int or (B,) ints) of the selected condition: each step draws
+        x_{t+1} ~ N(A_t x_t + B_t u_t + c_t, Sigma_t) (float64 inside), random draws only from
+        `generator`."""
+        dyn = self.local(self.condition)
+        B, H, _ = U.shape
+        if self.condition not in self._noise_factors:
+            self._noise_factors[self.condition] = noise_factors(dyn.Sigma)
+        f64 = dict(dtype=torch.float64)
+        A, Bu, c = (torch.as_tensor(a, **f64) for a in (dyn.A, dyn.B, dyn.c))
+        factors = torch.as_tensor(self._noise_factors[self.condition], **f64)
+        start = torch.as_tensor(self._steps(t0, B, dyn.horizon, "rollout"))
+        x = x0.detach().to("cpu", torch.float64)
+        actions = U.detach().to("cpu", torch.float64)
+        X = torch.empty(B, H + 1, x.shape[1], dtype=torch.float32)
+        X[:, 0] = x
+        same = bool((start == start[0]).all())
+        for k in range(H):
+            draw = torch.randn(B, x.shape[1], generator=generator, **f64)
+            if same:  # one step for every row: matrix products with the step's matrices
+                t = min(int(start[0]) + k, dyn.horizon - 1)
+                x = x @ A[t].T + actions[:, k] @ Bu[t].T + c[t] + draw @ factors[t].T
+            else:
+                t = torch.clamp(start + k, max=dyn.horizon - 1)
+                x = (
+                    torch.einsum("bij,bj->bi", A[t], x)
+                    + torch.einsum("bij,bj->bi", Bu[t], actions[:, k])
+                    + c[t]
+                    + torch.einsum("bij,bj->bi", factors[t], draw)
+                )
+            X[:, k + 1] = x
+        return X
 
     def save(self, path: str | Path) -> None:
-        """Write the fit and the prior to one .npz file."""
-        dyn = self._require_fit()
-        arrays = {f"dynamics_{k}": v for k, v in asdict(dyn).items()}
+        """Write every condition's fit, the selected condition and the prior to one .npz file."""
+        if not self.conditions:
+            raise RuntimeError("TVLG model: fit it on trials before saving it")
+        arrays = {
+            f"condition{c}_{k}": v for c, dyn in self.conditions.items() for k, v in asdict(dyn).items()
+        }
         if self.prior is not None and self.prior.fitted:
             state = self.prior.state_dict()
             arrays.update({f"prior_{k}": v for k, v in state.items() if k != "config"})
-        meta = {"model": "tvlg", "config": asdict(self.config), "state_names": self.state_names, "action_names": self.action_names}
+        meta = {
+            "model": "tvlg",
+            "config": asdict(self.config),
+            "state_names": self.state_names,
+            "action_names": self.action_names,
+            "conditions": sorted(self.conditions),
+            "condition": self.condition,
+        }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
@@ -332,22 +427,40 @@ class TVLGModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "TVLGModel":
+        """A model written by `save` (a file from before per-condition fits holds condition 0)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TVLG model file not found: {path}")
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("model") != "tvlg":
-                raise ValueError(f"{path}: not a TVLG model (holds {meta.get('model')!r})")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {k: data[k] for k in data.files if k != "meta"}
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path}: not a readable TVLG model file ({err})") from None
+        if not isinstance(meta, dict) or meta.get("model") != "tvlg":
+            held = meta.get("model") if isinstance(meta, dict) else meta
+            raise ValueError(f"{path}: not a TVLG model (holds {held!r})")
+        try:
             model = cls(TVLGConfig(**meta["config"]))
-            model.dynamics = LinearGaussianDynamics(
-                **{k[len("dynamics_") :]: data[k] for k in data.files if k.startswith("dynamics_")}
-            )
-            if model.prior is not None and "prior_means" in data.files:
+            prefixes = {int(c): f"condition{c}_" for c in meta.get("conditions", [])} or {0: "dynamics_"}
+            for c, prefix in prefixes.items():
+                fields = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                model.conditions[c] = LinearGaussianDynamics(**fields)
+            if model.prior is not None and "prior_means" in arrays:
                 for key in ("samples", "weights", "means", "covariances"):
-                    setattr(model.prior, key, data[f"prior_{key}"])
-        model.state_names, model.action_names = tuple(meta["state_names"]), tuple(meta["action_names"])
+                    setattr(model.prior, key, arrays[f"prior_{key}"])
+            model.condition = int(meta.get("condition", 0))
+            model.state_names, model.action_names = tuple(meta["state_names"]), tuple(meta["action_names"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: not a complete TVLG model file ({err})") from None
         return model
+
+
+def noise_factors(Sigma: np.ndarray) -> np.ndarray:
+    """F (T, n, n) with F_t F_t^T = Sigma_t, from the eigendecomposition with negative rounding
+    clipped to zero (a Cholesky factor would fail on a covariance that is singular to rounding)."""
+    w, V = np.linalg.eigh(0.5 * (Sigma + np.swapaxes(Sigma, -1, -2)))
+    return V * np.sqrt(np.clip(w, 0.0, None))[:, None, :]
 
 
 def trials_to_arrays(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray]:

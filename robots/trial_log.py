@@ -24,7 +24,9 @@ second: if the process dies, even by SIGKILL, every step up to the last flush st
 Finishing the trial replaces the partial file by the finished one. A partial file left by a
 crash is marked open for writing; open it with `h5py.File(path, "r", swmr=True)` (or clear the
 mark with HDF5's `h5clear -s`). Its datasets may run a few rows past what was flushed, filled
-with NaN; `load_trial` keeps the longest prefix on which all four agree.
+with NaN; `load_trial` keeps the longest prefix on which all four agree. `load_trial` and
+`load_trials` (robots/trial_log_read.py) read any file in bounded time, and a damaged one gives a
+TrialLogError naming it.
 
     import h5py, json
     with h5py.File("trial_0003.h5", "r", swmr=True) as f:
@@ -40,22 +42,18 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Iterable
 
 import h5py
 import numpy as np
 
 from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial, package_version
+from forethought.robots.trial_log_checks import DATASETS, FORMAT, FORMAT_VERSION, TrialLogError
+from forethought.robots.trial_log_read import PARTIAL_SUFFIX, load_trial, load_trials, trial_paths
+from forethought.robots.trial_writer_lock import WriterLock
 
-FORMAT = "forethought.trial"
-FORMAT_VERSION = 1
-PARTIAL_SUFFIX = ".partial.h5"
-DATASETS = ("states", "actions", "timestamps", "costs")
-
-
-class TrialLogError(ValueError):
-    """A trial file that cannot be read, phrased as one line that names the file."""
+__all__ = ["PARTIAL_SUFFIX", "TrialLogError", "TrialWriter", "json_default", "load_trial", "load_trials",
+           "partial_path", "save_trial", "trial_paths"]
 
 
 def partial_path(path: str | Path) -> Path:
@@ -157,6 +155,8 @@ class TrialWriter:
         }
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         self._file = h5py.File(self.partial, "w", libver="latest")
+        # Readers tell a running writer (SWMR read) from a dead one (plain read) by this lock.
+        self._lock: WriterLock | None = WriterLock(self.partial)
         f, n, m = self._file, spec.n, spec.m
 
         def growing(name: str, shape: tuple[int, ...]) -> h5py.Dataset:
@@ -234,134 +234,29 @@ class TrialWriter:
         self._file.close()
         save_trial(trial, self.path)
         self.partial.unlink(missing_ok=True)
+        self._release_lock()
         self._finished = True
         return self.path
 
     def close(self) -> None:
         """Flush and close without finishing: the partial file keeps every step logged."""
-        if self._finished or not self._file:
+        if self._finished:
             return
-        self.flush()
-        self._write_attrs()  # the metadata may have grown while the trial ran
-        self._file.close()
+        try:
+            if self._file:  # not already closed by a `finish` that failed
+                self.flush()
+                self._write_attrs()  # the metadata may have grown while the trial ran
+                self._file.close()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "TrialWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# -- Reading ----------------------------------------------------------------------------------------
-def load_trial(path: str | Path) -> Trial:
-    """Read one trial file; a partial file gives the steps it holds consistently, complete=False.
-
-    Raises TrialLogError, naming the file, when it is not a readable trial log.
-    """
-    path = Path(path)
-    try:
-        # swmr=True also opens a partial file that a crashed writer left marked as open.
-        with h5py.File(path, "r", swmr=True) as f:
-            if f.attrs.get("format") != FORMAT:
-                raise TrialLogError(f"{path}: not a forethought trial log (no format attribute '{FORMAT}')")
-            version = int(f.attrs.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise TrialLogError(
-                    f"{path}: trial log format {version} is newer than this forethought reads ({FORMAT_VERSION})"
-                )
-            missing = [name for name in DATASETS if name not in f]
-            if missing:
-                raise TrialLogError(f"{path}: damaged trial log, missing dataset(s) {', '.join(missing)}")
-            states, actions, stamps, costs = (np.asarray(f[name][()], dtype=np.float64) for name in DATASETS)
-            complete = bool(f.attrs.get("complete", False))
-            state_names = tuple(str(s) for s in f.attrs["state_names"])
-            action_names = tuple(str(s) for s in f.attrs["action_names"])
-            dt = float(f.attrs["dt"])
-            metadata = json.loads(f.attrs["metadata"])
-    except TrialLogError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise TrialLogError(f"{path}: damaged trial log ({_one_line(err)})") from None
-    if not complete:
-        prefix = _consistent_prefix(states, actions, stamps, costs)
-        if prefix is None:
-            raise TrialLogError(f"{path}: partial trial log holds no steps")
-        states, actions, stamps, costs = prefix
-    try:
-        return Trial(states, actions, stamps, costs, state_names, action_names, dt, metadata, complete)
-    except ValueError as err:
-        raise TrialLogError(f"{path}: damaged trial log ({err})") from None
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _consistent_prefix(states, actions, stamps, costs):
-    """The steps of a partial log on which all datasets agree (None if none); no terminal cost (NaN)."""
-    steps = min(len(states) - 1, len(actions), len(stamps) - 1, len(costs))
-    if steps < 0:
-        return None
-    # Rows whose data never reached the disk read as the NaN fill value.
-    written = np.isfinite(stamps[1 : steps + 1]) & np.all(np.isfinite(actions[:steps]), axis=1)
-    written &= np.all(np.isfinite(states[1 : steps + 1]), axis=1)
-    steps = int(np.argmin(written)) if not written.all() else steps
-    states, actions, stamps = states[: steps + 1], actions[:steps], stamps[: steps + 1]
-    costs = np.append(costs[:steps], np.nan)
-    if not np.all(np.isfinite(states[0])):
-        # x0 was never given to the writer: the trial starts at its first logged state.
-        if steps == 0:
-            return None
-        states, actions, stamps, costs = states[1:], actions[1:], stamps[1:], costs[1:]
-    return states, actions, stamps, costs
-
-
-def _run_trial_files(folder: Path) -> list[Path]:
-    """A run folder's trial files: those in its trials/ folder, else those in the folder itself."""
-    return sorted((folder / "trials").glob("*.h5")) or sorted(folder.glob("*.h5"))
-
-
-def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Trial files named directly, found in run folders (their trials/ folder, else the folder), or
-    in a folder of run folders (each subfolder that holds trials, as `--out runs` fills it).
-
-    Raises FileNotFoundError for a path that does not exist.
-    """
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = _run_trial_files(path)
-            if not found:
-                for run in sorted(p for p in path.iterdir() if p.is_dir()):
-                    found += _run_trial_files(run)
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such trial file or run folder")
-    return sorted(set(files))
-
-
-def load_trials(paths: Iterable[str | Path]) -> tuple[list[Trial], list[str]]:
-    """Load trial files and run folders, sorted by path; returns (trials, problems).
-
-    A damaged file is skipped and reported as one line naming it in `problems`. A partial file
-    whose finished trial also loaded (a crash between the two) is skipped silently.
-    """
-    loaded: dict[Path, Trial] = {}
-    problems: list[str] = []
-    for path in trial_paths(paths):
-        try:
-            loaded[path] = load_trial(path)
-        except TrialLogError as err:
-            problems.append(str(err))
-    finished = {path for path in loaded if not path.name.endswith(PARTIAL_SUFFIX)}
-    trials = [
-        trial for path, trial in loaded.items()
-        if not (path.name.endswith(PARTIAL_SUFFIX) and _finished_path(path) in finished)
-    ]
-    return trials, problems
-
-
-def _finished_path(partial: Path) -> Path:
-    return partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX) + ".h5")

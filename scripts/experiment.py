@@ -3,6 +3,7 @@
 An experiment = robot + task + model + controller + loop settings, each chosen on its own:
 
     robot:      {scene: so101_reach, control_steps: 10, init_qpos_std: 0.02}  or  {dm_control: cartpole:swingup}
+                (a dm_control robot's `state`: observations, the default, or physics: qpos, qvel)
     task:       {horizon: 150, cost: {...}, goal: {...}, conditions: [{target: [0.2, 0.0, 0.1]}]}
     model:      {type: mujoco | tvlg | gp | ensemble | none, ...settings of that model}
     controller: {type: ilqr_mpc, ...parameters of that controller}
@@ -40,10 +41,18 @@ class RobotConfig:
     control_steps: int | None = None
     init_qpos_std: float | list[float] | None = None
     init_qvel_std: float | list[float] | None = None
+    state: str | None = None  # a dm_control robot's: observations (default) or physics (qpos, qvel)
 
     def __post_init__(self) -> None:
         if (self.scene is None) == (self.dm_control is None):
             raise ValueError("give exactly one of 'scene' (an MJCF scene) or 'dm_control' (DOMAIN:TASK)")
+        if self.state is not None:
+            from forethought.sim.dmc_robot import STATES
+
+            if self.dm_control is None:
+                raise ValueError("state: only a dm_control robot chooses its state (a scene's is qpos, qvel)")
+            if self.state not in STATES:
+                raise ValueError(f"state: expected one of {', '.join(STATES)}, got {self.state!r}")
 
 
 @dataclass
@@ -207,7 +216,7 @@ def make_robot(config: RobotConfig):
     if config.dm_control is not None:
         from forethought.sim.dmc_robot import DmControlRobot
 
-        return DmControlRobot(config.dm_control)
+        return DmControlRobot(config.dm_control, state=config.state or "observations")
     from forethought.sim.mujoco_robot import MujocoRobot
 
     return MujocoRobot(
@@ -223,6 +232,10 @@ def make_task(experiment: Experiment, robot) -> Task:
     from forethought.controllers.goals import Goal
 
     cfg = experiment.task
+    limit = getattr(robot, "step_limit", None)
+    if limit is not None and cfg.horizon > limit:
+        raise ConfigError(f"{experiment.source}: task.horizon: a horizon of {cfg.horizon} steps passes the task's "
+                          f"time limit of {limit} steps")
     goal = None
     if cfg.goal is not None:
         goal = Goal(cfg.goal, robot.spec, experiment.robot.scene, f"{experiment.source}: task.goal")
@@ -239,7 +252,8 @@ def make_task(experiment: Experiment, robot) -> Task:
 
 def make_model(experiment: Experiment, robot):
     """The experiment's dynamics model for `robot` (None for `model: {type: none}`), seeded with the
-    experiment's seed unless its section gives one."""
+    experiment's seed unless its section gives one. A model of the scene plans on the robot's MJCF
+    scene, or on the MjModel a robot without one offers (`mj_model`: a dm_control task's)."""
     section = dict(experiment.model)
     kind = section.pop("type", NO_MODEL)
     if kind == NO_MODEL:
@@ -247,7 +261,8 @@ def make_model(experiment: Experiment, robot):
     where = f"{experiment.source}: model"
     settings = model_settings(kind, section, where, seed=experiment.loop.seed)
     try:
-        return build_model(kind, settings, robot.spec, experiment.robot.scene)
+        scene = experiment.robot.scene if experiment.robot.scene is not None else getattr(robot, "mj_model", None)
+        return build_model(kind, settings, robot.spec, scene)
     except ConfigError as err:
         raise ConfigError(f"{experiment.source}: {err}") from None
 

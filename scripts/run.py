@@ -63,13 +63,15 @@ def new_run_folder(root: Path, name: str) -> Path:
 
 
 def make_cost(experiment: Experiment, robot, condition: dict):
-    """The per-step cost logged with each trial: the experiment's cost, or minus a dm_control reward."""
+    """The per-step cost logged with each trial: minus a dm_control task's reward (the task's own
+    measure, whatever cost the controller plans with, and what a `reward` goal reads), else the
+    experiment's cost."""
+    if hasattr(robot, "last_cost"):
+        return lambda x, u: robot.last_cost if u is not None else float("nan")
     if isinstance(experiment.task.cost, dict) and experiment.task.cost:
         from forethought.controllers.costs import build_cost
 
         return build_cost(experiment.task.cost, robot.spec, experiment.robot.scene, condition)
-    if hasattr(robot, "last_cost"):
-        return lambda x, u: robot.last_cost if u is not None else float("nan")
     return None
 
 
@@ -197,19 +199,26 @@ def run_loop(
                 index += 1
             by_condition.append(samples)
         result.learning_curve.append([t.total_cost for group in by_condition for t in group])
+        done = sum(len(group) for group in by_condition)
+        reached = loop.until_success and task.goal is not None and all(result.successes[-done:])
+        last = reached or iteration == loop.iterations - 1
         if progress is not None:
             progress.updating(iteration, loop.iterations)
         started = time.perf_counter()
         diagnostics: dict = {}
         if model is not None and getattr(model, "learned", False):
             diagnostics.update(refit_model(model, task, result, by_condition, iteration))
-        diagnostics.update(controller.update(by_condition) or {})
+        # After the last trials no policy is asked for again: the model is refitted (it is saved
+        # with the run), the controller only reports (if it can) instead of learning for nothing.
+        if not last:
+            diagnostics.update(controller.update(by_condition) or {})
+        elif hasattr(controller, "report"):
+            diagnostics.update(controller.report(by_condition) or {})
         diagnostics["update_s"] = time.perf_counter() - started
         if progress is not None:
             progress.updated(diagnostics["update_s"])
         result.diagnostics.append(diagnostics)
-        done = sum(len(group) for group in by_condition)
-        if loop.until_success and task.goal is not None and all(result.successes[-done:]):
+        if last:
             break
 
 

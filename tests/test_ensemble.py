@@ -1,4 +1,5 @@
-"""The probabilistic ensemble: calibrated uncertainty, trajectory sampling, reproducibility, persistence."""
+"""The probabilistic ensemble: calibrated uncertainty, trajectory sampling, linearisation,
+reproducibility, persistence."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel, gaussian_nll
 from forethought.robots.trial import Trial
 
@@ -227,6 +229,67 @@ def test_sampled_noise_matches_predicted_variance():
     mean, var = model.predict(x0, U[:, 0])
     assert np.allclose(samples.mean(axis=0), mean[0], atol=4 * np.sqrt(var[0] / B) + 1e-5)
     assert np.allclose(samples.var(axis=0), var[0], rtol=0.1)
+
+
+def test_model_declares_what_it_offers():
+    assert EnsembleModel.capabilities == {PREDICT, LINEARIZE, ROLLOUT}
+    assert EnsembleModel.learned and EnsembleModel.fit_on == "all_trials"
+
+
+def linearizable_model() -> EnsembleModel:
+    """A servo-like ensemble whose features exercise every link of the chain: an angle fed as
+    (sin, cos), an action fed relative to its state, two elites of three members."""
+    rng = np.random.default_rng(0)
+    config = EnsembleConfig(**{**SMALL, "members": 3, "elites": 2, "angle_states": ["p"], "relative_actions": True})
+    model = EnsembleModel(["p", "v"], ["p"], config)
+    model.fit_arrays(*servo_data(rng, 600))
+    return model
+
+
+def test_linearize_matches_finite_differences_of_predicts_mean():
+    model = linearizable_model()
+    rng = np.random.default_rng(1)
+    x = np.stack([rng.uniform(-2, 2, 8), rng.uniform(-1, 1, 8)], axis=1)
+    u = x[:, :1] + 0.3 * rng.standard_normal((8, 1))
+    A, B, c, Sigma = model.linearize(x, u)
+    assert (A.shape, B.shape, c.shape, Sigma.shape) == ((8, 2, 2), (8, 2, 1), (8, 2), (8, 2, 2))
+    assert all(a.dtype == np.float64 for a in (A, B, c, Sigma))
+    # Central differences of predict's mean (float32 network, float64 around it; entries up to ~6
+    # where the servo's tanh is steep): with h = 3e-3 the truncation contributes ~3e-4 and the
+    # float32 rounding ~5e-5 (at h = 1e-2 the truncation alone is 3e-3; at 3e-4 the rounding
+    # 4e-4), so 2e-3 absolute separates a right derivative from a wrong one.
+    h = 3e-3
+    A_fd = np.stack([(model.predict(x + h * e, u)[0] - model.predict(x - h * e, u)[0]) / (2 * h) for e in np.eye(2)], -1)
+    B_fd = ((model.predict(x, u + h)[0] - model.predict(x, u - h)[0]) / (2 * h))[..., None]
+    np.testing.assert_allclose(A, A_fd, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(B, B_fd, rtol=0, atol=2e-3)
+    assert np.abs(B).max() > 0.1  # the action moves the state: the check is not of zeros
+    mean, var = model.predict(x, u)
+    np.testing.assert_allclose(np.einsum("bij,bj->bi", A, x) + np.einsum("bij,bj->bi", B, u) + c, mean, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(Sigma, var[:, :, None] * np.eye(2))
+    # Batched equals row by row, and a single pair gives unbatched arrays.
+    for i in range(8):
+        single = model.linearize(x[i], u[i])
+        assert single[0].shape == (2, 2) and single[2].shape == (2,)
+        for batched, alone in zip((A, B, c, Sigma), single):
+            np.testing.assert_allclose(batched[i], alone, rtol=1e-6, atol=1e-7)
+
+
+def test_rollout_follows_the_configured_propagation():
+    model = fitted(seed=1, N=800, propagation="ts1")
+    rng = np.random.default_rng(2)
+    xt = torch.tensor(rng.uniform(-1, 1, (12, 2)), dtype=torch.float32)
+    Ut = torch.tensor(rng.uniform(-1, 1, (12, 4, 1)), dtype=torch.float32)
+    X = model.rollout(xt, Ut, torch.Generator().manual_seed(3))
+    assert X.shape == (12, 5, 2) and X.dtype == torch.float32
+    assert torch.equal(X, model.dynamics("ts1").rollout(xt, Ut, torch.Generator().manual_seed(3)))
+    assert torch.equal(X, model.rollout(xt, Ut, torch.Generator().manual_seed(3)))
+    assert not torch.equal(X, model.rollout(xt, Ut, torch.Generator().manual_seed(4)))
+    model.config.propagation = "expectation"
+    mean, _ = model.predict(xt.double().numpy(), Ut[:, 0].double().numpy())
+    np.testing.assert_allclose(model.rollout(xt, Ut, torch.Generator())[:, 1].double().numpy(), mean, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown propagation 'ts2'"):
+        EnsembleConfig(propagation="ts2")
 
 
 def test_bfloat16_planning_agrees_with_float32():

@@ -118,13 +118,15 @@ def test_every_shipped_experiment_builds_and_runs_two_steps(name):
 
     from forethought.robots.trial import rollout
     from forethought.scripts.experiment import build_parts
+    from forethought.scripts.run import make_cost
 
     experiment = load_experiment(name)
     parts = build_parts(experiment)
     task = dataclasses.replace(parts.task, horizon=2)
     with parts.robot as robot:
         task.apply(0, robot, [parts.model] if parts.model is not None else [])
-        trial = rollout(robot, parts.controller.policy(0), 2, seed=0)
+        cost = make_cost(experiment, robot, task.conditions[0])
+        trial = rollout(robot, parts.controller.policy(0), 2, seed=0, cost=cost)
     assert trial.states.shape == (3, robot.spec.n) and np.all(np.isfinite(trial.states))
     assert experiment.task.goal is not None, "every shipped experiment states its goal"
     judgement = task.judge(trial, 0)

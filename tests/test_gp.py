@@ -1,4 +1,5 @@
-"""The GP dynamics model: exact posterior, agreement with gpytorch, restarts, sparse mode, Cholesky recovery."""
+"""The GP dynamics model: exact posterior, agreement with gpytorch, restarts, sparse mode, Cholesky
+recovery, linearisation and particle rollouts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from forethought.models.capabilities import LINEARIZE, PREDICT, PROPAGATE, ROLLOUT
 from forethought.models.dynamics_model import DynamicsModel
 from forethought.models.gp import CholeskyError, GPConfig, GPModel, exact_computations, minimize_lbfgs, robust_cholesky
 from forethought.robots.trial import Trial
@@ -138,6 +140,51 @@ def test_sparse_mode_switches_on_and_matches_a_plain_projected_process_posterior
         np.testing.assert_allclose(mean[:, a], Kzu @ Sigma @ Kuf @ Y[a] / sn2[a], rtol=0, atol=1e-8)
         inv_k = np.linalg.inv(Kuu) - Sigma
         np.testing.assert_allclose(var[:, a], sf2[a] - np.einsum("ij,jk,ik->i", Kzu, inv_k, Kzu), rtol=0, atol=1e-8)
+
+
+def test_model_declares_what_it_offers():
+    assert GPModel.capabilities == {PREDICT, LINEARIZE, ROLLOUT, PROPAGATE}
+    assert GPModel.learned and GPModel.fit_on == "all_trials"
+
+
+def test_linearize_matches_finite_differences_of_the_posterior_mean(model):
+    rng = np.random.default_rng(0)
+    x, u = rng.normal(0.0, 0.3, (6, 4)), rng.uniform(-10.0, 10.0, (6, 1))
+    A, B, c, Sigma = model.linearize(x, u)
+    assert (A.shape, B.shape, c.shape, Sigma.shape) == ((6, 4, 4), (6, 4, 1), (6, 4), (6, 4, 4))
+    # Everything is float64: with h = 1e-4 central differences are good to ~1e-8 (truncation and
+    # rounding alike), against entries of order 1.
+    h = 1e-4
+    A_fd = np.stack([(model.predict(x + h * e, u)[0] - model.predict(x - h * e, u)[0]) / (2 * h) for e in np.eye(4)], -1)
+    B_fd = ((model.predict(x, u + h)[0] - model.predict(x, u - h)[0]) / (2 * h))[..., None]
+    np.testing.assert_allclose(A, A_fd, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(B, B_fd, rtol=0, atol=1e-6)
+    mean, var = model.predict(x, u)
+    np.testing.assert_allclose(np.einsum("bij,bj->bi", A, x) + np.einsum("bij,bj->bi", B, u) + c, mean, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(Sigma, var[:, :, None] * np.eye(4))
+    single = model.linearize(x[2], u[2])
+    assert single[0].shape == (4, 4)
+    for batched, alone in zip((A, B, c, Sigma), single):
+        np.testing.assert_allclose(batched[2], alone, rtol=0, atol=1e-12)
+
+
+def test_rollout_samples_the_predictive_distribution(model):
+    x0 = np.array([0.1, 0.2, -0.3, 0.5])
+    U = np.array([[[3.0], [-2.0]]])
+    P = 20000
+    X = model.rollout(torch.tensor(x0, dtype=torch.float32).expand(P, 4),
+                      torch.tensor(U, dtype=torch.float32).expand(P, 2, 1), torch.Generator().manual_seed(0))
+    assert X.shape == (P, 3, 4) and X.dtype == torch.float32 and torch.isfinite(X).all()
+    mean, var = model.predict(x0.astype(np.float32).astype(np.float64), U[0, 0])
+    step = X[:, 1].double().numpy()
+    # Sampling error: 5 standard errors on the mean; the variance's relative error is ~sqrt(2 / P) = 1%.
+    assert np.all(np.abs(step.mean(axis=0) - mean) < 5 * np.sqrt(var / P) + 1e-6)
+    np.testing.assert_allclose(step.var(axis=0), var, rtol=0.06)
+    # The second step starts from each particle's own sample: its spread exceeds the one-step noise.
+    assert np.all(X[:, 2].double().var(dim=0).numpy() > model.noise_var.numpy())
+    again = model.rollout(torch.tensor(x0, dtype=torch.float32).expand(P, 4),
+                          torch.tensor(U, dtype=torch.float32).expand(P, 2, 1), torch.Generator().manual_seed(0))
+    assert torch.equal(X, again)
 
 
 def test_save_and_load_give_the_same_predictions(model, tmp_path):

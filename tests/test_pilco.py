@@ -171,49 +171,47 @@ def test_policy_wrapper_selects_states_and_holds_the_other_actions():
 # -- the controller -----------------------------------------------------------------------------------------
 
 
+def pendulum_gp(robot, **settings):
+    from forethought.models.registry import build_model, model_settings
+
+    return build_model("gp", model_settings("gp", {"angle_states": ["pole"], "restarts": 0, **settings}, "model:"),
+                       robot.spec)
+
+
 def test_controller_config_errors_name_the_key():
     robot = MujocoRobot("pendulum")
     task = Task(horizon=10, cost={"terms": [{"type": "saturating", "weights": {"pole": 1.0}, "target": {"pole": math.pi},
                                               "angles": ["pole"], "sigma": 0.5}]}, scene="pendulum")
+    model = pendulum_gp(robot)
     with pytest.raises(ConfigError, match="unknown key 'polcy'"):
-        build_pilco({"polcy": {}}, robot, task)
+        build_pilco({"polcy": {}}, robot, task, model)
     with pytest.raises(ConfigError, match="unknown policy 'mlp'"):
-        build_pilco({"policy": {"kind": "mlp"}}, robot, task)
+        build_pilco({"policy": {"kind": "mlp"}}, robot, task, model)
     with pytest.raises(ConfigError, match="first_restarts must not be negative"):
-        build_pilco({"optimiser": {"first_restarts": -1}}, robot, task)
-    with pytest.raises(ConfigError, match="states: unknown names"):
-        build_pilco({"states": ["elbow"]}, robot, task)
+        build_pilco({"optimiser": {"first_restarts": -1}}, robot, task, model)
+    with pytest.raises(ConfigError, match="model.states: unknown names"):
+        pendulum_gp(robot, states=["elbow"])
     with pytest.raises(ConfigError, match="start: mean and std need 2 entries"):
-        build_pilco({"start": {"mean": [0.0], "std": 0.1}}, robot, task)
+        build_pilco({"start": {"mean": [0.0], "std": 0.1}}, robot, task, model)
     with pytest.raises(ConfigError, match="start: mean and std must be finite"):
-        build_pilco({"start": {"mean": [0.0, float("nan")], "std": 0.1}}, robot, task)
-
-
-def pendulum_setup(seed: int, max_iter: int):
-    """The shipped pendulum-swingup-pilco's robot, task and cost, with a policy search of max_iter."""
-    from forethought.scripts.experiment import load_experiment
-
-    experiment = load_experiment("pendulum-swingup-pilco")
-    robot = MujocoRobot("pendulum")
-    cost = experiment.task.cost
-    task = Task(horizon=experiment.task.horizon, cost=cost, scene="pendulum", seed=seed)
-    params = {key: value for key, value in experiment.controller.items() if key != "type"}
-    params["optimiser"] = {**params.get("optimiser", {}), "max_iter": max_iter}
-    return robot, task, build_pilco(params, robot, task), build_cost(cost, robot.spec, "pendulum")
-
-
-def upright_at_the_end(trial, final_s: float = 1.0, tolerance: float = 0.1) -> bool:
-    last = trial.states[-(int(round(final_s / trial.dt)) + 1):, 0]
-    return bool(np.all(np.abs(np.angle(np.exp(1j * (last - np.pi)))) < tolerance))
+        build_pilco({"start": {"mean": [0.0, float("nan")], "std": 0.1}}, robot, task, model)
 
 
 def test_controller_loop_random_then_optimised():
-    robot, task, controller, cost = pendulum_setup(seed=3, max_iter=5)
+    from forethought.scripts.experiment import build_parts, load_experiment
+
+    experiment = load_experiment("pendulum-swingup-pilco")
+    experiment.loop.seed = 3
+    experiment.controller["optimiser"] = {**experiment.controller.get("optimiser", {}), "max_iter": 5}
+    parts = build_parts(experiment)
+    controller, model = parts.controller, parts.model
     first = controller.policy(0)
     assert first.inner is None  # before any update: uniform random actions
-    trial = rollout(robot, first, task.horizon, seed=0, cost=cost)
+    cost = build_cost(parts.task.cost, parts.robot.spec, "pendulum")
+    trial = rollout(parts.robot, first, parts.task.horizon, seed=0, cost=cost)
+    assert model.fit([trial])["transitions"] == 40  # the experiment loop's refit, before the update
     info = controller.update([[trial]])
-    assert info["transitions"] == 40 and info["predicted_cost"] <= info["predicted_cost_before"]
+    assert info["predicted_cost"] <= info["predicted_cost_before"]
     assert controller.policy(0).inner is controller.policies[0]
     curve = controller.learning_curve
     assert len(curve["trial_cost"]) == 1 and len(curve["predicted_cost"]) == 1
@@ -222,18 +220,15 @@ def test_controller_loop_random_then_optimised():
     assert means.shape == (6, 1, 2) and covs.shape == (6, 1, 2, 2) and costs.shape == (5, 1)
 
 
-def test_pilco_learns_the_pendulum_swing_up():
-    """PILCO's pendulum (1 kg, 1 m, torque within 2.5 N m: it must swing up) on the MuJoCo scene,
-    from one random trial: upright over the final second within 3 trials.
+def test_pilco_learns_the_pendulum_swing_up(tmp_path):
+    """PILCO's pendulum (1 kg, 1 m, torque within 2.5 N m: it must swing up), the shipped experiment
+    through the experiment loop: from one random trial, upright over the final second (its goal)
+    within 3 trials, and not by the random trial."""
+    from forethought.scripts.experiment import load_experiment
+    from forethought.scripts.run import run_experiment
 
-    The policy search gets 100 L-BFGS iterations (PILCO's own budget is 150 line searches): the first
-    search starts from a policy that barely moves the pole, and with 40 it stops at a slow
-    three-pump swing that arrives too late to be caught."""
-    robot, task, controller, cost = pendulum_setup(seed=0, max_iter=100)
-    for index in range(3):
-        trial = rollout(robot, controller.policy(0), task.horizon, seed=index, cost=cost)
-        if upright_at_the_end(trial):
-            break
-        controller.update([[trial]])
-    assert upright_at_the_end(trial), f"not upright after {index + 1} trials: final angles {trial.states[-11:, 0]}"
-    assert index >= 1  # the random trial did not do it by chance
+    experiment = load_experiment("pendulum-swingup-pilco")
+    experiment.loop.iterations, experiment.loop.until_success = 3, True
+    run = run_experiment(experiment, tmp_path, render_video=False)
+    assert any(run.successes), f"not upright within 3 trials: final-second errors {run.goal_values}"
+    assert not run.successes[0]  # the random trial did not do it by chance

@@ -22,28 +22,37 @@ A Cholesky factorisation that fails is retried with growing jitter and the event
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Sequence
 
 import gpytorch
 import numpy as np
-import scipy.optimize
 import torch
 
+from forethought.models.capabilities import LINEARIZE, PREDICT, PROPAGATE, ROLLOUT
 from forethought.models.dynamics_model import as_batch
+from forethought.models.gp.kernel import (
+    DTYPE,
+    BatchedGP,
+    CholeskyError,
+    exact_computations,
+    farthest_points,
+    robust_cholesky,
+    se_kernel,
+)
+from forethought.models.gp.lbfgs import is_numerical, minimize_lbfgs
+from forethought.models.jacobians import row_jacobians
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
+from forethought.models.torch_threads import on_one_torch_thread
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
 log = logging.getLogger(__name__)
-
-DTYPE = torch.float64
 
 
 @dataclass
@@ -78,157 +87,6 @@ class GPConfig:
             raise ValueError(f"inducing must not be negative, got {self.inducing}")
 
 
-class CholeskyError(np.linalg.LinAlgError):
-    """A matrix that stays indefinite however much jitter is added."""
-
-
-def robust_cholesky(A: torch.Tensor, what: str, max_tries: int = 10) -> tuple[torch.Tensor, float]:
-    """Lower Cholesky factor of the batch A (..., N, N), adding jitter where it fails.
-
-    The jitter starts at 1e-10 times the mean diagonal and grows tenfold per failed try; every
-    retry is logged as a warning naming `what`. Returns (L, largest jitter added, 0.0 if none);
-    raises CholeskyError after max_tries.
-    """
-    L, info = torch.linalg.cholesky_ex(A)
-    if not bool((info > 0).any()):
-        return L, 0.0
-    scale = torch.diagonal(A, dim1=-2, dim2=-1).mean().abs().item() or 1.0
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    jitter = 1e-10 * scale
-    for _ in range(max_tries):
-        log.warning("Cholesky factorisation of %s failed; retrying with jitter %.1e", what, jitter)
-        L, info = torch.linalg.cholesky_ex(A + jitter * eye)
-        if not bool((info > 0).any()):
-            return L, jitter
-        jitter *= 10.0
-    raise CholeskyError(f"Cholesky factorisation of {what} failed even with jitter {jitter / 10:.1e}")
-
-
-class Minimum(NamedTuple):
-    """The best loss seen, how many evaluations it took and how the optimiser stopped."""
-
-    value: float
-    evaluations: int
-    message: str
-
-
-def minimize_lbfgs(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], max_iter: int,
-                   until_max_iter: bool = False, progress: Progress | None = None) -> Minimum:
-    """Minimise loss() over the tensors `params` in place: scipy's L-BFGS-B on autograd gradients.
-
-    A loss that is not finite or whose evaluation fails with a linear-algebra error counts as +inf,
-    so the line search backs off; the params end at the best point seen. until_max_iter: ignore the
-    convergence tests on small steps and gradients and stop only after max_iter iterations (or when
-    the line search fails), for losses whose gradients are small while far from converged.
-    progress: told each evaluation (counted on from where it stands) and the best value so far.
-    """
-    params = list(params)
-    shapes = [p.shape for p in params]
-    sizes = [p.numel() for p in params]
-    best = {"value": math.inf, "x": torch.cat([p.detach().reshape(-1) for p in params]).clone()}
-    evaluated_before = progress.done if progress is not None else 0
-    evaluations = 0
-
-    def assign(x: torch.Tensor) -> None:
-        with torch.no_grad():
-            for p, chunk, shape in zip(params, torch.split(x, sizes), shapes):
-                p.copy_(chunk.reshape(shape))
-
-    def fun(x_np: np.ndarray):
-        nonlocal evaluations
-        evaluations += 1
-        if progress is not None:
-            progress.update(evaluated_before + evaluations, best=best["value"])
-        x = torch.as_tensor(x_np, dtype=DTYPE)
-        assign(x)
-        for p in params:
-            p.grad = None
-        try:
-            value = loss()
-            if not torch.isfinite(value):
-                raise FloatingPointError
-            grads = torch.autograd.grad(value, params, allow_unused=True)
-        except (FloatingPointError, RuntimeError, np.linalg.LinAlgError, ValueError) as err:
-            if not isinstance(err, FloatingPointError) and not is_numerical(err):
-                raise
-            return math.inf, np.zeros_like(x_np)
-        g = torch.cat([(torch.zeros_like(p) if gr is None else gr).reshape(-1) for p, gr in zip(params, grads)])
-        if not torch.all(torch.isfinite(g)):
-            return math.inf, np.zeros_like(x_np)
-        v = float(value.detach())
-        if v < best["value"]:
-            best["value"], best["x"] = v, x.clone()
-        return v, g.numpy().astype(np.float64)
-
-    x0 = best["x"].numpy().astype(np.float64)
-    options = {"maxiter": max_iter, "maxfun": 2 * max_iter}
-    if until_max_iter:
-        options.update(ftol=0.0, gtol=0.0)
-    result = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", options=options)
-    assign(best["x"])
-    return Minimum(best["value"], int(result.nfev), str(result.message))
-
-
-def is_numerical(err: Exception) -> bool:
-    """Failures that a bad step in hyperparameter or policy space can cause (not programming errors)."""
-    if type(err).__name__ in ("NotPSDError", "LinAlgError", "_LinAlgError"):
-        return True
-    text = str(err).lower()
-    return any(word in text for word in ("cholesky", "singular", "positive-definite"))
-
-
-# -- the batched gpytorch model ----------------------------------------------------------------------
-
-
-def _positive():
-    """Positive hyperparameters optimised in log space: every scale is equally easy to reach."""
-    return gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log)
-
-
-class BatchedGP(gpytorch.models.ExactGP):
-    """E independent GPs (batch over outputs) with zero mean and scaled SE-ARD kernels.
-
-    train_x: (E, N, D) (the same inputs repeated), train_y: (E, N); noise_floor: least noise variance.
-    """
-
-    def __init__(self, train_x, train_y, noise_floor: float):
-        E, _, D = train_x.shape
-        likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            batch_shape=torch.Size([E]),
-            noise_constraint=gpytorch.constraints.GreaterThan(noise_floor, transform=torch.exp, inv_transform=torch.log),
-        )
-        super().__init__(train_x, train_y, likelihood)
-        self.mean_module = gpytorch.means.ZeroMean(batch_shape=torch.Size([E]))
-        self.covar_module = gpytorch.kernels.ScaleKernel(
-            gpytorch.kernels.RBFKernel(ard_num_dims=D, batch_shape=torch.Size([E]), lengthscale_constraint=_positive()),
-            batch_shape=torch.Size([E]),
-            outputscale_constraint=_positive(),
-        )
-        self.to(DTYPE)
-
-    def forward(self, x):
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
-
-    @property
-    def lengthscales(self) -> torch.Tensor:
-        return self.covar_module.base_kernel.lengthscale.reshape(self.covar_module.batch_shape[0], -1)
-
-    @property
-    def signal_var(self) -> torch.Tensor:
-        return self.covar_module.outputscale.reshape(-1)
-
-    @property
-    def noise_var(self) -> torch.Tensor:
-        return self.likelihood.noise.reshape(-1)
-
-
-@contextlib.contextmanager
-def exact_computations():
-    """gpytorch on Cholesky factorisations throughout (no CG, no Lanczos): exact float64 numbers."""
-    with gpytorch.settings.max_cholesky_size(10**9), gpytorch.settings.fast_computations(False, False, False):
-        yield
-
-
 # -- the dynamics model -----------------------------------------------------------------------------
 
 
@@ -236,8 +94,15 @@ class GPModel:
     """PILCO's GP dynamics model over the named states and actions (see the module docstring).
 
     state_names, action_names: the model's state x (n,) and action u (m,), looked up by name in the
-    trials it is fitted on (so a model may cover part of a robot's state).
+    trials it is fitted on (so a model may cover part of a robot's state). Offers predict, linearize
+    (through the posterior mean, by autograd), rollout (particles sampled from the predictive
+    distribution) and propagate (exact moment matching); refitted on every trial so far.
     """
+
+    capabilities = frozenset({PREDICT, LINEARIZE, ROLLOUT, PROPAGATE})
+    learned = True
+    fit_on = "all_trials"
+    device = torch.device("cpu")  # where rollout's tensors live
 
     def __init__(self, state_names: Sequence[str], action_names: Sequence[str], config: GPConfig | None = None):
         self.state_names = tuple(state_names)
@@ -287,8 +152,10 @@ class GPModel:
         return np.concatenate(xs), np.concatenate(us), np.concatenate(ys)
 
     # -- fitting ---------------------------------------------------------------------------------------
+    @on_one_torch_thread
     def fit(self, trials: Sequence[Trial]) -> dict:
-        """Fit the hyperparameters on the transitions of `trials` and cache the posterior.
+        """Fit the hyperparameters on the transitions of `trials` and cache the posterior (on one torch
+        thread: models.torch_threads).
 
         Exact model: the marginal likelihood of every transition. Sparse model (more transitions than
         `inducing`): the inducing inputs are a space-filling subset of the inputs (farthest-point
@@ -458,11 +325,11 @@ class GPModel:
     def posterior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and latent variance of the state difference at GP inputs z (B, D): (B, E) each."""
         self._require_fit()
-        k = se_kernel(z, self.inputs, self.lengthscales, self.signal_var)  # (E, B, N)
-        mean = (k @ self.beta[..., None])[..., 0].T
+        k = se_kernel(self.inputs, z, self.lengthscales, self.signal_var, expanded=True)  # (E, N, B)
+        mean = (self.beta[:, None, :] @ k)[:, 0].T
         # k iK k from triangular solves (no explicit inverse): |L^-1 k|^2, less |LB^-1 Luu^-1 k|^2 if sparse.
         first, second = self._factors
-        a = torch.linalg.solve_triangular(first, k.transpose(-1, -2), upper=False)
+        a = torch.linalg.solve_triangular(first, k, upper=False)
         explained = (a * a).sum(-2)
         if second is not None:
             b = torch.linalg.solve_triangular(second, a, upper=False)
@@ -482,6 +349,50 @@ class GPModel:
             mean, var = self.posterior(self.features(xt, torch.as_tensor(u, dtype=DTYPE)))
             mean, var = (xt + mean).numpy(), (var + self.noise_var).numpy()
         return (mean[0], var[0]) if single else (mean, var)
+
+    def mean_step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The posterior mean of the next state (B, n) for x (B, n), u (B, m), float64, differentiable;
+        the kernel from exact differences, as in the fit."""
+        self._require_fit()
+        k = se_kernel(self.inputs, self.features(x, u), self.lengthscales, self.signal_var)  # (E, N, B)
+        return x + (self.beta[:, None, :] @ k)[:, 0].T
+
+    def linearize(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The next state about each row as A x + B u + c with noise covariance Sigma, float64:
+        A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n); a single (n,), (m,) pair gives unbatched
+        outputs.
+
+        A and B are the exact derivatives of the posterior mean by autograd; c puts predict's mean at
+        the row itself; Sigma is predict's variance (latent plus noise) on the diagonal.
+        """
+        mean, var = self.predict(x, u)
+        x2, u2, single = as_batch(x, u, self.n, self.m, "GPModel")
+        A, B = (j.numpy() for j in row_jacobians(self.mean_step, torch.as_tensor(x2), torch.as_tensor(u2)))
+        mean, var = np.atleast_2d(mean), np.atleast_2d(var)
+        c = mean - np.einsum("bij,bj->bi", A, x2) - np.einsum("bij,bj->bi", B, u2)
+        Sigma = var[:, :, None] * np.eye(self.n)
+        return (A[0], B[0], c[0], Sigma[0]) if single else (A, B, c, Sigma)
+
+    @torch.no_grad()
+    def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """States (B, H+1, n) float32 on the CPU from x0 (B, n) under actions U (B, H, m).
+
+        Each particle steps by a draw x_{t+1} ~ N(mean, var) from the GP's predictive distribution
+        (latent plus noise variance, independent per state) at its own state and action: one batched
+        posterior evaluation (float64) per step, random draws only from `generator`.
+        """
+        self._require_fit()
+        B, H, _ = U.shape
+        x = x0.detach().to("cpu", DTYPE)
+        actions = U.detach().to("cpu", DTYPE)
+        X = torch.empty(B, H + 1, self.n, dtype=torch.float32)
+        X[:, 0] = x
+        for t in range(H):
+            mean, var = self.posterior(self.features(x, actions[:, t]))
+            draw = torch.randn(B, self.n, generator=generator, dtype=DTYPE)
+            x = x + mean + torch.sqrt(var + self.noise_var) * draw
+            X[:, t + 1] = x
+        return X
 
     def propagate(self, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Moment-match a Gaussian over (x, u) through the model to the next state.
@@ -554,23 +465,3 @@ class GPModel:
         model._cache()
         model.fitted = True
         return model
-
-
-def se_kernel(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor, signal_var: torch.Tensor) -> torch.Tensor:
-    """SE-ARD kernel matrices (E, A, B) for inputs a (A, D), b (B, D), lengthscales (E, D), signal_var (E,)."""
-    # Differences rather than |a|^2 + |b|^2 - 2ab: no cancellation, so K is accurate to rounding.
-    scaled = (a[None, :, None, :] - b[None, None, :, :]) / lengthscales[:, None, None, :]
-    return signal_var[:, None, None] * torch.exp(-0.5 * (scaled * scaled).sum(-1))
-
-
-def farthest_points(X: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices (count,) of rows of X (N, D) in farthest-point order: each the farthest from those before,
-    starting from the row nearest the mean. Deterministic; covers the data's extremes and gaps."""
-    count = min(count, X.shape[0])
-    chosen = [int(torch.argmin(((X - X.mean(0)) ** 2).sum(-1)))]
-    nearest = ((X - X[chosen[0]]) ** 2).sum(-1)
-    for _ in range(count - 1):
-        i = int(torch.argmax(nearest))
-        chosen.append(i)
-        nearest = torch.minimum(nearest, ((X - X[i]) ** 2).sum(-1))
-    return torch.tensor(chosen, dtype=torch.long)
