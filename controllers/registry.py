@@ -44,6 +44,7 @@ CONTROLLERS: dict[str, ControllerEntry] = {
                            "trajectory-centric guided policy search (KL-constrained LQG on local models)"),
     "mdgps": ControllerEntry("forethought.controllers.gps:build_mdgps", (LINEARIZE,),
                              "mirror-descent GPS: local LQG controllers distilled into a network"),
+    "excite": ControllerEntry("forethought.controllers.excite:build_excite", (), "multi-sine position goals for system identification, no model"),
     "ik_reach": ControllerEntry("forethought.controllers.ik_reach:build_ik_reach", (),
                                 "inverse kinematics to the target, no model"),
     "nn_policy": ControllerEntry("forethought.controllers.nn_policy:build_nn_policy", (),

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "pilco": "forethought.scripts.bench_pilco:run_bench_pilco",
     "servo_loop": "forethought.scripts.bench_servo:run_bench_servo_loop",
     "fuzz_trials": "forethought.scripts.bench_fuzz_trials:run_bench_fuzz_trials",
+    "sysid": "forethought.scripts.bench_sysid:run_bench_sysid",
 }
 
 

@@ -1,4 +1,5 @@
-"""`forethought fit --model tvlg|gp|ensemble TRIALS_OR_RUN... [--model-config YAML] [--out MODEL]`.
+"""`forethought fit --model tvlg|gp|ensemble TRIALS_OR_RUN... [--model-config YAML] [--out MODEL]`
+(`--model mujoco` identifies the scene itself: scripts/fit_scene.py).
 
 Loads logged trials (trial files, or run folders holding them), holds some out, fits the chosen
 model on the rest, and reports how well it predicts the held-out trials: one step ahead, and open
@@ -175,6 +176,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", type=float, default=0.2, help="fraction of trials held out (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampled predictions")
     parser.add_argument("--particles", type=int, default=32, help="particles for open-loop predictions (default 32)")
+    parser.add_argument("--scene", help="mujoco: the nominal scene to identify (default: the run folder's robot.scene)")
+    parser.add_argument("--validate", nargs="+", metavar="TRIALS_OR_RUN",
+                        help="mujoco: trials to report on, held out in place of a --heldout share of the trials")
 
 
 def default_output(runs: Sequence[Path], model: str) -> Path:
@@ -201,6 +205,12 @@ def fit_main(args: argparse.Namespace) -> int:
     from forethought.robots.trial_log import load_trials, trial_paths
     from forethought.scripts.plots import plot_predictions
 
+    if args.model == "mujoco":  # the scene itself, identified (models.scene_identification)
+        from forethought.scripts.fit_scene import fit_scene_main
+
+        return fit_scene_main(args)
+    if args.scene or args.validate:
+        raise ConfigError("--scene and --validate are for --model mujoco")
     runs = group_by_run(trial_paths(args.paths))
     # An unknown model or bad settings fail before any loading.
     settings, settings_from = model_settings(args.model, args.model_config, list(runs))

@@ -60,6 +60,7 @@ class MujocoRobot:
     init_qpos_std, init_qvel_std: std of the Gaussian noise added at reset to the "home" keyframe
         (scalar: hinge and slide joints only; or one value per qpos / qvel entry); default from the
         scene's custom numerics "forethought_init_qpos_std" / "forethought_init_qvel_std", else 0.
+    model: the scene already compiled (with changes, as a reality gap makes them), in place of loading it.
     """
 
     def __init__(
@@ -68,10 +69,11 @@ class MujocoRobot:
         control_steps: int | None = None,
         init_qpos_std=None,
         init_qvel_std=None,
+        model: mujoco.MjModel | None = None,
     ):
         self.scene = scene_path(scene)
         try:
-            self.model = mujoco.MjModel.from_xml_path(str(self.scene))
+            self.model = model if model is not None else mujoco.MjModel.from_xml_path(str(self.scene))
         except ValueError as err:
             raise ValueError(f"{self.scene}: MuJoCo could not load the scene: {err}") from None
         self.data = mujoco.MjData(self.model)
