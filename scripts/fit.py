@@ -77,6 +77,32 @@ def model_settings(name: str, model_config: str | None, runs: Sequence[Path]) ->
     return found or (cls(), None)
 
 
+def load_logged(paths: Sequence[str]) -> tuple[dict[str, list[Trial]], list[str]]:
+    """The trials of trial files, run folders and folders of run folders, grouped by run folder, and
+    the damaged files skipped (each said on stderr); ConfigError saying what was looked for and what
+    was found when no trial loads."""
+    from forethought.robots.trial_log import load_trials, trial_paths
+
+    by_run: dict[str, list[Trial]] = {}
+    problems: list[str] = []
+    for run, files in group_by_run(trial_paths(paths)).items():
+        loaded, skipped = load_trials(files)
+        problems += skipped
+        if loaded:
+            by_run[str(run)] = loaded
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    if not by_run:
+        looked = "trial files (*.h5) in each folder, its trials/ folder, and the trials/ folders of its subfolders"
+        found = f"{len(problems)} damaged trial files" if problems else what_is_there(paths)
+        raise ConfigError(f"no trials could be loaded from {', '.join(map(str, paths))}: looked for {looked}; "
+                          f"found {found}")
+    if len(by_run) > 1:
+        print(f"trials from {len(by_run)} runs: " + ", ".join(f"{Path(r).name} ({len(t)})" for r, t in by_run.items()),
+              file=sys.stderr)
+    return by_run, problems
+
+
 def run_folder_of(trial_file: Path) -> Path:
     """The run folder a trial file belongs to (RUN/trials/trial_0001.h5 -> RUN), else its folder."""
     folder = trial_file.parent
@@ -202,7 +228,7 @@ def run_report(model, by_run: dict[str, list[Trial]], heldout: Sequence[Trial]) 
 
 def fit_main(args: argparse.Namespace) -> int:
     """Run `forethought fit`; returns the exit status."""
-    from forethought.robots.trial_log import load_trials, trial_paths
+    from forethought.robots.trial_log import trial_paths
     from forethought.scripts.plots import plot_predictions
 
     if args.model == "mujoco":  # the scene itself, identified (models.scene_identification)
@@ -216,23 +242,7 @@ def fit_main(args: argparse.Namespace) -> int:
     settings, settings_from = model_settings(args.model, args.model_config, list(runs))
     if settings_from:
         print(f"model settings from {settings_from}", file=sys.stderr)
-    by_run: dict[str, list[Trial]] = {}
-    problems: list[str] = []
-    for run, files in runs.items():
-        loaded, skipped = load_trials(files)
-        problems += skipped
-        if loaded:
-            by_run[str(run)] = loaded
-    for problem in problems:
-        print(f"skipped: {problem}", file=sys.stderr)
-    if not by_run:
-        looked = "trial files (*.h5) in each folder, its trials/ folder, and the trials/ folders of its subfolders"
-        found = f"{len(problems)} damaged trial files" if problems else what_is_there(args.paths)
-        raise ConfigError(f"no trials could be loaded from {', '.join(map(str, args.paths))}: looked for {looked}; "
-                          f"found {found}")
-    if len(by_run) > 1:
-        print(f"trials from {len(by_run)} runs: " + ", ".join(f"{Path(r).name} ({len(t)})" for r, t in by_run.items()),
-              file=sys.stderr)
+    by_run, problems = load_logged(args.paths)
     trials = [trial for group in by_run.values() for trial in group]
     if getattr(model_class(args.model), "time_varying", False):
         trials = common_horizon(trials)

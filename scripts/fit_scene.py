@@ -21,28 +21,8 @@ from forethought.models.scene_identification import IdentificationConfig, SceneI
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
-from forethought.scripts.fit import group_by_run, split_trials, what_is_there
+from forethought.scripts.fit import load_logged, split_trials
 from forethought.scripts.status_line import StatusLine
-
-
-def load_logged(paths: Sequence[str]) -> tuple[dict[Path, list[Trial]], list[str]]:
-    """Trials by run folder from trial files and run folders; ConfigError when none loads."""
-    from forethought.robots.trial_log import load_trials, trial_paths
-
-    runs = group_by_run(trial_paths(paths))
-    by_run: dict[Path, list[Trial]] = {}
-    problems: list[str] = []
-    for run, files in runs.items():
-        loaded, skipped = load_trials(files)
-        problems += skipped
-        if loaded:
-            by_run[run] = loaded
-    for problem in problems:
-        print(f"skipped: {problem}", file=sys.stderr)
-    if not by_run:
-        found = f"{len(problems)} damaged trial files" if problems else what_is_there(paths)
-        raise ConfigError(f"no trials could be loaded from {', '.join(map(str, paths))}: found {found}")
-    return by_run, problems
 
 
 def run_scene(runs: Sequence[Path]) -> str | None:
@@ -103,7 +83,7 @@ def fit_scene_main(args) -> int:
                           "(another arm-excite run with another --seed, or reach trials)")
     else:
         train, heldout = split_trials(trials, args.heldout, args.seed)
-    scene = args.scene or run_scene(list(by_run))
+    scene = args.scene or run_scene([Path(run) for run in by_run])
     if scene is None:
         raise ConfigError("--scene: the trials' run folders name no scene: give the nominal scene to identify")
     first = train[0]
