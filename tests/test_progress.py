@@ -65,10 +65,10 @@ robot: {scene: pendulum}
 task:
   horizon: 10
   cost: {terms: [{type: saturating, weights: {pole: 1.0}, target: {pole: 3.14159}, angles: [pole], sigma: 0.25}]}
+model: {type: gp, angle_states: [pole], restarts: 0, max_iter: 20}
 controller:
   type: pilco
   start: {mean: [0, 0], std: 0.1}
-  model: {angle_states: [pole], restarts: 0, max_iter: 20}
   policy: {kind: rbf, basis: 5}
   optimiser: {max_iter: 5}
 loop: {iterations: 2, samples: 1, seed: 0, video: false}
