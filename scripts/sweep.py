@@ -32,11 +32,10 @@ from forethought.scripts.sweep_run import RunSpec, failed_record, finished_recor
 
 @dataclass
 class SweepPlan:
-    """A validated sweep: the experiment's name, its goal (as the summary states it), the settings
-    with their resolved experiments, the seeds, the CPUs of each run and the sweep folder."""
+    """A validated sweep: the experiment's name, the settings with their resolved experiments, the
+    seeds, the CPUs of each run and the sweep folder."""
 
     name: str
-    goal: Any
     settings: list[tuple[Setting, dict]]
     seeds: list[int]
     cpus_per_run: int
@@ -66,11 +65,11 @@ def plan_sweep(experiment: str, seeds: list[int], grid: dict[str, list[Any]], cp
     fixed = {"loop.video": False, **(fixed or {})}
     for key, values in grid.items():
         for value in values:
-            resolve(base, path, {**fixed, key: value})
+            resolve(base, path, {**fixed, key: value}, [key])
     settings = []
     for setting in settings_of(grid):
         values = {**fixed, **dict(setting.values)}
-        resolved = resolve(base, path, values)
+        resolved = resolve(base, path, values, [k for k, _ in setting.values])
         check_builds(resolved, dict(setting.values))
         settings.append((setting, resolved.as_dict()))
     folders = [s.folder for s, _ in settings]
@@ -78,7 +77,7 @@ def plan_sweep(experiment: str, seeds: list[int], grid: dict[str, list[Any]], cp
         raise ConfigError("--set: two settings write to the same folder name; give values that differ in letters "
                           "or digits")
     name = settings[0][1]["name"]
-    return SweepPlan(name, settings[0][1]["task"].get("goal"), settings, list(seeds), cpus_per_run,
+    return SweepPlan(name, settings, list(seeds), cpus_per_run,
                      Path(out) if out is not None else Path("runs") / f"sweep-{name}")
 
 
@@ -143,7 +142,8 @@ def execute(plan: SweepPlan, address: str | None = None, cpus: int | None = None
         _run_on_ray(plan, specs, todo, records, line, address, cpus)
     ordered = [records[i] for i in range(len(specs))]
     settings = [(s.name, dict(s.values)) for s, _ in plan.settings]
-    summary = summarize(plan.name, plan.goal, settings, ordered, plan.seeds)
+    goal = next((r["goal"] for r in ordered if r.get("goal")), None)  # as summary.json states it
+    summary = summarize(plan.name, goal, settings, ordered, plan.seeds)
     files = write_summary(plan.out, summary, ordered)
     failed = sum(r["status"] != "done" for r in ordered)
     line.finish(f"sweep {plan.name}: {len(ordered) - failed} runs done, {failed} failed; summary in "

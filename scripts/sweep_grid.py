@@ -17,7 +17,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -150,16 +150,16 @@ def base_mapping(name: str) -> tuple[dict, Path]:
     return load_yaml(path), path
 
 
-def resolve(base: dict, path: Path, values: dict[str, Any]) -> Experiment:
+def resolve(base: dict, path: Path, values: dict[str, Any], named: Sequence[str] = ()) -> Experiment:
     """The experiment with `values` ({dotted key: value}) written into `base`, validated (a key or
-    value it refuses: ConfigError naming the key)."""
+    value it refuses: ConfigError naming the keys `named`, the --set keys among them)."""
     data = copy.deepcopy(base)
     for key, value in values.items():
         set_key(data, key, value)
     try:
         return experiment_from_data(data, path)
     except ConfigError as err:
-        raise ConfigError(f"--set {', '.join(values)}: {err}") from None
+        raise ConfigError(f"--set {', '.join(named)}: {err}" if named else str(err)) from None
 
 
 def check_builds(experiment: Experiment, values: dict[str, Any]) -> None:

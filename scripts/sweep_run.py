@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -59,6 +61,27 @@ def outcome(summary: dict, trials: list) -> dict:
     }
 
 
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr to `path` for the block: Python's (the run's lines) and
+    the file descriptors' (what MuJoCo's C code prints), then restore them."""
+    with open(path, "w") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def run_one(spec: RunSpec) -> dict:
     """Run `spec` into its folder (anything an unfinished run left there is removed first) and return
     its record; a run's error is caught and recorded, so that it never stops the sweep."""
@@ -78,8 +101,7 @@ def run_one(spec: RunSpec) -> dict:
     folder.mkdir(parents=True)
     record = {"setting": spec.setting, "seed": spec.seed, "cpus": spec.cpus, "host": socket.gethostname()}
     try:
-        with open(folder / "run.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-                torch_threads(spec.cpus), threadpool_limits(spec.cpus):
+        with output_to(folder / "run.log"), torch_threads(spec.cpus), threadpool_limits(spec.cpus):
             experiment = experiment_from_data(spec.experiment, spec.experiment.get("source") or spec.setting)
             result = run_experiment(experiment, folder.parent, render_video=False, folder=folder)
         summary = json.loads((folder / "summary.json").read_text())
