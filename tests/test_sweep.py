@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from forethought.robots.config import ConfigError
+from forethought.scripts.bench_learning import learning_over_seeds
 from forethought.scripts.cli import main
 from forethought.scripts.sweep import execute, plan_sweep
 from forethought.scripts.sweep_grid import parse_seeds, parse_set, set_key
@@ -125,3 +126,16 @@ def test_a_run_that_fails_is_reported_and_the_others_finish(local_ray, tmp_path,
     assert "SimulationError" in capsys.readouterr().err
     assert "SimulationError" in (out / "sweep.md").read_text()
     assert any(p.name == "error.txt" for p in out.rglob("error.txt"))
+
+
+def test_learning_benchmarks_run_their_seeds_as_a_sweep(local_ray):
+    runs, setting = learning_over_seeds(EXPERIMENT, [0, 1], 1, fixed=SHORT)
+    assert len(runs) == 2 and setting["runs"] == 2
+    reached = [r.first_success for r in runs if r.first_success is not None]
+    assert setting["successes"] == len(reached) and setting["trials_to_success"]["n"] == len(reached)
+
+
+def test_only_learning_benchmarks_take_seeds(capsys):
+    assert main(["bench", "sim", "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and "gps, mpc, pilco" in err
