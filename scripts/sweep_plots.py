@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from forethought.scripts.plots import _figure, _save
 
@@ -28,6 +29,9 @@ def learning_curves_figure(curves: dict[str, Sequence[Sequence[Sequence[float]]]
         low, median, high = (np.nanpercentile(grid[:, counted], q, axis=0) for q in (25, 50, 75))
         (line,) = ax.plot(x[counted], median, marker="o", markersize=3, label=f"{name} ({len(runs)} seeds)")
         ax.fill_between(x[counted], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if counted.sum() == 1:  # one iteration: no band to draw, the quartiles as a bar
+            ax.errorbar(x[counted], median, yerr=[median - low, high - median], color=line.get_color(), capsize=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
     ax.set_ylabel("mean trial cost")
     ax.set_title("learning curves: median over seeds, band from 25th to 75th percentile", fontsize=9)
