@@ -103,7 +103,11 @@ def start_ray(address: str | None, cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as err:
+            raise ConfigError(f"--address {address}: {str(err).splitlines()[0]} (a cluster with token "
+                              "authentication, Ray's default, also needs RAY_AUTH_MODE=token and its token here)") from None
     else:
         # address="local": a Ray of its own, never one that another user started on this machine.
         ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=False,

@@ -61,6 +61,13 @@ def outcome(summary: dict, trials: list) -> dict:
     }
 
 
+def ray_node() -> str | None:
+    """The id of the Ray node this runs on (None outside a Ray task)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 @contextlib.contextmanager
 def output_to(path: Path):
     """Send this process's stdout and stderr to `path` for the block: Python's (the run's lines) and
@@ -99,7 +106,8 @@ def run_one(spec: RunSpec) -> dict:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    record = {"setting": spec.setting, "seed": spec.seed, "cpus": spec.cpus, "host": socket.gethostname()}
+    record = {"setting": spec.setting, "seed": spec.seed, "cpus": spec.cpus, "host": socket.gethostname(),
+              "node": ray_node()}
     try:
         with output_to(folder / "run.log"), torch_threads(spec.cpus), threadpool_limits(spec.cpus):
             experiment = experiment_from_data(spec.experiment, spec.experiment.get("source") or spec.setting)
