@@ -149,8 +149,10 @@ def finished_record(spec: RunSpec) -> dict | None:
         return None
     if record.get("status") != "done":
         return None
-    def same(config: dict) -> dict:  # the file's path may be written otherwise from another folder
-        return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "source"}
+
+    def same(config: dict) -> dict:
+        # What the run did: not the file's path (written otherwise from another folder), nor its prose.
+        return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("source", "description")}
 
     if same(record.get("config") or {}) != same(spec.experiment):
         raise ConfigError(f"{path}: this run finished with another experiment (the file or a setting changed); "

@@ -139,3 +139,10 @@ def test_only_learning_benchmarks_take_seeds(capsys):
     assert main(["bench", "sim", "--seeds", "2"]) == 2
     err = capsys.readouterr().err
     assert "--seeds" in err and "gps, mpc, pilco" in err
+
+
+def test_a_finished_run_of_another_experiment_is_refused(swept):
+    plan, _ = swept
+    other = plan_sweep(EXPERIMENT, [0], {"controller.rate": [0.2]}, 1, plan.out, fixed={"task.horizon": 30})
+    with pytest.raises(ConfigError, match="another experiment"):
+        execute(other)
