@@ -176,8 +176,9 @@ def trajectory(episode: int, frames: int) -> np.ndarray:
     return np.concatenate([q, gripper[:, None]], axis=1)
 
 
-def lerobot_values(q: np.ndarray, motors: dict, units: str) -> np.ndarray:
-    """LeRobot's recorded values of joint angles q: ticks, then its normalisation."""
+def lerobot_values(q: np.ndarray, motors: dict, units: str, feetech: bool = True) -> np.ndarray:
+    """LeRobot's recorded values of joint angles q: ticks, then its normalisation (drive_mode flips
+    the range values of Feetech motors only)."""
     out = np.empty_like(q)
     for j, name in enumerate(JOINTS):
         m = motors[name]
@@ -186,14 +187,14 @@ def lerobot_values(q: np.ndarray, motors: dict, units: str) -> np.ndarray:
         if name == "gripper":
             ticks = m["range_min"] + q[:, j] * 4096 / (2 * np.pi)
             v = (ticks - m["range_min"]) / span * 100
-            out[:, j] = 100 - v if m["drive_mode"] else v
+            out[:, j] = 100 - v if m["drive_mode"] and feetech else v
         else:
             ticks = mid + q[:, j] * 4096 / (2 * np.pi)
             if units == "degrees":
                 out[:, j] = (ticks - mid) * 360 / 4095
             else:
                 v = (ticks - m["range_min"]) / span * 200 - 100
-                out[:, j] = -v if m["drive_mode"] else v
+                out[:, j] = -v if m["drive_mode"] and feetech else v
     return out
 
 
@@ -206,6 +207,7 @@ def write_dataset(root: Path, motors: dict = SO101, units: str = "degrees", epis
     """A LeRobotDataset v3.0 folder: `episodes` episodes of `frames` frames, `per_file` episodes a
     data file, the vectors' columns in the order `names`."""
     order = [JOINTS.index(n) for n in names]
+    feetech = not robot_type.startswith("koch")
     info = {
         "codebase_version": "v3.0", "robot_type": robot_type, "total_episodes": episodes,
         "total_frames": episodes * frames, "total_tasks": 1, "chunks_size": 1000, "data_files_size_in_mb": 100,
@@ -226,8 +228,8 @@ def write_dataset(root: Path, motors: dict = SO101, units: str = "degrees", epis
     rows: list[dict] = []
     for e in range(episodes):
         q = trajectory(e, frames + 1)
-        state = lerobot_values(q[:-1], motors, units)[:, order].astype(np.float32)
-        action = lerobot_values(q[1:], motors, units)[:, order].astype(np.float32)  # the goal: the next pose
+        state = lerobot_values(q[:-1], motors, units, feetech)[:, order].astype(np.float32)
+        action = lerobot_values(q[1:], motors, units, feetech)[:, order].astype(np.float32)  # the goal: the next pose
         for f in range(frames):
             rows.append({"action": action[f].tolist(), "observation.state": state[f].tolist(),
                          "timestamp": np.float32(f / FPS), "frame_index": f, "episode_index": e,
@@ -278,6 +280,19 @@ def test_dataset_episodes_become_trials_in_joint_radians(tmp_path, units):
     for t in range(1, 41):
         v[t] = 0.5 * v[t - 1] + 0.5 * (q[t] - q[t - 1]) * FPS
     np.testing.assert_allclose(episodes.trials[0].states[:, 6:], v, atol=2e-3)
+
+
+def test_a_koch_dataset_reads_in_range_units_by_default(tmp_path, monkeypatch):
+    motors = json.loads(json.dumps(KOCH))
+    motors["elbow_flex"]["drive_mode"] = 1  # on Dynamixel the servo's own reverse bit: LeRobot does not flip
+    write_calibration(tmp_path / "cal" / "robots" / "koch_follower" / "follower.json", motors)
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path))  # LeRobot's home: calibration/robots/... under it
+    root = write_dataset(tmp_path / "koch_ds", motors, "range", robot_type="koch_follower")
+    (tmp_path / "cal").rename(tmp_path / "calibration")
+    episodes = load_lerobot_dataset(root)
+    assert episodes.arm == "koch" and episodes.units == "range" and len(episodes.trials) == 6
+    for e, trial in enumerate(episodes.trials):
+        np.testing.assert_allclose(trial.states[:, :6], trajectory(e, 42)[:41], atol=2e-5)
 
 
 def test_the_trial_loader_lists_a_dataset_as_one_more_kind_of_path(tmp_path, monkeypatch):
