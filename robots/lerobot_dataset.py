@@ -186,8 +186,8 @@ def read_table(path: Path, columns: tuple[str, ...]):
 
 
 def read_frames(root: Path, widths: dict[str, int]) -> dict[str, np.ndarray]:
-    """Every frame of data/*/*.parquet, files in name order: COLUMNS -> (N, k) or (N,) arrays."""
-    files = sorted((root / "data").glob("*/*.parquet"))
+    """Every frame of data/chunk-*/file-*.parquet, files in name order: COLUMNS -> (N, k) or (N,) arrays."""
+    files = sorted((root / "data").glob("chunk-*/file-*.parquet"))
     if not files:
         raise TrialLogError(f"{root / 'data'}: no Parquet files (expected data/chunk-000/file-000.parquet, ...)")
     parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
@@ -199,8 +199,8 @@ def read_frames(root: Path, widths: dict[str, int]) -> dict[str, np.ndarray]:
 
 
 def read_episode_lengths(root: Path) -> dict[int, int] | None:
-    """episode_index -> length from meta/episodes/*/*.parquet, or None where the dataset has none."""
-    files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    """episode_index -> length from meta/episodes/chunk-*/file-*.parquet, or None where the dataset has none."""
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
         return None
     lengths: dict[int, int] = {}

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import h5py
 import numpy as np
@@ -41,6 +41,9 @@ from forethought.robots.trial_log_checks import (
     rows_to_read,
 )
 from forethought.robots.trial_writer_lock import writer_alive, writing_here
+
+if TYPE_CHECKING:
+    from forethought.robots.lerobot_dataset import LeRobotOptions
 
 PARTIAL_SUFFIX = ".partial.h5"
 # Seconds a child process may take over a partial file whose writer runs in another process.
@@ -244,7 +247,9 @@ def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(set(files))
 
 
-def load_trials(paths: Iterable[str | Path], lerobot=None) -> tuple[list[Trial], list[str]]:
+def load_trials(
+    paths: Iterable[str | Path], lerobot: "LeRobotOptions | None" = None
+) -> tuple[list[Trial], list[str]]:
     """Load trial files, run folders and LeRobotDataset folders, sorted by path; returns (trials, problems).
 
     A damaged file is skipped and reported as one line naming it in `problems`. A partial file

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
 from forethought.scripts.status_line import StatusLine, show_progress
+
+if TYPE_CHECKING:
+    from forethought.robots.lerobot_dataset import LeRobotOptions
 
 
 def model_class(name: str) -> type:
@@ -77,7 +80,7 @@ def model_settings(name: str, model_config: str | None, runs: Sequence[Path]) ->
     return found or (cls(), None)
 
 
-def lerobot_options(args: argparse.Namespace):
+def lerobot_options(args: argparse.Namespace) -> "LeRobotOptions":
     """How to read LeRobot datasets among the paths (--lerobot-calibration, --lerobot-units, --arm)."""
     from forethought.robots.lerobot_dataset import LeRobotOptions
 
@@ -85,7 +88,9 @@ def lerobot_options(args: argparse.Namespace):
                           getattr(args, "arm", None))
 
 
-def load_logged(paths: Sequence[str], lerobot=None) -> tuple[dict[str, list[Trial]], list[str]]:
+def load_logged(
+    paths: Sequence[str], lerobot: "LeRobotOptions | None" = None
+) -> tuple[dict[str, list[Trial]], list[str]]:
     """The trials of trial files, run folders, folders of run folders and LeRobot datasets (read with
     `lerobot`, a LeRobotOptions), grouped by run folder or dataset, and the damaged files and
     episodes skipped (each said on stderr); ConfigError saying what was looked for and what was

@@ -414,3 +414,10 @@ def test_scene_identification_says_when_the_frame_rate_does_not_fit_the_scene(tm
     err = capsys.readouterr().err  # after the line saying how the dataset was read
     one_error_line(err.splitlines()[-1], "forethought fit: error:", "not a whole number of the scene's 0.002 s steps")
     assert "Traceback" not in err and not (tmp_path / "runs").exists() and not (root / "models").exists()
+
+
+def test_a_dataset_without_a_calibration_to_find_asks_for_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_LEROBOT_CALIBRATION", str(tmp_path / "none"))
+    root = write_dataset(tmp_path / "ds")
+    assert cli("fit", "--model", "tvlg", root) == 2
+    one_error_line(capsys.readouterr().err, str(root), "--lerobot-calibration FILE.json (0 files in")
