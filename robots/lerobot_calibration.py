@@ -179,7 +179,8 @@ def convert_calibration(
         range_min, range_max = max(low + range_margin, joint.lower), min(high - range_margin, joint.upper)
         if not range_min < range_max:
             raise ConfigError(
-                f"{calibration.source}: {motor.name}: the recorded range [{np.degrees(low):+.0f}, {np.degrees(high):+.0f}]"
+                f"{calibration.source}: {motor.name}: the recorded range "
+                f"[{np.degrees(low):+.0f}, {np.degrees(high):+.0f}]"
                 f" deg from LeRobot's zero misses the {arm.name} joint's limits [{np.degrees(joint.lower):+.0f}, "
                 f"{np.degrees(joint.upper):+.0f}] deg: record a calibration with forethought calibrate"
             )

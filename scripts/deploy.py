@@ -345,8 +345,10 @@ def _print_summary(result: DeployResult) -> None:
 # -- calibrate ---------------------------------------------------------------------------------------
 
 def _add_bus_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--arm", required=required, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
-    parser.add_argument("--port", required=required, help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
+    parser.add_argument("--arm", required=required,
+                        help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
+    parser.add_argument("--port", required=required,
+                        help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
     parser.add_argument("--timeout-margin", type=float, default=2.0, metavar="MS",
                         help="how long past its wire time a status packet is waited for (default: 2 ms)")
 

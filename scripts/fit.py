@@ -107,7 +107,8 @@ def load_logged(
             first = loaded[0].metadata
             if first.get("source") == "lerobot":
                 print(f"{run}: {len(loaded)} LeRobot episodes as {first['arm']} trials, joints read in "
-                      f"{first['lerobot_units']} (--lerobot-units) with {first['lerobot_calibration']}", file=sys.stderr)
+                      f"{first['lerobot_units']} (--lerobot-units) with {first['lerobot_calibration']}",
+                      file=sys.stderr)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     if not by_run:

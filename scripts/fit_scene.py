@@ -102,7 +102,8 @@ def fit_scene_main(args) -> int:
     identification = identifier.fit(train, progress=line.show)
     line.finish(f"identified in {identification.seconds:.0f} s ({identification.iterations} iterations)")
 
-    out = Path(args.out) if args.out else output_folder(Path(next(iter(by_run)))) / "models" / f"{Path(str(scene)).stem}_identified.xml"
+    default_out = output_folder(Path(next(iter(by_run)))) / "models" / f"{Path(str(scene)).stem}_identified.xml"
+    out = Path(args.out) if args.out else default_out
     if out.suffix != ".xml":
         raise ConfigError(f"--out: the identified scene is an MJCF file (.xml), got {out}")
     sources = ", ".join(sorted({str(r) for r in by_run}))

@@ -404,7 +404,8 @@ def test_range_values_beyond_100_point_at_the_units(tmp_path, capsys):
 def test_a_dataset_of_an_unknown_robot_asks_for_the_calibration_and_arm(tmp_path, capsys):
     root = write_dataset(tmp_path / "ds", robot_type="aloha")
     assert cli("fit", "--model", "tvlg", root) == 2
-    one_error_line(capsys.readouterr().err, str(root / "meta" / "info.json"), "--lerobot-calibration FILE.json and --arm")
+    one_error_line(capsys.readouterr().err, str(root / "meta" / "info.json"),
+                   "--lerobot-calibration FILE.json and --arm")
 
 
 def test_scene_identification_says_when_the_frame_rate_does_not_fit_the_scene(tmp_path, capsys):
