@@ -99,7 +99,8 @@ def load_lerobot_calibration(path: str | Path) -> LeRobotCalibration:
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a JSON object of motor name -> calibration, got {type(data).__name__}")
     if "motor_names" in data or "calib_mode" in data:
-        raise ConfigError(f"{path}: LeRobot's calibration format from before 2025 (motor_names, calib_mode): "
+        raise ConfigError(f"{path}: LeRobot's calibration format from before its hardware API redesign of June 2025 "
+                          "(motor_names, calib_mode): "
                           "recalibrate with a current lerobot, or with forethought calibrate --arm ARM --port PORT")
     motors = {}
     for name, entry in data.items():

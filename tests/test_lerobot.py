@@ -147,7 +147,7 @@ def test_a_malformed_calibration_is_one_line_naming_the_file(tmp_path, capsys, d
 
 @pytest.mark.parametrize("text, message", [
     ("{not json", "not valid JSON"),
-    ('{"motor_names": ["a"], "calib_mode": ["DEGREE"], "homing_offset": [0]}', "before 2025"),
+    ('{"motor_names": ["a"], "calib_mode": ["DEGREE"], "homing_offset": [0]}', "before its hardware API redesign"),
     ("[]", "expected a JSON object"),
 ])
 def test_other_files_are_one_line_too(tmp_path, capsys, text, message):
