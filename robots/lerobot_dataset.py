@@ -330,7 +330,7 @@ def load_lerobot_dataset(root: str | Path, options: LeRobotOptions | None = None
         goals = ticks_to_rad(values_to_ticks(action, motors, modes, feetech), calibration)
         stamps = stamps - stamps[0]
         metadata = {
-            "robot": arm.name, "arm": arm.name, "source": "lerobot", "dataset": str(root),
+            "robot": arm.name, "arm": arm.name, "scene": arm.scene, "source": "lerobot", "dataset": str(root),
             "episode_index": int(episode), "robot_type": robot_type, "lerobot_units": units,
             "lerobot_calibration": lerobot_calibration.source, "velocity_source": "difference",
         }

@@ -83,7 +83,9 @@ def fit_scene_main(args) -> int:
                           "(another arm-excite run with another --seed, or reach trials)")
     else:
         train, heldout = split_trials(trials, args.heldout, args.seed)
-    scene = args.scene or run_scene([Path(run) for run in by_run])
+    # A LeRobot dataset has no experiment: its arm's scene (in its trials' metadata) is the nominal one.
+    lerobot_scene = next((t.metadata.get("scene") for t in train if t.metadata.get("source") == "lerobot"), None)
+    scene = args.scene or run_scene([Path(run) for run in by_run]) or lerobot_scene
     if scene is None:
         raise ConfigError("--scene: the trials' run folders name no scene: give the nominal scene to identify")
     first = train[0]

@@ -411,9 +411,11 @@ def test_a_dataset_of_an_unknown_robot_asks_for_the_calibration_and_arm(tmp_path
 def test_scene_identification_says_when_the_frame_rate_does_not_fit_the_scene(tmp_path, capsys):
     calibration = write_calibration(tmp_path / "arm.json", SO101)
     root = write_dataset(tmp_path / "ds")  # 30 fps: not a whole number of the scene's 2 ms steps
-    assert cli("fit", "--model", "mujoco", "--scene", "so101_reach", root, "--lerobot-calibration", calibration) == 2
+    # The scene is the arm's (so101_reach) when --scene does not name one.
+    assert cli("fit", "--model", "mujoco", root, "--lerobot-calibration", calibration) == 2
     err = capsys.readouterr().err  # after the line saying how the dataset was read
-    one_error_line(err.splitlines()[-1], "forethought fit: error:", "not a whole number of the scene's 0.002 s steps")
+    one_error_line(err.splitlines()[-1], "forethought fit: error:", "so101_reach: the trials' period",
+                   "not a whole number of the scene's 0.002 s steps")
     assert "Traceback" not in err and not (tmp_path / "runs").exists() and not (root / "models").exists()
 
 
