@@ -30,6 +30,9 @@ from forethought.scripts.sweep_grid import (
 from forethought.scripts.sweep_run import RunSpec, failed_record, finished_record, run_one, write_record
 
 
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
 @dataclass
 class SweepPlan:
     """A validated sweep: the experiment's name, the settings with their resolved experiments, the
@@ -109,9 +112,11 @@ def start_ray(address: str | None, cpus: int | None) -> bool:
             raise ConfigError(f"--address {address}: {str(err).splitlines()[0]} (a cluster with token "
                               "authentication, Ray's default, also needs RAY_AUTH_MODE=token and its token here)") from None
     else:
-        # address="local": a Ray of its own, never one that another user started on this machine.
+        # address="local": a Ray of its own, never one that another user started on this machine. Its
+        # object store holds only runs' specs and records (kilobytes): a small one leaves the memory
+        # of a shared machine to the runs.
         ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=True)
     return True
 
 
