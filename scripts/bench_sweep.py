@@ -26,8 +26,12 @@ QUICK = ("arm-reach-ik", {"task.horizon": 20})
 def run_bench_sweep(quick: bool = False, seeds: int = 4, parallel: int | None = None) -> tuple[dict, dict]:
     """Metrics and config as in the module docstring; parallel: runs at a time (default: the
     machine's cores, at most `seeds`)."""
+    import ray
+
     from forethought.scripts.sweep import execute, plan_sweep
 
+    if ray.is_initialized():  # both sweeps would run on it, whatever CPUs each asks for
+        raise RuntimeError("bench sweep starts a Ray of its own for each sweep; this process already runs one")
     name, fixed = QUICK if quick else (EXPERIMENT, {})
     parallel = parallel or min(seeds, os.cpu_count() or 1)
     times, curves, failed = {}, {}, 0

@@ -236,6 +236,8 @@ def sweep_main(args: argparse.Namespace) -> int:
                       Path(args.out) if args.out else None)
     if args.cpus is not None and args.cpus < 1:
         raise ConfigError(f"--cpus: expected at least 1, got {args.cpus}")
+    if args.cpus is not None and args.address:
+        raise ConfigError("--cpus: sets the CPUs of a local Ray; a cluster (--address) has its own")
     print(f"sweep {plan.name}: {len(plan.settings)} settings x {len(plan.seeds)} seeds -> {plan.out}",
           file=sys.stderr)
     started = time.perf_counter()
