@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the JSON result to this file too")
     p.add_argument("--quick", action="store_true", help="a shorter run, for a smoke check")
     p.add_argument("--seeds", type=int, metavar="N",
-                   help="seeds 0 to N-1 for the benchmarks that learn (pilco, gps, mpc), run as a sweep on Ray")
+                   help="seeds 0 to N-1 for the benchmarks that run seeds (pilco, gps, mpc, sweep), run as a sweep on Ray")
     p.set_defaults(func=cmd_bench)
 
     for name, (module_name, add_arguments, main, help_text) in EXTERNAL_COMMANDS.items():
