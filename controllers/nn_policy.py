@@ -138,7 +138,7 @@ class MLPPolicy:
                     loss = loss_of(index)
                     loss.backward()
                     optimiser.step()
-                progress.update(epoch + 1, batch_loss=float(loss))
+                progress.update(epoch + 1, batch_loss=loss.item())
             with torch.no_grad():
                 end = float(loss_of(slice(None)))
             progress.finish(loss=end)
