@@ -1,6 +1,7 @@
 """`forethought deploy`, `forethought calibrate` and `forethought emulate`: the servo arm on the command line.
 
     forethought emulate --arm so101                       # prints a port; an arm answers on it
+    forethought emulate --arm so101 --reality FILE        # ... an arm that differs from its scene (sim/reality.py)
     forethought calibrate --arm so101 --port PORT         # records ~/.forethought/calibration/so101.yaml
     forethought deploy EXPERIMENT --arm so101 --port PORT # runs the experiment's controller on the arm
 
@@ -415,19 +416,24 @@ EMULATOR_COMMANDS = """commands on stdin: pose home | pose rotated | pose Q1 Q2 
 def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
     parser.add_argument("--seed", type=int, default=0, help="seed of the servo mounts (encoder offsets, directions) and faults")
+    parser.add_argument("--reality", metavar="FILE",
+                        help="a reality gap (YAML, sim/reality.py's format: servo parameters, backlash, payload, encoder "
+                        "noise, servo period, latency) between the emulated arm and its scene (default: none)")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND:ARG[@SECONDS]",
                         help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, "
                         "silent:ID, overheat:ID, overload:ID, voltage:VOLTS (repeatable)")
 
 
 def emulate_main(args: argparse.Namespace) -> int:
-    from forethought.robots.bus_emulator import BusEmulator, Fault
+    from forethought.robots.bus_emulator import Fault
+    from forethought.sim.reality import reality_emulator
 
     arm = load_arm(args.arm)
     faults = [Fault.parse(text) for text in args.fault]
-    emulator = BusEmulator(arm, scene_path(arm.scene), faults=faults, seed=args.seed)
+    emulator = reality_emulator(arm, arm.scene, args.reality, faults=faults, seed=args.seed)
+    gap = f" with the reality gap of {args.reality}" if args.reality else ""
     print(emulator.port, flush=True)
-    print(f"emulating {arm.name}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
+    print(f"emulating {arm.name}{gap}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
           "on a busy machine give deploy and calibrate --timeout-margin 8", file=sys.stderr)
     print(EMULATOR_COMMANDS, file=sys.stderr, flush=True)
     stop = threading.Event()
