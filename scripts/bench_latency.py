@@ -4,7 +4,7 @@ planning through it (controllers.delay) changes.
 The arm is RealityArm(so101_reach) whose only gap is a bus latency (a goal acts `latency` after the
 tick whose state it answers); `arm-reach-ilqr` reaches its three targets planning on the nominal
 scene, once ignoring the latency (model.action_delay 0) and once knowing it (model.action_delay =
-the latency, at most a control period: the state is predicted over it under the goal in force).
+the latency: the state is predicted over it under the goals in force).
 
 Metrics, per latency L in ms and planning (`ignored`, `known`): reach_final_mm_L_{ignored,known}:
 the end effector's final distance to its target, worst of three; reach_mean_1to2s_mm_L_*: its
@@ -26,13 +26,12 @@ SETTLED_MM = 5.0
 
 
 def reach(latency: float, known: bool) -> dict[str, float]:
-    """arm-reach-ilqr on an arm with `latency` s, planning with it `known` (up to a control period)
-    or not: worst-of-three metrics."""
+    """arm-reach-ilqr on an arm with `latency` s, planning with it `known` or not: worst-of-three metrics."""
     experiment = load_experiment("arm-reach-ilqr")
     reality = Reality.from_mapping({"latency": latency}, f"latency {latency} s")
     final, mean, settle = [], [], []
     with RealityArm(SCENE, reality) as robot:
-        experiment.model["action_delay"] = min(latency, robot.spec.dt) if known else 0.0
+        experiment.model["action_delay"] = latency if known else 0.0
         parts = build_parts(experiment, robot)
         for c, condition in enumerate(experiment.task.conditions):
             parts.task.apply(c, robot, [parts.model])

@@ -77,6 +77,7 @@ class DeployResult(RunResult):
     trials: list[Trial] = field(default_factory=list)
     loop: list[dict] = field(default_factory=list)
     reach_error_m: list[float] = field(default_factory=list)
+    reach_by_trial: list[float | None] = field(default_factory=list)
 
 
 class ArmStopped(RuntimeError):
@@ -184,6 +185,7 @@ def deploy(
                 meta.update(_run_facts(robot))
             trial.metadata.update(_run_facts(robot))
             error = _reach_error(sim, condition, trial.states[-1])
+            result.reach_by_trial.append(error)
             if error is not None:
                 trial.metadata["reach_error_m"] = error
                 result.reach_error_m.append(error)
@@ -224,7 +226,8 @@ def _run_facts(robot: ServoArm) -> dict:
 
 
 def _reach_error(sim, condition: dict, x_final: np.ndarray) -> float | None:
-    """Distance (m) of the end effector from the target at the trial's last state, when the task has both."""
+    """Distance (m) of the end effector from the target at the trial's last state, when the task has both:
+    the measured joints put into the scene (`sim`), the site `ee` placed by its kinematics."""
     target = condition.get("target")
     if target is None:
         return None
@@ -273,6 +276,11 @@ def format_loop_stats(stats: dict) -> str:
         line += (
             f"; controller {stats['controller_p50_ms']:.1f} ms p50, {stats['controller_p99_ms']:.1f} p99; "
             f"bus read {stats['bus_read_p50_ms']:.1f} ms p50, {stats['bus_read_p99_ms']:.1f} p99"
+        )
+    if "latency_p50_ms" in stats:
+        line += (
+            f"; read to write {stats['latency_p50_ms']:.1f} ms p50, {stats['latency_p99_ms']:.1f} p99 "
+            f"(goals written at {stats['write_phase']:.2f} of the period, {stats['late_writes']} late)"
         )
     return line
 
@@ -336,6 +344,9 @@ def deploy_main(args: argparse.Namespace) -> int:
 
 def _print_summary(result: DeployResult) -> None:
     for i, stats in enumerate(result.loop):
+        error = result.reach_by_trial[i] if i < len(result.reach_by_trial) else None
+        if error is not None:
+            print(f"trial {i + 1}: end effector {error * 1e3:.1f} mm from its target (measured joints, the scene's kinematics)")
         print(f"trial {i + 1}: {format_loop_stats(stats)}")
     if result.folder is not None and result.trials:
         summary = {"trials": len(result.trials), "loop": result.loop, "reach_error_m": result.reach_error_m}

@@ -81,3 +81,30 @@ def test_a_model_without_a_delay_leaves_the_policy_alone():
     policy = object()
     assert compensate_delay(policy, Model(), np.zeros(1), np.ones(1)) is policy
     assert compensate_delay(policy, None, np.zeros(1), np.ones(1)) is policy
+
+
+def test_a_delay_longer_than_a_period_runs_the_older_goal_first():
+    """30 ms at 20 ms a period: a goal given at tick j acts from j dt + 30 ms, so from tick t on the
+    goal of t - 2 acts for 10 ms, then that of t - 1 for a whole period."""
+    model = SimulatorModel(SCENE)
+    with MujocoRobot(SCENE) as robot:
+        x = robot.reset(seed=3)
+        low, high = robot.spec.action_low, robot.spec.action_high
+
+    class Steps:
+        def reset(self):
+            self.seen = []
+
+        def act(self, x, t):
+            self.seen.append(np.array(x))
+            return x[:6] + 0.1 * (t + 1)
+
+    inner = Steps()
+    policy = DelayCompensated(inner, model, 0.03, low, high)
+    assert policy.segments == [(2, pytest.approx(0.01)), (1, 0.02)]
+    policy.reset()
+    given = [policy.act(x, t) for t in range(3)]
+    np.testing.assert_array_equal(inner.seen[0], x)
+    np.testing.assert_array_equal(inner.seen[1], model.advance(model.advance(x, given[0], 0.01), given[0], 0.02))
+    expected = model.advance(model.advance(x, np.clip(given[0], low, high), 0.01), np.clip(given[1], low, high), 0.02)
+    np.testing.assert_allclose(inner.seen[2], expected, atol=1e-12)
