@@ -294,6 +294,10 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     parser.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
     parser.add_argument("--horizon", type=int, help="steps per trial (default: the experiment's)")
+    parser.add_argument("--seed", type=int, help="the experiment's loop seed (default: the experiment's; "
+                        "arm-excite: other phases for held-out data)")
+    parser.add_argument("--model-scene", metavar="SCENE",
+                        help="plan on this scene (model.scene): e.g. the identified one `fit --model mujoco` wrote")
     parser.add_argument("--dry-run", action="store_true", help="check the bus, calibration and limits without moving")
     parser.add_argument("--velocity", choices=["servo", "difference"], default="servo",
                         help="joint velocities from the servos or a filtered difference of positions")
@@ -311,6 +315,15 @@ def deploy_main(args: argparse.Namespace) -> int:
         if args.horizon < 1:
             raise ValueError(f"--horizon must be at least 1, got {args.horizon}")
         experiment.task.horizon = args.horizon
+    if args.seed is not None:
+        experiment.loop.seed = args.seed
+    if args.model_scene:
+        if not isinstance(experiment.model, dict) or experiment.model.get("type") != "mujoco":
+            raise ConfigError(f"--model-scene: {experiment.name} does not plan on a MuJoCo scene (its model is "
+                              f"{experiment.model.get('type') if isinstance(experiment.model, dict) else experiment.model!r})")
+        if not Path(args.model_scene).is_file() and args.model_scene not in scene_names():
+            raise FileNotFoundError(f"--model-scene {args.model_scene}: no such scene file or shipped scene")
+        experiment.model["scene"] = args.model_scene
     if args.policy:
         policy_file = Path(args.policy) / "models" / "nn_policy.pt"
         if not policy_file.is_file():

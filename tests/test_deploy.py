@@ -272,3 +272,16 @@ def test_bad_input_gets_one_line(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "forethought calibrate --arm so101" in err
     code, _, err = finish(forethought("deploy", experiment, "--arm", "ur5", "--port", "/dev/null"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "unknown arm 'ur5'" in err
+
+
+def test_deploy_plans_on_a_scene_given_on_the_command_line_only_for_a_mujoco_model(tmp_path):
+    from forethought.scripts import cli
+
+    if "deploy" not in cli.EXTERNAL_COMMANDS:
+        pytest.skip("the command line does not register deploy yet")
+    code, _, err = finish(forethought("deploy", "arm-excite", "--arm", "so101", "--port", "/dev/null",
+                                      "--model-scene", "so101_reach", home=tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not plan on a MuJoCo scene" in err
+    code, _, err = finish(forethought("deploy", "arm-reach-ilqr", "--arm", "so101", "--port", "/dev/null",
+                                      "--model-scene", str(tmp_path / "nowhere.xml"), home=tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nowhere.xml" in err
