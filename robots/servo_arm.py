@@ -162,7 +162,7 @@ class ServoArm:
         self._loop_running = False
         self._controller_s: list[float] = []
         self._read_s: list[float] = []
-        self.latencies: list[float] = []  # s from each step's reading (sync read sent) to its goal's write
+        self.latencies: list[float] = []  # s from each tick's reading (sync read sent) to the goal's write
         self._read_at = time.monotonic()
         self._late_writes = 0
         self.applied_action: np.ndarray | None = None
@@ -259,12 +259,13 @@ class ServoArm:
             raise RuntimeError(f"{self.spec.name}: reset() the arm before stepping it")
         self._in_step = True
         try:
-            if self._loop_running:
-                self._controller_s.append(time.monotonic() - self._last_return)
-                tick = self.clock.ticks[-1]
-            else:
+            first = not self._loop_running
+            if first:
                 tick = self.clock.start()
                 self._loop_running = True
+            else:
+                self._controller_s.append(time.monotonic() - self._last_return)
+                tick = self.clock.ticks[-1]
             write_at = tick + self.write_phase * self.spec.dt
             if time.monotonic() > write_at:
                 self._late_writes += 1
@@ -275,7 +276,8 @@ class ServoArm:
                 goal = self.safety.filter(u, self._q, self._v)
                 ticks = self.calibration.to_ticks(goal)
                 self._guarded(lambda: self.bus.write_goals(ticks))
-                self.latencies.append(time.monotonic() - self._read_at)
+                if not first:  # the first goal answers the reading at reset, before the loop's clock
+                    self.latencies.append(time.monotonic() - self._read_at)
                 self.applied_action = self.calibration.to_rad(ticks)
             if not np.all(np.isfinite(u)):
                 bad = [n for n, v in zip(self.spec.action_names, u) if not np.isfinite(v)]
@@ -315,8 +317,9 @@ class ServoArm:
     def loop_stats(self) -> dict[str, float]:
         """The clock's statistics (LoopClock.stats), and in ms the p50 and p99 of the time the
         controller took between steps, of the sync read of every servo and of the read-to-write
-        latency (from a step's sync read to its goal's write); late_writes: goals written after
-        their phase because the controller took longer."""
+        latency (from a tick's sync read to the write of the goal that answers it; the first step,
+        which answers the reading at reset, left out); late_writes: goals written after their phase
+        because the controller took longer."""
         stats = self.clock.stats()
         stats["write_phase"] = self.write_phase
         stats["late_writes"] = int(self._late_writes)
