@@ -17,7 +17,8 @@ A reality gap (`sim.reality.reality_emulator`, `forethought emulate --reality FI
 physics behind the bus: the servo parameters and payload in the MjModel given as `model`, goals
 that pass a `goal_path` (latency, the servo's sampling, backlash) on their way to the actuators, and
 `encoder_noise` on the present positions. Without one the servos move the scene itself.
-`goal_writes` records every goal position a servo took: (time.monotonic(), joint index, ticks).
+`goal_writes` records the goal positions the servos took, the last GOAL_WRITES_KEPT of them:
+(time.monotonic(), joint index, ticks).
 
 Faults (`Fault`): corrupted replies at a rate, a servo that stops answering (it still obeys
 writes), overheating or overload (status bits set, the servo drops its torque), a voltage sag.
@@ -30,6 +31,7 @@ import select
 import threading
 import time
 import tty
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,6 +47,7 @@ TWO_PI = 2.0 * np.pi
 AMBIENT_C = 32.0
 OVERHEAT_C = 80.0
 FAULT_KINDS = ("corrupt", "silent", "overheat", "overload", "voltage")
+GOAL_WRITES_KEPT = 600_000  # about half an hour of a 6-servo arm at 50 Hz
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,8 @@ class BusEmulator:
         self._noise_rng = np.random.default_rng([int(seed), 7])
         if goal_path is not None:
             goal_path.reset(self.data.ctrl[self._act], phase=int(self._noise_rng.integers(goal_path.period_steps)))
-        self.goal_writes: list[tuple[float, int, int]] = []
+        # Bounded: `forethought emulate` may serve for hours at 300 goal writes a second.
+        self.goal_writes: deque[tuple[float, int, int]] = deque(maxlen=GOAL_WRITES_KEPT)
         self.voltage = arm.supply_voltage
         self.corrupt_rate = 0.0
         self._pending_faults: list[Fault] = []
