@@ -1,7 +1,7 @@
-"""`forethought deploy`, `forethought calibrate` and `forethought emulate`: the servo arm on the command line.
+"""`forethought deploy` and `forethought calibrate`: the servo arm on the command line (`emulate`
+serves an emulated one: scripts/emulate.py).
 
     forethought emulate --arm so101                       # prints a port; an arm answers on it
-    forethought emulate --arm so101 --reality FILE        # ... an arm that differs from its scene (sim/reality.py)
     forethought calibrate --arm so101 --port PORT         # records ~/.forethought/calibration/so101.yaml
     forethought deploy EXPERIMENT --arm so101 --port PORT # runs the experiment's controller on the arm
 
@@ -41,7 +41,7 @@ from forethought.scripts.experiment import build_parts, load_experiment, make_ro
 from forethought.scripts.run import (
     Progress, RunResult, TrialSlot, judge_trial, judgement_text, make_cost, new_run_folder, run_loop, write_outputs,
 )
-from forethought.sim.scenes import scene_names, scene_path
+from forethought.sim.scenes import scene_names
 
 EXIT_FAILED = 1  # the arm stopped: a servo failed or reported a fault, or the controller sent NaN
 EXIT_INTERRUPTED = 130
@@ -134,6 +134,7 @@ def deploy(
     velocity_source: str = "servo",
     timeout_margin_ms: float = 2.0,
     stream=None,
+    write_phase: float = 0.5,
 ) -> DeployResult:
     """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
     messages go to `stream` (default stderr).
@@ -145,7 +146,8 @@ def deploy(
     experiment = _arm_experiment(experiment, arm)
     sim = make_robot(experiment.robot)
     bus = make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
-    robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus)
+    robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus,
+                     write_phase=write_phase)
     _check_scene_matches(sim, arm, robot)
     home = _home_qpos(sim)
     result = DeployResult(folder=None)
@@ -302,6 +304,9 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--velocity", choices=["servo", "difference"], default="servo",
                         help="joint velocities from the servos or a filtered difference of positions")
     parser.add_argument("--allow-slow-usb", action="store_true", help="run even with a USB latency timer above 2 ms")
+    parser.add_argument("--write-phase", type=float, default=0.5, metavar="F",
+                        help="write each goal F of a control period after the reading it answers (default 0.5; "
+                        "the controller must decide within it)")
 
 
 def deploy_main(args: argparse.Namespace) -> int:
@@ -329,6 +334,8 @@ def deploy_main(args: argparse.Namespace) -> int:
         if not policy_file.is_file():
             raise FileNotFoundError(f"{args.policy}: no saved network policy (models/nn_policy.pt) in this run folder")
         experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
+    if not 0.0 <= args.write_phase < 1.0:
+        raise ValueError(f"--write-phase must be in [0, 1) of a control period, got {args.write_phase}")
     calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)
     if not calibration_path.is_file():
         raise FileNotFoundError(
@@ -340,7 +347,8 @@ def deploy_main(args: argparse.Namespace) -> int:
     margin = _timeout_margin(args)
     print(f"deploying {experiment.name} on {arm.name} at {args.port}", file=sys.stderr)
     try:
-        result = deploy(experiment, arm, args.port, calibration, Path(args.out), args.dry_run, args.velocity, margin)
+        result = deploy(experiment, arm, args.port, calibration, Path(args.out), args.dry_run, args.velocity, margin,
+                        write_phase=args.write_phase)
     except ArmStopped as stopped:
         _print_summary(stopped.result)
         print(f"forethought deploy: {stopped}", file=sys.stderr)
@@ -441,72 +449,3 @@ def _enter_pressed(prompt: str):
         return done.is_set()
 
     return pressed
-
-
-# -- emulate ------------------------------------------------------------------------------------------
-
-EMULATOR_COMMANDS = """commands on stdin: pose home | pose rotated | pose Q1 Q2 ... (rad) | sweep [SECONDS_PER_JOINT]
-                   fault KIND:ARG[@SECONDS] (corrupt:0.02 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
-
-
-def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the servo mounts (encoder offsets, directions) and faults")
-    parser.add_argument("--reality", metavar="FILE",
-                        help="a reality gap (YAML, sim/reality.py's format: servo parameters, backlash, payload, encoder "
-                        "noise, servo period, latency) between the emulated arm and its scene (default: none)")
-    parser.add_argument("--fault", action="append", default=[], metavar="KIND:ARG[@SECONDS]",
-                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, "
-                        "silent:ID, overheat:ID, overload:ID, voltage:VOLTS (repeatable)")
-
-
-def emulate_main(args: argparse.Namespace) -> int:
-    from forethought.robots.bus_emulator import Fault
-    from forethought.sim.reality import reality_emulator
-
-    arm = load_arm(args.arm)
-    faults = [Fault.parse(text) for text in args.fault]
-    emulator = reality_emulator(arm, arm.scene, args.reality, faults=faults, seed=args.seed)
-    gap = f" with the reality gap of {args.reality}" if args.reality else ""
-    print(emulator.port, flush=True)
-    print(f"emulating {arm.name}{gap}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
-          "on a busy machine give deploy and calibrate --timeout-margin 8", file=sys.stderr)
-    print(EMULATOR_COMMANDS, file=sys.stderr, flush=True)
-    stop = threading.Event()
-    threading.Thread(target=_emulator_commands, args=(emulator, stop), daemon=True).start()
-    try:
-        with exit_signals_raise():
-            emulator.serve(stop)
-    except (KeyboardInterrupt, Terminated):
-        pass
-    finally:
-        emulator.close()
-    return 0
-
-
-def _emulator_commands(emulator, stop: threading.Event) -> None:
-    from forethought.robots.bus_emulator import Fault
-
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        try:
-            if words[0] == "pose" and len(words) == 2:
-                emulator.set_pose(words[1])
-            elif words[0] == "pose":
-                emulator.set_pose([float(w) for w in words[1:]])
-            elif words[0] == "sweep":
-                emulator.sweep(float(words[1]) if len(words) > 1 else 1.0)
-            elif words[0] == "fault" and len(words) == 2:
-                emulator.inject(Fault.parse(words[1]))
-            elif words[0] == "clear":
-                emulator.clear_faults()
-            elif words[0] == "where":
-                q = emulator.joint_positions()
-                print(" ".join(f"{n}={v:+.3f}" for n, v in zip(emulator.arm.names, q)), file=sys.stderr, flush=True)
-            else:
-                print(f"unknown command: {line.strip()}\n{EMULATOR_COMMANDS}", file=sys.stderr, flush=True)
-        except (KeyError, ValueError) as err:
-            print(f"{line.strip()}: {err}", file=sys.stderr, flush=True)
-    # stdin closed: keep serving until a signal ends the emulator
