@@ -31,6 +31,7 @@ BatchedDynamics of the sampling planners (predictive sampling).
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import warnings
@@ -271,14 +272,20 @@ class SimulatorModel:
             mujoco.mj_step(self.model, data)
         rest = seconds - full * h
         if rest > 1e-9 * h:
-            try:
-                self.model.opt.timestep = rest
-                mujoco.mj_step(self.model, data)
-            finally:
-                self.model.opt.timestep = h
+            mujoco.mj_step(self._shortened(rest), data)
         if not self._finished(data):
             return np.full(self.n, np.nan)
         return np.concatenate([data.qpos, data.qvel])
+
+    def _shortened(self, timestep: float) -> mujoco.MjModel:
+        """This thread's copy of the model with physics step `timestep` (s): other threads may be
+        stepping the model itself meanwhile. Dropped with the thread's data when a condition changes it."""
+        cached = getattr(self._local, "shortened", None)
+        if cached is None or cached[0] != timestep:
+            model = copy.deepcopy(self.model)
+            model.opt.timestep = timestep
+            cached = self._local.shortened = (timestep, model)
+        return cached[1]
 
     def _predict_rollout(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Next states (B, n) from x (B, n) under u (B, m), float64; NaN rows where unstable."""
