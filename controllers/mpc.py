@@ -278,6 +278,7 @@ class MPCController:
         self._handed_out = 0
 
     def policy(self, condition: int):
+        from forethought.controllers.delay import compensate_delay
         from forethought.controllers.policy import RandomPolicy
 
         self._handed_out += 1
@@ -287,7 +288,8 @@ class MPCController:
             return RandomPolicy(self.spec, seed)
         policy = RecedingHorizonPolicy(self.planner_for(condition, seed), self.spec, self.replan_every, self._initial)
         self._policies.append(policy)
-        return policy
+        # A model that declares an action delay (an identified scene's) plans from the state predicted over it.
+        return compensate_delay(policy, self.model, self.spec.action_low, self.spec.action_high)
 
     def update(self, trials) -> dict[str, float]:
         """Nothing to learn (a learned model is refitted by the experiment loop): the report."""

@@ -29,10 +29,10 @@ from forethought.robots.hdf5_layout import FileCheck, FlagsClearedView, LayoutEr
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log_checks import (
     ATTRIBUTES,
-    DATASETS,
     TrialLogError,
     check_finite,
     check_format,
+    datasets_of,
     hdf5_errors,
     one_line,
     open_datasets,
@@ -119,44 +119,51 @@ def _read(path: Path, check: FileCheck, swmr: bool) -> Trial:
                 f = stack.enter_context(h5py.File(stack.enter_context(FlagsClearedView(path, check)), "r"))
             else:
                 f = stack.enter_context(h5py.File(path, "r"))
-        check_format(f, path)
+        names = datasets_of(check_format(f, path))
         header = read_header(f, path)
-        datasets = open_datasets(f, path, header)
+        datasets = open_datasets(f, path, header, names)
         T = rows_to_read(datasets, path, header.complete)
-        rows = {"states": T + 1, "actions": T, "timestamps": T + 1, "costs": T + 1 if header.complete else T}
-        arrays = {name: read_rows(datasets[name], rows[name], path, header.complete) for name in DATASETS}
+        rows = {"states": T + 1, "actions": T, "requested_actions": T, "timestamps": T + 1,
+                "costs": T + 1 if header.complete else T}
+        arrays = {name: read_rows(datasets[name], rows[name], path, header.complete) for name in names}
+    # A version 1 log holds one action per step, the request clipped to the bounds: it stands for both.
+    arrays.setdefault("requested_actions", arrays["actions"])
     if header.complete:
         check_finite(arrays, path)
-        states, actions, stamps, costs = (arrays[name] for name in DATASETS)
+        states, actions, requested, stamps, costs = (arrays[name] for name in _ORDER)
     else:
-        prefix = _consistent_prefix(*(arrays[name] for name in DATASETS))
+        prefix = _consistent_prefix(*(arrays[name] for name in _ORDER))
         if prefix is None:
             raise TrialLogError(f"{path}: partial trial log holds no steps")
-        states, actions, stamps, costs = prefix
+        states, actions, requested, stamps, costs = prefix
     return Trial(
         states, actions, stamps, costs, header.state_names, header.action_names, header.dt, header.metadata,
-        header.complete,
+        header.complete, requested,
     )
 
 
-def _consistent_prefix(states, actions, stamps, costs):
+_ORDER = ("states", "actions", "requested_actions", "timestamps", "costs")
+
+
+def _consistent_prefix(states, actions, requested, stamps, costs):
     """The steps of a partial log on which all datasets agree (None if none); no terminal cost (NaN).
 
-    states, stamps: (T+1, ...); actions, costs: (T, ...), the rows all four datasets hold.
+    states, stamps: (T+1, ...); actions, requested, costs: (T, ...), the rows all datasets hold.
     """
     steps = len(actions)
     # Rows whose data never reached the disk read as the NaN fill value.
     written = np.isfinite(stamps[1 : steps + 1]) & np.all(np.isfinite(actions[:steps]), axis=1)
+    written &= np.all(np.isfinite(requested[:steps]), axis=1)
     written &= np.all(np.isfinite(states[1 : steps + 1]), axis=1)
     steps = int(np.argmin(written)) if not written.all() else steps
-    states, actions, stamps = states[: steps + 1], actions[:steps], stamps[: steps + 1]
+    states, actions, requested, stamps = states[: steps + 1], actions[:steps], requested[:steps], stamps[: steps + 1]
     costs = np.append(costs[:steps], np.nan)
     if not (np.all(np.isfinite(states[0])) and np.isfinite(stamps[0])):
         # x0 was never given to the writer (or its row is damaged): the trial starts at its first logged state.
         if steps == 0:
             return None
-        states, actions, stamps, costs = states[1:], actions[1:], stamps[1:], costs[1:]
-    return states, actions, stamps, costs
+        states, actions, requested, stamps, costs = states[1:], actions[1:], requested[1:], stamps[1:], costs[1:]
+    return states, actions, requested, stamps, costs
 
 
 # -- A partial file whose writer runs in another process --------------------------------------------
@@ -196,6 +203,7 @@ def _read_in_child(path: Path, deadline_s: float | None = None) -> Trial:
                 saved["states"], saved["actions"], saved["timestamps"], saved["costs"],
                 tuple(str(s) for s in saved["state_names"]), tuple(str(s) for s in saved["action_names"]),
                 float(saved["dt"]), json.loads(str(saved["metadata"])), bool(saved["complete"]),
+                saved["requested_actions"],
             )
 
 
@@ -208,7 +216,8 @@ def read_in_child(path: str, out: str) -> int:
         print(err)
         return _CHILD_PROBLEM
     np.savez(
-        out, states=trial.states, actions=trial.actions, timestamps=trial.timestamps, costs=trial.costs,
+        out, states=trial.states, actions=trial.actions, requested_actions=trial.requested_actions,
+        timestamps=trial.timestamps, costs=trial.costs,
         state_names=np.array(trial.state_names, dtype=str), action_names=np.array(trial.action_names, dtype=str),
         dt=trial.dt, metadata=json.dumps(trial.metadata), complete=trial.complete,
     )

@@ -26,7 +26,7 @@ from forethought.robots.servo_arm import ServoArm
 
 EMULATE = (
     "import argparse, sys\n"
-    "from forethought.scripts.deploy import add_emulate_arguments, emulate_main\n"
+    "from forethought.scripts.emulate import add_emulate_arguments, emulate_main\n"
     "parser = argparse.ArgumentParser()\n"
     "add_emulate_arguments(parser)\n"
     "sys.exit(emulate_main(parser.parse_args(sys.argv[1:])))\n"

@@ -27,7 +27,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "fit": ("forethought.scripts.fit", "add_fit_arguments", "fit_main", "fit a dynamics model on logged trials"),
     "deploy": ("forethought.scripts.deploy", "add_deploy_arguments", "deploy_main", "run a controller on a servo arm"),
     "calibrate": ("forethought.scripts.deploy", "add_calibrate_arguments", "calibrate_main", "record a servo arm's joint ranges"),
-    "emulate": ("forethought.scripts.deploy", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
+    "emulate": ("forethought.scripts.emulate", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
     "report": ("forethought.scripts.report", "add_report_arguments", "report_main", "write a run folder's report.html"),
     "sweep": ("forethought.scripts.sweep", "add_sweep_arguments", "sweep_main", "run an experiment over seeds x settings on Ray"),
 }

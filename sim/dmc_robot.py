@@ -83,6 +83,7 @@ class DmControlRobot:
         limit = float(self.env._step_limit)  # noqa: SLF001
         self.step_limit: int | None = None if math.isinf(limit) else int(math.ceil(limit))
         self.interventions: dict[str, int] = {"clipped": 0}
+        self.applied_action: np.ndarray | None = None
         self._reset_time = self.physics.data.time
         self._over = False
         self.last_cost = float("nan")
@@ -103,6 +104,7 @@ class DmControlRobot:
         if seed is not None:
             self.env.task.random.seed(seed)
         self.interventions = {"clipped": 0}
+        self.applied_action = None
         self.last_cost = float("nan")
         observation = self.env.reset().observation
         self._reset_time = self.physics.data.time
@@ -115,6 +117,7 @@ class DmControlRobot:
                               "time limit); reset for another")
         u, clipped = check_action(self.spec, u)
         self.interventions["clipped"] += int(clipped)
+        self.applied_action = u
         timestep = self.env.step(u)
         self._over = timestep.last()
         self.last_cost = -float(timestep.reward or 0.0)

@@ -109,6 +109,7 @@ class MujocoRobot:
             metadata={"scene": str(self.scene), "control_steps": self.control_steps},
         )
         self.interventions: dict[str, int] = {"clipped": 0}
+        self.applied_action: np.ndarray | None = None
         self._reset_time = 0.0
         self._bad_qacc = 0
 
@@ -147,6 +148,7 @@ class MujocoRobot:
         data.mocap_pos[:] = self._mocap
         mujoco.mj_forward(model, data)
         self.interventions = {"clipped": 0}
+        self.applied_action = None
         self._bad_qacc = data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
         self._reset_time = data.time
         return self.get_state()
@@ -155,6 +157,7 @@ class MujocoRobot:
         """Apply u: (nu,) actuator controls for one control period; returns x_next."""
         u, clipped = check_action(self.spec, u)
         self.interventions["clipped"] += int(clipped)
+        self.applied_action = u
         self.data.ctrl[:] = u
         for _ in range(self.control_steps):
             mujoco.mj_step(self.model, self.data)

@@ -119,6 +119,19 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     folder = Path(out.strip().splitlines()[-1].split("run folder: ")[1])
     report = json.loads((folder / "deploy.json").read_text())
     assert report["reach_error_m"][0] < 0.02
+    # Printed per trial: the end effector's distance from the measured joints through the scene's kinematics.
+    from forethought.robots.trial_log import load_trial
+    from forethought.sim.mujoco_robot import MujocoRobot
+
+    lines = [line for line in out.splitlines() if "mm from its target" in line]
+    assert len(lines) == len(report["reach_error_m"]) and lines[0].startswith("trial 1: end effector ")
+    first = load_trial(sorted((folder / "trials").glob("*.h5"))[0])
+    goal = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"][first.metadata["condition"]]
+    with MujocoRobot(yaml.safe_load((folder / "config.yaml").read_text())["robot"]["scene"]) as scene:
+        scene.set_state(first.states[-1])
+        distance = np.linalg.norm(scene.site_pos("ee") - np.asarray(goal["target"]))
+    assert f"end effector {distance * 1e3:.1f} mm" in lines[0]
+    assert "read to write" in out
     # The loop's timing is measured by `forethought bench servo_loop` (ARM_ilqr_mpc_period_*), not here.
     assert {"period_mean_ms", "period_p99_ms", "controller_p99_ms"} <= set(report["loop"][0])
     assert "p99" in out
@@ -259,3 +272,16 @@ def test_bad_input_gets_one_line(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "forethought calibrate --arm so101" in err
     code, _, err = finish(forethought("deploy", experiment, "--arm", "ur5", "--port", "/dev/null"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "unknown arm 'ur5'" in err
+
+
+def test_deploy_plans_on_a_scene_given_on_the_command_line_only_for_a_mujoco_model(tmp_path):
+    from forethought.scripts import cli
+
+    if "deploy" not in cli.EXTERNAL_COMMANDS:
+        pytest.skip("the command line does not register deploy yet")
+    code, _, err = finish(forethought("deploy", "arm-excite", "--arm", "so101", "--port", "/dev/null",
+                                      "--model-scene", "so101_reach", home=tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not plan on a MuJoCo scene" in err
+    code, _, err = finish(forethought("deploy", "arm-reach-ilqr", "--arm", "so101", "--port", "/dev/null",
+                                      "--model-scene", str(tmp_path / "nowhere.xml"), home=tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nowhere.xml" in err

@@ -127,3 +127,24 @@ def test_check_action_names_the_bad_entries():
 def test_unknown_scene_names_the_known_ones():
     with pytest.raises(FileNotFoundError, match="unknown scene 'nope'"):
         MujocoRobot("nope")
+
+
+def test_a_trial_logs_the_clipped_action_applied_and_the_request_beside_it():
+    with MujocoRobot("so101_reach") as robot:
+        spec = robot.spec
+
+        class Beyond:
+            def reset(self):
+                pass
+
+            def act(self, x, t):
+                return np.where(np.arange(spec.m) % 2 == 0, spec.action_high + 1.0, spec.action_low - 1.0) * (t % 2)
+
+        trial = rollout(robot, Beyond(), 4, seed=0)
+        assert robot.interventions["clipped"] == 2
+        np.testing.assert_array_equal(robot.applied_action, np.clip(trial.requested_actions[-1], spec.action_low,
+                                                                    spec.action_high))
+    np.testing.assert_array_equal(trial.actions, np.clip(trial.requested_actions, spec.action_low, spec.action_high))
+    assert np.any(trial.actions != trial.requested_actions)
+    np.testing.assert_array_equal(trial.requested_actions[1], np.where(np.arange(spec.m) % 2 == 0, spec.action_high + 1.0,
+                                                                       spec.action_low - 1.0))
