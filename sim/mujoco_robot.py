@@ -13,7 +13,13 @@ from forethought.sim.scenes import scene_path
 
 
 class SimulationError(RuntimeError):
-    """The physics went unstable (MuJoCo reported bad accelerations or the state is not finite)."""
+    """The physics went unstable: MuJoCo reported a bad position, velocity or acceleration (and reset
+    the state, which must not be logged as where the robot went), or the state is not finite."""
+
+
+# MuJoCo's warnings for a state it found bad; on each it resets mjData (time and warning counts
+# included, then counts the one warning), so the state after the step is a teleport, not physics.
+BAD_STATE_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
 
 
 def _custom_numeric(model: mujoco.MjModel, name: str) -> np.ndarray | None:
@@ -110,7 +116,7 @@ class MujocoRobot:
         )
         self.interventions: dict[str, int] = {"clipped": 0}
         self._reset_time = 0.0
-        self._bad_qacc = 0
+        self._bad_counts = (0, 0, 0)
 
     def _qpos_noise_scale(self, std) -> np.ndarray:
         model = self.model
@@ -147,7 +153,7 @@ class MujocoRobot:
         data.mocap_pos[:] = self._mocap
         mujoco.mj_forward(model, data)
         self.interventions = {"clipped": 0}
-        self._bad_qacc = data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
+        self._bad_counts = self._bad_state_counts()
         self._reset_time = data.time
         return self.get_state()
 
@@ -157,11 +163,35 @@ class MujocoRobot:
         self.interventions["clipped"] += int(clipped)
         self.data.ctrl[:] = u
         for _ in range(self.control_steps):
-            mujoco.mj_step(self.model, self.data)
+            self._step_physics()
+        return self._checked_state()
+
+    def _step_physics(self) -> None:
+        """One mj_step; SimulationError when MuJoCo found the state bad and replaced it."""
+        before = self.data.time
+        mujoco.mj_step(self.model, self.data)
+        # A reset zeroes the time and the warning counts before counting its warning: a count that
+        # changed, or time that did not advance, is a state MuJoCo replaced.
+        if self._bad_state_counts() != self._bad_counts or not self.data.time > before:
+            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={before:.3f} s "
+                                  f"({self._bad_state_reason()}); MuJoCo reset the state, which is not logged")
+
+    def _checked_state(self) -> np.ndarray:
+        """get_state(), or SimulationError when it is not finite."""
         x = self.get_state()
-        if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != self._bad_qacc or not np.all(np.isfinite(x)):
-            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s")
+        if not np.all(np.isfinite(x)):
+            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s "
+                                  "(a non-finite state)")
         return x
+
+    def _bad_state_counts(self) -> tuple[int, ...]:
+        return tuple(int(self.data.warning[w].number) for w in BAD_STATE_WARNINGS)
+
+    def _bad_state_reason(self) -> str:
+        """MuJoCo's names of the bad-state warnings it counted (e.g. "mjWARN_BADQVEL in dof 0")."""
+        named = [f"{w.name} in {'dof' if w != mujoco.mjtWarning.mjWARN_BADQPOS else 'qpos'} {self.data.warning[w].lastinfo}"
+                 for w in BAD_STATE_WARNINGS if self.data.warning[w].number]
+        return ", ".join(named) or "time went back"
 
     def time(self) -> float:
         """Simulated seconds since the last reset."""

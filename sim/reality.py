@@ -31,7 +31,7 @@ import numpy as np
 
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.robot import check_action
-from forethought.sim.mujoco_robot import MujocoRobot, SimulationError
+from forethought.sim.mujoco_robot import MujocoRobot
 from forethought.sim.servo_model import (
     FIELDS,
     ServoParameters,
@@ -324,11 +324,9 @@ class RealityArm(MujocoRobot):
         self.goal_path.send(u, self._physics_step)
         for _ in range(self.control_steps):
             self.data.ctrl[:] = self.goal_path.target(self._physics_step)
-            mujoco.mj_step(self.model, self.data)
+            self._step_physics()
             self._physics_step += 1
-        x = self.get_state()
-        if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != self._bad_qacc or not np.all(np.isfinite(x)):
-            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s")
+        self._checked_state()
         return self.measure()
 
     def measure(self) -> np.ndarray:
