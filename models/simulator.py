@@ -442,9 +442,9 @@ class SimulatorModel:
         try:
             settings = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a simulator model file ({err})") from None
+            raise ConfigError(f"{path}: not a simulator model file ({err})") from None
         if not isinstance(settings, dict) or settings.get("model") != "simulator":
-            raise ValueError(f"{path}: not a simulator model file")
+            raise ConfigError(f"{path}: not a simulator model file")
         return cls(
             settings["scene"],
             control_steps=settings["control_steps"],

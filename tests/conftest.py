@@ -9,6 +9,23 @@ from forethought.controllers.controller import Task  # noqa: E402
 from forethought.sim.mujoco_robot import MujocoRobot  # noqa: E402
 
 
+class _Tripwire:
+    """An object whose unpickling creates the file `marker` (what a malicious file could do instead)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def tripwire(tmp_path):
+    """(an object that creates a file when unpickled, that file's path): for files that must not run code."""
+    marker = tmp_path / "unpickled"
+    return _Tripwire(marker), marker
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test on one torch thread (small float64 GP algebra gains nothing from a second one)."""
