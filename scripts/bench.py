@@ -12,6 +12,8 @@ import os
 import platform
 from pathlib import Path
 
+from forethought.robots.config import ConfigError
+
 BENCHMARKS: dict[str, str] = {
     "sim": "forethought.scripts.bench_sim:run_bench_sim",
     "ilqr": "forethought.scripts.bench_ilqr:run_bench_ilqr",
@@ -87,7 +89,7 @@ def machine_info() -> dict:
 
 def run_benchmark(name: str, quick: bool = False) -> dict:
     if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
+        raise ConfigError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
     module_name, function_name = BENCHMARKS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     metrics, config = function(quick=quick)
