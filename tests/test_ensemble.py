@@ -14,7 +14,6 @@ from forethought.models.ensemble import EnsembleConfig, EnsembleModel, gaussian_
 from forethought.robots.config import ConfigError
 from forethought.robots.trial import Trial
 
-torch.set_num_threads(1)
 
 SMALL = dict(hidden=[64, 64], batch_size=64, max_epochs=60, patience=8, min_steps=0, planning_dtype="float32")
 
