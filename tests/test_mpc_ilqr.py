@@ -219,9 +219,11 @@ def reachable_targets(count: int, seed: int) -> np.ndarray:
     return np.array(targets)
 
 
-def test_arm_reach_ilqr_ends_within_1cm_of_10_random_targets():
+def test_arm_reach_ilqr_ends_within_half_a_millimetre_of_10_random_targets():
     targets = reachable_targets(10, seed=7)
-    # 1.2 s of simulated time at 50 Hz: well within the 2 s asked for, and quicker to test.
+    # 1.2 s of simulated time at 50 Hz: well within the 2 s asked for, and quicker to test. The
+    # bench (`forethought bench ilqr`, the full horizon) ends 0.1 mm from its targets; these end
+    # 0.20 to 0.27 mm away (measured on OpenBLAS SkylakeX, one thread): 0.5 mm is about twice that.
     robot, task, model, controller = shipped_parts(
         "arm-reach-ilqr", horizon=60, conditions=tuple({"target": list(p)} for p in targets))
     errors = []
@@ -230,7 +232,7 @@ def test_arm_reach_ilqr_ends_within_1cm_of_10_random_targets():
             _, judgement = run_condition(robot, task, model, controller, c, seed=c)
             errors.append(judgement.value)
         diagnostics = controller.update([])
-    assert max(errors) < 0.01, np.round(errors, 4)
+    assert max(errors) < 5e-4, np.round(errors, 6)
     assert diagnostics["solve_failures"] == 0 and diagnostics["replans"] == 10 * task.horizon
 
 
