@@ -7,6 +7,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.robots.robot import RobotSpec, check_action
 from forethought.sim.fixtures import SceneFixtures
 from forethought.sim.scenes import scene_path
@@ -53,7 +54,7 @@ def _per_entry(value, size: int, what: str) -> np.ndarray:
     if arr.size == 1:
         return np.full(size, arr[0])
     if arr.size != size:
-        raise ValueError(f"{what} must be a scalar or have {size} entries, got {arr.size}")
+        raise ConfigError(f"{what} must be a scalar or have {size} entries, got {arr.size}")
     return arr
 
 
@@ -81,14 +82,14 @@ class MujocoRobot:
         try:
             self.model = model if model is not None else mujoco.MjModel.from_xml_path(str(self.scene))
         except ValueError as err:
-            raise ValueError(f"{self.scene}: MuJoCo could not load the scene: {err}") from None
+            raise ConfigError(f"{self.scene}: MuJoCo could not load the scene: {err}") from None
         self.data = mujoco.MjData(self.model)
         model = self.model
         if control_steps is None:
             declared = _custom_numeric(model, "forethought_control_steps")
             control_steps = int(declared[0]) if declared is not None else 1
         if control_steps < 1:
-            raise ValueError(f"{self.scene}: control_steps must be at least 1, got {control_steps}")
+            raise ConfigError(f"{self.scene}: control_steps must be at least 1, got {control_steps}")
         self.control_steps = int(control_steps)
 
         self._home = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_KEY, "home")
