@@ -445,6 +445,9 @@ class SimulatorModel:
             raise ConfigError(f"{path}: not a simulator model file ({err})") from None
         if not isinstance(settings, dict) or settings.get("model") != "simulator":
             raise ConfigError(f"{path}: not a simulator model file")
+        missing = [k for k in ("scene", "control_steps", "timestep", "centred", "epsilon", "frictionloss") if k not in settings]
+        if missing:
+            raise ConfigError(f"{path}: not a complete simulator model file (no {missing[0]!r})")
         return cls(
             settings["scene"],
             control_steps=settings["control_steps"],
