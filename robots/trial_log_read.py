@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import h5py
 import numpy as np
@@ -41,6 +41,9 @@ from forethought.robots.trial_log_checks import (
     rows_to_read,
 )
 from forethought.robots.trial_writer_lock import writer_alive, writing_here
+
+if TYPE_CHECKING:
+    from forethought.robots.lerobot_dataset import LeRobotOptions
 
 PARTIAL_SUFFIX = ".partial.h5"
 # Seconds a child process may take over a partial file whose writer runs in another process.
@@ -220,17 +223,22 @@ def _run_trial_files(folder: Path) -> list[Path]:
 
 def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Trial files named directly, found in run folders (their trials/ folder, else the folder), or
-    in a folder of run folders (each subfolder that holds trials, as `--out runs` fills it).
+    in a folder of run folders (each subfolder that holds trials, as `--out runs` fills it); a
+    LeRobotDataset folder (meta/info.json), named or a subfolder, is listed as itself.
 
     Raises FileNotFoundError for a path that does not exist.
     """
+    from forethought.robots.lerobot_dataset import is_lerobot_dataset
+
     files: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.is_dir() and is_lerobot_dataset(path):
+            files.append(path)
+        elif path.is_dir():
             found = _run_trial_files(path)
             if not found:
                 for run in sorted(p for p in path.iterdir() if p.is_dir()):
-                    found += _run_trial_files(run)
+                    found += [run] if is_lerobot_dataset(run) else _run_trial_files(run)
             files += found
         elif path.exists():
             files.append(path)
@@ -239,23 +247,36 @@ def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(set(files))
 
 
-def load_trials(paths: Iterable[str | Path]) -> tuple[list[Trial], list[str]]:
-    """Load trial files and run folders, sorted by path; returns (trials, problems).
+def load_trials(
+    paths: Iterable[str | Path], lerobot: "LeRobotOptions | None" = None
+) -> tuple[list[Trial], list[str]]:
+    """Load trial files, run folders and LeRobotDataset folders, sorted by path; returns (trials, problems).
 
     A damaged file is skipped and reported as one line naming it in `problems`. A partial file
-    whose finished trial also loaded (a crash between the two) is skipped silently.
+    whose finished trial also loaded (a crash between the two) is skipped silently. A LeRobot
+    dataset gives its episodes, read with `lerobot` (lerobot_dataset.LeRobotOptions, None: the
+    defaults); its skipped episodes are problems, a malformed dataset raises TrialLogError or
+    ConfigError (it is one thing the user named, not one file among many).
     """
-    loaded: dict[Path, Trial] = {}
+    loaded: dict[Path, list[Trial]] = {}
     problems: list[str] = []
     for path in trial_paths(paths):
+        if path.is_dir():  # trial_paths lists no folder but a LeRobot dataset
+            from forethought.robots.lerobot_dataset import load_lerobot_dataset
+
+            episodes = load_lerobot_dataset(path, lerobot)
+            loaded[path] = episodes.trials
+            problems += episodes.problems
+            continue
         try:
-            loaded[path] = load_trial(path)
+            loaded[path] = [load_trial(path)]
         except TrialLogError as err:
             problems.append(str(err))
     finished = {path for path in loaded if not path.name.endswith(PARTIAL_SUFFIX)}
     trials = [
-        trial for path, trial in loaded.items()
+        trial for path, found in loaded.items()
         if not (path.name.endswith(PARTIAL_SUFFIX) and _finished_path(path) in finished)
+        for trial in found
     ]
     return trials, problems
 

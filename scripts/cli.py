@@ -34,6 +34,7 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "calibrate": ("forethought.scripts.deploy", "add_calibrate_arguments", "calibrate_main", "record a servo arm's joint ranges"),
     "emulate": ("forethought.scripts.deploy", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
     "report": ("forethought.scripts.report", "add_report_arguments", "report_main", "write a run folder's report.html"),
+    "sweep": ("forethought.scripts.sweep", "add_sweep_arguments", "sweep_main", "run an experiment over seeds x settings on Ray"),
 }
 
 # Bad input (exit 2, one line). Nothing broader: a ValueError or KeyError from inside is a bug.
@@ -164,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from forethought.scripts.bench import run_benchmark, write_result
 
-    write_result(run_benchmark(args.name, quick=args.quick), Path(args.out) if args.out else None)
+    write_result(run_benchmark(args.name, quick=args.quick, seeds=args.seeds), Path(args.out) if args.out else None)
     return 0
 
 
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="benchmark name (forethought list)")
     p.add_argument("--out", help="write the JSON result to this file too")
     p.add_argument("--quick", action="store_true", help="a shorter run, for a smoke check")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds 0 to N-1 for the benchmarks that run seeds (pilco, gps, mpc, sweep), run as a sweep on Ray")
     p.set_defaults(func=cmd_bench)
 
     for name, (module_name, add_arguments, main, help_text) in EXTERNAL_COMMANDS.items():

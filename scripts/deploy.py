@@ -344,9 +344,11 @@ def _print_summary(result: DeployResult) -> None:
 
 # -- calibrate ---------------------------------------------------------------------------------------
 
-def _add_bus_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
-    parser.add_argument("--port", required=True, help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
+def _add_bus_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--arm", required=required,
+                        help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
+    parser.add_argument("--port", required=required,
+                        help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
     parser.add_argument("--timeout-margin", type=float, default=2.0, metavar="MS",
                         help="how long past its wire time a status packet is waited for (default: 2 ms)")
 
@@ -358,13 +360,23 @@ def _timeout_margin(args: argparse.Namespace) -> float:
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_bus_arguments(parser)
+    # --from-lerobot converts a file instead of measuring: no bus, and the arm may come from the file's folder.
+    _add_bus_arguments(parser, required=False)
+    parser.add_argument("--from-lerobot", metavar="FILE.json",
+                        help="convert a LeRobot calibration file (SO-101 or Koch) instead of measuring the arm")
     parser.add_argument("--out", help="where to write the calibration (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
     parser.add_argument("--skip-range", action="store_true",
                         help="take the joint ranges from the arm description instead of recording them")
 
 
 def calibrate_main(args: argparse.Namespace) -> int:
+    if args.from_lerobot:
+        from forethought.scripts.lerobot_calibrate import lerobot_calibrate_main
+
+        return lerobot_calibrate_main(args, default_calibration_path)
+    for option in ("arm", "port"):
+        if getattr(args, option) is None:
+            raise ConfigError(f"--{option} is required (or --from-lerobot FILE.json to convert a LeRobot calibration)")
     arm = load_arm(args.arm)
     out = Path(args.out) if args.out else default_calibration_path(arm.name)
     bus = make_bus(arm, args.port, timeout_margin_ms=_timeout_margin(args))

@@ -232,16 +232,23 @@ def save_models(experiment: Experiment, model, controller, folder: Path) -> None
         controller.save(folder)
 
 
-def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None) -> RunResult:
+def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None,
+                   folder: Path | None = None) -> RunResult:
     """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve.
-    robot: the robot to run on (default: the experiment's, made here; closed at the end either way)."""
+    robot: the robot to run on (default: the experiment's, made here; closed at the end either way);
+    folder: the run folder itself, which must not hold trials yet (default: NAME-DATE-TIME under
+    out_root; a sweep names its runs' folders)."""
     loop = experiment.loop
     with make_robot(experiment.robot) if robot is None else robot as robot:
         # Bad configuration fails here, before a run folder exists.
         parts = build_parts(experiment, robot)
         task, model, controller = parts.task, parts.model, parts.controller
         costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
-        folder = new_run_folder(Path(out_root), experiment.name)
+        if folder is None:
+            folder = new_run_folder(Path(out_root), experiment.name)
+        else:
+            folder = Path(folder)
+            (folder / "trials").mkdir(parents=True)
         (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
         result = RunResult(folder, [])
         progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
