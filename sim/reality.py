@@ -322,10 +322,12 @@ class RealityArm(MujocoRobot):
         self.interventions["clipped"] += int(clipped)
         self._received.append(u)
         self.goal_path.send(u, self._physics_step)
+        before = self.data.time
         for _ in range(self.control_steps):
             self.data.ctrl[:] = self.goal_path.target(self._physics_step)
-            self._step_physics()
+            mujoco.mj_step(self.model, self.data)
             self._physics_step += 1
+        self._check_physics(before, self.control_steps)
         self._checked_state()
         return self.measure()
 
