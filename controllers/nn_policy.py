@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from forethought.models.torch_file import as_tensor, load_torch_file
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.progress import Progress
 
@@ -159,27 +160,29 @@ class MLPPolicy:
                 "config": asdict(self.config),
                 "names": self.names,
                 "state_dict": self.net.state_dict(),
-                "scaling": {k: getattr(self, k) for k in ("in_mean", "in_std", "out_mean", "out_std", "cov")},
+                "scaling": {k: as_tensor(getattr(self, k)) for k in ("in_mean", "in_std", "out_mean", "out_std", "cov")},
             },
             path,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> "MLPPolicy":
+        """A policy written by `save`; ConfigError naming the file when it is damaged, not a policy
+        or holds pickled objects (only tensors and plain data are read)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"NN policy file not found: {path}")
+        saved = load_torch_file(path, "an NN policy file")
+        if saved.get("kind") != "forethought.nn_policy":
+            raise ConfigError(f"{path}: not a forethought NN policy file")
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # torch raises many kinds for a damaged file
-            raise ValueError(f"{path}: not a readable policy file ({err})") from None
-        if not isinstance(saved, dict) or saved.get("kind") != "forethought.nn_policy":
-            raise ValueError(f"{path}: not a forethought NN policy file")
-        n, m, f = saved["sizes"]
-        policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"])
-        policy.net.load_state_dict(saved["state_dict"])
-        for key, value in saved["scaling"].items():
-            setattr(policy, key, np.asarray(value, dtype=np.float64))
+            n, m, f = saved["sizes"]
+            policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"])
+            policy.net.load_state_dict(saved["state_dict"])
+            for key in ("in_mean", "in_std", "out_mean", "out_std", "cov"):
+                setattr(policy, key, np.asarray(saved["scaling"][key], dtype=np.float64))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing entries, wrong shapes
+            raise ConfigError(f"{path}: a damaged NN policy file ({type(err).__name__}: {err})") from None
         policy.trained = True
         return policy
 

@@ -494,9 +494,12 @@ class SimulatorModel:
         try:
             settings = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a simulator model file ({err})") from None
+            raise ConfigError(f"{path}: not a simulator model file ({err})") from None
         if not isinstance(settings, dict) or settings.get("model") != "simulator":
-            raise ValueError(f"{path}: not a simulator model file")
+            raise ConfigError(f"{path}: not a simulator model file")
+        missing = [k for k in ("scene", "control_steps", "timestep", "centred", "epsilon", "frictionloss") if k not in settings]
+        if missing:
+            raise ConfigError(f"{path}: not a complete simulator model file (no {missing[0]!r})")
         return cls(
             settings["scene"],
             control_steps=settings["control_steps"],

@@ -13,6 +13,8 @@ import os
 import platform
 from pathlib import Path
 
+from forethought.robots.config import ConfigError
+
 BENCHMARKS: dict[str, str] = {
     "sim": "forethought.scripts.bench_sim:run_bench_sim",
     "ilqr": "forethought.scripts.bench_ilqr:run_bench_ilqr",
@@ -93,7 +95,7 @@ def run_benchmark(name: str, quick: bool = False, seeds: int | None = None) -> d
     import inspect
 
     if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
+        raise ConfigError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
     module_name, function_name = BENCHMARKS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     options = {}
@@ -101,9 +103,9 @@ def run_benchmark(name: str, quick: bool = False, seeds: int | None = None) -> d
         takes = [n for n, b in sorted(BENCHMARKS.items()) if "seeds" in inspect.signature(
             getattr(importlib.import_module(b.split(":")[0]), b.split(":")[1])).parameters]
         if "seeds" not in inspect.signature(function).parameters:
-            raise ValueError(f"--seeds: bench {name} runs no seeds (those that do: {', '.join(takes)})")
+            raise ConfigError(f"--seeds: bench {name} runs no seeds (those that do: {', '.join(takes)})")
         if seeds < 1:
-            raise ValueError(f"--seeds: expected at least 1, got {seeds}")
+            raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
         options["seeds"] = seeds
     metrics, config = function(quick=quick, **options)
     return {"name": name, "metrics": metrics, "config": config, "machine": machine_info()}

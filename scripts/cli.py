@@ -1,8 +1,12 @@
 """The `forethought` command line.
 
-Bad input (a missing file, an unknown key or name, a NaN action, a truncated log) ends with one line
-on stderr naming the thing, and exit status 2; nothing already logged is lost. Set
-FORETHOUGHT_DEBUG=1 to see the traceback instead.
+Bad input (a missing file, an unknown key or name, a bad argument, a damaged model or trial file)
+is validated where it enters (YAML, arguments, files) and raised as the project's ConfigError (or
+TrialLogError for a trial log, FileNotFoundError for a path given): it ends with one line on stderr
+naming the thing, and exit status 2. A run that fails (a solver gave up, the simulation went
+unstable, a controller asked for a NaN action) ends with one line and exit status 1; nothing already
+logged is lost. Any other exception is a bug: the traceback, then one line saying so, exit status 1.
+Set FORETHOUGHT_DEBUG=1 to see the traceback of bad input and failed runs too.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from forethought.sim.gl_backend import choose_gl_backend
 
 choose_gl_backend()  # before anything below imports mujoco, which reads MUJOCO_GL once
 
-from forethought.models.dynamics_model import MissingCapability
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
+from forethought.robots.trial_log import TrialLogError
 from forethought.sim.viewer import ViewerClosed
 
 # Subcommands provided by other modules: name -> ("module", "add_arguments", "main", help).
@@ -32,17 +37,19 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "sweep": ("forethought.scripts.sweep", "add_sweep_arguments", "sweep_main", "run an experiment over seeds x settings on Ray"),
 }
 
-USER_ERRORS = (ConfigError, ActionError, MissingCapability, FileNotFoundError, KeyError, ValueError)
+# Bad input (exit 2, one line). Nothing broader: a ValueError or KeyError from inside is a bug.
+USER_ERRORS = (ConfigError, TrialLogError, FileNotFoundError)
 
 
 def run_errors() -> tuple[type[BaseException], ...]:
-    """Failures of a run that are not bad input (exit 1, one line): a solver or the simulation gave up."""
+    """Failures of a run that are not bad input (exit 1, one line): a solver or the simulation gave
+    up, or a controller asked for a NaN action."""
     from forethought.controllers.gps import DualSearchError
     from forethought.controllers.ilqr import BackwardPassError, DivergenceError
     from forethought.controllers.mpc import MPCError
     from forethought.sim.mujoco_robot import SimulationError
 
-    return (MPCError, DivergenceError, BackwardPassError, DualSearchError, SimulationError)
+    return (MPCError, DivergenceError, BackwardPassError, DualSearchError, SimulationError, ActionError)
 
 
 def print_matrix() -> None:
@@ -123,13 +130,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         experiment.loop.seed = args.seed
     if args.trials is not None:
         if args.trials < 1:
-            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
         experiment.loop.iterations = args.trials
     if args.horizon is not None:
+        if args.horizon < 1:
+            raise ConfigError(f"--horizon must be at least 1, got {args.horizon}")
         experiment.task.horizon = args.horizon
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -140,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         why = view_unavailable()
         if why is not None:
-            raise ValueError(f"--view: {why}")
+            raise ConfigError(f"--view: {why}")
         conditions = len(experiment.task.conditions)
         robot = ViewedRobot(make_robot(experiment.robot), experiment.loop.iterations * experiment.loop.samples * conditions)
     print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
@@ -209,17 +218,28 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("FORETHOUGHT_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"forethought {args.command}: error: {message}", file=sys.stderr)
+        print(f"forethought {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except run_errors() as err:
         if os.environ.get("FORETHOUGHT_DEBUG"):
             raise
-        print(f"forethought {args.command}: failed: {err} (trials logged so far are kept)", file=sys.stderr)
+        print(f"forethought {args.command}: failed: {one_line(err)} (trials logged so far are kept)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"forethought {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"forethought {args.command}: internal error: this is a bug in forethought, not bad input "
+              "(the traceback above says where; trials logged so far are kept)", file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a FileNotFoundError from open() says strerror and the name)."""
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or 'file not found'}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -314,11 +314,11 @@ def deploy_main(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
     if args.trials is not None:
         if args.trials < 1:
-            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
         experiment.loop.iterations = args.trials
     if args.horizon is not None:
         if args.horizon < 1:
-            raise ValueError(f"--horizon must be at least 1, got {args.horizon}")
+            raise ConfigError(f"--horizon must be at least 1, got {args.horizon}")
         experiment.task.horizon = args.horizon
     if args.seed is not None:
         experiment.loop.seed = args.seed
@@ -388,7 +388,7 @@ def _add_bus_arguments(parser: argparse.ArgumentParser, required: bool = True) -
 
 def _timeout_margin(args: argparse.Namespace) -> float:
     if not args.timeout_margin > 0:
-        raise ValueError(f"--timeout-margin must be positive, got {args.timeout_margin}")
+        raise ConfigError(f"--timeout-margin must be positive, got {args.timeout_margin}")
     return float(args.timeout_margin)
 
 

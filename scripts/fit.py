@@ -188,9 +188,9 @@ def common_horizon(trials: Sequence[Trial]) -> list[Trial]:
 def split_trials(trials: Sequence[Trial], heldout: float, seed: int) -> tuple[list[Trial], list[Trial]]:
     """A seeded split into (train, held-out); at least one trial on each side."""
     if len(trials) < 2:
-        raise ValueError(f"need at least 2 trials to hold some out, got {len(trials)}")
+        raise ConfigError(f"need at least 2 trials to hold some out, got {len(trials)}")
     if not 0 < heldout < 1:
-        raise ValueError(f"--heldout must lie strictly between 0 and 1, got {heldout}")
+        raise ConfigError(f"--heldout must lie strictly between 0 and 1, got {heldout}")
     order = np.random.default_rng(seed).permutation(len(trials))
     k = int(np.clip(round(heldout * len(trials)), 1, len(trials) - 1))
     return [trials[i] for i in order[k:]], [trials[i] for i in order[:k]]
@@ -286,7 +286,7 @@ def fit_main(args: argparse.Namespace) -> int:
     if getattr(model_class(args.model), "time_varying", False):
         trials = common_horizon(trials)
     if args.particles < 1:
-        raise ValueError(f"--particles must be at least 1, got {args.particles}")
+        raise ConfigError(f"--particles must be at least 1, got {args.particles}")
     train, heldout = split_trials(trials, args.heldout, args.seed)
     try:
         model = build_model(args.model, train, settings)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.robots.lerobot_calibration import convert_calibration, load_lerobot_calibration, matched_motors, \
     resolve_arm, zero_ticks
 
@@ -20,7 +21,7 @@ def lerobot_calibrate_main(args: argparse.Namespace, default_path) -> int:
     calibration = convert_calibration(source, arm)
     out = Path(args.out) if args.out else default_path(arm.name)
     if out.resolve() == Path(args.from_lerobot).resolve():
-        raise ValueError(f"--out: {out} is the LeRobot file itself; write the converted calibration elsewhere")
+        raise ConfigError(f"--out: {out} is the LeRobot file itself; write the converted calibration elsewhere")
     calibration.save(out)
     print(f"{source.source}: LeRobot calibration of {arm.name} ({arm.source}); joint zero at LeRobot's zero "
           "(mid of the recorded range; gripper: range_min), homing offsets kept")

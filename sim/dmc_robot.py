@@ -20,6 +20,7 @@ import math
 import mujoco
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.robots.robot import RobotSpec, check_action
 from forethought.sim.mujoco_robot import state_names as physics_state_names
 
@@ -60,14 +61,14 @@ class DmControlRobot:
 
         parts = task.split(":")
         if len(parts) != 2 or (parts[0], parts[1]) not in suite.ALL_TASKS:
-            raise ValueError(f"unknown dm_control task '{task}'; `forethought list` shows them as domain:task")
+            raise ConfigError(f"unknown dm_control task '{task}'; `forethought list` shows them as domain:task")
         if state not in STATES:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+            raise ConfigError(f"state must be one of {', '.join(STATES)}, got {state!r}")
         self.task_name, self.state = task, state
         self.env = suite.load(parts[0], parts[1], task_kwargs={"random": seed})
         self.physics = self.env.physics
         if state == "physics" and self.mj_model.na > 0:
-            raise ValueError(f"dm_control task '{task}': its actuators have internal state, which qpos, qvel leave out")
+            raise ConfigError(f"dm_control task '{task}': its actuators have internal state, which qpos, qvel leave out")
         action = self.env.action_spec()
         observation = self.env.reset().observation
         self.spec = RobotSpec(

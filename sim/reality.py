@@ -354,13 +354,13 @@ class RealityArm(MujocoRobot):
         self.applied_action = u
         self._received.append(u)
         self.goal_path.send(u, self._physics_step)
+        before = self.data.time
         for _ in range(self.control_steps):
             self.data.ctrl[:] = self.goal_path.target(self._physics_step)
             mujoco.mj_step(self.model, self.data)
             self._physics_step += 1
-        x = self.get_state()
-        if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != self._bad_qacc or not np.all(np.isfinite(x)):
-            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s")
+        self._check_physics(before, self.control_steps)
+        self._checked_state()
         return self.measure()
 
     def measure(self) -> np.ndarray:

@@ -122,19 +122,8 @@ def test_a_partial_trial_without_its_first_state_starts_at_its_first_logged_stat
     np.testing.assert_array_equal(loaded.actions, trial.actions[1:6])
 
 
-class FakeClock:
-    """time.monotonic for the trial log, advanced by hand."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-def test_a_trial_in_progress_is_flushed_once_per_interval_and_readers_see_its_rows(tmp_path, monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(trial_log, "time", clock)
+def test_a_trial_in_progress_is_flushed_once_per_interval_and_readers_see_its_rows(tmp_path, monkeypatch, fake_clock):
+    clock = fake_clock.install(trial_log)
     trial = synthetic_trial(T=30)
     path = tmp_path / "trial_0000.h5"
     with TrialWriter(path, SPEC, x0=trial.states[0], flush_interval=0.5) as writer:
