@@ -31,7 +31,7 @@ import numpy as np
 
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.robot import check_action
-from forethought.sim.mujoco_robot import MujocoRobot, SimulationError
+from forethought.sim.mujoco_robot import MujocoRobot
 from forethought.sim.scenes import scene_path
 from forethought.sim.servo_model import (
     FIELDS,

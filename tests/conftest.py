@@ -87,23 +87,6 @@ def fake_clock(monkeypatch):
     return FakeClock(monkeypatch)
 
 
-class _Tripwire:
-    """An object whose unpickling creates the file `marker` (what a malicious file could do instead)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-@pytest.fixture
-def tripwire(tmp_path):
-    """(an object that creates a file when unpickled, that file's path): for files that must not run code."""
-    marker = tmp_path / "unpickled"
-    return _Tripwire(marker), marker
-
-
 SLIDER = """
 <mujoco>
   <option timestep="0.01"/>

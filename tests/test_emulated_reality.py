@@ -9,7 +9,7 @@ import pytest
 
 from forethought.robots.arm_description import load_arm, make_bus
 from forethought.robots.bus_emulator import ServoMount
-from forethought.sim.reality import load_reality, reality_emulator, reality_model
+from forethought.sim.reality import reality_emulator, reality_model
 from forethought.sim.scenes import SCENE_DIR
 from forethought.sim.servo_model import servo_parameters
 from test_deploy import finish, forethought
@@ -38,7 +38,6 @@ def test_without_a_reality_the_emulator_is_the_scene():
 
 
 def test_the_emulated_arm_has_the_realitys_servos_payload_and_noise():
-    reality = load_reality(SHIPPED)
     nominal = servo_parameters(reality_model(ARM.scene))
     with reality_emulator(ARM, ARM.scene, SHIPPED, mounts=MOUNTS) as emulator:
         with make_bus(ARM, emulator.port, timeout_margin_ms=20.0) as bus:
