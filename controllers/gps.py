@@ -383,6 +383,9 @@ class GPSController:
     `history` keeps every iteration's diagnostics per condition.
     """
 
+    # What changes between iterations, and what a run's checkpoint keeps (scripts/checkpoint.py).
+    checkpoint_attributes: tuple[str, ...] = ("conditions", "iteration", "history")
+
     def __init__(self, n: int, m: int, horizon: int, costs, initial, model, config: GPSConfig | None = None,
                  seed: int = 0):
         self.n, self.m, self.horizon = n, m, horizon
@@ -480,6 +483,8 @@ class MDGPSController(GPSController):
     linearisation, then fits the network to all local controllers by precision-weighted
     regression.
     """
+
+    checkpoint_attributes = (*GPSController.checkpoint_attributes, "mlp")
 
     def __init__(self, n, m, horizon, costs, initial, model, features, mlp: MLPPolicy, config: GPSConfig | None = None,
                  seed: int = 0):

@@ -232,6 +232,8 @@ class NNPolicyParams:
 class NNPolicyController:
     """Runs a saved NN policy alone; `update` learns nothing."""
 
+    checkpoint_attributes = ("_runs",)  # what a run's checkpoint keeps (scripts/checkpoint.py)
+
     def __init__(self, mlp: MLPPolicy, conditions: Sequence[dict], noise: bool = False, seed: int = 0):
         keys = mlp.names.get("features", [])
         self.mlp, self.noise, self.seed = mlp, noise, seed

@@ -118,6 +118,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forethought.scripts.experiment import load_experiment
     from forethought.scripts.run import run_experiment
 
+    if args.resume is not None:
+        return resume_run(args)
+    if args.experiment is None:
+        raise ConfigError("run: name an experiment, or a run folder with --resume")
     experiment = load_experiment(args.experiment)
     if args.seed is not None:
         experiment.loop.seed = args.seed
@@ -153,6 +157,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_run(args: argparse.Namespace) -> int:
+    """`forethought run --resume RUN_DIR`: the run goes on from its last checkpoint, with the
+    experiment of its config.yaml and, unless --threads says otherwise, the torch threads it ran on."""
+    import torch
+
+    from forethought.scripts import checkpoint
+    from forethought.scripts.run import experiment_of_run, run_experiment
+
+    given = [f"--{k}" for k in ("seed", "trials", "horizon") if getattr(args, k) is not None]
+    given = ([args.experiment] if args.experiment else []) + given + (["--view"] if args.view else [])
+    if given:
+        raise ConfigError(f"--resume: the run's config.yaml is its experiment; drop {' '.join(given)}")
+    folder = Path(args.resume)
+    experiment = experiment_of_run(folder)
+    saved = checkpoint.load(folder)
+    threads = args.threads if args.threads is not None else (saved or {}).get("threads")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    where = f"iteration {saved['iterations'] + 1}" if saved else "its start (no checkpoint yet)"
+    print(f"resuming {folder} from {where}", file=sys.stderr)
+    result = run_experiment(experiment, folder.parent, render_video=False if args.no_video else None,
+                            folder=folder, resume=True)
+    print(f"run folder: {result.folder}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from forethought.scripts.bench import run_benchmark, write_result
 
@@ -174,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("run", help="run an experiment in simulation and write a run folder")
-    p.add_argument("experiment", help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK")
+    p.add_argument("experiment", nargs="?",
+                   help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK (none with --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last complete iteration (its checkpoint)")
     p.add_argument("--seed", type=int, help="seed for everything random (default: the experiment's)")
     p.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     p.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")

@@ -171,14 +171,19 @@ def run_loop(
     result: RunResult,
     progress: Progress | None = None,
     model=None,
+    start: int = 0,
+    iteration_done: Callable[[int], None] | None = None,
 ) -> None:
     """The experiment loop (module docstring). prepare(c) sets the robot (and the planning model) up
     for condition c before its policy is asked for; run_trial(slot, policy) runs and logs one trial.
     `result` gathers the trials, judgements, learning curve and diagnostics as they come, so that they
-    survive a stop. `model`: the experiment's planning model, refitted after each iteration when learned."""
+    survive a stop. `model`: the experiment's planning model, refitted after each iteration when learned.
+    start: iterations already done (a resumed run: `result` holds their trials and the controller and
+    model their state); iteration_done(k): called once iteration k's update is done, unless it was
+    the last (a run's checkpoint)."""
     loop = experiment.loop
-    index = 0
-    for iteration in range(loop.iterations):
+    index = len(result.trials)
+    for iteration in range(start, loop.iterations):
         by_condition: list[list[Trial]] = []
         for c in range(len(task.conditions)):
             prepare(c)
@@ -221,6 +226,8 @@ def run_loop(
         result.diagnostics.append(diagnostics)
         if last:
             break
+        if iteration_done is not None:
+            iteration_done(iteration)
 
 
 def save_models(experiment: Experiment, model, controller, folder: Path) -> None:
@@ -232,27 +239,70 @@ def save_models(experiment: Experiment, model, controller, folder: Path) -> None
         controller.save(folder)
 
 
+def experiment_of_run(folder: Path) -> Experiment:
+    """The experiment of the run in `folder` (its config.yaml), to resume it; ConfigError naming
+    the folder when it holds no run, or a run that has finished."""
+    import json
+
+    from forethought.robots.config import ConfigError
+    from forethought.scripts.experiment import experiment_from_data
+
+    folder = Path(folder)
+    config = folder / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"--resume {folder}: not a run folder (no config.yaml)")
+    try:
+        finished = json.loads((folder / "summary.json").read_text()).get("complete", False)
+    except (OSError, ValueError):
+        finished = False
+    if finished:
+        raise ConfigError(f"--resume {folder}: the run has finished (summary.json)")
+    data = yaml.safe_load(config.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: not an experiment")
+    return experiment_from_data(data, data.get("source") or config)
+
+
 def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None,
-                   folder: Path | None = None) -> RunResult:
+                   folder: Path | None = None, resume: bool = False) -> RunResult:
     """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve.
     robot: the robot to run on (default: the experiment's, made here; closed at the end either way);
     folder: the run folder itself, which must not hold trials yet (default: NAME-DATE-TIME under
-    out_root; a sweep names its runs' folders)."""
+    out_root; a sweep names its runs' folders). resume: go on with the run in `folder` (of this
+    experiment) from its checkpoint (scripts/checkpoint.py), or from its start when it has none.
+
+    After every iteration but the last, the run's state goes to RUN/checkpoint.pt."""
+    from forethought.scripts import checkpoint
+
     loop = experiment.loop
     with make_robot(experiment.robot) if robot is None else robot as robot:
         # Bad configuration fails here, before a run folder exists.
         parts = build_parts(experiment, robot)
         task, model, controller = parts.task, parts.model, parts.controller
         costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
-        if folder is None:
+        saved, done = None, []
+        if resume:
+            folder = Path(folder)
+            (folder / "trials").mkdir(exist_ok=True)
+            saved, done = checkpoint.resume_point(folder)
+        elif folder is None:
             folder = new_run_folder(Path(out_root), experiment.name)
         else:
             folder = Path(folder)
             (folder / "trials").mkdir(parents=True)
-        (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
-        result = RunResult(folder, [])
+        if not resume:
+            (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
+        result = RunResult(folder, done)
         progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
         models = [model] if model is not None else []
+        if saved is not None:
+            checkpoint.apply(saved, result, model, controller)
+            progress.done = len(done)
+        why_not = checkpoint.resumable(controller, model)
+
+        def iteration_done(iteration: int) -> None:
+            if why_not is None:
+                checkpoint.save(folder, iteration + 1, result, model, controller)
 
         def run_trial(slot: TrialSlot, policy: Policy) -> Trial:
             path = folder / "trials" / f"trial_{slot.index:04d}.h5"
@@ -270,7 +320,8 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
 
         try:
             run_loop(experiment, task, controller, lambda c: task.apply(c, robot, models), run_trial, result,
-                     progress, model)
+                     progress, model, start=0 if saved is None else int(saved["iterations"]),
+                     iteration_done=iteration_done)
         except BaseException:
             # A stop (Ctrl-C, a robot's error) keeps the summary and plots of the trials done so far;
             # not the models, whose last update may have been cut short, nor a video.

@@ -337,12 +337,7 @@ class EnsembleModel:
             "state_names": list(self.state_names),
             "action_names": list(self.action_names),
             "config": asdict(self.config),
-            "network": {k: v.cpu() for k, v in self.network.state_dict().items()},
-            "input_stats": None if self.input_stats is None else asdict(self.input_stats),
-            "target_stats": None if self.target_stats is None else asdict(self.target_stats),
-            "elites": self.elites.tolist(),
-            "holdout_mse": self.holdout_mse.tolist(),
-            "generator": self._generator.get_state(),
+            **self.checkpoint_state(),
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
@@ -364,13 +359,29 @@ class EnsembleModel:
         if device is not None:
             config["device"] = device
         model = cls(state["state_names"], state["action_names"], EnsembleConfig(**config))
-        model.network.load_state_dict(state["network"])
+        model.restore_checkpoint(state)
+        return model
+
+    def checkpoint_state(self) -> dict:
+        """Weights, normalisation, elites and the generator's state, as plain data and tensors."""
+        return {
+            "network": {k: v.cpu() for k, v in self.network.state_dict().items()},
+            "input_stats": None if self.input_stats is None else asdict(self.input_stats),
+            "target_stats": None if self.target_stats is None else asdict(self.target_stats),
+            "elites": self.elites.tolist(),
+            "holdout_mse": self.holdout_mse.tolist(),
+            "generator": self._generator.get_state(),
+        }
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Put back what `checkpoint_state` (or a saved file) holds, on a model of the same config."""
+        self.network.load_state_dict(state["network"])
         for name in ("input_stats", "target_stats"):
             stats = state[name]
             if stats is not None:
-                setattr(model, name, Normaliser(np.asarray(stats["mean"]), np.asarray(stats["std"])))
-        model.elites = np.asarray(state["elites"], dtype=np.int64)
+                setattr(self, name, Normaliser(np.asarray(stats["mean"]), np.asarray(stats["std"])))
+        self.elites = np.asarray(state["elites"], dtype=np.int64)
         # Files from before early stopping went by squared error hold no held-out MSE.
-        model.holdout_mse = np.asarray(state.get("holdout_mse", model.holdout_mse), dtype=np.float64)
-        model._generator.set_state(state["generator"])
-        return model
+        self.holdout_mse = np.asarray(state.get("holdout_mse", self.holdout_mse), dtype=np.float64)
+        self._generator.set_state(state["generator"])
+        self._dynamics_cache.clear()
