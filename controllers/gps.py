@@ -385,6 +385,9 @@ class GPSController:
 
     # What changes between iterations, and what a run's checkpoint keeps (scripts/checkpoint.py).
     checkpoint_attributes: tuple[str, ...] = ("conditions", "iteration", "history")
+    # Its policies' noise is seeded at every reset (SamplingPolicy, NNPolicy): an iteration's rollouts
+    # can run side by side with the trials of a serial run (scripts/rollouts.py).
+    parallel_rollouts = True
 
     def __init__(self, n: int, m: int, horizon: int, costs, initial, model, config: GPSConfig | None = None,
                  seed: int = 0):

@@ -149,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         robot = ViewedRobot(make_robot(experiment.robot), experiment.loop.iterations * experiment.loop.samples * conditions)
     print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
     try:
-        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot)
+        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot,
+                                workers=args.workers)
     except ViewerClosed:
         print("forethought run: the viewer was closed; the run stopped with its trials so far kept", file=sys.stderr)
         return 0
@@ -180,7 +181,7 @@ def resume_run(args: argparse.Namespace) -> int:
     where = f"iteration {saved['iterations'] + 1}" if saved else "its start (no checkpoint yet)"
     print(f"resuming {folder} from {where}", file=sys.stderr)
     result = run_experiment(experiment, folder.parent, render_video=False if args.no_video else None,
-                            folder=folder, resume=True)
+                            folder=folder, resume=True, workers=args.workers)
     print(f"run folder: {result.folder}")
     return 0
 
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip rendering the video of the last trial")
     p.add_argument("--threads", type=int,
                    help="torch threads (default: one per core); 1 when several runs share the cores")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run each iteration's rollouts (samples x conditions) on N Ray workers, with the trials "
+                        "of a serial run (gps, mdgps)")
     p.add_argument("--view", action="store_true",
                    help="watch the run live in MuJoCo's viewer (needs a display); closing it stops the run")
     p.set_defaults(func=cmd_run)
