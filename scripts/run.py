@@ -8,8 +8,9 @@ iteration's for a model that keeps its history in a prior: models/capabilities.p
 one-step errors on the new trials are measured; then the controller updates.
 
 A run folder holds config.yaml (the resolved experiment), trials/trial_NNNN.h5, summary.json,
-plots and a video of the last trial (scripts/run_outputs.py), and models/ (the fitted model and
-what the controller saves).
+plots and a video of the last trial (scripts/run_outputs.py), models/ (the fitted model and
+what the controller saves), and checkpoint.pt after every iteration but the last, from which
+`forethought run --resume` continues a stopped run (scripts/checkpoint.py).
 """
 
 from __future__ import annotations

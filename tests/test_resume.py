@@ -81,20 +81,22 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_with_the_uninterrupted
     assert proc.returncode == -signal.SIGKILL
     (folder,) = out.iterdir()
     state = checkpoint.load(folder)
-    assert state["iterations"] == 1 and state["trials"] == 1
+    # Killed within moments of the first checkpoint: a second one would need a whole iteration.
+    assert state["iterations"] in (1, 2) and state["trials"] == state["iterations"]
+    assert not (folder / "summary.json").exists()
     logged_before = {p.name for p in (folder / "trials").iterdir()}
 
     resumed = subprocess.run(cli("--resume", str(folder), "--no-video"), env=env, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert "from iteration 2" in resumed.stderr
+    assert f"from iteration {state['iterations'] + 1}" in resumed.stderr
     (done,) = (tmp_path / "whole").iterdir()
     assert_same_trials(done, folder)
     summary_a, summary_b = (yaml.safe_load((f / "summary.json").read_text()) for f in (done, folder))
     assert summary_a["learning_curve"] == summary_b["learning_curve"] and summary_b["complete"]
     # Whatever the killed iteration had logged is kept aside, not reused.
     aside = {p.name for p in (folder / "interrupted").rglob("*")} if (folder / "interrupted").exists() else set()
-    assert logged_before - {"trial_0000.h5"} <= aside
+    assert logged_before - {f"trial_{i:04d}.h5" for i in range(state["trials"])} <= aside
 
 
 class Stop(Exception):
@@ -120,8 +122,13 @@ def stop_after_checkpoints(monkeypatch, count: int) -> None:
     ("arm-reach-gps", {"task.horizon": 12, "loop.iterations": 3, "loop.samples": 2}),
     ("arm-peg-mdgps", {"task.horizon": 12, "loop.iterations": 3, "loop.samples": 2, "controller.epochs": 3,
                        "controller.hidden": [8]}),
+    # PETS: iCEM through an ensemble (its weights, normalisers, elites and generator in the checkpoint).
+    ("arm-reach-pets", {"task.horizon": 6, "loop.iterations": 3, "model.members": 2, "model.hidden": [16],
+                        "model.min_steps": 20, "model.max_steps": 40, "model.max_epochs": 5,
+                        "controller.horizon": 3, "controller.population": 16, "controller.elites": 4,
+                        "controller.iterations": 1, "controller.particles": 2}),
 ])
-def test_gps_runs_resume_in_process_to_the_same_trials(name, changes, tmp_path, monkeypatch):
+def test_learning_runs_resume_in_process_to_the_same_trials(name, changes, tmp_path, monkeypatch):
     data = load_experiment(name).as_dict()
     for key, value in {"loop.video": False, **changes}.items():
         *parents, last = key.split(".")
