@@ -7,8 +7,8 @@ trial's index), each condition is set afresh on the robot before its rollout (th
 and the policy of sample s is the condition's policy as the serial loop holds it before its s-th
 trial. That holds for controllers that say so (`parallel_rollouts = True`: GPS, MDGPS), whose
 policies draw their noise from a generator seeded at every reset by (seed, resets so far): the
-policy of sample s is a copy reset s times. The Ray runtime is a sweep's (scripts/sweep.py
-`start_ray`): a local Ray with N CPUs, or the Ray a sweep's run is already inside.
+policy of sample s is a copy reset s times. Ray is started as a sweep starts it (scripts/sweep.py
+`start_ray`): a local Ray of its own with N CPUs, or the Ray this process has already started.
 """
 
 from __future__ import annotations
