@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,9 @@ def restore(obj: Any, state: dict, trials: list[Trial]) -> None:
             object.__setattr__(obj, k, value)
 
 
-def resumable(controller, model) -> str | None:
-    """Why a run of this controller and model cannot be resumed (None when it can): a controller
-    says what it keeps by `checkpoint_attributes` (empty for one that keeps nothing)."""
+def resumable(controller) -> str | None:
+    """Why a run of this controller cannot be resumed (None when it can): a controller says what it
+    keeps by `checkpoint_attributes` (empty for one that keeps nothing); without, no checkpoint."""
     if getattr(type(controller), "checkpoint_attributes", None) is None:
         return f"the controller {type(controller).__name__} does not say what it keeps between iterations"
     return None
@@ -220,9 +221,12 @@ def load(folder: Path) -> dict | None:
     path = Path(folder) / FILE
     if not path.is_file():
         return None
-    state = torch.load(path, weights_only=True)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')}, this version reads {FORMAT}")
+    try:
+        state = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of format {FORMAT}, which this version reads")
     return state
 
 

@@ -323,7 +323,7 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
         if saved is not None:
             checkpoint.apply(saved, result, model, controller)
             progress.done = len(done)
-        why_not = checkpoint.resumable(controller, model)
+        why_not = checkpoint.resumable(controller)
 
         def iteration_done(iteration: int) -> None:
             if why_not is None:

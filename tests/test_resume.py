@@ -166,6 +166,10 @@ def test_resume_refuses_a_finished_run_and_a_folder_without_a_run(tmp_path, caps
     assert "has finished" in capsys.readouterr().err
     assert main(["run", "pendulum-swingup-pilco", "--resume", str(tmp_path / "run")]) == 2
     assert "drop pendulum-swingup-pilco" in capsys.readouterr().err
+    (tmp_path / "run" / "summary.json").write_text('{"complete": false}')
+    (tmp_path / "run" / checkpoint.FILE).write_bytes(b"not a checkpoint")
+    assert main(["run", "--resume", str(tmp_path / "run")]) == 2
+    assert "checkpoint.pt: not a readable checkpoint" in capsys.readouterr().err
 
 
 def test_a_checkpoint_is_plain_data_and_tensors(tmp_path):
