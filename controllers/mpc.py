@@ -307,6 +307,10 @@ class MPCController:
     update() reports the replanning statistics of the policies handed out since the last update.
     """
 
+    # What changes between iterations (the count that seeds each policy), and what a run's
+    # checkpoint keeps (scripts/checkpoint.py); the policies' statistics are reported at each update.
+    checkpoint_attributes = ("_handed_out",)
+
     def __init__(self, spec: RobotSpec, planner_for: Callable[[int, int], object], replan_every: int = 1,
                  initial=None, model=None, seed: int = 0):
         self.spec, self.planner_for = spec, planner_for

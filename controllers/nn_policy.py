@@ -191,17 +191,21 @@ class NNPolicy:
     """The Policy (act, reset) of an MLPPolicy in one condition.
 
     features: (f,) the condition's features; noise: whether to add N(0, cov) exploration noise,
-    drawn from a generator seeded once, so successive trials differ and a rerun repeats them.
+    drawn from a generator seeded at every reset by the seed and the resets so far (the first
+    trial's by the seed alone), so successive trials differ, a rerun repeats them, and trial k's
+    noise does not depend on how many numbers the trials before it drew (scripts/rollouts.py).
     """
 
     def __init__(self, mlp: MLPPolicy, features: np.ndarray | None = None, noise: bool = False, seed: int = 0):
-        self.mlp, self.noise = mlp, noise
+        self.mlp, self.noise, self.seed = mlp, noise, seed
         self.features = None if features is None else np.asarray(features, dtype=np.float64)
+        self._resets = 0
         self._rng = np.random.default_rng(seed)
         self._chol = np.linalg.cholesky(mlp.cov + 1e-12 * np.eye(mlp.m))
 
     def reset(self) -> None:
-        pass
+        self._resets += 1
+        self._rng = np.random.default_rng(self.seed if self._resets == 1 else [self.seed, self._resets - 1])
 
     def act(self, x: np.ndarray, t: int) -> np.ndarray:
         u = self.mlp.mean(x, self.features)
@@ -234,6 +238,8 @@ class NNPolicyParams:
 
 class NNPolicyController:
     """Runs a saved NN policy alone; `update` learns nothing."""
+
+    checkpoint_attributes = ("_runs",)  # what a run's checkpoint keeps (scripts/checkpoint.py)
 
     def __init__(self, mlp: MLPPolicy, conditions: Sequence[dict], noise: bool = False, seed: int = 0):
         keys = mlp.names.get("features", [])

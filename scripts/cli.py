@@ -125,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forethought.scripts.experiment import load_experiment
     from forethought.scripts.run import run_experiment
 
+    if args.resume is not None:
+        return resume_run(args)
+    if args.experiment is None:
+        raise ConfigError("run: name an experiment, or a run folder with --resume")
     experiment = load_experiment(args.experiment)
     if args.seed is not None:
         experiment.loop.seed = args.seed
@@ -154,10 +158,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         robot = ViewedRobot(make_robot(experiment.robot), experiment.loop.iterations * experiment.loop.samples * conditions)
     print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
     try:
-        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot)
+        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot,
+                                workers=args.workers)
     except ViewerClosed:
         print("forethought run: the viewer was closed; the run stopped with its trials so far kept", file=sys.stderr)
         return 0
+    print(f"run folder: {result.folder}")
+    return 0
+
+
+def resume_run(args: argparse.Namespace) -> int:
+    """`forethought run --resume RUN_DIR`: the run goes on from its last checkpoint, with the
+    experiment of its config.yaml and, unless --threads says otherwise, the torch threads it ran on."""
+    import torch
+
+    from forethought.scripts import checkpoint
+    from forethought.scripts.run import experiment_of_run, run_experiment
+
+    given = [f"--{k}" for k in ("seed", "trials", "horizon") if getattr(args, k) is not None]
+    given = ([args.experiment] if args.experiment else []) + given + (["--view"] if args.view else [])
+    if given:
+        raise ConfigError(f"--resume: the run's config.yaml is its experiment; drop {' '.join(given)}")
+    folder = Path(args.resume)
+    experiment = experiment_of_run(folder)
+    saved = checkpoint.load(folder)
+    threads = args.threads if args.threads is not None else (saved or {}).get("threads")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    where = f"iteration {saved['iterations'] + 1}" if saved else "its start (no checkpoint yet)"
+    print(f"resuming {folder} from {where}", file=sys.stderr)
+    result = run_experiment(experiment, folder.parent, render_video=False if args.no_video else None,
+                            folder=folder, resume=True, workers=args.workers)
     print(f"run folder: {result.folder}")
     return 0
 
@@ -183,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("run", help="run an experiment in simulation and write a run folder")
-    p.add_argument("experiment", help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK")
+    p.add_argument("experiment", nargs="?",
+                   help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK (none with --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last complete iteration (its checkpoint)")
     p.add_argument("--seed", type=int, help="seed for everything random (default: the experiment's)")
     p.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     p.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
@@ -191,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip rendering the video of the last trial")
     p.add_argument("--threads", type=int,
                    help="torch threads (default: one per core); 1 when several runs share the cores")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run each iteration's rollouts (samples x conditions) on N Ray workers, with the trials "
+                        "of a serial run (gps, mdgps)")
     p.add_argument("--view", action="store_true",
                    help="watch the run live in MuJoCo's viewer (needs a display); closing it stops the run")
     p.set_defaults(func=cmd_run)

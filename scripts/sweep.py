@@ -10,7 +10,8 @@ Ray runs the runs: a local Ray started for the sweep with the machine's CPUs (or
 existing cluster given by `--address` (then the sweep folder must be on a file system that every
 node sees). Each run asks Ray for `--cpus-per-run` CPUs and uses as many torch threads. A run that
 fails is recorded with its error and the others go on. The same command again resumes: runs that
-finished are kept, the others (never started, cut off, failed) run again from their start.
+finished are kept, a run cut off after a checkpoint goes on from it (`forethought run --resume`),
+the others (never started, cut off before their first checkpoint, failed) run again from their start.
 """
 
 from __future__ import annotations

@@ -69,10 +69,11 @@ def ray_node() -> str | None:
 
 
 @contextlib.contextmanager
-def output_to(path: Path):
+def output_to(path: Path, append: bool = False):
     """Send this process's stdout and stderr to `path` for the block: Python's (the run's lines) and
-    the file descriptors' (what MuJoCo's C code prints), then restore them."""
-    with open(path, "w") as log:
+    the file descriptors' (what MuJoCo's C code prints), then restore them. append: after what the
+    file holds (a resumed run's log goes on)."""
+    with open(path, "a" if append else "w") as log:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = [os.dup(1), os.dup(2)]
@@ -89,9 +90,40 @@ def output_to(path: Path):
                 os.close(fd)
 
 
+def same_experiment(a: dict, b: dict) -> bool:
+    """Whether two resolved experiments (Experiment.as_dict()) run the same: not the file's path
+    (written otherwise from another folder), nor its prose."""
+
+    def runs(config: dict) -> dict:
+        return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("source", "description")}
+
+    return runs(a) == runs(b)
+
+
+def can_resume(folder: Path, experiment: dict) -> bool:
+    """Whether the unfinished run in `folder` goes on from its checkpoint: it has one, its
+    config.yaml is this very experiment, and it has not finished (a run that finished without its
+    record, as a killed driver leaves it, runs again)."""
+    import yaml
+
+    from forethought.scripts.checkpoint import FILE
+
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    try:
+        finished = json.loads((folder / "summary.json").read_text()).get("complete", False)
+    except (OSError, ValueError):
+        finished = False
+    return ((folder / FILE).is_file() and not finished and isinstance(config, dict)
+            and same_experiment(config, experiment))
+
+
 def run_one(spec: RunSpec) -> dict:
-    """Run `spec` into its folder (anything an unfinished run left there is removed first) and return
-    its record; a run's error is caught and recorded, so that it never stops the sweep."""
+    """Run `spec` into its folder and return its record; a run's error is caught and recorded, so
+    that it never stops the sweep. An unfinished run of the same experiment with a checkpoint goes
+    on from it (`forethought run --resume`); anything else a run left there is removed first."""
     from threadpoolctl import threadpool_limits
 
     from forethought.sim.gl_backend import choose_gl_backend
@@ -103,15 +135,22 @@ def run_one(spec: RunSpec) -> dict:
 
     started = time.perf_counter()
     folder = Path(spec.folder)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    record = {"setting": spec.setting, "seed": spec.seed, "cpus": spec.cpus, "host": socket.gethostname(),
-              "node": ray_node()}
     try:
-        with output_to(folder / "run.log"), torch_threads(spec.cpus), threadpool_limits(spec.cpus):
+        resume = can_resume(folder, experiment_from_data(spec.experiment, spec.experiment.get("source")
+                                                         or spec.setting).as_dict())
+    except Exception:  # a bad experiment: the run fails below, where its error is recorded
+        resume = False
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    if resume:
+        (folder / "error.txt").unlink(missing_ok=True)  # of an earlier try; this one writes its own
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"setting": spec.setting, "seed": spec.seed, "cpus": spec.cpus, "host": socket.gethostname(),
+              "node": ray_node(), "resumed": resume}
+    try:
+        with output_to(folder / "run.log", append=resume), torch_threads(spec.cpus), threadpool_limits(spec.cpus):
             experiment = experiment_from_data(spec.experiment, spec.experiment.get("source") or spec.setting)
-            result = run_experiment(experiment, folder.parent, render_video=False, folder=folder)
+            result = run_experiment(experiment, folder.parent, render_video=False, folder=folder, resume=resume)
         summary = json.loads((folder / "summary.json").read_text())
         record.update(status="done", error=None, **outcome(summary, result.trials))
     except Exception as err:  # recorded for the sweep to report; a KeyboardInterrupt still stops the run
@@ -150,11 +189,7 @@ def finished_record(spec: RunSpec) -> dict | None:
     if record.get("status") != "done":
         return None
 
-    def same(config: dict) -> dict:
-        # What the run did: not the file's path (written otherwise from another folder), nor its prose.
-        return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("source", "description")}
-
-    if same(record.get("config") or {}) != same(spec.experiment):
+    if not same_experiment(record.get("config") or {}, spec.experiment):
         raise ConfigError(f"{path}: this run finished with another experiment (the file or a setting changed); "
                           "sweep into another --out")
     record.pop("config")

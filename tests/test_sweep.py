@@ -19,6 +19,7 @@ from forethought.scripts.sweep import execute, plan_sweep, start_ray
 from forethought.scripts.sweep_grid import parse_seeds, parse_set, set_key
 from forethought.scripts.sweep_run import RECORD
 from forethought.scripts.sweep_summary import distribution
+from test_resume import PILCO  # a learning run of seconds (three PILCO iterations)
 
 EXPERIMENT = "arm-reach-ik"
 SHORT = {"task.horizon": 20}
@@ -148,3 +149,27 @@ def test_a_finished_run_of_another_experiment_is_refused(swept):
     other = plan_sweep(EXPERIMENT, [0], {"controller.rate": [0.2]}, 1, plan.out, fixed={"task.horizon": 30})
     with pytest.raises(ConfigError, match="another experiment"):
         execute(other)
+
+
+def test_a_run_cut_off_after_a_checkpoint_goes_on_from_it(local_ray, tmp_path):
+    """A learning run whose sweep was stopped after its second iteration's checkpoint: the sweep's
+    next invocation resumes it (`forethought run --resume`), and it ends as it did uninterrupted."""
+    import yaml
+
+    from forethought.scripts.checkpoint import load
+
+    path = tmp_path / "pilco-resume.yaml"
+    path.write_text(yaml.safe_dump(PILCO))
+    plan = plan_sweep(str(path), [1], {}, 1, tmp_path / "sweep")
+    first = execute(plan).records[0]
+    assert first["status"] == "done" and not first["resumed"]
+    folder = plan.runs()[0].folder
+    assert load(folder)["trials"] == 2
+    # What a stop during the last iteration leaves: no record, no final summary, a partial trial.
+    for name in (RECORD, "summary.json"):
+        os.remove(f"{folder}/{name}")
+    os.replace(f"{folder}/trials/trial_0002.h5", f"{folder}/trials/trial_0002.partial.h5")
+    again = execute(plan).records[0]
+    assert again["status"] == "done" and again["resumed"]
+    assert again["learning_curve"] == first["learning_curve"]
+    assert os.listdir(f"{folder}/interrupted/1") == ["trial_0002.partial.h5"]

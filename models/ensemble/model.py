@@ -339,12 +339,7 @@ class EnsembleModel:
             "state_names": list(self.state_names),
             "action_names": list(self.action_names),
             "config": asdict(self.config),
-            "network": {k: v.cpu() for k, v in self.network.state_dict().items()},
-            "input_stats": None if self.input_stats is None else _stats(self.input_stats),
-            "target_stats": None if self.target_stats is None else _stats(self.target_stats),
-            "elites": self.elites.tolist(),
-            "holdout_mse": self.holdout_mse.tolist(),
-            "generator": self._generator.get_state(),
+            **self.checkpoint_state(),
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
@@ -365,19 +360,35 @@ class EnsembleModel:
             if device is not None:
                 config["device"] = device
             model = cls(state["state_names"], state["action_names"], EnsembleConfig(**config))
-            model.network.load_state_dict(state["network"])
-            for name in ("input_stats", "target_stats"):
-                stats = state[name]
-                if stats is not None:
-                    setattr(model, name, Normaliser(np.asarray(stats["mean"], dtype=np.float64),
-                                                    np.asarray(stats["std"], dtype=np.float64)))
-            model.elites = np.asarray(state["elites"], dtype=np.int64)
-            # Files from before early stopping went by squared error hold no held-out MSE.
-            model.holdout_mse = np.asarray(state.get("holdout_mse", model.holdout_mse), dtype=np.float64)
-            model._generator.set_state(state["generator"])
+            model.restore_checkpoint(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing entries, wrong shapes
             raise ConfigError(f"{path}: a damaged ensemble model file ({type(err).__name__}: {err})") from None
         return model
+
+    def checkpoint_state(self) -> dict:
+        """Weights, normalisation, elites and the generator's state, as plain data and tensors."""
+        return {
+            "network": {k: v.cpu() for k, v in self.network.state_dict().items()},
+            "input_stats": None if self.input_stats is None else _stats(self.input_stats),
+            "target_stats": None if self.target_stats is None else _stats(self.target_stats),
+            "elites": self.elites.tolist(),
+            "holdout_mse": self.holdout_mse.tolist(),
+            "generator": self._generator.get_state(),
+        }
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Put back what `checkpoint_state` (or a saved file) holds, on a model of the same config."""
+        self.network.load_state_dict(state["network"])
+        for name in ("input_stats", "target_stats"):
+            stats = state[name]
+            if stats is not None:
+                setattr(self, name, Normaliser(np.asarray(stats["mean"], dtype=np.float64),
+                                               np.asarray(stats["std"], dtype=np.float64)))
+        self.elites = np.asarray(state["elites"], dtype=np.int64)
+        # Files from before early stopping went by squared error hold no held-out MSE.
+        self.holdout_mse = np.asarray(state.get("holdout_mse", self.holdout_mse), dtype=np.float64)
+        self._generator.set_state(state["generator"])
+        self._dynamics_cache.clear()
 
 
 def _stats(normaliser: Normaliser) -> dict[str, torch.Tensor]:

@@ -438,13 +438,30 @@ class GPModel:
             "state_names": list(self.state_names),
             "action_names": list(self.action_names),
             "config": asdict(self.config),
-            "sparse": self.sparse,
-            "X": self._X,
-            "Y": self._Y,
-            "subset": self._subset,
-            "gp": {k: v.detach() for k, v in self.gp.state_dict().items()},
+            **self.checkpoint_state(),
         }
         torch.save(state, path)
+
+    def checkpoint_state(self) -> dict:
+        """What the fit learned, as plain data and tensors ({} before the first fit): the training
+        data, the subset fitted on and the hyperparameters (the posterior is recomputed from them)."""
+        if not self.fitted:
+            return {}
+        return {"sparse": self.sparse, "X": self._X, "Y": self._Y, "subset": self._subset,
+                "gp": {k: v.detach() for k, v in self.gp.state_dict().items()}}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Put back what `checkpoint_state` gave (on a model built with the same names and config)."""
+        if not state:
+            return
+        X, Y, sparse = state["X"], state["Y"], bool(state["sparse"])
+        subset = state["subset"]
+        self.gp = BatchedGP(X[subset].expand(Y.shape[0], -1, -1), Y[:, subset], self.config.noise_floor)
+        self.gp.load_state_dict(state["gp"])
+        self.gp.eval()
+        self._X, self._Y, self._subset, self.sparse = X, Y, subset, sparse
+        self._cache()
+        self.fitted = True
 
     @classmethod
     def load(cls, path: str | Path) -> "GPModel":
@@ -455,14 +472,7 @@ class GPModel:
         state = load_torch_file(path, "a GP model file")
         try:
             model = cls(state["state_names"], state["action_names"], GPConfig(**state["config"]))
-            X, Y, sparse = state["X"], state["Y"], bool(state["sparse"])
-            subset = state["subset"]
-            model.gp = BatchedGP(X[subset].expand(Y.shape[0], -1, -1), Y[:, subset], model.config.noise_floor)
-            model.gp.load_state_dict(state["gp"])
+            model.restore_checkpoint({k: state[k] for k in ("sparse", "X", "Y", "subset", "gp")})
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:  # missing entries, wrong shapes
             raise ConfigError(f"{path}: a damaged GP model file ({type(err).__name__}: {err})") from None
-        model.gp.eval()
-        model._X, model._Y, model._subset, model.sparse = X, Y, subset, sparse
-        model._cache()
-        model.fitted = True
         return model
