@@ -18,13 +18,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from forethought.models.torch_file import load_torch_file
+from forethought.robots.config import ConfigError
 from forethought.robots.trial import Trial
 
 FILE = "checkpoint.pt"
@@ -100,7 +101,7 @@ class Packer:
 def _class(name: str) -> type:
     module, qualname = name.split(":")
     if not module.startswith(ALLOWED):
-        raise ValueError(f"checkpoint: refuses to build a {name}")
+        raise ConfigError(f"checkpoint: refuses to build a {name}")
     cls: Any = importlib.import_module(module)
     for part in qualname.split("."):
         cls = getattr(cls, part)
@@ -154,7 +155,7 @@ def unpack(value: Any, trials: list[Trial]) -> Any:
         obj = cls.__new__(cls)
         obj.__dict__.update({k: unpack(v, trials) for k, v in value["attrs"].items()})
         return obj
-    raise ValueError(f"checkpoint: an entry with keys {sorted(value)} that no checkpoint writes")
+    raise ConfigError(f"checkpoint: an entry with keys {sorted(value)} that no checkpoint writes")
 
 
 def state_of(obj: Any, packer: Packer, where: str) -> dict:
@@ -221,12 +222,9 @@ def load(folder: Path) -> dict | None:
     path = Path(folder) / FILE
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a checkpoint of format {FORMAT}, which this version reads")
+    state = load_torch_file(path, "a readable checkpoint")
+    if state.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a checkpoint of format {FORMAT}, which this version reads")
     return state
 
 

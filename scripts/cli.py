@@ -185,7 +185,7 @@ def resume_run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else (saved or {}).get("threads")
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(int(threads))
     where = f"iteration {saved['iterations'] + 1}" if saved else "its start (no checkpoint yet)"
     print(f"resuming {folder} from {where}", file=sys.stderr)

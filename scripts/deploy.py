@@ -335,7 +335,7 @@ def deploy_main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{args.policy}: no saved network policy (models/nn_policy.pt) in this run folder")
         experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
     if not 0.0 <= args.write_phase < 1.0:
-        raise ValueError(f"--write-phase must be in [0, 1) of a control period, got {args.write_phase}")
+        raise ConfigError(f"--write-phase must be in [0, 1) of a control period, got {args.write_phase}")
     calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)
     if not calibration_path.is_file():
         raise FileNotFoundError(
