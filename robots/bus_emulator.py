@@ -13,7 +13,7 @@ off leaves a joint free but held by its gearbox's friction, the torque limit bou
 force, and the homing offset shifts what the servo reports, as on the real servos. Each servo is
 mounted with an encoder offset and a direction (`ServoMount`), which is what calibration finds.
 
-Faults (`Fault`): corrupted replies at a rate, a servo that stops answering (it still obeys
+Faults (`Fault`): corrupted replies at a rate, replies lost at a rate, a servo that stops answering (it still obeys
 writes), overheating or overload (status bits set, the servo drops its torque), a voltage sag.
 """
 
@@ -38,7 +38,11 @@ from forethought.robots.servo_bus import BITS_PER_BYTE, ServoFault, ServoModel
 TWO_PI = 2.0 * np.pi
 AMBIENT_C = 32.0
 OVERHEAT_C = 80.0
-FAULT_KINDS = ("corrupt", "silent", "overheat", "overload", "voltage")
+FAULT_KINDS = ("corrupt", "drop", "silent", "overheat", "overload", "voltage")
+# Parameter bytes (Feetech; twice as many on Dynamixel, whose addresses and lengths are 16-bit) an
+# instruction needs before its data: start and length, or start alone for a write.
+_MIN_PARAMS = {sp.INST_READ: 2, sp.INST_WRITE: 1, sp.INST_SYNC_READ: 2, sp.INST_SYNC_WRITE: 2}
+DXL_DATA_LENGTH_ERROR = 5  # Protocol 2.0 status error number: the instruction's length is wrong
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class ServoMount:
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault to inject. kind: corrupt (value = rate of corrupted replies), silent, overheat,
+    """A fault to inject. kind: corrupt (value = rate of corrupted replies), drop (value = rate of
+    replies that never come), silent, overheat,
     overload (servo_id), voltage (value = supply V). at: seconds after torque first goes on
     (None: at once)."""
 
@@ -66,9 +71,9 @@ class Fault:
             raise ValueError(f"unknown fault '{self.kind}' (known: {', '.join(FAULT_KINDS)})")
         if self.kind in ("silent", "overheat", "overload") and self.servo_id is None:
             raise ValueError(f"fault '{self.kind}' needs a servo id ({self.kind}:ID)")
-        if self.kind in ("corrupt", "voltage") and self.value is None:
+        if self.kind in ("corrupt", "drop", "voltage") and self.value is None:
             raise ValueError(f"fault '{self.kind}' needs a value ({self.kind}:VALUE)")
-        if self.kind == "corrupt" and not 0.0 <= self.value <= 1.0:
+        if self.kind in ("corrupt", "drop") and not 0.0 <= self.value <= 1.0:
             raise ValueError(f"fault 'corrupt' needs a rate in [0, 1], got {self.value}")
 
     @classmethod
@@ -78,10 +83,10 @@ class Fault:
         kind, _, arg = spec.partition(":")
         try:
             at_s = float(at) if at else None
-            number = float(arg) if kind in ("corrupt", "voltage") else int(arg)
+            number = float(arg) if kind in ("corrupt", "drop", "voltage") else int(arg)
         except ValueError:
             raise ValueError(f"fault '{text}': expected KIND:ARG[@SECONDS], e.g. silent:3@1.5 or corrupt:0.02") from None
-        if kind in ("corrupt", "voltage"):
+        if kind in ("corrupt", "drop", "voltage"):
             return cls(kind, value=number, at=at_s)
         return cls(kind, servo_id=number, at=at_s)
 
@@ -197,6 +202,10 @@ class BusEmulator:
             self._apply_torque(i, servo)
         self.voltage = arm.supply_voltage
         self.corrupt_rate = 0.0
+        self.drop_rate = 0.0
+        self.malformed = 0  # instruction packets with too few parameters, ignored or refused
+        self.dropped = 0  # replies the drop fault swallowed
+        self.errors: list[str] = []  # packets whose handling raised (a bug in the emulator)
         self._pending_faults: list[Fault] = []
         self._torque_first_on: float | None = None
         self.events: list[tuple[float, str, int | None, float | None]] = []
@@ -285,7 +294,14 @@ class BusEmulator:
                     break
                 del buf[: decoded.consumed]
                 if decoded.packet is not None:
-                    self._answer(decoded.packet, decoded.consumed, arrived)
+                    try:
+                        self._answer(decoded.packet, decoded.consumed, arrived)
+                    except OSError:
+                        return  # the pseudo-terminal closed under a reply
+                    except Exception as err:  # noqa: BLE001
+                        # A packet the emulator could not answer is a bug to report, but the bus
+                        # must go on serving: a real servo does not die of a strange packet.
+                        self.errors.append(f"{decoded.packet}: {type(err).__name__}: {err}")
 
     # -- the protocol --------------------------------------------------------------------------
     def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float) -> None:
@@ -295,6 +311,9 @@ class BusEmulator:
         t = arrived + n_bytes * BITS_PER_BYTE / self.arm.baudrate
         for servo, reply in replies:
             if servo.silent:
+                continue
+            if self.drop_rate and self._rng.random() < self.drop_rate:
+                self.dropped += 1  # a reply that never comes: the line stays quiet for its time
                 continue
             if self.corrupt_rate and self._rng.random() < self.corrupt_rate:
                 reply = self._corrupt(reply)
@@ -314,6 +333,14 @@ class BusEmulator:
     def _replies_to(self, packet: sp.Packet) -> list[tuple[_Servo, bytes]]:
         dxl = self.arm.protocol == "dynamixel"
         p, inst = packet.params, packet.code
+        if len(p) < _MIN_PARAMS.get(inst, 0) * (2 if dxl else 1):
+            # Too few parameters for the instruction: a Dynamixel servo answers a packet sent to
+            # it alone with a data length error; a Feetech servo and any broadcast stay silent.
+            self.malformed += 1
+            servo = self._by_id.get(packet.servo_id)
+            if dxl and servo is not None and inst in (sp.INST_READ, sp.INST_WRITE, sp.INST_PING):
+                return [(servo, self._status(servo, b"", DXL_DATA_LENGTH_ERROR))]
+            return []
         if inst == sp.INST_SYNC_WRITE:
             start, length, body = (_u16(p, 0), _u16(p, 2), p[4:]) if dxl else (p[0], p[1], p[2:])
             for k in range(0, len(body) - length + 1, length + 1):
@@ -354,6 +381,8 @@ class BusEmulator:
     def _write(self, servo: _Servo, start: int, data: bytes) -> int:
         """Store data at start; 0, or the Protocol 2.0 error number when the servo refuses."""
         model = servo.model
+        if start + len(data) > len(servo.table):
+            return 7 if model.protocol == "dynamixel" else 0  # no such address: refused / ignored
         if start < model.eeprom_end:
             if "lock" in model.registers and servo.get("lock") == 1:
                 return 0  # Feetech: EEPROM writes while locked do not stick
@@ -508,6 +537,8 @@ class BusEmulator:
         with self._lock:
             if fault.kind == "corrupt":
                 self.corrupt_rate = float(fault.value)
+            elif fault.kind == "drop":
+                self.drop_rate = float(fault.value)
             elif fault.kind == "voltage":
                 self.voltage = float(fault.value)
             else:
@@ -524,7 +555,7 @@ class BusEmulator:
 
     def clear_faults(self) -> None:
         with self._lock:
-            self.corrupt_rate, self.voltage = 0.0, self.arm.supply_voltage
+            self.corrupt_rate, self.drop_rate, self.voltage = 0.0, 0.0, self.arm.supply_voltage
             self._pending_faults.clear()
             for servo in self._servos:
                 servo.silent, servo.faults = False, ServoFault.NONE

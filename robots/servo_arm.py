@@ -5,7 +5,10 @@ for the next tick of the loop clock, reads every servo in one sync read and retu
 The clock starts with the first step (after reset the arm holds its start pose for as long as
 the controller takes to decide its first action) and measures its own period and jitter
 (`loop_stats`). From then on, a watchdog holds the arm where it is when no new action comes for
-two periods. A bus failure, a servo fault or any
+two periods. A servo that misses reads stands on its last valid state for up to the arm's stale
+window (`ArmDescription.stale_window`): those ticks are marked stale (counted in `loop_stats`) and
+the safety layer keeps the last goal; a servo silent for longer is lost. A bus failure, a lost
+servo, a servo fault or any
 exit (close, an exception, SIGINT, SIGTERM through `safety.exit_signals_raise`) turns torque off
 on every servo.
 
@@ -27,7 +30,7 @@ from forethought.robots.arm_description import ArmDescription, make_bus
 from forethought.robots.calibration import Calibration, apply_calibration
 from forethought.robots.robot import ActionError, RobotSpec
 from forethought.robots.safety import SafetyLayer, SafetyLimits, SafetyStop
-from forethought.robots.servo_bus import BusError, BusReading, ServoBus
+from forethought.robots.servo_bus import BusError, BusReading, ServoBus, ServoNotResponding
 
 
 def sleep_until(deadline: float, spin_s: float = 0.0005) -> None:
@@ -142,6 +145,10 @@ class ServoArm:
         self.clock = LoopClock(dt)
         self._reset_at = time.monotonic()
         self.last_reading: BusReading | None = None
+        self.stale_window = float(arm.stale_window)
+        self.stale = False  # the last read stood in for a servo that did not answer
+        self._answered_at: np.ndarray | None = None  # (k,) time.monotonic() of each servo's last valid reply
+        self._stale_ticks = self._stale_run = self._longest_stale = 0
         self.start_error: np.ndarray | None = None
         self._q = self._v = None
         self._lock = threading.RLock()
@@ -219,6 +226,7 @@ class ServoArm:
         self.safety.reset_counts()
         self.clock = LoopClock(self.spec.dt)
         self._controller_s, self._read_s = [], []
+        self._stale_ticks = self._stale_run = self._longest_stale = 0
         with self._lock:
             x = self._read()
         self._loop_running = False
@@ -250,7 +258,7 @@ class ServoArm:
             with self._lock:
                 self._raise_watchdog_error()
                 self._holding = False
-                goal = self.safety.filter(u, self._q, self._v)
+                goal = self.safety.keep() if self.stale else self.safety.filter(u, self._q, self._v)
                 self._guarded(lambda: self.bus.write_goals(self.calibration.to_ticks(goal)))
             if not np.all(np.isfinite(u)):
                 bad = [n for n, v in zip(self.spec.action_names, u) if not np.isfinite(v)]
@@ -288,9 +296,12 @@ class ServoArm:
         self.close()
 
     def loop_stats(self) -> dict[str, float]:
-        """The clock's statistics (LoopClock.stats), and in ms the p50 and p99 of the time the
-        controller took between steps and of the sync read of every servo."""
+        """The clock's statistics (LoopClock.stats), in ms the p50 and p99 of the time the
+        controller took between steps and of the sync read of every servo, and the reads since
+        reset that stood on a servo's last valid state (stale_ticks; longest_stale_ticks in a row)."""
         stats = self.clock.stats()
+        stats["stale_ticks"] = self._stale_ticks
+        stats["longest_stale_ticks"] = self._longest_stale
         for name, samples in (("controller", self._controller_s), ("bus_read", self._read_s)):
             if samples:
                 ms = np.array(samples) * 1e3
@@ -301,7 +312,7 @@ class ServoArm:
     # -- internals ---------------------------------------------------------------------------------
     def _read(self) -> np.ndarray:
         """Read every servo (caller holds the lock), check their health, update (q, v)."""
-        reading = self._guarded(self.bus.read_state)
+        reading = self._guarded(lambda: self._fill_stale(self.bus.read_state(allow_missing=self.stale_window > 0)))
         self._guarded(lambda: self.safety.check_health(reading))
         q = self.calibration.to_rad(reading.position)
         if self.velocity_source == "servo" or self.last_reading is None or self._q is None:
@@ -314,6 +325,45 @@ class ServoArm:
             v = a * self._v + (1.0 - a) * (q - self._q) / elapsed
         self.last_reading, self._q, self._v = reading, q, v
         return np.concatenate([q, v])
+
+    def _fill_stale(self, reading: BusReading) -> BusReading:
+        """The reading with each servo that did not answer standing on its last valid state, as
+        long as that is at most stale_window old; ServoNotResponding naming the servos beyond it."""
+        answered = reading.answered()
+        if self._answered_at is None or self._answered_at.shape != answered.shape:
+            self._answered_at = np.full(answered.shape, -np.inf)
+        self._answered_at[answered] = reading.time
+        self.stale = not answered.all()
+        if not self.stale:
+            self._stale_run = 0
+            return reading
+        age = reading.time - self._answered_at
+        lost = [i for i in np.flatnonzero(~answered) if age[i] > self.stale_window or self.last_reading is None]
+        if lost:
+            servos = [self.bus.servos[i] for i in lost]
+            known = [age[i] for i in lost if np.isfinite(age[i])]
+            since = f"for {max(known) * 1e3:.0f} ms" if known else "since the arm connected"
+            verb = "is" if len(lost) == 1 else "are"
+            raise ServoNotResponding(
+                f"{', '.join(s.label() for s in servos)} {verb} not answering on {self.bus.port_name}: "
+                f"no valid status packet {since} (stale window {self.stale_window * 1e3:.0f} ms)",
+                [s.name for s in servos],
+            )
+        last = self.last_reading
+        keep = ~answered
+
+        def merged(now: np.ndarray, before: np.ndarray) -> np.ndarray:
+            return np.where(keep, before, now)
+
+        self._stale_ticks += 1
+        self._stale_run += 1
+        self._longest_stale = max(self._longest_stale, self._stale_run)
+        return BusReading(
+            merged(reading.position, last.position), merged(reading.velocity, last.velocity),
+            merged(reading.load, last.load), merged(reading.voltage, last.voltage),
+            merged(reading.temperature, last.temperature),
+            [b if k else a for a, b, k in zip(reading.faults, last.faults, keep)], reading.time, answered,
+        )
 
     def _guarded(self, action):
         """Run a bus action; on a bus failure or a safety stop, torque off everywhere and re-raise."""

@@ -17,12 +17,17 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from forethought.robots.servo_packets import Decoded, Packet
+from forethought.robots.servo_rx import RetryEvent, RetryLog, StatusFormat, drain, hex_bytes, receive_status
+
 BITS_PER_BYTE = 10  # start + 8 data + stop bits on the wire
 BROADCAST_ID = 0xFE
+RETURN_DELAY_UNIT_S = 2e-6  # one count of the return delay register, on STS and X-series alike
+FACTORY_RETURN_DELAY_S = 500e-6  # 250 counts, as the servos leave the factory
 
 
 class BusError(RuntimeError):
@@ -254,6 +259,11 @@ class BusReading:
     temperature: np.ndarray
     faults: list[ServoFault]
     time: float
+    valid: np.ndarray | None = None  # (k,) bool: the servo answered this read (None: all did)
+
+    def answered(self) -> np.ndarray:
+        """(k,) bool: which servos gave a valid status packet in this read."""
+        return np.ones(len(self.position), dtype=bool) if self.valid is None else self.valid
 
 
 def wire_time(n_bytes: int, baudrate: int) -> float:
@@ -335,7 +345,10 @@ class ServoBus(ABC):
         self.retries = int(retries)
         self.latency_ms = latency_ms
         self.timeout_margin_ms = float(timeout_margin_ms)
-        self.stats = {"reads": 0, "retries": 0, "corrupt": 0, "timeouts": 0}
+        self.stats = {"reads": 0, "retries": 0, "corrupt": 0, "timeouts": 0, "missing": 0}
+        self.retry_log = RetryLog()
+        # Each servo's return delay (s): the factory default until one is read or written.
+        self._return_delay_s = {s.servo_id: FACTORY_RETURN_DELAY_S for s in servos}
         self._port = None
         self._ph = None
         self._by_id = {s.servo_id: s for s in self.servos}
@@ -355,12 +368,17 @@ class ServoBus(ABC):
     def _sync_read_tx(self, ids: list[int], start: int, length: int) -> int: ...
 
     @abstractmethod
-    def _rx_packet(self) -> tuple[list[int], int]: ...
+    def _decode(self, buf: bytearray) -> Decoded:
+        """The protocol's decoder (servo_packets)."""
 
-    _ID_AT: int
-    _ERROR_AT: int
-    _DATA_AT: int
+    @abstractmethod
+    def _unpack(self, packet: Packet, n: int) -> tuple[bytes, int] | None:
+        """(data, error byte) of a status packet with exactly n data bytes, else None."""
+
+    _STATUS_FORMAT: StatusFormat
     _STATUS_OVERHEAD: int  # bytes of a status packet besides its data
+    _TX_OVERHEAD: int  # bytes of an instruction packet besides its parameters
+    _ADDRESS_BYTES: int  # bytes of an address or a length in an instruction's parameters
 
     @abstractmethod
     def _status_faults(self, servo: BusServo, error: int, block: bytes) -> ServoFault | None:
@@ -447,16 +465,21 @@ class ServoBus(ABC):
                 )
 
     def read_register(self, servo: BusServo, role: str) -> int:
-        """One register by role, decoded; retried like every read."""
-        port = self._require_open()
+        """One register by role, decoded; tried like every read (see `_transact`)."""
         reg = servo.model.registers[role]
-        for _ in range(self.retries + 1):
-            data, result, _ = self._ph.readTxRx(port, servo.servo_id, reg.address, reg.size)
-            if result == self._COMM_SUCCESS and len(data) == reg.size:
-                return reg.decode(bytes(data))
-            self._count_failure(result)
-            self._recover()
-        raise ServoNotResponding(f"{servo.label()} did not answer a read of {role} after {self.retries + 1} tries", [servo.name])
+        got, missing, tries = self._transact(
+            f"register {role}", [servo.servo_id], reg.size, lambda k: 2 * self._ADDRESS_BYTES,
+            lambda ids: self._ph.readTx(self._port, ids[0], reg.address, reg.size),
+        )
+        if missing:
+            raise ServoNotResponding(
+                f"{servo.label()} did not answer a read of {role} (no valid status packet in {tries[servo.servo_id]} tries)",
+                [servo.name],
+            )
+        value = reg.decode(got[servo.servo_id][0])
+        if role == "return_delay":
+            self._return_delay_s[servo.servo_id] = value * RETURN_DELAY_UNIT_S
+        return value
 
     def write_register(self, servo: BusServo, role: str, value: int) -> None:
         """One register by role; confirmed by the servo's status packet, retried like a read.
@@ -465,6 +488,9 @@ class ServoBus(ABC):
         """
         reg = servo.model.registers[role]
         data = reg.encode(value)
+        if role == "return_delay":
+            # From now on (whether or not the write is confirmed) wait for the longer of the two.
+            self._return_delay_s[servo.servo_id] = max(self._return_delay_s[servo.servo_id], value * RETURN_DELAY_UNIT_S)
         eeprom = reg.address < servo.model.eeprom_end
         if eeprom and "lock" in servo.model.registers:
             self._write_raw(servo, servo.model.registers["lock"].address, b"\x00", role)
@@ -474,6 +500,8 @@ class ServoBus(ABC):
                 self._write_raw(servo, servo.model.registers["lock"].address, b"\x01", role)
         else:
             self._write_raw(servo, reg.address, data, role)
+        if role == "return_delay":
+            self._return_delay_s[servo.servo_id] = value * RETURN_DELAY_UNIT_S
 
     def _write_raw(self, servo: BusServo, address: int, data: bytes, role: str) -> None:
         port = self._require_open()
@@ -491,77 +519,105 @@ class ServoBus(ABC):
         return False
 
     # -- every servo at once --------------------------------------------------------------------
-    def read_state(self) -> BusReading:
+    def read_state(self, allow_missing: bool = False) -> BusReading:
         """Sync read of the state block of every servo, asking again only the servos still missing.
 
-        A servo is declared lost (ServoNotResponding, naming it) after `retries` + 1 bad tries, or
-        after two tries in a row without any status packet from it: a silent servo costs two
-        packet timeouts, not `retries` of them.
+        A servo is missing after `retries` + 1 tries without a valid reply, or after two tries in
+        which the line stayed quiet for it (a silent servo costs two exchange timeouts, not
+        `retries` of them); see `_transact`. Missing servos raise ServoNotResponding naming them,
+        or with allow_missing come back with `valid` False and zeros in their fields.
         """
-        self._require_open()
         started = time.monotonic()
         start, length = self._block
-        pending = [s.servo_id for s in self.servos]
-        got: dict[int, tuple[bytes, int]] = {}
-        failures = dict.fromkeys(pending, 0)
-        misses = dict.fromkeys(pending, 0)
+        ids = [s.servo_id for s in self.servos]
         self.stats["reads"] += 1
-        while True:
-            received, timed_out = self._sync_read(pending, start, length)
-            got.update(received)
-            pending = [i for i in pending if i not in got]
-            if not pending:
-                break
-            for i in pending:
-                failures[i] += 1
-                misses[i] = misses[i] + 1 if timed_out else 0
-            lost = [i for i in pending if failures[i] > self.retries or misses[i] >= 2]
-            if lost:
-                self._recover()
-                labels = ", ".join(self._by_id[i].label() for i in lost)
-                verb = "is" if len(lost) == 1 else "are"
-                raise ServoNotResponding(
-                    f"{labels} {verb} not answering on {self.port_name} "
-                    f"(no valid status packet in {max(failures[i] for i in lost)} tries)",
-                    [self._by_id[i].name for i in lost],
-                )
-            self.stats["retries"] += 1
-            self._recover(len(pending) * (self._STATUS_OVERHEAD + length))
-        return self._decode_reading([got[s.servo_id] for s in self.servos], started)
+        got, missing, tries = self._transact(
+            "state", ids, length, lambda k: 2 * self._ADDRESS_BYTES + k,
+            lambda pending: self._sync_read_tx(pending, start, length),
+        )
+        if missing and not allow_missing:
+            labels = ", ".join(self._by_id[i].label() for i in missing)
+            verb = "is" if len(missing) == 1 else "are"
+            raise ServoNotResponding(
+                f"{labels} {verb} not answering on {self.port_name} "
+                f"(no valid status packet in {max(tries[i] for i in missing)} tries)",
+                [self._by_id[i].name for i in missing],
+            )
+        self.stats["missing"] += len(missing)
+        blank = (bytes(length), 0)
+        return self._decode_reading([got.get(i, blank) for i in ids], started, [i not in missing for i in ids])
 
-    def _sync_read(self, ids: list[int], start: int, length: int) -> tuple[dict[int, tuple[bytes, int]], bool]:
-        """One sync read: the packets that came back valid, by id, and whether it ended in a timeout.
+    def _transact(
+        self, op: str, ids: list[int], n: int, n_params: Callable[[int], int], send: Callable[[list[int]], int]
+    ) -> tuple[dict[int, tuple[bytes, int]], list[int], dict[int, int]]:
+        """One read of n data bytes from each servo in ids, tried again for the servos still missing.
 
-        A corrupted packet is skipped and the next one read (each servo answers on its own); a
-        timeout ends the read, since nothing more arrives within the exchange's time.
+        send(pending ids) puts the instruction on the wire (an SDK call); n_params(k): its parameter
+        bytes when it asks k servos. Every servo counts its tries the same way: a try is a request that
+        included it and brought no valid reply. A servo is given up after `retries` + 1 tries, or
+        after two tries in which nothing at all came for it (the line quiet: a silent servo).
+        Before a retry the line is drained, so that late replies of the failed try do not meet it.
+        Returns (replies by id: (data, error byte), missing ids, tries by id); each failed try goes
+        to the retry log.
         """
         port = self._require_open()
+        pending = list(ids)
         got: dict[int, tuple[bytes, int]] = {}
-        if self._sync_read_tx(ids, start, length) != self._COMM_SUCCESS:
+        tries = dict.fromkeys(ids, 0)
+        quiet = dict.fromkeys(ids, 0)
+        attempt = 0
+        while pending:
+            attempt += 1
+            sent_at = time.monotonic()
+            result = send(pending)
             port.is_using = False
-            return got, False
-        remaining = set(ids)
-        timed_out = False
-        for _ in range(len(ids)):
-            packet, result = self._rx_packet()
             if result != self._COMM_SUCCESS:
-                self._count_failure(result)
-                if self._is_timeout(result):
-                    timed_out = True
-                    break
-                continue
-            servo_id = packet[self._ID_AT]
-            if servo_id in remaining:
-                data = bytes(packet[self._DATA_AT : self._DATA_AT + length])
-                if len(data) == length:
-                    got[servo_id] = (data, packet[self._ERROR_AT])
-                    remaining.discard(servo_id)
-            if not remaining:
+                received = None
+            else:
+                deadline = sent_at + self._exchange_time(pending, n, n_params(len(pending)))
+                received = receive_status(port, self._decode, self._STATUS_FORMAT, self._unpack, pending, n, deadline)
+                got.update(received.replies)
+            missing = [i for i in pending if i not in got]
+            for i in pending:
+                if i in missing:
+                    tries[i] += 1
+            if not missing:
                 break
-        port.is_using = False
-        return got, timed_out
+            if received is None:
+                outcome, reasons, rejected, waited = "send failed", (), "", 0.0
+            else:
+                corrupt = bool(received.rejected)
+                outcome = "corrupt" if corrupt else "timeout"
+                reasons, rejected, waited = tuple(received.reasons), hex_bytes(received.rejected), received.waited_s
+                self.stats["corrupt" if corrupt else "timeouts"] += 1
+                for i in missing:
+                    quiet[i] = 0 if corrupt else quiet[i] + 1
+            self.retry_log.add(RetryEvent(sent_at, op, attempt, tuple(pending), tuple(missing), outcome, reasons,
+                                          rejected, waited * 1e3))
+            self.retry_log.drained(self._drain(missing, n))
+            pending = [i for i in missing if tries[i] <= self.retries and quiet[i] < 2]
+            if pending:
+                self.stats["retries"] += 1
+        return got, [i for i in ids if i not in got], tries
 
-    def _decode_reading(self, packets: list[tuple[bytes, int]], started: float) -> BusReading:
+    def _exchange_time(self, ids: list[int], n: int, n_params: int) -> float:
+        """Seconds from sending a request with n_params parameter bytes until the replies of n
+        data bytes from `ids` are in: the wire time of both, each servo's return delay, twice the
+        USB adapter's latency (one each way), and the margin for a host or servo running late."""
+        port = self._port
+        wire = wire_time(self._TX_OVERHEAD + n_params + len(ids) * (self._STATUS_OVERHEAD + n), self.baudrate)
+        delays = sum(self._return_delay_s[i] for i in ids)
+        return wire + delays + 2e-3 * port.latency_ms + 1e-3 * self.timeout_margin_ms
+
+    def _drain(self, ids: list[int], n: int) -> int:
+        """Drop what still arrives from a failed exchange until the line has been quiet for the
+        time one more reply would take plus the USB latency; returns the bytes dropped."""
+        port = self._require_open()
+        quiet = wire_time(self._STATUS_OVERHEAD + n, self.baudrate) + max(self._return_delay_s.values()) \
+            + 2e-3 * port.latency_ms + 0.5e-3
+        return drain(port, quiet, quiet + self._exchange_time(ids, n, 0))
+
+    def _decode_reading(self, packets: list[tuple[bytes, int]], started: float, valid: list[bool]) -> BusReading:
         start, _ = self._block
         k = len(self.servos)
         pos, vel, load, volt, temp = (np.zeros(k) for _ in range(5))
@@ -578,11 +634,15 @@ class ServoBus(ABC):
             load[i] = field_("present_load") * model.load_unit
             volt[i] = field_("present_voltage") * model.voltage_unit
             temp[i] = field_("present_temperature")
+            if not valid[i]:
+                faults.append(ServoFault.NONE)
+                continue
             found = self._status_faults(servo, error, block)
             if found is None:
                 found = model.faults(self.read_register(servo, "status"))
             faults.append(found)
-        return BusReading(pos.astype(np.int64), vel, load, volt, temp, faults, started)
+        return BusReading(pos.astype(np.int64), vel, load, volt, temp, faults, started,
+                          None if all(valid) else np.array(valid))
 
     def write_goals(self, ticks: Sequence[int]) -> None:
         """Sync write of goal positions (ticks, bus order); no status packets come back."""
@@ -633,8 +693,8 @@ class ServoBus(ABC):
     def _is_timeout(self, result: int) -> bool: ...
 
     def _recover(self, expected_bytes: int = 0) -> None:
-        """Let the rest of a failed exchange arrive, then drop it, so the next packet starts clean."""
+        """Let the rest of a failed exchange arrive and drop it, so the next packet starts clean."""
         port = self._require_open()
-        time.sleep(wire_time(expected_bytes, self.baudrate) + 0.0005)
-        port.ser.reset_input_buffer()
+        quiet = wire_time(max(expected_bytes, self._STATUS_OVERHEAD), self.baudrate) + 2e-3 * port.latency_ms + 0.5e-3
+        self.retry_log.drained(drain(port, quiet, quiet + 1e-3 * self.timeout_margin_ms))
         port.is_using = False

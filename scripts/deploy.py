@@ -409,14 +409,14 @@ def _enter_pressed(prompt: str):
 # -- emulate ------------------------------------------------------------------------------------------
 
 EMULATOR_COMMANDS = """commands on stdin: pose home | pose rotated | pose Q1 Q2 ... (rad) | sweep [SECONDS_PER_JOINT]
-                   fault KIND:ARG[@SECONDS] (corrupt:0.02 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
+                   fault KIND:ARG[@SECONDS] (corrupt:0.02 drop:0.005 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
 
 
 def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
     parser.add_argument("--seed", type=int, default=0, help="seed of the servo mounts (encoder offsets, directions) and faults")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND:ARG[@SECONDS]",
-                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, "
+                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, drop:RATE, "
                         "silent:ID, overheat:ID, overload:ID, voltage:VOLTS (repeatable)")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from forethought.robots.arm_description import load_arm, make_bus
 from forethought.robots.bus_emulator import BusEmulator, Fault, ServoMount
-from forethought.robots.servo_bus import BusError, BusServo, ServoFault, ServoModelMismatch, ServoNotResponding, wire_time
+from forethought.robots.servo_bus import BusError, BusServo, ServoFault, ServoModelMismatch, ServoNotResponding
 from forethought.sim.scenes import scene_path
 
 ARMS = ["so101", "koch"]
@@ -88,31 +88,6 @@ def test_goal_positions_written_to_the_bus_move_the_arm(rig):
     assert emulator.torque() == [False] * 6
 
 
-def test_replies_take_the_wire_time_and_the_return_delay(rig):
-    arm, emulator, bus = rig
-    model = arm.joints[0].model
-    start, length = model.state_block
-    status = (6 if arm.protocol == "feetech" else 11) + length
-    instruction = (8 if arm.protocol == "feetech" else 14) + 6
-    expected = wire_time(instruction + 6 * status, arm.baudrate)
-
-    def fastest_read(n=15) -> float:
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            bus.read_state()
-            times.append(time.perf_counter() - t)
-        return min(times), float(np.median(times))
-
-    fast, median = fastest_read()
-    assert fast >= 0.95 * expected
-    assert median < expected + 0.010  # loose: the test machine may be busy
-    for servo in bus.servos:
-        bus.write_register(servo, "return_delay", 250)  # 500 us, the factory default
-    slow, _ = fastest_read()
-    assert slow - fast >= 0.9 * 6 * 500e-6
-
-
 def test_eeprom_needs_torque_off_on_dynamixel_and_the_lock_open_on_feetech(rig):
     arm, emulator, bus = rig
     servo = bus.servos[1]
@@ -154,11 +129,11 @@ def test_a_silent_servo_is_named_quickly_and_still_obeys_torque_off(rig):
     bus.write_goals(bus.read_state().position)
     bus.set_torque(True)
     emulator.inject(Fault("silent", servo_id=3))
-    started = time.perf_counter()
-    with pytest.raises(ServoNotResponding, match=r"servo 3 \(elbow_flex\) is not answering") as caught:
+    with pytest.raises(ServoNotResponding, match=r"servo 3 \(elbow_flex\) is not answering .* in 2 tries") as caught:
         bus.read_state()
-    assert time.perf_counter() - started < 0.04  # two packet timeouts (about 11 ms), not one per retry
     assert caught.value.names == ("elbow_flex",)
+    # Two quiet tries (two exchange timeouts), not one per retry.
+    assert [(e.missing, e.outcome) for e in bus.retry_log if 3 in e.missing] == [((3,), "timeout")] * 2
     bus.torque_off_all(confirm=True)  # the servos' own status packets say it is done
     assert emulator.torque() == [False] * 6
 
