@@ -206,6 +206,7 @@ class BusEmulator:
         self.malformed = 0  # instruction packets with too few parameters, ignored or refused
         self.dropped = 0  # replies the drop fault swallowed
         self.errors: list[str] = []  # packets whose handling raised (a bug in the emulator)
+        self.superseded = 0  # replies not sent because the host had sent a newer instruction
         self._pending_faults: list[Fault] = []
         self._torque_first_on: float | None = None
         self.events: list[tuple[float, str, int | None, float | None]] = []
@@ -288,28 +289,37 @@ class BusEmulator:
                 break
             arrived = time.monotonic()
             buf += chunk
+            packets = []
             while buf:
                 decoded = self._decode(buf)
                 if decoded.consumed == 0:
                     break
                 del buf[: decoded.consumed]
                 if decoded.packet is not None:
-                    try:
-                        self._answer(decoded.packet, decoded.consumed, arrived)
-                    except OSError:
-                        return  # the pseudo-terminal closed under a reply
-                    except Exception as err:  # noqa: BLE001
-                        # A packet the emulator could not answer is a bug to report, but the bus
-                        # must go on serving: a real servo does not die of a strange packet.
-                        self.errors.append(f"{decoded.packet}: {type(err).__name__}: {err}")
+                    packets.append((decoded.packet, decoded.consumed))
+            for k, (packet, n_bytes) in enumerate(packets):
+                # An instruction with another one already behind it is obeyed but not answered:
+                # the host has moved on (it gave up waiting), and on a real bus the replies would
+                # collide with the newer instruction.
+                try:
+                    self._answer(packet, n_bytes, arrived, superseded=k < len(packets) - 1)
+                except OSError:
+                    return  # the pseudo-terminal closed under a reply
+                except Exception as err:  # noqa: BLE001
+                    # A packet the emulator could not answer is a bug to report, but the bus
+                    # must go on serving: a real servo does not die of a strange packet.
+                    self.errors.append(f"{packet}: {type(err).__name__}: {err}")
 
     # -- the protocol --------------------------------------------------------------------------
-    def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float) -> None:
+    def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float, superseded: bool = False) -> None:
         with self._lock:
             self._advance(time.monotonic())
             replies = self._replies_to(packet)
         t = arrived + n_bytes * BITS_PER_BYTE / self.arm.baudrate
-        for servo, reply in replies:
+        for k, (servo, reply) in enumerate(replies):
+            if superseded or self._host_talking():
+                self.superseded += len(replies) - k  # the host sent a new instruction: stop answering this one
+                return
             if servo.silent:
                 continue
             if self.drop_rate and self._rng.random() < self.drop_rate:
@@ -323,6 +333,11 @@ class BusEmulator:
                 time.sleep(delay)
             os.write(self._master, reply)
             self.replies += 1
+
+    def _host_talking(self) -> bool:
+        """Whether a new instruction from the host is waiting to be read."""
+        ready, _, _ = select.select([self._master], [], [], 0)
+        return bool(ready)
 
     def _corrupt(self, reply: bytes) -> bytes:
         out = bytearray(reply)

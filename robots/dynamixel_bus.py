@@ -54,7 +54,8 @@ class DynamixelBus(ServoBus):
     def _decode(self, buf: bytearray) -> sp.Decoded:
         return sp.dxl_decode(buf)
 
-    def _unpack(self, packet: sp.Packet, n: int) -> tuple[bytes, int] | None:
+    @staticmethod
+    def _unpack(packet: sp.Packet, n: int) -> tuple[bytes, int] | None:
         # A status packet: INST 0x55, params = ERROR + data (unstuffed).
         if packet.code != sp.DXL_INST_STATUS or len(packet.params) != n + 1:
             return None

@@ -39,7 +39,8 @@ class FeetechBus(ServoBus):
     def _decode(self, buf: bytearray) -> sp.Decoded:
         return sp.feetech_decode(buf)
 
-    def _unpack(self, packet: sp.Packet, n: int) -> tuple[bytes, int] | None:
+    @staticmethod
+    def _unpack(packet: sp.Packet, n: int) -> tuple[bytes, int] | None:
         # A status packet: code is the servo's error byte, params the data.
         return (packet.params, packet.code) if len(packet.params) == n else None
 

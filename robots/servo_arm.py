@@ -149,6 +149,8 @@ class ServoArm:
         self.stale = False  # the last read stood in for a servo that did not answer
         self._answered_at: np.ndarray | None = None  # (k,) time.monotonic() of each servo's last valid reply
         self._stale_ticks = self._stale_run = self._longest_stale = 0
+        self._stale_runs: dict[int, int] = {}  # length of a run of stale reads -> how many ended so
+        self._bus_at_reset: dict[str, int] = {}
         self.start_error: np.ndarray | None = None
         self._q = self._v = None
         self._lock = threading.RLock()
@@ -227,6 +229,10 @@ class ServoArm:
         self.clock = LoopClock(self.spec.dt)
         self._controller_s, self._read_s = [], []
         self._stale_ticks = self._stale_run = self._longest_stale = 0
+        self._stale_runs = {}
+        self._bus_at_reset = dict(self.bus.stats)
+        self._stale_runs: dict[int, int] = {}  # length of a run of stale reads -> how many ended so
+        self._bus_at_reset: dict[str, int] = {}
         with self._lock:
             x = self._read()
         self._loop_running = False
@@ -298,10 +304,18 @@ class ServoArm:
     def loop_stats(self) -> dict[str, float]:
         """The clock's statistics (LoopClock.stats), in ms the p50 and p99 of the time the
         controller took between steps and of the sync read of every servo, and the reads since
-        reset that stood on a servo's last valid state (stale_ticks; longest_stale_ticks in a row)."""
+        reset that stood on a servo's last valid state (stale_ticks; longest_stale_ticks in a row;
+        stale_runs: run length -> count), and the bus's counts since reset (bus_retries,
+        bus_corrupt, bus_timeouts, bus_missing: servo replies given up on)."""
         stats = self.clock.stats()
         stats["stale_ticks"] = self._stale_ticks
         stats["longest_stale_ticks"] = self._longest_stale
+        runs = dict(self._stale_runs)
+        if self._stale_run:
+            runs[self._stale_run] = runs.get(self._stale_run, 0) + 1
+        stats["stale_runs"] = {str(k): runs[k] for k in sorted(runs)}
+        for key in ("retries", "corrupt", "timeouts", "missing"):
+            stats[f"bus_{key}"] = self.bus.stats.get(key, 0) - self._bus_at_reset.get(key, 0)
         for name, samples in (("controller", self._controller_s), ("bus_read", self._read_s)):
             if samples:
                 ms = np.array(samples) * 1e3
@@ -335,6 +349,8 @@ class ServoArm:
         self._answered_at[answered] = reading.time
         self.stale = not answered.all()
         if not self.stale:
+            if self._stale_run:
+                self._stale_runs[self._stale_run] = self._stale_runs.get(self._stale_run, 0) + 1
             self._stale_run = 0
             return reading
         age = reading.time - self._answered_at

@@ -28,6 +28,10 @@ BITS_PER_BYTE = 10  # start + 8 data + stop bits on the wire
 BROADCAST_ID = 0xFE
 RETURN_DELAY_UNIT_S = 2e-6  # one count of the return delay register, on STS and X-series alike
 FACTORY_RETURN_DELAY_S = 500e-6  # 250 counts, as the servos leave the factory
+# ms an exchange waits past its wire time, return delays and USB latency. A real servo answers
+# within microseconds of that; the margin covers a host (or an emulator) that the scheduler holds
+# back for a few ms, which an idle machine does now and then (docs/notes/servo-retries.md).
+DEFAULT_TIMEOUT_MARGIN_MS = 5.0
 
 
 class BusError(RuntimeError):
@@ -327,7 +331,7 @@ class ServoBus(ABC):
         baudrate: int = 1_000_000,
         retries: int = 3,
         latency_ms: float | None = None,
-        timeout_margin_ms: float = 2.0,
+        timeout_margin_ms: float = DEFAULT_TIMEOUT_MARGIN_MS,
     ):
         if not servos:
             raise ValueError("a servo bus needs at least one servo")
@@ -574,8 +578,9 @@ class ServoBus(ABC):
             if result != self._COMM_SUCCESS:
                 received = None
             else:
-                deadline = sent_at + self._exchange_time(pending, n, n_params(len(pending)))
-                received = receive_status(port, self._decode, self._STATUS_FORMAT, self._unpack, pending, n, deadline)
+                exchange = self._exchange_time(pending, n, n_params(len(pending)))
+                received = receive_status(port, self._decode, self._STATUS_FORMAT, self._unpack, pending, n,
+                                          sent_at + exchange, self._quiet_time(n), sent_at + 2 * exchange)
                 got.update(received.replies)
             missing = [i for i in pending if i not in got]
             for i in pending:
@@ -613,9 +618,14 @@ class ServoBus(ABC):
         """Drop what still arrives from a failed exchange until the line has been quiet for the
         time one more reply would take plus the USB latency; returns the bytes dropped."""
         port = self._require_open()
-        quiet = wire_time(self._STATUS_OVERHEAD + n, self.baudrate) + max(self._return_delay_s.values()) \
-            + 2e-3 * port.latency_ms + 0.5e-3
+        quiet = self._quiet_time(n)
         return drain(port, quiet, quiet + self._exchange_time(ids, n, 0))
+
+    def _quiet_time(self, n: int) -> float:
+        """Seconds of silence after which no more of an exchange's replies of n data bytes are on
+        their way: one more reply's wire time and return delay, and the USB latency both ways."""
+        return wire_time(self._STATUS_OVERHEAD + n, self.baudrate) + max(self._return_delay_s.values()) \
+            + 2e-3 * self._port.latency_ms + 0.5e-3
 
     def _decode_reading(self, packets: list[tuple[bytes, int]], started: float, valid: list[bool]) -> BusReading:
         start, _ = self._block

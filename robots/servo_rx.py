@@ -132,31 +132,50 @@ def receive_status(
     ids: list[int],
     n: int,
     deadline: float,
+    quiet_s: float = 0.0,
+    cap: float | None = None,
 ) -> Received:
     """Read status packets of n data bytes from the servos `ids` until all came or time.monotonic()
-    passes deadline. port: the SDK port (its `ser` a pyserial port with a short read timeout).
+    passes deadline with the line quiet for quiet_s: replies still streaming in at the deadline
+    (a servo or emulator answering late) are read to their end, up to the time `cap`.
+    port: the SDK port (its `ser` a pyserial port with a short read timeout).
     unpack(packet, n): (data, error) of a status packet with exactly n data bytes, else None."""
-    started = time.monotonic()
+    started = last = time.monotonic()
+    cap = deadline if cap is None else max(cap, deadline)
     out = Received()
     want = set(ids)
     buf = bytearray()
     while want:
         waiting = port.ser.in_waiting
         chunk = port.ser.read(waiting or 1)  # blocks for at most the port's read timeout (about 1 ms)
+        now = time.monotonic()
         if chunk:
             out.received_any = True
+            last = now
             buf += chunk
-            _take(buf, decode, status_format, unpack, n, want, out, final=False)
-        if want and time.monotonic() >= deadline:
+            take_replies(buf, decode, status_format, unpack, n, want, out, final=False)
+        if want and now >= deadline and (now - last >= quiet_s or not out.received_any or now >= cap):
             break
     # What is left is a reply cut short or a false header: drop it byte by byte, taking any
     # whole reply found behind it.
-    _take(buf, decode, status_format, unpack, n, want, out, final=True)
+    take_replies(buf, decode, status_format, unpack, n, want, out, final=True)
     out.waited_s = time.monotonic() - started
     return out
 
 
-def _take(buf, decode, status_format, unpack, n, want, out: Received, final: bool) -> None:
+def take_replies(
+    buf: bytearray,
+    decode: Callable[[bytearray], Decoded],
+    status_format: StatusFormat,
+    unpack: Callable[[Packet, int], tuple[bytes, int] | None],
+    n: int,
+    want: set[int],
+    out: Received,
+    final: bool,
+) -> None:
+    """Move the replies of the servos in `want` from the front of buf into out (removing their ids
+    from want), and what is not one into out.rejected. final: nothing more will come, so a cut
+    reply or a false header is dropped byte by byte instead of waited on."""
     header = status_format.header
     while buf:
         if buf.startswith(header) and status_format.length_fits(buf, n) is False:

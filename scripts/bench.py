@@ -7,10 +7,13 @@ run(quick: bool) -> (metrics, config) in its own module, registered below.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import platform
 from pathlib import Path
+
+from forethought.robots.config import ConfigError
 
 BENCHMARKS: dict[str, str] = {
     "sim": "forethought.scripts.bench_sim:run_bench_sim",
@@ -19,6 +22,8 @@ BENCHMARKS: dict[str, str] = {
     "mpc": "forethought.scripts.bench_mpc:run_bench_mpc",
     "pilco": "forethought.scripts.bench_pilco:run_bench_pilco",
     "servo_loop": "forethought.scripts.bench_servo:run_bench_servo_loop",
+    "servo_soak": "forethought.scripts.bench_servo_soak:run_bench_servo_soak",
+    "servo_fuzz": "forethought.scripts.bench_servo_fuzz:run_bench_servo_fuzz",
     "fuzz_trials": "forethought.scripts.bench_fuzz_trials:run_bench_fuzz_trials",
     "sysid": "forethought.scripts.bench_sysid:run_bench_sysid",
 }
@@ -85,12 +90,18 @@ def machine_info() -> dict:
     return info
 
 
-def run_benchmark(name: str, quick: bool = False) -> dict:
+def run_benchmark(name: str, quick: bool = False, **options) -> dict:
+    """Run a benchmark; options (e.g. minutes, corrupt, drop for servo_soak) go to the benchmarks
+    that take them, and one that does not is refused with a ConfigError."""
     if name not in BENCHMARKS:
         raise KeyError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
     module_name, function_name = BENCHMARKS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
-    metrics, config = function(quick=quick)
+    accepted = inspect.signature(function).parameters
+    for option in options:
+        if option not in accepted:
+            raise ConfigError(f"benchmark '{name}' takes no --{option.replace('_', '-')}")
+    metrics, config = function(quick=quick, **options)
     return {"name": name, "metrics": metrics, "config": config, "machine": machine_info()}
 
 

@@ -33,7 +33,7 @@ from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
 from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
 from forethought.robots.servo_arm import ServoArm
-from forethought.robots.servo_bus import BusError, usb_latency_timer_ms
+from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS, BusError, usb_latency_timer_ms
 from forethought.robots.trial import Trial, rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.experiment import build_parts, load_experiment, make_robot
@@ -130,7 +130,7 @@ def deploy(
     out_root: Path,
     dry_run: bool = False,
     velocity_source: str = "servo",
-    timeout_margin_ms: float = 2.0,
+    timeout_margin_ms: float = DEFAULT_TIMEOUT_MARGIN_MS,
     stream=None,
 ) -> DeployResult:
     """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
@@ -273,6 +273,11 @@ def format_loop_stats(stats: dict) -> str:
             f"; controller {stats['controller_p50_ms']:.1f} ms p50, {stats['controller_p99_ms']:.1f} p99; "
             f"bus read {stats['bus_read_p50_ms']:.1f} ms p50, {stats['bus_read_p99_ms']:.1f} p99"
         )
+    if "stale_ticks" in stats:
+        line += (
+            f"; bus retries {stats['bus_retries']}, stale ticks {stats['stale_ticks']} "
+            f"(longest run {stats['longest_stale_ticks']})"
+        )
     return line
 
 
@@ -347,8 +352,9 @@ def _print_summary(result: DeployResult) -> None:
 def _add_bus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
     parser.add_argument("--port", required=True, help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
-    parser.add_argument("--timeout-margin", type=float, default=2.0, metavar="MS",
-                        help="how long past its wire time a status packet is waited for (default: 2 ms)")
+    parser.add_argument("--timeout-margin", type=float, default=DEFAULT_TIMEOUT_MARGIN_MS, metavar="MS",
+                        help="how long past its wire time, return delays and USB latency a status packet is "
+                        f"waited for (default: {DEFAULT_TIMEOUT_MARGIN_MS:g} ms)")
 
 
 def _timeout_margin(args: argparse.Namespace) -> float:
