@@ -508,16 +508,19 @@ class ServoBus(ABC):
             self._return_delay_s[servo.servo_id] = value * RETURN_DELAY_UNIT_S
 
     def _write_raw(self, servo: BusServo, address: int, data: bytes, role: str) -> None:
-        port = self._require_open()
-        for _ in range(self.retries + 1):
-            result, error = self._ph.writeTxRx(port, servo.servo_id, address, len(data), list(data))
-            if result == self._COMM_SUCCESS:
-                if self._write_refused(error):
-                    raise BusError(f"{servo.label()} refused the write of {role} (status error 0x{error:02x})")
-                return
-            self._count_failure(result)
-            self._recover()
-        raise ServoNotResponding(f"{servo.label()} did not confirm a write of {role} after {self.retries + 1} tries", [servo.name])
+        """Write data at address and wait for the servo's status packet; tried like a read."""
+        got, missing, tries = self._transact(
+            f"write {role}", [servo.servo_id], 0, lambda k: self._ADDRESS_BYTES + len(data),
+            lambda ids: self._ph.writeTxOnly(self._port, ids[0], address, len(data), list(data)),
+        )
+        if missing:
+            raise ServoNotResponding(
+                f"{servo.label()} did not confirm a write of {role} (no valid status packet in {tries[servo.servo_id]} tries)",
+                [servo.name],
+            )
+        error = got[servo.servo_id][1]
+        if self._write_refused(error):
+            raise BusError(f"{servo.label()} refused the write of {role} (status error 0x{error:02x})")
 
     def _write_refused(self, error: int) -> bool:
         return False
