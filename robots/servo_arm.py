@@ -147,7 +147,7 @@ class ServoArm:
         self.last_reading: BusReading | None = None
         self.stale_window = float(arm.stale_window)
         self.stale = False  # the last read stood in for a servo that did not answer
-        self._answered_at: np.ndarray | None = None  # (k,) time.monotonic() of each servo's last valid reply
+        self._missing_since: np.ndarray | None = None  # (k,) time.monotonic() of the first read each servo missed in a row (inf: none)
         self._stale_ticks = self._stale_run = self._longest_stale = 0
         self._stale_runs: dict[int, int] = {}  # length of a run of stale reads -> how many ended so
         self._bus_at_reset: dict[str, int] = {}
@@ -306,7 +306,8 @@ class ServoArm:
         controller took between steps and of the sync read of every servo, and the reads since
         reset that stood on a servo's last valid state (stale_ticks; longest_stale_ticks in a row;
         stale_runs: run length -> count), and the bus's counts since reset (bus_retries,
-        bus_corrupt, bus_timeouts, bus_missing: servo replies given up on)."""
+        bus_corrupt, bus_timeouts, bus_missing: servo replies given up on, bus_late: replies read
+        past the exchange's deadline)."""
         stats = self.clock.stats()
         stats["stale_ticks"] = self._stale_ticks
         stats["longest_stale_ticks"] = self._longest_stale
@@ -314,7 +315,7 @@ class ServoArm:
         if self._stale_run:
             runs[self._stale_run] = runs.get(self._stale_run, 0) + 1
         stats["stale_runs"] = {str(k): runs[k] for k in sorted(runs)}
-        for key in ("retries", "corrupt", "timeouts", "missing"):
+        for key in ("retries", "corrupt", "timeouts", "missing", "late"):
             stats[f"bus_{key}"] = self.bus.stats.get(key, 0) - self._bus_at_reset.get(key, 0)
         for name, samples in (("controller", self._controller_s), ("bus_read", self._read_s)):
             if samples:
@@ -342,23 +343,26 @@ class ServoArm:
 
     def _fill_stale(self, reading: BusReading) -> BusReading:
         """The reading with each servo that did not answer standing on its last valid state, as
-        long as that is at most stale_window old; ServoNotResponding naming the servos beyond it."""
+        long as the servo has been missing reads for at most stale_window (counted from the first
+        read it missed: a pause between reads, as before the first step, is not the servo's
+        silence); ServoNotResponding naming the servos beyond it, or missing with no state yet."""
         answered = reading.answered()
-        if self._answered_at is None or self._answered_at.shape != answered.shape:
-            self._answered_at = np.full(answered.shape, -np.inf)
-        self._answered_at[answered] = reading.time
+        if self._missing_since is None or self._missing_since.shape != answered.shape:
+            self._missing_since = np.full(answered.shape, np.inf)
+        self._missing_since[answered] = np.inf
+        self._missing_since[~answered] = np.minimum(self._missing_since[~answered], reading.time)
         self.stale = not answered.all()
         if not self.stale:
             if self._stale_run:
                 self._stale_runs[self._stale_run] = self._stale_runs.get(self._stale_run, 0) + 1
             self._stale_run = 0
             return reading
-        age = reading.time - self._answered_at
-        lost = [i for i in np.flatnonzero(~answered) if age[i] > self.stale_window or self.last_reading is None]
+        missing_for = reading.time - self._missing_since
+        lost = [i for i in np.flatnonzero(~answered) if missing_for[i] > self.stale_window or self.last_reading is None]
         if lost:
             servos = [self.bus.servos[i] for i in lost]
-            known = [age[i] for i in lost if np.isfinite(age[i])]
-            since = f"for {max(known) * 1e3:.0f} ms" if known else "since the arm connected"
+            since = "since the arm connected" if self.last_reading is None else \
+                f"for {max(missing_for[i] for i in lost) * 1e3:.0f} ms"
             verb = "is" if len(lost) == 1 else "are"
             raise ServoNotResponding(
                 f"{', '.join(s.label() for s in servos)} {verb} not answering on {self.bus.port_name}: "

@@ -69,6 +69,7 @@ class Received:
     rejected: bytearray = field(default_factory=bytearray)  # bytes dropped: damaged, foreign or stale packets
     reasons: list[str] = field(default_factory=list)  # why, in order ("checksum", "length", "stale", ...)
     received_any: bool = False  # any byte at all arrived
+    late: int = 0  # replies taken after the deadline, while they were still streaming in
     waited_s: float = 0.0
 
 
@@ -153,7 +154,10 @@ def receive_status(
             out.received_any = True
             last = now
             buf += chunk
+            before = len(want)
             take_replies(buf, decode, status_format, unpack, n, want, out, final=False)
+            if now > deadline:
+                out.late += before - len(want)
         if want and now >= deadline and (now - last >= quiet_s or not out.received_any or now >= cap):
             break
     # What is left is a reply cut short or a false header: drop it byte by byte, taking any
