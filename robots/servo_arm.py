@@ -148,6 +148,10 @@ class ServoArm:
         self.stale_window = float(arm.stale_window)
         self.stale = False  # the last read stood in for a servo that did not answer
         self._missing_since: np.ndarray | None = None  # (k,) time.monotonic() of the first read each servo missed in a row (inf: none)
+        self._missed_reads: np.ndarray | None = None  # (k,) reads each servo has missed in a row
+        # A servo is lost after missing reads for longer than the window, and at least as many
+        # reads as the window holds: a pause of this process (a loaded machine) is not the servo's silence.
+        self.stale_reads = max(1, int(np.ceil(self.stale_window / dt - 1e-9)))
         self._stale_ticks = self._stale_run = self._longest_stale = 0
         self._stale_runs: dict[int, int] = {}  # length of a run of stale reads -> how many ended so
         self._bus_at_reset: dict[str, int] = {}
@@ -345,12 +349,15 @@ class ServoArm:
         """The reading with each servo that did not answer standing on its last valid state, as
         long as the servo has been missing reads for at most stale_window (counted from the first
         read it missed: a pause between reads, as before the first step, is not the servo's
-        silence); ServoNotResponding naming the servos beyond it, or missing with no state yet."""
+        silence) or fewer reads than the window holds (stale_reads); ServoNotResponding naming the
+        servos beyond both, or missing with no state yet."""
         answered = reading.answered()
         if self._missing_since is None or self._missing_since.shape != answered.shape:
             self._missing_since = np.full(answered.shape, np.inf)
+            self._missed_reads = np.zeros(answered.shape, dtype=int)
         self._missing_since[answered] = np.inf
         self._missing_since[~answered] = np.minimum(self._missing_since[~answered], reading.time)
+        self._missed_reads = np.where(answered, 0, self._missed_reads + 1)
         self.stale = not answered.all()
         if not self.stale:
             if self._stale_run:
@@ -358,7 +365,8 @@ class ServoArm:
             self._stale_run = 0
             return reading
         missing_for = reading.time - self._missing_since
-        lost = [i for i in np.flatnonzero(~answered) if missing_for[i] > self.stale_window or self.last_reading is None]
+        lost = [i for i in np.flatnonzero(~answered) if self.last_reading is None
+                or (missing_for[i] > self.stale_window and self._missed_reads[i] >= self.stale_reads)]
         if lost:
             servos = [self.bus.servos[i] for i in lost]
             since = "since the arm connected" if self.last_reading is None else \

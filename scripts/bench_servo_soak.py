@@ -23,7 +23,13 @@ from pathlib import Path
 
 from forethought.robots.arm_description import load_arm
 from forethought.robots.config import ConfigError
-from forethought.scripts.bench_servo import MPC_EXPERIMENT, calibrate_through, start_emulator, stop_emulator
+from forethought.scripts.bench_servo import (
+    MPC_EXPERIMENT,
+    calibrate_through,
+    emulator_priority,
+    start_emulator,
+    stop_emulator,
+)
 
 ARMS = ("so101", "koch")
 TICKS_PER_MINUTE = 50 * 60
@@ -129,6 +135,6 @@ def run_bench_servo_soak(quick: bool = False, minutes: float | None = None, corr
     config = {
         "minutes_per_arm": minutes, "corrupt": corrupt, "drop": drop, "arms": list(arms), "control_dt_s": 0.02,
         "experiment": MPC_EXPERIMENT, "timeouts": "default (wire time + return delays + 2 x USB latency + margin)",
-        "emulator": "separate process, pty", "torch_threads": 1, "stale_window_s": {name: load_arm(name).stale_window for name in arms},
+        "emulator": f"separate process, pty, {emulator_priority()}", "torch_threads": 1, "stale_window_s": {name: load_arm(name).stale_window for name in arms},
     }
     return metrics, config
