@@ -301,7 +301,7 @@ class ServoBus(ABC):
         reg = servo.model.registers[role]
         got, missing, tries = self._transact(
             f"register {role}", [servo.servo_id], reg.size, lambda k: 2 * self._ADDRESS_BYTES,
-            lambda ids: self._ph.readTx(self._port, ids[0], reg.address, reg.size),
+            lambda ids: self._ph.readTx(self._port, ids[0], reg.address, reg.size), quiet_limit=None,
         )
         if missing:
             raise ServoNotResponding(
@@ -339,7 +339,7 @@ class ServoBus(ABC):
         """Write data at address and wait for the servo's status packet; tried like a read."""
         got, missing, tries = self._transact(
             f"write {role}", [servo.servo_id], 0, lambda k: self._ADDRESS_BYTES + len(data),
-            lambda ids: self._ph.writeTxOnly(self._port, ids[0], address, len(data), list(data)),
+            lambda ids: self._ph.writeTxOnly(self._port, ids[0], address, len(data), list(data)), quiet_limit=None,
         )
         if missing:
             raise ServoNotResponding(
@@ -383,14 +383,17 @@ class ServoBus(ABC):
         return self._decode_reading([got.get(i, blank) for i in ids], started, [i not in missing for i in ids])
 
     def _transact(
-        self, op: str, ids: list[int], n: int, n_params: Callable[[int], int], send: Callable[[list[int]], int]
+        self, op: str, ids: list[int], n: int, n_params: Callable[[int], int], send: Callable[[list[int]], int],
+        quiet_limit: int | None = 2,
     ) -> tuple[dict[int, tuple[bytes, int]], list[int], dict[int, int]]:
         """One read of n data bytes from each servo in ids, tried again for the servos still missing.
 
         send(pending ids) puts the instruction on the wire (an SDK call); n_params(k): its parameter
         bytes when it asks k servos. Every servo counts its tries the same way: a try is a request that
         included it and brought no valid reply. A servo is given up after `retries` + 1 tries, or
-        after two tries in which nothing at all came for it (the line quiet: a silent servo).
+        after quiet_limit tries in which nothing at all came for it (the line quiet: a silent
+        servo; the control loop's state read gives up after two, as its stale window takes over,
+        while a register read or write in setup, where time matters less, uses every try).
         Before a retry the line is drained, so that late replies of the failed try do not meet it.
         Returns (replies by id: (data, error byte), missing ids, tries by id); each failed try goes
         to the retry log.
@@ -432,7 +435,7 @@ class ServoBus(ABC):
             self.retry_log.add(RetryEvent(sent_at, op, attempt, tuple(pending), tuple(missing), outcome, reasons,
                                           rejected, waited * 1e3))
             self.retry_log.drained(self._drain(missing, n))
-            pending = [i for i in missing if tries[i] <= self.retries and quiet[i] < 2]
+            pending = [i for i in missing if tries[i] <= self.retries and (quiet_limit is None or quiet[i] < quiet_limit)]
             if pending:
                 self.stats["retries"] += 1
         return got, [i for i in ids if i not in got], tries

@@ -174,7 +174,7 @@ def test_a_stray_byte_before_a_reply_costs_nothing(scripted):
 
 
 @pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
-def test_a_silent_servo_is_given_up_after_two_quiet_tries_in_both_reads(scripted, protocol):
+def test_a_silent_servo_costs_the_state_read_two_quiet_tries_and_a_register_read_all_four(scripted, protocol):
     state = feetech_state if protocol == "feetech" else dxl_state
 
     def respond(packet):
@@ -186,6 +186,7 @@ def test_a_silent_servo_is_given_up_after_two_quiet_tries_in_both_reads(scripted
     servo, bus = scripted(protocol, respond, servos)
     with pytest.raises(ServoNotResponding, match=r"servo 2 \(joint2\) is not answering .* in 2 tries"):
         bus.read_state()
-    with pytest.raises(ServoNotResponding, match=r"servo 2 \(joint2\) did not answer a read of status .* in 2 tries"):
+    with pytest.raises(ServoNotResponding, match=r"servo 2 \(joint2\) did not answer a read of status .* in 4 tries"):
         bus.read_register(bus.servos[1], "status")
-    assert [e.outcome for e in bus.retry_log] == ["timeout"] * 4
+    assert [(e.op, e.attempt, e.outcome) for e in bus.retry_log] == \
+        [("state", 1, "timeout"), ("state", 2, "timeout")] + [("register status", k, "timeout") for k in (1, 2, 3, 4)]
