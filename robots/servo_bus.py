@@ -357,10 +357,11 @@ class ServoBus(ABC):
     def read_state(self, allow_missing: bool = False) -> BusReading:
         """Sync read of the state block of every servo, asking again only the servos still missing.
 
-        A servo is missing after `retries` + 1 tries without a valid reply, or after two tries in
-        which the line stayed quiet for it (a silent servo costs two exchange timeouts, not
-        `retries` of them); see `_transact`. Missing servos raise ServoNotResponding naming them,
-        or with allow_missing come back with `valid` False and zeros in their fields.
+        A servo is missing after `retries` + 1 tries without a valid reply (see `_transact`);
+        missing servos raise ServoNotResponding naming them. With allow_missing (the control loop,
+        whose stale window covers a missed read) a servo is also missing after two tries in which
+        the line stayed quiet for it, so that a silent servo costs two exchange timeouts, not
+        `retries` + 1 of them, and it comes back with `valid` False and zeros in its fields.
         """
         started = time.monotonic()
         start, length = self._block
@@ -368,7 +369,7 @@ class ServoBus(ABC):
         self.stats["reads"] += 1
         got, missing, tries = self._transact(
             "state", ids, length, lambda k: 2 * self._ADDRESS_BYTES + k,
-            lambda pending: self._sync_read_tx(pending, start, length),
+            lambda pending: self._sync_read_tx(pending, start, length), quiet_limit=2 if allow_missing else None,
         )
         if missing and not allow_missing:
             labels = ", ".join(self._by_id[i].label() for i in missing)
@@ -393,7 +394,7 @@ class ServoBus(ABC):
         included it and brought no valid reply. A servo is given up after `retries` + 1 tries, or
         after quiet_limit tries in which nothing at all came for it (the line quiet: a silent
         servo; the control loop's state read gives up after two, as its stale window takes over,
-        while a register read or write in setup, where time matters less, uses every try).
+        while reads and writes in setup and calibration, where time matters less, use every try).
         Before a retry the line is drained, so that late replies of the failed try do not meet it.
         Returns (replies by id: (data, error byte), missing ids, tries by id); each failed try goes
         to the retry log.

@@ -15,9 +15,10 @@ ARMS = ["so101", "koch"]
 # Away from the wrap point, one servo turned the other way round.
 MOUNTS = [ServoMount(1000), ServoMount(3000, -1), ServoMount(2048), ServoMount(1500), ServoMount(2600, -1), ServoMount(2048)]
 TICKS_PER_RAD = 4096 / (2 * np.pi)
-# The emulator shares this process's CPU with the driver; on a busy test machine it may answer a
-# few ms late, so the driver waits that much longer for a status packet than on a real bus.
-MARGIN_MS = 8.0
+# The emulator shares this process's CPU with the driver; on a loaded test machine it may answer
+# tens of ms late, so the driver waits that much longer for a status packet than on a real bus
+# (only a silent servo pays for it).
+MARGIN_MS = 50.0
 
 
 def _arm_params(names):
@@ -129,11 +130,12 @@ def test_a_silent_servo_is_named_quickly_and_still_obeys_torque_off(rig):
     bus.write_goals(bus.read_state().position)
     bus.set_torque(True)
     emulator.inject(Fault("silent", servo_id=3))
-    with pytest.raises(ServoNotResponding, match=r"servo 3 \(elbow_flex\) is not answering .* in 2 tries") as caught:
+    reading = bus.read_state(allow_missing=True)  # as the control loop reads: two quiet tries, not four
+    assert list(reading.answered()) == [True, True, False, True, True, True]
+    assert [(e.missing, e.outcome) for e in bus.retry_log if 3 in e.missing] == [((3,), "timeout")] * 2
+    with pytest.raises(ServoNotResponding, match=r"servo 3 \(elbow_flex\) is not answering .* in 4 tries") as caught:
         bus.read_state()
     assert caught.value.names == ("elbow_flex",)
-    # Two quiet tries (two exchange timeouts), not one per retry.
-    assert [(e.missing, e.outcome) for e in bus.retry_log if 3 in e.missing] == [((3,), "timeout")] * 2
     bus.torque_off_all(confirm=True)  # the servos' own status packets say it is done
     assert emulator.torque() == [False] * 6
 

@@ -15,6 +15,9 @@ from forethought.robots.feetech_bus import FeetechBus
 from forethought.robots.servo_bus import SERVO_MODELS, BusServo, ServoFault, ServoNotResponding
 
 
+MARGIN_MS = 100.0
+
+
 class ScriptedServos:
     """Answers each instruction packet with respond(packet) -> bytes, in a thread, on a pty."""
 
@@ -91,7 +94,9 @@ def scripted():
     def make(protocol: str, respond, servos):
         servo = ScriptedServos(protocol, respond)
         bus_type = FeetechBus if protocol == "feetech" else DynamixelBus
-        bus = bus_type(servo.port, servos, 1_000_000, latency_ms=1.0, timeout_margin_ms=5.0).open()
+        # The scripted servo is a thread of this process: on a loaded machine it may answer tens
+        # of ms late, so wait long (only a silent servo pays for it).
+        bus = bus_type(servo.port, servos, 1_000_000, latency_ms=1.0, timeout_margin_ms=MARGIN_MS).open()
         made.append((servo, bus))
         return servo, bus
 
@@ -174,7 +179,7 @@ def test_a_stray_byte_before_a_reply_costs_nothing(scripted):
 
 
 @pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
-def test_a_silent_servo_costs_the_state_read_two_quiet_tries_and_a_register_read_all_four(scripted, protocol):
+def test_a_silent_servo_costs_the_control_loop_two_quiet_tries_and_setup_all_four(scripted, protocol):
     state = feetech_state if protocol == "feetech" else dxl_state
 
     def respond(packet):
@@ -184,9 +189,14 @@ def test_a_silent_servo_costs_the_state_read_two_quiet_tries_and_a_register_read
 
     servos = sts_servos(3) if protocol == "feetech" else xl_servos(3)
     servo, bus = scripted(protocol, respond, servos)
-    with pytest.raises(ServoNotResponding, match=r"servo 2 \(joint2\) is not answering .* in 2 tries"):
+    reading = bus.read_state(allow_missing=True)  # the control loop: its stale window takes over
+    assert list(reading.answered()) == [True, False, True]
+    with pytest.raises(ServoNotResponding, match=r"servo 2 \(joint2\) is not answering .* in 4 tries"):
         bus.read_state()
     with pytest.raises(ServoNotResponding, match=r"servo 2 \(joint2\) did not answer a read of status .* in 4 tries"):
         bus.read_register(bus.servos[1], "status")
-    assert [(e.op, e.attempt, e.outcome) for e in bus.retry_log] == \
-        [("state", 1, "timeout"), ("state", 2, "timeout")] + [("register status", k, "timeout") for k in (1, 2, 3, 4)]
+    # Every try counted alike, and each missed try here was a quiet one.
+    assert [(e.op, e.attempt, e.missing) for e in bus.retry_log] == \
+        [("state", k, (2,)) for k in (1, 2)] + [("state", k, (2,)) for k in (1, 2, 3, 4)] \
+        + [("register status", k, (2,)) for k in (1, 2, 3, 4)]
+    assert {e.outcome for e in bus.retry_log} == {"timeout"}
