@@ -13,6 +13,12 @@ off leaves a joint free but held by its gearbox's friction, the torque limit bou
 force, and the homing offset shifts what the servo reports, as on the real servos. Each servo is
 mounted with an encoder offset and a direction (`ServoMount`), which is what calibration finds.
 
+Like servos on a real bus it answers only while the host listens: an instruction with a newer
+one already waiting is obeyed but not answered, and replies stop when the host sends something
+new (on the wire they would collide). An instruction with too few parameters gets no reply (a
+Dynamixel servo asked alone answers a data length error); a packet it cannot answer is recorded
+in `errors` and never ends the serving thread.
+
 Faults (`Fault`): corrupted replies at a rate, replies lost at a rate, a servo that stops answering (it still obeys
 writes), overheating or overload (status bits set, the servo drops its torque), a voltage sag.
 """

@@ -118,8 +118,10 @@ class WirePort:
 
     The SDKs wait for a status packet `2 x 16 ms + 2 ms` beyond its wire time, assuming the FTDI
     default latency timer; with the timer at 1 ms that turns a lost packet into a lost control
-    period. Here the wait is the wire time + 2 x the port's actual latency + a margin. Reads block
-    for up to a millisecond instead of spinning, and clearing the port drops stale input bytes.
+    period. Here the wait (for the SDK's own exchanges: ping) is the wire time + 2 x the port's
+    actual latency + a margin; reads and writes set their deadlines in `ServoBus._exchange_time`.
+    Reads block for up to a millisecond instead of spinning, and clearing the port drops stale
+    input bytes.
     """
 
     latency_ms: float = 1.0

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from forethought.robots.arm_description import load_arm
+from forethought.robots.arm_description import load_arm, make_bus
 from forethought.robots.config import ConfigError
 from forethought.scripts.bench_servo import (
     MPC_EXPERIMENT,
@@ -60,11 +60,19 @@ def soak(arm_name: str, minutes: float, corrupt: float, drop: float, seed: int =
             experiment = load_experiment(MPC_EXPERIMENT)
             trials = len(experiment.task.conditions) * experiment.loop.iterations * experiment.loop.samples
             experiment.task.horizon = max(1, int(round(chunk * TICKS_PER_MINUTE / trials)))
+            bus = make_bus(arm, port)
             with tempfile.TemporaryDirectory() as out:
                 try:
-                    result = deploy(experiment, arm, port, calibration, Path(out), stream=io.StringIO())
+                    result = deploy(experiment, arm, port, calibration, Path(out), stream=io.StringIO(), bus=bus)
                 except ArmStopped as stopped:
                     result, lost, message = stopped.result, 1, str(stopped)
+                    # What the bus saw last, for the notes: the failed tries before the loss.
+                    for event in list(bus.retry_log)[-40:]:
+                        print(json.dumps({"arm": arm_name, "retry": event.as_dict()}), file=sys.stderr)
+            tries = list(bus.retry_log)
+            late_ms = [e.waited_ms for e in tries]
+            print(json.dumps({"arm": arm_name, "chunk_bus": dict(bus.stats), "failed_tries": len(tries),
+                              "failed_try_ms_max": max(late_ms, default=None)}), file=sys.stderr, flush=True)
             loops += [stats for stats in result.loop if stats.get("ticks")]
             reach += list(result.reach_error_m)
             summary = _summary(loops, reach, lost, message, started)

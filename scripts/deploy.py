@@ -33,7 +33,7 @@ from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
 from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
 from forethought.robots.servo_arm import ServoArm
-from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS, BusError, usb_latency_timer_ms
+from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS, BusError, ServoBus, usb_latency_timer_ms
 from forethought.robots.trial import Trial, rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.experiment import build_parts, load_experiment, make_robot
@@ -132,17 +132,20 @@ def deploy(
     velocity_source: str = "servo",
     timeout_margin_ms: float = DEFAULT_TIMEOUT_MARGIN_MS,
     stream=None,
+    bus: ServoBus | None = None,
 ) -> DeployResult:
     """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
     messages go to `stream` (default stderr).
 
     Raises ArmStopped (after torque off, with the trials logged so far) when the run ends early.
+    bus: the ServoBus to drive the arm through (default: one for the arm on `port`), e.g. to read
+    its retry log afterwards.
     """
     stream = stream or sys.stderr
 
     experiment = _arm_experiment(experiment, arm)
     sim = make_robot(experiment.robot)
-    bus = make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
+    bus = bus if bus is not None else make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
     robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus)
     _check_scene_matches(sim, arm, robot)
     home = _home_qpos(sim)
