@@ -48,6 +48,7 @@ FAULT_KINDS = ("corrupt", "drop", "silent", "overheat", "overload", "voltage")
 # Parameter bytes (Feetech; twice as many on Dynamixel, whose addresses and lengths are 16-bit) an
 # instruction needs before its data: start and length, or start alone for a write.
 _MIN_PARAMS = {sp.INST_READ: 2, sp.INST_WRITE: 1, sp.INST_SYNC_READ: 2, sp.INST_SYNC_WRITE: 2}
+USB_TICK_S = 1e-3  # a USB serial adapter's latency timer at its usual 1 ms setting
 DXL_DATA_LENGTH_ERROR = 5  # Protocol 2.0 status error number: the instruction's length is wrong
 
 
@@ -321,11 +322,14 @@ class BusEmulator:
         with self._lock:
             self._advance(time.monotonic())
             replies = self._replies_to(packet)
+        if superseded:
+            self.superseded += len(replies)  # the host has sent a newer instruction: this one goes unanswered
+            return
+        # When each reply is complete on the wire: after the instruction, each servo's return delay
+        # and its own bytes, one after the other.
         t = arrived + n_bytes * BITS_PER_BYTE / self.arm.baudrate
-        for k, (servo, reply) in enumerate(replies):
-            if superseded or self._host_talking():
-                self.superseded += len(replies) - k  # the host sent a new instruction: stop answering this one
-                return
+        due: list[tuple[float, bytes]] = []
+        for servo, reply in replies:
             if servo.silent:
                 continue
             if self.drop_rate and self._rng.random() < self.drop_rate:
@@ -334,11 +338,21 @@ class BusEmulator:
             if self.corrupt_rate and self._rng.random() < self.corrupt_rate:
                 reply = self._corrupt(reply)
             t += 2e-6 * servo.get("return_delay") + len(reply) * BITS_PER_BYTE / self.arm.baudrate
-            delay = t - time.monotonic()
+            due.append((t, reply))
+        # Sent as a USB adapter delivers them: what is complete at each latency-timer tick goes in
+        # one write (fewer wake-ups, so a loaded machine delays the answer less).
+        while due:
+            delay = due[0][0] - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            os.write(self._master, reply)
-            self.replies += 1
+            if self._host_talking():
+                self.superseded += len(due)  # the host sent a new instruction: stop answering this one
+                return
+            now = time.monotonic() + USB_TICK_S
+            ready = [reply for at, reply in due if at <= now]
+            due = due[len(ready):]
+            os.write(self._master, b"".join(ready))
+            self.replies += len(ready)
 
     def _host_talking(self) -> bool:
         """Whether a new instruction from the host is waiting to be read."""

@@ -37,11 +37,30 @@ EMULATE = (
 
 
 EMULATOR_NICE = -10
+EMULATOR_RT_PRIORITY = 10
+
+
+def raise_priority(pid: int) -> str:
+    """Let the emulator's process (pid) run ahead of the driver, the controller and anything else
+    on the machine: it stands in for the servos, which no host load holds back. Real-time
+    scheduling where allowed (root), else a lower nice value, else nothing; says which."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(EMULATOR_RT_PRIORITY))
+        return f"SCHED_FIFO {EMULATOR_RT_PRIORITY}"
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, EMULATOR_NICE)
+        return f"nice {EMULATOR_NICE}"
+    except OSError:
+        return "normal"
 
 
 def emulator_priority() -> str:
-    """Whether start_emulator can raise the emulator's priority here."""
-    return f"nice {EMULATOR_NICE}" if os.geteuid() == 0 else "nice 0 (not root)"
+    """What raise_priority achieves on this machine (tried on this process's own priority class)."""
+    if hasattr(os, "SCHED_FIFO") and os.geteuid() == 0:
+        return f"SCHED_FIFO {EMULATOR_RT_PRIORITY}"
+    return f"nice {EMULATOR_NICE}" if os.geteuid() == 0 else "normal"
 
 
 def start_emulator(arm: str, *options: str) -> tuple[subprocess.Popen, str]:
@@ -50,12 +69,7 @@ def start_emulator(arm: str, *options: str) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-c", EMULATE, "--arm", arm, *options],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
     )
-    try:
-        # The emulator stands in for the servos, which a loaded host never holds back: let it
-        # run ahead of the driver and the controller (possible as root; else it keeps its place).
-        os.setpriority(os.PRIO_PROCESS, process.pid, EMULATOR_NICE)
-    except OSError:
-        pass
+    raise_priority(process.pid)
     port = process.stdout.readline().strip()
     if not port.startswith("/dev/"):
         process.kill()
