@@ -121,7 +121,9 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     assert report["reach_error_m"][0] < 0.02
     # The loop's timing is measured by `forethought bench servo_loop` (ARM_ilqr_mpc_period_*), not here.
     assert {"period_mean_ms", "period_p99_ms", "controller_p99_ms"} <= set(report["loop"][0])
-    assert "p99" in out
+    # The bus's retries and the stale ticks are counted per trial, in deploy.json and in the report.
+    assert {"bus_retries", "bus_missing", "stale_ticks", "longest_stale_ticks", "stale_runs"} <= set(report["loop"][0])
+    assert "p99" in out and "stale ticks" in out
     from forethought.robots.trial_log import load_trials
 
     trials, problems = load_trials(sorted((folder / "trials").glob("*.h5")))
@@ -129,6 +131,7 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     trial = trials[-1]
     assert trial.states.shape[1] == 12 and trial.metadata["arm"] == arm.name
     assert "interventions" in trial.metadata and "loop" in trial.metadata
+    assert trial.metadata["loop"]["stale_ticks"] >= 0 and "stale" in trial.metadata["interventions"]
     # The emulated arm itself stands at the last trial's target, not just the logged state.
     conditions = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"]
     target = conditions[trial.metadata["condition"]]["target"]
