@@ -235,8 +235,6 @@ class ServoArm:
         self._stale_ticks = self._stale_run = self._longest_stale = 0
         self._stale_runs = {}
         self._bus_at_reset = dict(self.bus.stats)
-        self._stale_runs: dict[int, int] = {}  # length of a run of stale reads -> how many ended so
-        self._bus_at_reset: dict[str, int] = {}
         with self._lock:
             x = self._read()
         self._loop_running = False

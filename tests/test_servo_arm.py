@@ -156,6 +156,14 @@ def test_replies_that_never_come_leave_stale_ticks_not_a_lost_arm(rig):
     assert robot.interventions["stale"] > 0  # the goal was kept while the state was stale
     assert all(robot.bus.stats[key] > 0 for key in ("timeouts", "retries", "missing"))
     assert emulator.torque() == [True] * 6
+    # The counts are the trial's own: a new reset starts them again.
+    before = dict(robot.bus.stats)
+    robot.reset()
+    for _ in range(10):
+        robot.step(target)
+    stats = robot.loop_stats()
+    assert stats["bus_retries"] <= robot.bus.stats["retries"] - before["retries"]
+    assert stats["stale_ticks"] <= 10
 
 
 def test_a_servo_that_stops_answering_turns_torque_off_within_the_stale_window(rig):
