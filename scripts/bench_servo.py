@@ -69,11 +69,13 @@ def start_emulator(arm: str, *options: str) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-c", EMULATE, "--arm", arm, *options],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
     )
-    raise_priority(process.pid)
     port = process.stdout.readline().strip()
     if not port.startswith("/dev/"):
         process.kill()
         raise RuntimeError(f"the emulator did not start (it printed {port!r})")
+    # Only now, with its imports and scene loaded: a real-time process starting up would hold a
+    # core for seconds, and other emulators of the same priority with it.
+    raise_priority(process.pid)
     return process, port
 
 
