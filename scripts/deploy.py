@@ -437,7 +437,7 @@ def emulate_main(args: argparse.Namespace) -> int:
     emulator = BusEmulator(arm, scene_path(arm.scene), faults=faults, seed=args.seed)
     print(emulator.port, flush=True)
     print(f"emulating {arm.name}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
-          "on a busy machine give deploy and calibrate --timeout-margin 8", file=sys.stderr)
+          "on a heavily loaded machine give deploy and calibrate --timeout-margin 8 or more", file=sys.stderr)
     print(EMULATOR_COMMANDS, file=sys.stderr, flush=True)
     stop = threading.Event()
     threading.Thread(target=_emulator_commands, args=(emulator, stop), daemon=True).start()
