@@ -339,17 +339,18 @@ class BusEmulator:
                 reply = self._corrupt(reply)
             t += 2e-6 * servo.get("return_delay") + len(reply) * BITS_PER_BYTE / self.arm.baudrate
             due.append((t, reply))
-        # Sent as a USB adapter delivers them: what is complete at each latency-timer tick goes in
-        # one write (fewer wake-ups, so a loaded machine delays the answer less).
+        # Sent as a USB adapter delivers them: its latency timer fires within a tick of the first
+        # complete reply, and what is complete by then goes in one write (fewer wake-ups, so a
+        # loaded machine delays the answer less; never before the bytes would be on the wire).
         while due:
-            delay = due[0][0] - time.monotonic()
+            tick = due[0][0] + USB_TICK_S
+            delay = tick - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             if self._host_talking():
                 self.superseded += len(due)  # the host sent a new instruction: stop answering this one
                 return
-            now = time.monotonic() + USB_TICK_S
-            ready = [reply for at, reply in due if at <= now]
+            ready = [reply for at, reply in due if at <= max(tick, time.monotonic())]
             due = due[len(ready):]
             os.write(self._master, b"".join(ready))
             self.replies += len(ready)
