@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "servo_loop": "forethought.scripts.bench_servo:run_bench_servo_loop",
     "fuzz_trials": "forethought.scripts.bench_fuzz_trials:run_bench_fuzz_trials",
     "sysid": "forethought.scripts.bench_sysid:run_bench_sysid",
+    "learning": "forethought.scripts.bench_learning:run_bench_learning",
 }
 
 
