@@ -56,8 +56,9 @@ CELLS: dict[str, int] = {
 def run_bench_learning(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2),
                        experiments: dict[str, int] | None = None) -> tuple[dict, dict]:
     """Per experiment of CELLS, one seed after another on one torch thread: `NAME` the first iteration
-    (1-based, the random first one included) whose trials all reach the task's goal, per seed (None:
-    not within its iterations), and `NAME_update_s` the median update. quick: seed 0 only."""
+    (1-based, the random first one included) with a trial that reaches the task's goal, per seed
+    (None: not within its iterations; each run stops once all of an iteration's trials reach it), and
+    `NAME_update_s` the median update. quick: seed 0 only."""
     import statistics
 
     import torch
