@@ -135,6 +135,8 @@ class ExciteController:
     the scene named by `scene`); horizon: steps per trial (the sines fit whole periods into it).
     """
 
+    checkpoint_attributes: tuple[str, ...] = ()  # nothing changes between iterations (scripts/checkpoint.py)
+
     def __init__(self, config: ExciteConfig, robot, scene, horizon: int, seed: int = 0,
                  centers: Sequence | None = None):
         spec = robot.spec

@@ -383,6 +383,12 @@ class GPSController:
     `history` keeps every iteration's diagnostics per condition.
     """
 
+    # What changes between iterations, and what a run's checkpoint keeps (scripts/checkpoint.py).
+    checkpoint_attributes: tuple[str, ...] = ("conditions", "iteration", "history")
+    # Its policies' noise is seeded at every reset (SamplingPolicy, NNPolicy): an iteration's rollouts
+    # can run side by side with the trials of a serial run (scripts/rollouts.py).
+    parallel_rollouts = True
+
     def __init__(self, n: int, m: int, horizon: int, costs, initial, model, config: GPSConfig | None = None,
                  seed: int = 0):
         self.n, self.m, self.horizon = n, m, horizon
@@ -480,6 +486,8 @@ class MDGPSController(GPSController):
     linearisation, then fits the network to all local controllers by precision-weighted
     regression.
     """
+
+    checkpoint_attributes = (*GPSController.checkpoint_attributes, "mlp")
 
     def __init__(self, n, m, horizon, costs, initial, model, features, mlp: MLPPolicy, config: GPSConfig | None = None,
                  seed: int = 0):

@@ -129,6 +129,8 @@ class IKReachController:
     config.tolerance, or only through the scene, is a ValueError naming it.
     """
 
+    checkpoint_attributes: tuple[str, ...] = ()  # nothing changes between iterations (scripts/checkpoint.py)
+
     def __init__(self, config: IKReachConfig, robot, targets: Sequence | None = None, seed: int = 0):
         self.config = config
         model = robot.model

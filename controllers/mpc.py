@@ -12,9 +12,12 @@ planner keeps to its own time budget per call; it raises (or returns NaN) when i
 
 `RecedingHorizonPolicy` calls the planner every `replan_every` ticks, warm-starts it with the
 last plan shifted by the ticks since then (the last action repeated at the end), and between
-replans follows the plan, with its feedback gains when it has them. When a solve raises or returns
-a non-finite plan, the policy keeps following the last good plan (the failure is counted in
-`stats`); with no good plan left to follow it raises MPCError rather than act blindly.
+replans follows the plan, with its feedback gains when it has them. When a solve fails numerically
+(a non-finite plan or cost, a failed factorisation, a diverged rollout: `is_failed_solve`), the
+policy keeps following the last good plan (the failure is counted in `stats`, and the first one
+of the policy's life is logged as a warning when it happens); with no good plan left to follow it
+raises MPCError rather than act blindly. Any other exception from the planner, or a plan of the
+wrong type or shape, is a bug and propagates.
 
 iLQR-MPC is `ILQRPlanner` (a fixed number of iLQR iterations or a time budget per tick, more
 iterations on the first tick) inside a RecedingHorizonPolicy, on any model with `linearize`.
@@ -22,6 +25,7 @@ iterations on the first tick) inside a RecedingHorizonPolicy, on any model with 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,13 +33,24 @@ from typing import Callable
 import numpy as np
 
 from forethought.controllers.costs import build_cost
-from forethought.controllers.ilqr import ILQR, ILQRConfig
+from forethought.controllers.ilqr import ILQR, BackwardPassError, DivergenceError, ILQRConfig
+from forethought.models.gp.lbfgs import is_numerical
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.robot import RobotSpec
 
 
+log = logging.getLogger(__name__)
+
+
 class MPCError(RuntimeError):
     """MPC has no usable plan for the current tick."""
+
+
+def is_failed_solve(err: BaseException) -> bool:
+    """Whether a planner's exception is a numerical failure of the solve (a non-finite value, a
+    factorisation that failed, a rollout that diverged) rather than a bug."""
+    numerical = (FloatingPointError, np.linalg.LinAlgError, BackwardPassError, DivergenceError)
+    return isinstance(err, numerical) or (isinstance(err, (RuntimeError, ValueError)) and is_numerical(err))
 
 
 @dataclass
@@ -58,19 +73,35 @@ def planner_horizon(planner) -> int:
     return int(horizon)
 
 
+class FirstFailure:
+    """Logs the first failed solve it is told of, when it happens: one per run, where a controller
+    shares one among the policies it hands out; later failures are only counted."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, t: int, problem: str) -> None:
+        if not self.seen:
+            self.seen = True
+            log.warning("MPC: a solve failed at tick %d (%s); following the last good plan "
+                        "(later failures are counted in the controller's diagnostics)", t, problem)
+
+
 def _plan_problem(plan, H: int, m: int, n: int) -> str | None:
-    """Why `plan` is unusable, or None."""
+    """Why `plan` is numerically unusable (non-finite values), or None; TypeError or ValueError
+    for a plan of the wrong type or shape, which is the planner's bug."""
     if not isinstance(plan, Plan):
-        return f"the planner returned {type(plan).__name__}, not a Plan"
+        raise TypeError(f"the planner returned {type(plan).__name__}, not a Plan")
     if np.shape(plan.U) != (H, m):
-        return f"plan U has shape {np.shape(plan.U)}, expected ({H}, {m})"
+        raise ValueError(f"plan U has shape {np.shape(plan.U)}, expected ({H}, {m})")
+    if plan.K is not None and (plan.X is None or np.shape(plan.K) != (H, m, n) or np.shape(plan.X) != (H + 1, n)):
+        raise ValueError("plan K needs X (H+1, n) and K (H, m, n)")
     if not np.all(np.isfinite(plan.U)):
         return "plan U has NaN or infinite values"
-    if plan.K is not None:
-        if plan.X is None or np.shape(plan.K) != (H, m, n) or np.shape(plan.X) != (H + 1, n):
-            return "plan K needs X (H+1, n) and K (H, m, n)"
-        if not (np.all(np.isfinite(plan.K)) and np.all(np.isfinite(plan.X))):
-            return "plan X or K has NaN or infinite values"
+    if plan.K is not None and not (np.all(np.isfinite(plan.K)) and np.all(np.isfinite(plan.X))):
+        return "plan X or K has NaN or infinite values"
+    if not np.isfinite(plan.cost):
+        return f"the plan's cost is {plan.cost}"
     return None
 
 
@@ -79,7 +110,8 @@ class RecedingHorizonPolicy:
 
     replan_every: ticks between calls to the planner (1: every tick); initial_action: the warm
     start of the first plan, repeated over the horizon: an (m,) array, a function of x0, or None
-    for the middle of the action bounds (0 where unbounded). stats: replans, failures (solves
+    for the middle of the action bounds (0 where unbounded); first_failure: what logs the first
+    failed solve (shared by the policies of one run; default: the policy's own). stats: replans, failures (solves
     that raised or returned an unusable plan), last_failure, solve_ms_mean, solve_ms_max.
     """
 
@@ -89,12 +121,14 @@ class RecedingHorizonPolicy:
         spec: RobotSpec,
         replan_every: int = 1,
         initial_action: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+        first_failure: FirstFailure | None = None,
     ):
         if replan_every < 1:
             raise ValueError(f"replan_every must be at least 1, got {replan_every}")
         self.planner, self.spec, self.replan_every = planner, spec, int(replan_every)
         self.horizon = planner_horizon(planner)
         self.initial_action = initial_action
+        self.first_failure = FirstFailure() if first_failure is None else first_failure
         self.reset()
 
     def reset(self) -> None:
@@ -127,9 +161,12 @@ class RecedingHorizonPolicy:
         started = time.perf_counter()
         try:
             plan = self.planner.plan(x, self._warm_start(x, t), t)
+        except Exception as err:
+            if not is_failed_solve(err):
+                raise
+            plan, problem = None, f"{type(err).__name__}: {err}"
+        else:
             problem = _plan_problem(plan, self.horizon, self.spec.m, self.spec.n)
-        except (ArithmeticError, RuntimeError, ValueError, np.linalg.LinAlgError) as err:
-            problem = f"{type(err).__name__}: {err}"
         self._solve_s.append(time.perf_counter() - started)
         self.stats["replans"] += 1
         if problem is None:
@@ -137,6 +174,7 @@ class RecedingHorizonPolicy:
         else:
             self.stats["failures"] += 1
             self.stats["last_failure"] = f"tick {t}: {problem}"
+            self.first_failure(t, problem)
         self.stats["solve_ms_mean"] = 1e3 * float(np.mean(self._solve_s))
         self.stats["solve_ms_max"] = 1e3 * float(np.max(self._solve_s))
 
@@ -270,6 +308,10 @@ class MPCController:
     update() reports the replanning statistics of the policies handed out since the last update.
     """
 
+    # What changes between iterations (the count that seeds each policy), and what a run's
+    # checkpoint keeps (scripts/checkpoint.py); the policies' statistics are reported at each update.
+    checkpoint_attributes = ("_handed_out",)
+
     def __init__(self, spec: RobotSpec, planner_for: Callable[[int, int], object], replan_every: int = 1,
                  initial=None, model=None, seed: int = 0):
         self.spec, self.planner_for = spec, planner_for
@@ -277,8 +319,10 @@ class MPCController:
         self.model, self.seed = model, int(seed)
         self._policies: list[RecedingHorizonPolicy] = []
         self._handed_out = 0
+        self._first_failure = FirstFailure()  # the run's first failed solve is logged, whichever policy meets it
 
     def policy(self, condition: int):
+        from forethought.controllers.delay import compensate_delay
         from forethought.controllers.policy import RandomPolicy
 
         self._handed_out += 1
@@ -286,9 +330,11 @@ class MPCController:
         seed = self.seed * 1_000_003 + 1009 * self._handed_out + condition
         if self.model is not None and getattr(self.model, "learned", False) and not getattr(self.model, "fitted", True):
             return RandomPolicy(self.spec, seed)
-        policy = RecedingHorizonPolicy(self.planner_for(condition, seed), self.spec, self.replan_every, self._initial)
+        policy = RecedingHorizonPolicy(self.planner_for(condition, seed), self.spec, self.replan_every, self._initial,
+                                       self._first_failure)
         self._policies.append(policy)
-        return policy
+        # A model that declares an action delay (an identified scene's) plans from the state predicted over it.
+        return compensate_delay(policy, self.model, self.spec.action_low, self.spec.action_high)
 
     def update(self, trials) -> dict[str, float]:
         """Nothing to learn (a learned model is refitted by the experiment loop): the report."""

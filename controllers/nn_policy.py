@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from forethought.models.torch_file import as_tensor, load_torch_file
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.progress import Progress
 
@@ -138,7 +139,7 @@ class MLPPolicy:
                     loss = loss_of(index)
                     loss.backward()
                     optimiser.step()
-                progress.update(epoch + 1, batch_loss=float(loss))
+                progress.update(epoch + 1, batch_loss=loss.item())
             with torch.no_grad():
                 end = float(loss_of(slice(None)))
             progress.finish(loss=end)
@@ -159,27 +160,29 @@ class MLPPolicy:
                 "config": asdict(self.config),
                 "names": self.names,
                 "state_dict": self.net.state_dict(),
-                "scaling": {k: getattr(self, k) for k in ("in_mean", "in_std", "out_mean", "out_std", "cov")},
+                "scaling": {k: as_tensor(getattr(self, k)) for k in ("in_mean", "in_std", "out_mean", "out_std", "cov")},
             },
             path,
         )
 
     @classmethod
     def load(cls, path: str | Path) -> "MLPPolicy":
+        """A policy written by `save`; ConfigError naming the file when it is damaged, not a policy
+        or holds pickled objects (only tensors and plain data are read)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"NN policy file not found: {path}")
+        saved = load_torch_file(path, "an NN policy file")
+        if saved.get("kind") != "forethought.nn_policy":
+            raise ConfigError(f"{path}: not a forethought NN policy file")
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # torch raises many kinds for a damaged file
-            raise ValueError(f"{path}: not a readable policy file ({err})") from None
-        if not isinstance(saved, dict) or saved.get("kind") != "forethought.nn_policy":
-            raise ValueError(f"{path}: not a forethought NN policy file")
-        n, m, f = saved["sizes"]
-        policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"])
-        policy.net.load_state_dict(saved["state_dict"])
-        for key, value in saved["scaling"].items():
-            setattr(policy, key, np.asarray(value, dtype=np.float64))
+            n, m, f = saved["sizes"]
+            policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"])
+            policy.net.load_state_dict(saved["state_dict"])
+            for key in ("in_mean", "in_std", "out_mean", "out_std", "cov"):
+                setattr(policy, key, np.asarray(saved["scaling"][key], dtype=np.float64))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing entries, wrong shapes
+            raise ConfigError(f"{path}: a damaged NN policy file ({type(err).__name__}: {err})") from None
         policy.trained = True
         return policy
 
@@ -188,17 +191,21 @@ class NNPolicy:
     """The Policy (act, reset) of an MLPPolicy in one condition.
 
     features: (f,) the condition's features; noise: whether to add N(0, cov) exploration noise,
-    drawn from a generator seeded once, so successive trials differ and a rerun repeats them.
+    drawn from a generator seeded at every reset by the seed and the resets so far (the first
+    trial's by the seed alone), so successive trials differ, a rerun repeats them, and trial k's
+    noise does not depend on how many numbers the trials before it drew (scripts/rollouts.py).
     """
 
     def __init__(self, mlp: MLPPolicy, features: np.ndarray | None = None, noise: bool = False, seed: int = 0):
-        self.mlp, self.noise = mlp, noise
+        self.mlp, self.noise, self.seed = mlp, noise, seed
         self.features = None if features is None else np.asarray(features, dtype=np.float64)
+        self._resets = 0
         self._rng = np.random.default_rng(seed)
         self._chol = np.linalg.cholesky(mlp.cov + 1e-12 * np.eye(mlp.m))
 
     def reset(self) -> None:
-        pass
+        self._resets += 1
+        self._rng = np.random.default_rng(self.seed if self._resets == 1 else [self.seed, self._resets - 1])
 
     def act(self, x: np.ndarray, t: int) -> np.ndarray:
         u = self.mlp.mean(x, self.features)
@@ -231,6 +238,8 @@ class NNPolicyParams:
 
 class NNPolicyController:
     """Runs a saved NN policy alone; `update` learns nothing."""
+
+    checkpoint_attributes = ("_runs",)  # what a run's checkpoint keeps (scripts/checkpoint.py)
 
     def __init__(self, mlp: MLPPolicy, conditions: Sequence[dict], noise: bool = False, seed: int = 0):
         keys = mlp.names.get("features", [])

@@ -320,6 +320,9 @@ class PilcoController:
     first states (std at least 1e-2 where only one trial is known).
     """
 
+    # What changes between iterations, and what a run's checkpoint keeps (scripts/checkpoint.py).
+    checkpoint_attributes = ("policies", "trials", "trial_costs", "iteration", "history")
+
     def __init__(self, spec: RobotSpec, costs: Sequence[Cost], config: PilcoConfig, horizon: int,
                  model: GPModel, seed: int = 0, start: tuple[np.ndarray, np.ndarray] | None = None):
         self.spec, self.config, self.horizon = spec, config, int(horizon)

@@ -25,6 +25,8 @@ class RandomPolicy:
 class RandomController:
     """The Controller that always answers a seeded random policy (a baseline, and data collection)."""
 
+    checkpoint_attributes = ("seed",)  # what a run's checkpoint keeps (scripts/checkpoint.py)
+
     def __init__(self, spec: RobotSpec, seed: int = 0):
         self.spec, self.seed = spec, seed
 

@@ -40,6 +40,7 @@ import numpy as np
 from mujoco import minimize
 from mujoco import rollout as mj_rollout
 
+from forethought.models.simulator import DELAY_NUMERIC, scene_delay
 from forethought.sim.mujoco_robot import state_names as scene_state_names
 from forethought.sim.servo_model import (
     FIELDS,
@@ -50,7 +51,6 @@ from forethought.sim.servo_model import (
     write_servo_parameters,
 )
 
-DELAY_NUMERIC = "forethought_action_delay"
 _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
 # Residuals are joint position errors in these units (rad -> deg), averaged over all of them.
 _DEG = 180.0 / np.pi
@@ -168,12 +168,6 @@ def delayed_controls(goals: np.ndarray, delay: float, dt: float, control_steps: 
     switch = (j) * dt + delay  # when goal j + 1 (index nxt) starts acting
     f = np.clip(((i + 1) * h - switch) / h, 0.0, 1.0)[None, :, None]
     return (1.0 - f) * goals[:, j] + f * goals[:, nxt]
-
-
-def scene_delay(model: mujoco.MjModel) -> float:
-    """The action delay (s) a scene declares (custom numeric "forethought_action_delay"), else 0."""
-    i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_NUMERIC, DELAY_NUMERIC)
-    return float(model.numeric_data[model.numeric_adr[i]]) if i >= 0 else 0.0
 
 
 @dataclass

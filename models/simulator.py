@@ -17,6 +17,11 @@ A planning model may step more coarsely than the robot (`timestep`), as MPC on M
 does: fewer physics steps per control period make prediction and linearisation proportionally
 cheaper.
 
+A scene may declare an action delay (the custom numeric "forethought_action_delay", s, which
+identification writes): a goal acts that long after the state it answers was measured.
+`action_delay` holds it and `advance(x, u, seconds)` predicts the state over it under the goal
+still in force; `controllers.delay.DelayCompensated` plans from that predicted state.
+
 A rollout that MuJoCo finds unstable (it resets the simulation when accelerations blow up)
 predicts NaN for that row, never a plausible state.
 
@@ -26,6 +31,7 @@ BatchedDynamics of the sampling planners (predictive sampling).
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import warnings
@@ -63,6 +69,15 @@ _CLOCK_START = 1.0
 _ROLLOUT_MIN_BATCH = 8
 
 
+DELAY_NUMERIC = "forethought_action_delay"
+
+
+def scene_delay(model: mujoco.MjModel) -> float:
+    """The action delay (s) a scene declares (custom numeric "forethought_action_delay"), else 0."""
+    i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_NUMERIC, DELAY_NUMERIC)
+    return float(model.numeric_data[model.numeric_adr[i]]) if i >= 0 else 0.0
+
+
 def _declared_control_steps(model: mujoco.MjModel) -> int:
     i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_NUMERIC, "forethought_control_steps")
     return int(model.numeric_data[model.numeric_adr[i]]) if i >= 0 else 1
@@ -93,6 +108,8 @@ class SimulatorModel:
     against small forces, so finite differences there say the actions do nothing).
     The control period is timestep * control_steps.
     threads: MuJoCo threads that share each batched rollout (one C call, its rows split between them).
+    action_delay: s from a state's measurement to the moment the goal that answers it acts (None:
+    the scene's "forethought_action_delay", else 0); see `advance`.
     Every thread gets its own MjData, so predict and linearize may be called concurrently.
     """
 
@@ -109,6 +126,7 @@ class SimulatorModel:
         epsilon: float = 1e-6,
         frictionloss: bool = True,
         threads: int = 1,
+        action_delay: float | None = None,
     ):
         if isinstance(scene, mujoco.MjModel):
             self.scene, self.model = None, scene
@@ -128,6 +146,9 @@ class SimulatorModel:
         if not frictionloss:
             model.dof_frictionloss[:] = 0.0
         self.frictionloss = bool(frictionloss)
+        self.action_delay = scene_delay(model) if action_delay is None else float(action_delay)
+        if not 0.0 <= self.action_delay < 10.0:
+            raise ValueError(f"SimulatorModel: action_delay must be in [0, 10) s, got {self.action_delay}")
         self.control_steps = int(_declared_control_steps(model) if control_steps is None else control_steps)
         if self.control_steps < 1:
             raise ValueError(f"SimulatorModel: control_steps must be at least 1, got {self.control_steps}")
@@ -235,6 +256,36 @@ class SimulatorModel:
     def _finished(self, data: mujoco.MjData) -> bool:
         """Whether the period ran through: MuJoCo resets an unstable simulation and counts a warning."""
         return not data.warning.number[_UNSTABLE].any()
+
+    def advance(self, x, u, seconds: float) -> np.ndarray:
+        """The state (n,) `seconds` after x (n,) under controls u (m,): whole physics steps of the
+        model, the last one shortened to end on time (a control period's worth at most)."""
+        x, u = np.asarray(x, dtype=np.float64).reshape(self.n), np.asarray(u, dtype=np.float64).reshape(self.m)
+        if not 0.0 <= seconds <= self.dt + 1e-12:
+            raise ValueError(f"SimulatorModel.advance: seconds must be within one control period, got {seconds}")
+        if seconds == 0.0:
+            return x.copy()
+        data, h = self.data, self.model.opt.timestep
+        self._set(data, x, u)
+        full = int(np.floor(seconds / h + 1e-9))
+        for _ in range(full):
+            mujoco.mj_step(self.model, data)
+        rest = seconds - full * h
+        if rest > 1e-9 * h:
+            mujoco.mj_step(self._shortened(rest), data)
+        if not self._finished(data):
+            return np.full(self.n, np.nan)
+        return np.concatenate([data.qpos, data.qvel])
+
+    def _shortened(self, timestep: float) -> mujoco.MjModel:
+        """This thread's copy of the model with physics step `timestep` (s): other threads may be
+        stepping the model itself meanwhile. Dropped with the thread's data when a condition changes it."""
+        cached = getattr(self._local, "shortened", None)
+        if cached is None or cached[0] != timestep:
+            model = copy.deepcopy(self.model)
+            model.opt.timestep = timestep
+            cached = self._local.shortened = (timestep, model)
+        return cached[1]
 
     def _predict_rollout(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Next states (B, n) from x (B, n) under u (B, m), float64; NaN rows where unstable."""
@@ -429,6 +480,7 @@ class SimulatorModel:
             "centred": self.centred,
             "epsilon": self.epsilon,
             "frictionloss": self.frictionloss,
+            "action_delay": self.action_delay,
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -442,9 +494,12 @@ class SimulatorModel:
         try:
             settings = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a simulator model file ({err})") from None
+            raise ConfigError(f"{path}: not a simulator model file ({err})") from None
         if not isinstance(settings, dict) or settings.get("model") != "simulator":
-            raise ValueError(f"{path}: not a simulator model file")
+            raise ConfigError(f"{path}: not a simulator model file")
+        missing = [k for k in ("scene", "control_steps", "timestep", "centred", "epsilon", "frictionloss") if k not in settings]
+        if missing:
+            raise ConfigError(f"{path}: not a complete simulator model file (no {missing[0]!r})")
         return cls(
             settings["scene"],
             control_steps=settings["control_steps"],
@@ -452,6 +507,7 @@ class SimulatorModel:
             centred=settings["centred"],
             epsilon=settings["epsilon"],
             frictionloss=settings["frictionloss"],
+            action_delay=settings.get("action_delay"),
         )
 
 
@@ -469,6 +525,9 @@ class MujocoModelConfig:
     actions do nothing, which stalls iLQR: planners on derivatives usually drop it, and the robot
     keeps it); centred: centred differences in linearize; epsilon: their step; threads: MuJoCo
     threads per batched rollout (null: torch's thread count, which `forethought run --threads` sets).
+    action_delay: s from a measured state to the moment the goal that answers it acts (null: the
+    scene's own, which an identified scene declares; 0 without); MPC on this model plans from the
+    state predicted over it (controllers.delay).
     """
 
     scene: str | None = None
@@ -477,8 +536,11 @@ class MujocoModelConfig:
     centred: bool = False
     epsilon: float = 1e-6
     threads: int | None = None
+    action_delay: float | None = None
 
     def __post_init__(self) -> None:
+        if self.action_delay is not None and not 0 <= self.action_delay < 10:
+            raise ValueError(f"action_delay must be seconds in [0, 10), got {self.action_delay}")
         if self.timestep is not None and not self.timestep > 0:
             raise ValueError(f"timestep must be positive, got {self.timestep}")
         if self.threads is not None and self.threads < 1:
@@ -500,7 +562,8 @@ def build_scene_model(config: MujocoModelConfig, spec, scene: "str | mujoco.MjMo
         threads = torch.get_num_threads()
     if isinstance(scene, mujoco.MjModel):
         return _task_model(config, spec, scene, threads)
-    settings = dict(centred=config.centred, epsilon=config.epsilon, frictionloss=config.frictionloss, threads=threads)
+    settings = dict(centred=config.centred, epsilon=config.epsilon, frictionloss=config.frictionloss, threads=threads,
+                    action_delay=config.action_delay)
     if config.timestep is None:
         model = SimulatorModel(scene, **settings)
     else:

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
 from forethought.models.dynamics_model import as_batch
+from forethought.robots.config import ConfigError
 from forethought.robots.trial import Trial
 
 
@@ -432,7 +433,8 @@ class TVLGModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "TVLGModel":
-        """A model written by `save` (a file from before per-condition fits holds condition 0)."""
+        """A model written by `save` (a file from before per-condition fits holds condition 0); ConfigError
+        naming the file when it is unreadable or incomplete."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TVLG model file not found: {path}")
@@ -441,10 +443,10 @@ class TVLGModel:
                 meta = json.loads(str(data["meta"]))
                 arrays = {k: data[k] for k in data.files if k != "meta"}
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{path}: not a readable TVLG model file ({err})") from None
+            raise ConfigError(f"{path}: not a readable TVLG model file ({err})") from None
         if not isinstance(meta, dict) or meta.get("model") != "tvlg":
             held = meta.get("model") if isinstance(meta, dict) else meta
-            raise ValueError(f"{path}: not a TVLG model (holds {held!r})")
+            raise ConfigError(f"{path}: not a TVLG model (holds {held!r})")
         try:
             model = cls(TVLGConfig(**meta["config"]))
             prefixes = {int(c): f"condition{c}_" for c in meta.get("conditions", [])} or {0: "dynamics_"}
@@ -457,7 +459,7 @@ class TVLGModel:
             model.condition = int(meta.get("condition", 0))
             model.state_names, model.action_names = tuple(meta["state_names"]), tuple(meta["action_names"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a complete TVLG model file ({err})") from None
+            raise ConfigError(f"{path}: not a complete TVLG model file ({err})") from None
         return model
 
 

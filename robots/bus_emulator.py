@@ -13,6 +13,13 @@ off leaves a joint free but held by its gearbox's friction, the torque limit bou
 force, and the homing offset shifts what the servo reports, as on the real servos. Each servo is
 mounted with an encoder offset and a direction (`ServoMount`), which is what calibration finds.
 
+A reality gap (`sim.reality.reality_emulator`, `forethought emulate --reality FILE`) changes the
+physics behind the bus: the servo parameters and payload in the MjModel given as `model`, goals
+that pass a `goal_path` (latency, the servo's sampling, backlash) on their way to the actuators, and
+`encoder_noise` on the present positions. Without one the servos move the scene itself.
+`goal_writes` records the goal positions the servos took, the last GOAL_WRITES_KEPT of them:
+(time.monotonic(), joint index, ticks).
+
 Faults (`Fault`): corrupted replies at a rate, a servo that stops answering (it still obeys
 writes), overheating or overload (status bits set, the servo drops its torque), a voltage sag.
 """
@@ -24,6 +31,7 @@ import select
 import threading
 import time
 import tty
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,6 +47,7 @@ TWO_PI = 2.0 * np.pi
 AMBIENT_C = 32.0
 OVERHEAT_C = 80.0
 FAULT_KINDS = ("corrupt", "silent", "overheat", "overload", "voltage")
+GOAL_WRITES_KEPT = 600_000  # about half an hour of a 6-servo arm at 50 Hz
 
 
 @dataclass(frozen=True)
@@ -171,12 +180,18 @@ class BusEmulator:
         mounts: Sequence[ServoMount] | None = None,
         faults: Sequence[Fault] = (),
         seed: int = 0,
+        model: mujoco.MjModel | None = None,
+        goal_path=None,
+        encoder_noise: float = 0.0,
     ):
         self.arm = arm
-        try:
-            self.model = mujoco.MjModel.from_xml_path(str(scene_file))
-        except ValueError as err:
-            raise ValueError(f"{scene_file}: MuJoCo could not load the arm's scene: {err}") from None
+        if model is not None:
+            self.model = model
+        else:
+            try:
+                self.model = mujoco.MjModel.from_xml_path(str(scene_file))
+            except ValueError as err:
+                raise ValueError(f"{scene_file}: MuJoCo could not load the arm's scene: {err}") from None
         self.data = mujoco.MjData(self.model)
         home = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_KEY, "home")
         if home >= 0:
@@ -195,6 +210,15 @@ class BusEmulator:
         for i, servo in enumerate(self._servos):
             self.data.ctrl[self._act[i]] = self.data.qpos[self._qpos[i]]
             self._apply_torque(i, servo)
+        # The reality's physics beyond MuJoCo's (sim.reality.GoalPath: send, hold, target; the
+        # encoder's noise std in rad); None and 0: the scene itself.
+        self.goal_path = goal_path
+        self.encoder_noise = float(encoder_noise)
+        self._noise_rng = np.random.default_rng([int(seed), 7])
+        if goal_path is not None:
+            goal_path.reset(self.data.ctrl[self._act], phase=int(self._noise_rng.integers(goal_path.period_steps)))
+        # Bounded: `forethought emulate` may serve for hours at 300 goal writes a second.
+        self.goal_writes: deque[tuple[float, int, int]] = deque(maxlen=GOAL_WRITES_KEPT)
         self.voltage = arm.supply_voltage
         self.corrupt_rate = 0.0
         self._pending_faults: list[Fault] = []
@@ -369,17 +393,39 @@ class BusEmulator:
                 servo.set("torque_enable", 0)  # a servo in shutdown keeps its torque off
             else:
                 self.data.ctrl[self._act[i]] = servo.goal_angle()
+                if self.goal_path is not None:  # a servo holds its goal from the moment torque goes on
+                    self.goal_path.hold(i, servo.goal_angle())
                 self._apply_torque(i, servo)
                 self.events.append((time.monotonic(), "torque", servo.servo_id, float(servo.torque_on)))
                 if servo.torque_on and self._torque_first_on is None:
                     self._torque_first_on = time.monotonic()
         if touched & set(range(regs["goal_position"].address, regs["goal_position"].address + regs["goal_position"].size)):
-            self.data.ctrl[self._act[i]] = servo.goal_angle()
+            self._take_goal(i, servo)
         if touched & {regs["torque_limit"].address, regs["torque_limit"].address + 1}:
             self._apply_torque(i, servo)
         return 0
 
     # -- the servo's physics ---------------------------------------------------------------------
+    def _take_goal(self, i: int, servo: _Servo) -> None:
+        """Servo i's goal position register changed: record it, and send it towards the actuator."""
+        self.goal_writes.append((time.monotonic(), i, servo.get("goal_position")))
+        if self.goal_path is not None:
+            self.goal_path.send(servo.goal_angle(), self._steps, index=[i])
+        else:
+            self.data.ctrl[self._act[i]] = servo.goal_angle()
+
+    def received_goals(self) -> np.ndarray:
+        """(W, m) goal ticks of every sync write that set all servos' goals, in order (from `goal_writes`)."""
+        m, rows, row = len(self._servos), [], {}
+        for _, i, ticks in self.goal_writes:
+            if i in row:  # a write that set only some servos; start over
+                row = {}
+            row[i] = ticks
+            if len(row) == m:
+                rows.append([row[j] for j in range(m)])
+                row = {}
+        return np.array(rows, dtype=np.int64).reshape(-1, m)
+
     def _apply_torque(self, i: int, servo: _Servo) -> None:
         model, act, dof = self.model, self._act[i], self._dof[i]
         stall = servo.model.stall_torque
@@ -409,6 +455,8 @@ class BusEmulator:
         model = servo.model
         q, qd = self.data.qpos[self._qpos[i]], self.data.qvel[self._dof[i]]
         direction = servo.mount.direction
+        if self.encoder_noise > 0:
+            q = q + self.encoder_noise * self._noise_rng.standard_normal()
         servo.set("present_position", servo.present_ticks(q))
         servo.set("present_velocity", int(round(direction * qd * servo.ticks_per_rad / model.velocity_unit)))
         force = self.data.actuator_force[self._act[i]]
@@ -429,6 +477,8 @@ class BusEmulator:
             self._t0 += (due - max_catch_up) * dt
             due = max_catch_up
         for _ in range(max(due, 0)):
+            if self.goal_path is not None:
+                self.data.ctrl[self._act] = self.goal_path.target(self._steps)
             if self._hand is not None:
                 self._follow_hand(self._t0 + (self._steps + 1) * dt)
             else:

@@ -65,10 +65,13 @@ class Robot(Protocol):
 
     `interventions` counts, since the last `reset`, every time the robot (or the safety layer in
     front of it) changed or refused what the controller asked for, by kind ("clipped", ...).
+    `applied_action`: (m,) what the last `step` applied (clipped to the bounds in simulation, the
+    goal written to the bus after the safety layer on a servo arm); None before the first step.
     """
 
     spec: RobotSpec
     interventions: dict[str, int]
+    applied_action: np.ndarray | None
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start a trial; returns x0: (n,)."""

@@ -1,7 +1,13 @@
 """A low-cost servo arm as a Robot: joint position targets in, joint positions and velocities out.
 
-`ServoArm` runs the arm at a fixed rate: `step(u)` sends the goal (after the safety layer), waits
-for the next tick of the loop clock, reads every servo in one sync read and returns the state.
+`ServoArm` runs the arm at a fixed rate: `step(u)` sends the goal (after the safety layer) at a
+fixed phase of the control period (`write_phase` of a period after the tick whose reading the
+controller acted on, or at once when the controller was later than that), waits for the next tick
+of the loop clock, reads every servo in one sync read and returns the state. So every goal acts
+the same time after the state it answers, a delay the planning model can know; the read-to-write
+latency of every step is measured (`latencies`, and its p50/p99 in `loop_stats`).
+`applied_action` is the goal as written to the bus (after the safety layer, in the encoder's
+ticks, read back in rad): what the trial log records as the action.
 The clock starts with the first step (after reset the arm holds its start pose for as long as
 the controller takes to decide its first action) and measures its own period and jitter
 (`loop_stats`). From then on, a watchdog holds the arm where it is when no new action comes for
@@ -107,12 +113,16 @@ class ServoArm:
         bus: ServoBus | None = None,
         settle_s: float = 2.0,
         start_tolerance: float = 0.05,
+        write_phase: float = 0.5,
     ):
         calibration.check_matches(arm)
         if velocity_source not in ("servo", "difference"):
             raise ValueError(f"velocity_source must be 'servo' or 'difference', got {velocity_source!r}")
         if not 0.0 <= velocity_smoothing < 1.0:
             raise ValueError(f"velocity_smoothing must be in [0, 1), got {velocity_smoothing}")
+        if not 0.0 <= write_phase < 1.0:
+            raise ValueError(f"write_phase must be in [0, 1) of a period, got {write_phase}")
+        self.write_phase = float(write_phase)
         self.arm, self.calibration = arm, calibration
         self.bus = bus if bus is not None else make_bus(arm, port)
         names = arm.names
@@ -132,7 +142,8 @@ class ServoArm:
             action_low=lower,
             action_high=upper,
             dt=dt,
-            metadata={"arm": arm.name, "port": str(port), "protocol": arm.protocol, "velocity_source": velocity_source},
+            metadata={"arm": arm.name, "port": str(port), "protocol": arm.protocol, "velocity_source": velocity_source,
+                      "write_phase": self.write_phase},
         )
         self.start_pose = None if start_pose is None else self._pose(start_pose)
         self.velocity_source = velocity_source
@@ -151,6 +162,10 @@ class ServoArm:
         self._loop_running = False
         self._controller_s: list[float] = []
         self._read_s: list[float] = []
+        self.latencies: list[float] = []  # s from each tick's reading (sync read sent) to the goal's write
+        self._read_at = time.monotonic()
+        self._late_writes = 0
+        self.applied_action: np.ndarray | None = None
         self._last_return = 0.0
         self._holding = False
         self._watchdog_error: BaseException | None = None
@@ -219,7 +234,9 @@ class ServoArm:
         self.safety.reset_counts()
         self.clock = LoopClock(self.spec.dt)
         self._controller_s, self._read_s = [], []
+        self.latencies, self._late_writes, self.applied_action = [], 0, None
         with self._lock:
+            self._read_at = time.monotonic()
             x = self._read()
         self._loop_running = False
         self._start_watchdog()
@@ -242,22 +259,32 @@ class ServoArm:
             raise RuntimeError(f"{self.spec.name}: reset() the arm before stepping it")
         self._in_step = True
         try:
-            if self._loop_running:
-                self._controller_s.append(time.monotonic() - self._last_return)
-            else:
-                self.clock.start()
+            first = not self._loop_running
+            if first:
+                tick = self.clock.start()
                 self._loop_running = True
+            else:
+                self._controller_s.append(time.monotonic() - self._last_return)
+                tick = self.clock.ticks[-1]
+            write_at = tick + self.write_phase * self.spec.dt
+            if time.monotonic() > write_at:
+                self._late_writes += 1
+            sleep_until(write_at)
             with self._lock:
                 self._raise_watchdog_error()
                 self._holding = False
                 goal = self.safety.filter(u, self._q, self._v)
-                self._guarded(lambda: self.bus.write_goals(self.calibration.to_ticks(goal)))
+                ticks = self.calibration.to_ticks(goal)
+                self._guarded(lambda: self.bus.write_goals(ticks))
+                if not first:  # the first goal answers the reading at reset, before the loop's clock
+                    self.latencies.append(time.monotonic() - self._read_at)
+                self.applied_action = self.calibration.to_rad(ticks)
             if not np.all(np.isfinite(u)):
                 bad = [n for n, v in zip(self.spec.action_names, u) if not np.isfinite(v)]
                 raise ActionError(f"{self.spec.name}: action has NaN or infinite values in {bad}; the arm holds")
             self.clock.wait()
             with self._lock:
-                started = time.monotonic()
+                started = self._read_at = time.monotonic()
                 x = self._read()
                 self._read_s.append(time.monotonic() - started)
                 return x
@@ -289,9 +316,15 @@ class ServoArm:
 
     def loop_stats(self) -> dict[str, float]:
         """The clock's statistics (LoopClock.stats), and in ms the p50 and p99 of the time the
-        controller took between steps and of the sync read of every servo."""
+        controller took between steps, of the sync read of every servo and of the read-to-write
+        latency (from a tick's sync read to the write of the goal that answers it; the first step,
+        which answers the reading at reset, left out); late_writes: goals written after their phase
+        because the controller took longer."""
         stats = self.clock.stats()
-        for name, samples in (("controller", self._controller_s), ("bus_read", self._read_s)):
+        stats["write_phase"] = self.write_phase
+        stats["late_writes"] = int(self._late_writes)
+        for name, samples in (("controller", self._controller_s), ("bus_read", self._read_s),
+                              ("latency", self.latencies)):
             if samples:
                 ms = np.array(samples) * 1e3
                 stats[f"{name}_p50_ms"] = float(np.percentile(ms, 50))

@@ -23,7 +23,9 @@ def package_version() -> str:
 class Trial:
     """One trial, time-major.
 
-    states: (T+1, n); actions: (T, m); timestamps: (T+1,) s since the trial started (the robot's
+    states: (T+1, n); actions: (T, m) as the robot applied them (in simulation clipped to the
+    bounds; on a servo arm the goals written to the bus after the safety layer); requested_actions:
+    (T, m) what the controller asked for (default: the actions); timestamps: (T+1,) s since the trial started (the robot's
     `time()`: simulated time in simulation, the wall clock on hardware);
     costs: (T+1,) running cost l(x_t, u_t) for t < T and terminal cost at T (NaN where none);
     metadata: JSON-serialisable (robot, task, controller, seed, created, version, interventions, ...).
@@ -39,10 +41,13 @@ class Trial:
     dt: float
     metadata: dict = field(default_factory=dict)
     complete: bool = True
+    requested_actions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.states = np.asarray(self.states, dtype=np.float64)
         self.actions = np.asarray(self.actions, dtype=np.float64)
+        requested = self.actions if self.requested_actions is None else self.requested_actions
+        self.requested_actions = np.array(requested, dtype=np.float64)
         self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
         self.costs = np.asarray(self.costs, dtype=np.float64)
         self.state_names = tuple(self.state_names)
@@ -51,8 +56,9 @@ class Trial:
         n, m = len(self.state_names), len(self.action_names)
         if self.states.shape != (T + 1, n):
             raise ValueError(f"trial states must be ({T + 1}, {n}), got {self.states.shape}")
-        if self.actions.shape != (T, m):
-            raise ValueError(f"trial actions must be ({T}, {m}), got {self.actions.shape}")
+        if self.actions.shape != (T, m) or self.requested_actions.shape != (T, m):
+            raise ValueError(f"trial actions and requested actions must be ({T}, {m}), got {self.actions.shape} "
+                             f"and {self.requested_actions.shape}")
         if self.timestamps.shape != (T + 1,) or self.costs.shape != (T + 1,):
             raise ValueError(f"trial timestamps and costs must be ({T + 1},)")
 
@@ -77,7 +83,8 @@ class StepSink(Protocol):
 
     def start(self, x0: np.ndarray) -> None: ...
 
-    def append(self, x_next: np.ndarray, u: np.ndarray, timestamp: float, cost: float) -> None: ...
+    def append(self, x_next: np.ndarray, u: np.ndarray, timestamp: float, cost: float,
+               requested: np.ndarray | None = None) -> None: ...
 
 
 CostFn = Callable[[np.ndarray, "np.ndarray | None"], float]
@@ -98,6 +105,9 @@ def rollout(
     cost(x, u) gives the running cost, cost(x, None) the terminal one. `sink`, if given, receives
     every step as it happens (so a crash loses nothing already flushed); `on_step(t)` is called
     after step t for progress. The robot's interventions end up in the trial's metadata.
+    The trial's actions are what the robot applied (`applied_action` after each step: the goals
+    written to the bus on a servo arm), its requested_actions what the policy asked for; the
+    running cost is charged on the applied action.
     """
     if horizon < 1:
         raise ValueError(f"horizon must be at least 1, got {horizon}")
@@ -106,21 +116,21 @@ def rollout(
     policy.reset()
     states = np.empty((horizon + 1, spec.n))
     actions = np.empty((horizon, spec.m))
+    requested = np.empty((horizon, spec.m))
     stamps = np.empty(horizon + 1)
     costs = np.full(horizon + 1, np.nan)
     states[0], stamps[0] = x, 0.0
     if sink is not None:
         sink.start(x)
     for t in range(horizon):
-        u = np.asarray(policy.act(x, t), dtype=np.float64)
-        x_next = np.asarray(robot.step(u), dtype=np.float64)
-        # The robot clips u to its bounds; log what it applied.
-        u = np.clip(u, spec.action_low, spec.action_high)
+        asked = np.asarray(policy.act(x, t), dtype=np.float64)
+        x_next = np.asarray(robot.step(asked), dtype=np.float64)
+        u = applied_action(robot, asked)
         if cost is not None:
             costs[t] = cost(x, u)
-        actions[t], states[t + 1], stamps[t + 1] = u, x_next, robot.time()
+        actions[t], requested[t], states[t + 1], stamps[t + 1] = u, asked, x_next, robot.time()
         if sink is not None:
-            sink.append(x_next, u, stamps[t + 1], costs[t])
+            sink.append(x_next, u, stamps[t + 1], costs[t], asked)
         x = x_next
         if on_step is not None:
             on_step(t)
@@ -134,4 +144,14 @@ def rollout(
         "interventions": dict(robot.interventions),
     }
     meta.update(metadata or {})
-    return Trial(states, actions, stamps, costs, spec.state_names, spec.action_names, spec.dt, meta)
+    return Trial(states, actions, stamps, costs, spec.state_names, spec.action_names, spec.dt, meta,
+                 requested_actions=requested)
+
+
+def applied_action(robot: Robot, asked: np.ndarray) -> np.ndarray:
+    """(m,) what `robot`'s last step applied: its `applied_action` where it keeps one, else `asked`
+    clipped to the spec's bounds (what every robot does with an action at least)."""
+    applied = getattr(robot, "applied_action", None)
+    if applied is None:
+        return np.clip(asked, robot.spec.action_low, robot.spec.action_high)
+    return np.array(applied, dtype=np.float64)

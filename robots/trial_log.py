@@ -3,13 +3,18 @@
 Layout of a trial file (all arrays float64, time-major):
 
     /states        (T+1, n)  x_0 .. x_T, in the units of the robot's state
-    /actions       (T, m)    u_0 .. u_{T-1}, as applied (clipped to the robot's bounds)
+    /actions       (T, m)    u_0 .. u_{T-1}, as the robot applied them (clipped to its bounds in
+                             simulation; on a servo arm the goals written to the bus, after the
+                             safety layer's limits, rate limit and brake)
+    /requested_actions (T, m) what the controller asked for at each step (format 2 on; a format 1
+                             file has /actions only, the requests clipped to the bounds, and reads
+                             with requested_actions equal to actions)
     /timestamps    (T+1,)    seconds since the trial started (x_0 at 0): simulated time in simulation,
                              the wall clock on hardware
     /costs         (T+1,)    running cost l(x_t, u_t) for t < T, terminal cost at T; NaN where none
     attributes of the root group:
       format          "forethought.trial"
-      format_version  1
+      format_version  2
       state_names     (n,) strings, action_names (m,) strings
       dt              control period in seconds
       robot, task, controller, created (ISO 8601, UTC), version (forethought's)   strings
@@ -24,7 +29,7 @@ second: if the process dies, even by SIGKILL, every step up to the last flush st
 Finishing the trial replaces the partial file by the finished one. A partial file left by a
 crash is marked open for writing; open it with `h5py.File(path, "r", swmr=True)` (or clear the
 mark with HDF5's `h5clear -s`). Its datasets may run a few rows past what was flushed, filled
-with NaN; `load_trial` keeps the longest prefix on which all four agree. `load_trial` and
+with NaN; `load_trial` keeps the longest prefix on which all of them agree. `load_trial` and
 `load_trials` (robots/trial_log_read.py) read any file in bounded time, and a damaged one gives a
 TrialLogError naming it.
 
@@ -144,7 +149,7 @@ class TrialWriter:
         self.spec = spec
         self.metadata = metadata if metadata is not None else {}
         self.flush_interval = flush_interval
-        self._rows: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+        self._rows: list[tuple[np.ndarray, np.ndarray, float, float, np.ndarray]] = []
         self._steps = 0  # steps written to the datasets
         self._finished = False
 
@@ -165,6 +170,7 @@ class TrialWriter:
             return f.create_dataset(name, shape, maxshape=(None, *rest), chunks=(256, *rest), dtype="f8", fillvalue=np.nan)
 
         self._states, self._actions = growing("states", (1, n)), growing("actions", (0, m))
+        self._requested = growing("requested_actions", (0, m))
         self._stamps, self._costs = growing("timestamps", (1,)), growing("costs", (1,))
         self._stamps[0] = 0.0
         self._write_attrs()
@@ -190,17 +196,20 @@ class TrialWriter:
             raise ValueError(f"{self.partial}: x0 must have shape ({self.spec.n},), got {x0.shape}")
         self._states[0] = x0
 
-    def append(self, x_next: np.ndarray, u: np.ndarray, timestamp: float, cost: float) -> None:
-        """Log one step: u: (m,) applied at x_t, x_next: (n,), timestamp (s), cost l(x_t, u_t)."""
+    def append(self, x_next: np.ndarray, u: np.ndarray, timestamp: float, cost: float,
+               requested: np.ndarray | None = None) -> None:
+        """Log one step: u: (m,) applied at x_t, x_next: (n,), timestamp (s), cost l(x_t, u_t);
+        requested: (m,) what the controller asked for (default: u)."""
         if self._finished:
             raise RuntimeError(f"{self.partial}: the trial is already finished")
         x_next, u = np.array(x_next, dtype=np.float64), np.array(u, dtype=np.float64)
-        if x_next.shape != (self.spec.n,) or u.shape != (self.spec.m,):
+        requested = u.copy() if requested is None else np.array(requested, dtype=np.float64)
+        if x_next.shape != (self.spec.n,) or u.shape != (self.spec.m,) or requested.shape != (self.spec.m,):
             raise ValueError(
-                f"{self.partial}: a step needs x_next ({self.spec.n},) and u ({self.spec.m},), "
-                f"got {x_next.shape} and {u.shape}"
+                f"{self.partial}: a step needs x_next ({self.spec.n},), u and requested ({self.spec.m},), "
+                f"got {x_next.shape}, {u.shape} and {requested.shape}"
             )
-        self._rows.append((x_next, u, float(timestamp), float(cost)))
+        self._rows.append((x_next, u, float(timestamp), float(cost), requested))
         if time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 
@@ -213,8 +222,11 @@ class TrialWriter:
             actions = np.stack([r[1] for r in rows])
             stamps = np.array([r[2] for r in rows], dtype=np.float64)
             costs = np.array([r[3] for r in rows], dtype=np.float64)
+            requested = np.stack([r[4] for r in rows])
             self._actions.resize((stop, self.spec.m))
             self._actions[start:stop] = actions
+            self._requested.resize((stop, self.spec.m))
+            self._requested[start:stop] = requested
             self._states.resize((stop + 1, self.spec.n))
             self._states[start + 1 : stop + 1] = states
             self._stamps.resize((stop + 1,))

@@ -19,8 +19,11 @@ import h5py
 import numpy as np
 
 FORMAT = "forethought.trial"
-FORMAT_VERSION = 1
-DATASETS = ("states", "actions", "timestamps", "costs")
+# Version 2 adds `requested_actions` (what the controller asked for) beside `actions` (what the
+# robot applied); version 1 files hold `actions` only, which were the requests clipped to the bounds.
+FORMAT_VERSION = 2
+DATASETS_V1 = ("states", "actions", "timestamps", "costs")
+DATASETS = DATASETS_V1 + ("requested_actions",)
 # The attributes the reader reads (the others are in the metadata too).
 ATTRIBUTES = frozenset({"format", "format_version", "state_names", "action_names", "dt", "complete", "metadata"})
 # Names of states or actions: far more than any robot has, few enough to read at once.
@@ -106,8 +109,14 @@ def _real(value, path: Path, name: str) -> float:
     return number
 
 
-def check_format(f: h5py.File, path: Path) -> None:
-    """That an open file is a trial log this version reads: its format attributes and datasets."""
+def datasets_of(version: int) -> tuple[str, ...]:
+    """The datasets a trial log of format `version` holds."""
+    return DATASETS if version >= 2 else DATASETS_V1
+
+
+def check_format(f: h5py.File, path: Path) -> int:
+    """That an open file is a trial log this version reads: its format attributes and datasets.
+    Returns its format version."""
     fmt = _attribute(f, path, "format", 0)
     if fmt is _MISSING or not isinstance(fmt, (str, bytes)) or _text(fmt, path, "format") != FORMAT:
         raise TrialLogError(f"{path}: not a forethought trial log (no format attribute '{FORMAT}')")
@@ -120,9 +129,10 @@ def check_format(f: h5py.File, path: Path) -> None:
             f"{path}: trial log format {int(version)} is newer than this forethought reads ({FORMAT_VERSION})"
         )
     with hdf5_errors(path):
-        missing = [name for name in DATASETS if name not in f]
+        missing = [name for name in datasets_of(int(version)) if name not in f]
     if missing:
         raise TrialLogError(f"{path}: damaged trial log, missing dataset(s) {', '.join(missing)}")
+    return int(version)
 
 
 def read_header(f: h5py.File, path: Path) -> Header:
@@ -166,11 +176,12 @@ def parse_metadata(text: str, path: Path) -> dict:
     return metadata
 
 
-def open_datasets(f: h5py.File, path: Path, header: Header) -> dict[str, h5py.Dataset]:
-    """The four datasets, checked to be plain real arrays of the right rank and width (nothing read)."""
-    widths = {"states": len(header.state_names), "actions": len(header.action_names)}
+def open_datasets(f: h5py.File, path: Path, header: Header, names=DATASETS) -> dict[str, h5py.Dataset]:
+    """The datasets `names`, checked to be plain real arrays of the right rank and width (nothing read)."""
+    widths = {"states": len(header.state_names), "actions": len(header.action_names),
+              "requested_actions": len(header.action_names)}
     datasets = {}
-    for name in DATASETS:
+    for name in names:
         with hdf5_errors(path, f"dataset {name}"):
             if not isinstance(f.get(name, getlink=True), h5py.HardLink):
                 raise TrialLogError(f"{path}: {name} must be a dataset in the file, not a link")
@@ -187,7 +198,8 @@ def open_datasets(f: h5py.File, path: Path, header: Header) -> dict[str, h5py.Da
             raise TrialLogError(f"{path}: dataset {name} must have {expected} dimension(s), got shape {shape}")
         if name in widths and shape[1] != widths[name]:
             raise TrialLogError(
-                f"{path}: dataset {name} has {shape[1]} columns for {widths[name]} {name.removesuffix('s')} names"
+                f"{path}: dataset {name} has {shape[1]} columns for {widths[name]} "
+                f"{name.removeprefix('requested_').removesuffix('s')} names"
             )
         datasets[name] = dataset
     return datasets
@@ -195,8 +207,9 @@ def open_datasets(f: h5py.File, path: Path, header: Header) -> dict[str, h5py.Da
 
 def rows_to_read(datasets: dict[str, h5py.Dataset], path: Path, complete: bool) -> int:
     """T, the steps to read: all of a complete trial's, whose shapes must agree; a partial trial's
-    steps on which all four datasets have rows (their final rows may lag each other)."""
-    states, actions, stamps, costs = (datasets[name].shape[0] for name in DATASETS)
+    steps on which all datasets have rows (their final rows may lag each other)."""
+    states, actions, stamps, costs = (datasets[name].shape[0] for name in DATASETS_V1)
+    requested = datasets["requested_actions"].shape[0] if "requested_actions" in datasets else actions
     if complete:
         T = actions
         if (states, stamps, costs) != (T + 1, T + 1, T + 1):
@@ -204,8 +217,10 @@ def rows_to_read(datasets: dict[str, h5py.Dataset], path: Path, complete: bool) 
                 f"{path}: damaged trial log, {T} actions need {T + 1} states, timestamps and costs, "
                 f"got {states}, {stamps} and {costs}"
             )
+        if requested != T:
+            raise TrialLogError(f"{path}: damaged trial log, {T} actions but {requested} requested actions")
         return T
-    T = min(states - 1, actions, stamps - 1, costs)
+    T = min(states - 1, actions, requested, stamps - 1, costs)
     if T < 0:
         raise TrialLogError(f"{path}: partial trial log holds no steps")
     return T
@@ -227,8 +242,11 @@ def read_rows(dataset: h5py.Dataset, rows: int, path: Path, complete: bool) -> n
 
 
 def check_finite(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """A finished trial's states, actions and timestamps are all finite (costs may be NaN: none)."""
-    for name in ("states", "actions", "timestamps"):
+    """A finished trial's states, actions (applied and requested) and timestamps are all finite
+    (costs may be NaN: none)."""
+    for name in ("states", "actions", "requested_actions", "timestamps"):
+        if name not in arrays:
+            continue
         bad = ~np.isfinite(arrays[name])
         if bad.any():
             row = int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))

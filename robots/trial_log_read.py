@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import h5py
 import numpy as np
@@ -29,10 +29,10 @@ from forethought.robots.hdf5_layout import FileCheck, FlagsClearedView, LayoutEr
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log_checks import (
     ATTRIBUTES,
-    DATASETS,
     TrialLogError,
     check_finite,
     check_format,
+    datasets_of,
     hdf5_errors,
     one_line,
     open_datasets,
@@ -41,6 +41,9 @@ from forethought.robots.trial_log_checks import (
     rows_to_read,
 )
 from forethought.robots.trial_writer_lock import writer_alive, writing_here
+
+if TYPE_CHECKING:
+    from forethought.robots.lerobot_dataset import LeRobotOptions
 
 PARTIAL_SUFFIX = ".partial.h5"
 # Seconds a child process may take over a partial file whose writer runs in another process.
@@ -116,44 +119,51 @@ def _read(path: Path, check: FileCheck, swmr: bool) -> Trial:
                 f = stack.enter_context(h5py.File(stack.enter_context(FlagsClearedView(path, check)), "r"))
             else:
                 f = stack.enter_context(h5py.File(path, "r"))
-        check_format(f, path)
+        names = datasets_of(check_format(f, path))
         header = read_header(f, path)
-        datasets = open_datasets(f, path, header)
+        datasets = open_datasets(f, path, header, names)
         T = rows_to_read(datasets, path, header.complete)
-        rows = {"states": T + 1, "actions": T, "timestamps": T + 1, "costs": T + 1 if header.complete else T}
-        arrays = {name: read_rows(datasets[name], rows[name], path, header.complete) for name in DATASETS}
+        rows = {"states": T + 1, "actions": T, "requested_actions": T, "timestamps": T + 1,
+                "costs": T + 1 if header.complete else T}
+        arrays = {name: read_rows(datasets[name], rows[name], path, header.complete) for name in names}
+    # A version 1 log holds one action per step, the request clipped to the bounds: it stands for both.
+    arrays.setdefault("requested_actions", arrays["actions"])
     if header.complete:
         check_finite(arrays, path)
-        states, actions, stamps, costs = (arrays[name] for name in DATASETS)
+        states, actions, requested, stamps, costs = (arrays[name] for name in _ORDER)
     else:
-        prefix = _consistent_prefix(*(arrays[name] for name in DATASETS))
+        prefix = _consistent_prefix(*(arrays[name] for name in _ORDER))
         if prefix is None:
             raise TrialLogError(f"{path}: partial trial log holds no steps")
-        states, actions, stamps, costs = prefix
+        states, actions, requested, stamps, costs = prefix
     return Trial(
         states, actions, stamps, costs, header.state_names, header.action_names, header.dt, header.metadata,
-        header.complete,
+        header.complete, requested,
     )
 
 
-def _consistent_prefix(states, actions, stamps, costs):
+_ORDER = ("states", "actions", "requested_actions", "timestamps", "costs")
+
+
+def _consistent_prefix(states, actions, requested, stamps, costs):
     """The steps of a partial log on which all datasets agree (None if none); no terminal cost (NaN).
 
-    states, stamps: (T+1, ...); actions, costs: (T, ...), the rows all four datasets hold.
+    states, stamps: (T+1, ...); actions, requested, costs: (T, ...), the rows all datasets hold.
     """
     steps = len(actions)
     # Rows whose data never reached the disk read as the NaN fill value.
     written = np.isfinite(stamps[1 : steps + 1]) & np.all(np.isfinite(actions[:steps]), axis=1)
+    written &= np.all(np.isfinite(requested[:steps]), axis=1)
     written &= np.all(np.isfinite(states[1 : steps + 1]), axis=1)
     steps = int(np.argmin(written)) if not written.all() else steps
-    states, actions, stamps = states[: steps + 1], actions[:steps], stamps[: steps + 1]
+    states, actions, requested, stamps = states[: steps + 1], actions[:steps], requested[:steps], stamps[: steps + 1]
     costs = np.append(costs[:steps], np.nan)
     if not (np.all(np.isfinite(states[0])) and np.isfinite(stamps[0])):
         # x0 was never given to the writer (or its row is damaged): the trial starts at its first logged state.
         if steps == 0:
             return None
-        states, actions, stamps, costs = states[1:], actions[1:], stamps[1:], costs[1:]
-    return states, actions, stamps, costs
+        states, actions, requested, stamps, costs = states[1:], actions[1:], requested[1:], stamps[1:], costs[1:]
+    return states, actions, requested, stamps, costs
 
 
 # -- A partial file whose writer runs in another process --------------------------------------------
@@ -193,6 +203,7 @@ def _read_in_child(path: Path, deadline_s: float | None = None) -> Trial:
                 saved["states"], saved["actions"], saved["timestamps"], saved["costs"],
                 tuple(str(s) for s in saved["state_names"]), tuple(str(s) for s in saved["action_names"]),
                 float(saved["dt"]), json.loads(str(saved["metadata"])), bool(saved["complete"]),
+                saved["requested_actions"],
             )
 
 
@@ -205,7 +216,8 @@ def read_in_child(path: str, out: str) -> int:
         print(err)
         return _CHILD_PROBLEM
     np.savez(
-        out, states=trial.states, actions=trial.actions, timestamps=trial.timestamps, costs=trial.costs,
+        out, states=trial.states, actions=trial.actions, requested_actions=trial.requested_actions,
+        timestamps=trial.timestamps, costs=trial.costs,
         state_names=np.array(trial.state_names, dtype=str), action_names=np.array(trial.action_names, dtype=str),
         dt=trial.dt, metadata=json.dumps(trial.metadata), complete=trial.complete,
     )
@@ -220,17 +232,22 @@ def _run_trial_files(folder: Path) -> list[Path]:
 
 def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Trial files named directly, found in run folders (their trials/ folder, else the folder), or
-    in a folder of run folders (each subfolder that holds trials, as `--out runs` fills it).
+    in a folder of run folders (each subfolder that holds trials, as `--out runs` fills it); a
+    LeRobotDataset folder (meta/info.json), named or a subfolder, is listed as itself.
 
     Raises FileNotFoundError for a path that does not exist.
     """
+    from forethought.robots.lerobot_dataset import is_lerobot_dataset
+
     files: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.is_dir() and is_lerobot_dataset(path):
+            files.append(path)
+        elif path.is_dir():
             found = _run_trial_files(path)
             if not found:
                 for run in sorted(p for p in path.iterdir() if p.is_dir()):
-                    found += _run_trial_files(run)
+                    found += [run] if is_lerobot_dataset(run) else _run_trial_files(run)
             files += found
         elif path.exists():
             files.append(path)
@@ -239,23 +256,36 @@ def trial_paths(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(set(files))
 
 
-def load_trials(paths: Iterable[str | Path]) -> tuple[list[Trial], list[str]]:
-    """Load trial files and run folders, sorted by path; returns (trials, problems).
+def load_trials(
+    paths: Iterable[str | Path], lerobot: "LeRobotOptions | None" = None
+) -> tuple[list[Trial], list[str]]:
+    """Load trial files, run folders and LeRobotDataset folders, sorted by path; returns (trials, problems).
 
     A damaged file is skipped and reported as one line naming it in `problems`. A partial file
-    whose finished trial also loaded (a crash between the two) is skipped silently.
+    whose finished trial also loaded (a crash between the two) is skipped silently. A LeRobot
+    dataset gives its episodes, read with `lerobot` (lerobot_dataset.LeRobotOptions, None: the
+    defaults); its skipped episodes are problems, a malformed dataset raises TrialLogError or
+    ConfigError (it is one thing the user named, not one file among many).
     """
-    loaded: dict[Path, Trial] = {}
+    loaded: dict[Path, list[Trial]] = {}
     problems: list[str] = []
     for path in trial_paths(paths):
+        if path.is_dir():  # trial_paths lists no folder but a LeRobot dataset
+            from forethought.robots.lerobot_dataset import load_lerobot_dataset
+
+            episodes = load_lerobot_dataset(path, lerobot)
+            loaded[path] = episodes.trials
+            problems += episodes.problems
+            continue
         try:
-            loaded[path] = load_trial(path)
+            loaded[path] = [load_trial(path)]
         except TrialLogError as err:
             problems.append(str(err))
     finished = {path for path in loaded if not path.name.endswith(PARTIAL_SUFFIX)}
     trials = [
-        trial for path, trial in loaded.items()
+        trial for path, found in loaded.items()
         if not (path.name.endswith(PARTIAL_SUFFIX) and _finished_path(path) in finished)
+        for trial in found
     ]
     return trials, problems
 

@@ -1,7 +1,8 @@
 """`forethought bench NAME`: measure what matters and write it as JSON.
 
 Output: {"name", "metrics": {...}, "config": {...}, "machine": {...}}. Each benchmark is a function
-run(quick: bool) -> (metrics, config) in its own module, registered below.
+run(quick: bool) -> (metrics, config) in its own module, registered below; one that measures
+learning over seeds also takes `seeds` (`--seeds N`: seeds 0 to N-1, run as a sweep).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import platform
 from pathlib import Path
 
+from forethought.robots.config import ConfigError
+
 BENCHMARKS: dict[str, str] = {
     "sim": "forethought.scripts.bench_sim:run_bench_sim",
     "ilqr": "forethought.scripts.bench_ilqr:run_bench_ilqr",
@@ -21,6 +24,8 @@ BENCHMARKS: dict[str, str] = {
     "servo_loop": "forethought.scripts.bench_servo:run_bench_servo_loop",
     "fuzz_trials": "forethought.scripts.bench_fuzz_trials:run_bench_fuzz_trials",
     "sysid": "forethought.scripts.bench_sysid:run_bench_sysid",
+    "latency": "forethought.scripts.bench_latency:run_bench_latency",
+    "sweep": "forethought.scripts.bench_sweep:run_bench_sweep",
     "learning": "forethought.scripts.bench_learning:run_bench_learning",
 }
 
@@ -86,12 +91,24 @@ def machine_info() -> dict:
     return info
 
 
-def run_benchmark(name: str, quick: bool = False) -> dict:
+def run_benchmark(name: str, quick: bool = False, seeds: int | None = None) -> dict:
+    """Run benchmark `name`; seeds: how many seeds a learning benchmark runs (its default if None)."""
+    import inspect
+
     if name not in BENCHMARKS:
-        raise KeyError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
+        raise ConfigError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
     module_name, function_name = BENCHMARKS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
-    metrics, config = function(quick=quick)
+    options = {}
+    if seeds is not None:
+        takes = [n for n, b in sorted(BENCHMARKS.items()) if "seeds" in inspect.signature(
+            getattr(importlib.import_module(b.split(":")[0]), b.split(":")[1])).parameters]
+        if "seeds" not in inspect.signature(function).parameters:
+            raise ConfigError(f"--seeds: bench {name} runs no seeds (those that do: {', '.join(takes)})")
+        if seeds < 1:
+            raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
+        options["seeds"] = seeds
+    metrics, config = function(quick=quick, **options)
     return {"name": name, "metrics": metrics, "config": config, "machine": machine_info()}
 
 

@@ -12,6 +12,12 @@ folders, and measures by each experiment's own goal (task.goal):
 - mdgps_heldout_success: the neural-network policy alone, without noise, on hole positions it
   was not trained on;
 - samples_used: trials run on the robot in all three.
+
+With `--seeds N` each of the three experiments also runs over seeds 0 to N-1 as a sweep (a local
+Ray, one CPU per run), judged by its own goal: {reach,peg,mdgps}_seeds_success_rate (the seeds
+with a trial that reached it), _seeds_final_success_rate (the last iteration's trials that did,
+averaged over seeds), _seeds_iterations_to_success_median, _quartiles and _ci95 (the first
+iteration with a success, over the seeds that had one), _seeds_failed_runs; seeds_wall_s.
 """
 
 from __future__ import annotations
@@ -62,8 +68,42 @@ def first_iteration(values: list[float], passes: Callable[[float], bool]) -> int
     return next((i + 1 for i, v in enumerate(values) if passes(v)), None)
 
 
-def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None) -> tuple[dict, dict]:
-    """Metrics and config of the benchmark; `experiments` replaces entries of EXPERIMENTS (names or YAML paths)."""
+def over_seeds(names: dict[str, str], iterations: dict[str, int | None], seeds: int) -> dict:
+    """The experiments `names` ({key: experiment}) over seeds 0 to seeds-1, one sweep each on one
+    local Ray, each for `iterations[key]` iterations (None: its own): the metrics of the module
+    docstring's last paragraph."""
+    import tempfile
+
+    import ray
+
+    from forethought.scripts.bench_learning import distribution_metrics
+    from forethought.scripts.sweep import execute, plan_sweep, start_ray
+
+    metrics: dict = {}
+    started = time.perf_counter()
+    owned = start_ray(None, None)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for key, name in names.items():
+                fixed = {"loop.iterations": iterations[key]} if iterations[key] else {}
+                plan = plan_sweep(name, list(range(seeds)), {}, 1, Path(scratch) / key, fixed=fixed)
+                setting = execute(plan).summary["settings"][0]
+                metrics[f"{key}_seeds_success_rate"] = setting["success_rate"]
+                metrics[f"{key}_seeds_final_success_rate"] = setting["final_success_rate"]
+                metrics.update(distribution_metrics(f"{key}_seeds_iterations_to_success", setting,
+                                                    "iterations_to_success"))
+                metrics[f"{key}_seeds_failed_runs"] = len(setting["failed"])
+    finally:
+        if owned:
+            ray.shutdown()
+    metrics["seeds_wall_s"] = time.perf_counter() - started
+    return metrics
+
+
+def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None,
+                  seeds: int | None = None) -> tuple[dict, dict]:
+    """Metrics and config of the benchmark; `experiments` replaces entries of EXPERIMENTS (names or YAML
+    paths); seeds: also run each experiment over seeds 0 to seeds-1 as a sweep (module docstring)."""
     import torch
 
     from forethought.controllers.nn_policy import NNPolicy
@@ -106,8 +146,12 @@ def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None
     metrics["mdgps_heldout_error_m"] = float(np.mean(heldout_errors))
     metrics["samples_used"] = int(samples)
     all_diagnostics = reach_diag + peg_diag + md_diag
-    metrics["kl_over_bound_max"] = float(max(d["kl_over_bound"] for d in all_diagnostics))
+    # the last iteration's diagnostics hold no KL: the loop does not update the controller after it
+    metrics["kl_over_bound_max"] = float(max(d["kl_over_bound"] for d in all_diagnostics if "kl_over_bound" in d))
     metrics["wall_s"] = time.perf_counter() - started
+    if seeds:
+        metrics.update(over_seeds(names, {"reach": reach_iterations, "peg": peg_iterations,
+                                          "mdgps": mdgps_iterations}, seeds))
     config = {
         "experiments": names,
         "reach_tolerance_m": REACH_TOLERANCE_M,
@@ -116,5 +160,6 @@ def run_bench_gps(quick: bool = False, experiments: dict[str, str] | None = None
         "heldout_seeds": list(HELDOUT_SEEDS),
         "quick": quick,
         "torch_threads": 1,
+        "seeds": list(range(seeds)) if seeds else None,
     }
     return metrics, config

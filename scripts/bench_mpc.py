@@ -25,7 +25,7 @@ from forethought.controllers.policy import RandomPolicy
 from forethought.controllers.samplers import make_planner
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bfloat16
 from forethought.robots.trial import rollout
-from forethought.scripts.bench_learning import iterations_to_success
+from forethought.scripts.bench_learning import distribution_metrics, learning_over_seeds
 from forethought.scripts.experiment import load_experiment, make_robot, make_task
 
 EXPERIMENT = "cartpole-swingup-pets"
@@ -110,10 +110,13 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     return metrics, config
 
 
-def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20) -> tuple[dict, dict]:
+def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20,
+                  seeds: int = 3) -> tuple[dict, dict]:
     """Metrics: {cem,icem,mppi}_ms_per_action (and *_float32 variants when bfloat16 is native), and
-    unless quick (or learning=False) pets_trials_to_success for seeds 0, 1, 2 (None: not within
-    max_trials)."""
+    unless quick (or learning=False) pets_trials_to_success for seeds 0 to seeds-1 (None: not within
+    max_trials), run as a sweep (a local Ray, one CPU per seed), with its distribution over the seeds
+    that succeeded (pets_trials_to_success_median, _quartiles, _ci95), pets_success_rate and
+    pets_failed_runs."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -123,8 +126,12 @@ def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials:
             full, _ = planning_speed(repeats, "float32")
             metrics.update({f"{key}_float32": value for key, value in full.items()})
         if learning if learning is not None else not quick:
-            results = [iterations_to_success(EXPERIMENT, seed, max_trials) for seed in (0, 1, 2)]
+            results, setting = learning_over_seeds(EXPERIMENT, range(seeds), max_trials)
             metrics["pets_trials_to_success"] = [r.first_success for r in results]
+            metrics.update(distribution_metrics("pets_trials_to_success", setting))
+            metrics["pets_success_rate"] = setting["success_rate"]
+            metrics["pets_failed_runs"] = len(setting["failed"])
+            config["pets_seeds"] = list(range(seeds))
         config.update(
             experiment=EXPERIMENT,
             ensemble={"members": 5, "hidden": [200, 200, 200], "propagation": "tsinf"},

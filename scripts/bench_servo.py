@@ -6,7 +6,8 @@ for a while, with clean replies and with 2 % of them corrupted. Reported per arm
 period's mean, p50, p99 and max, its jitter, overruns, and the bus's retries. Then
 `forethought deploy arm-reach-ilqr` runs on each emulated arm: `ARM_ilqr_mpc_*` give the worst
 trial's loop period (mean, p99), the controller's p99 time per tick, and the worst final
-end-effector error in m.
+end-effector error in m. `ARM_silent_to_torque_off_ms`: how long after a servo stops answering
+torque is off on every servo (random actions, through an emulator in the bench's own process).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from forethought.robots.servo_arm import ServoArm
 
 EMULATE = (
     "import argparse, sys\n"
-    "from forethought.scripts.deploy import add_emulate_arguments, emulate_main\n"
+    "from forethought.scripts.emulate import add_emulate_arguments, emulate_main\n"
     "parser = argparse.ArgumentParser()\n"
     "add_emulate_arguments(parser)\n"
     "sys.exit(emulate_main(parser.parse_args(sys.argv[1:])))\n"
@@ -117,12 +118,46 @@ def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT) -> dict:
     }
 
 
+def silent_servo_run(arm_name: str, servo_id: int = 3, at_s: float = 1.2) -> dict:
+    """`deploy` with random actions on the emulated arm until servo `servo_id` stops answering at
+    `at_s` s: the time from the silence to torque off on every servo (ms, the emulator's clock)."""
+    import yaml
+
+    from forethought.robots.bus_emulator import BusEmulator, Fault
+    from forethought.scripts.deploy import ArmStopped, deploy
+    from forethought.scripts.experiment import load_experiment
+    from forethought.sim.scenes import scene_path
+
+    arm = load_arm(arm_name)
+    with BusEmulator(arm, scene_path(arm.scene), seed=1) as emulator, tempfile.TemporaryDirectory() as out:
+        with make_bus(arm, emulator.port, timeout_margin_ms=20.0) as bus:
+            calibration = measure_calibration(bus, arm, emulator.set_pose)
+        emulator.set_pose("home")
+        path = Path(out) / "silent.yaml"
+        path.write_text(yaml.safe_dump({
+            "robot": {"scene": arm.scene}, "task": {"horizon": 1000}, "controller": {"type": "random"},
+            "loop": {"iterations": 1, "samples": 1, "seed": 0, "video": False},
+        }))
+        emulator.inject(Fault("silent", servo_id=servo_id, at=at_s))
+        try:
+            deploy(load_experiment(str(path)), arm, emulator.port, calibration, Path(out),
+                   timeout_margin_ms=TIMEOUT_MARGIN_MS, stream=io.StringIO())
+            raise RuntimeError("the run went on past the silent servo")
+        except ArmStopped:
+            pass
+        events = list(emulator.events)
+    silent_at = next(t for t, kind, *_ in events if kind == "silent")
+    off_at = min(t for t, kind, _, value in events if kind == "torque" and value == 0.0 and t > silent_at)
+    return {"silent_to_torque_off_ms": 1e3 * (off_at - silent_at)}
+
+
 def run_bench_servo_loop(quick: bool = False) -> tuple[dict, dict]:
     steps = 250 if quick else 1500
     metrics = {}
     for arm in ("so101", "koch"):
         for name, value in mpc_run(arm).items():
             metrics[f"{arm}_ilqr_mpc_{name}"] = value
+        metrics.update({f"{arm}_{name}": value for name, value in silent_servo_run(arm).items()})
         for corrupt in (0.0, 0.02):
             stats = loop_run(arm, steps, corrupt)
             key = f"{arm}{'_corrupt2pct' if corrupt else ''}"

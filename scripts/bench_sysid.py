@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from forethought.robots.trial import rollout
 from forethought.robots.trial_log import TrialWriter

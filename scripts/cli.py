@@ -1,8 +1,12 @@
 """The `forethought` command line.
 
-Bad input (a missing file, an unknown key or name, a NaN action, a truncated log) ends with one line
-on stderr naming the thing, and exit status 2; nothing already logged is lost. Set
-FORETHOUGHT_DEBUG=1 to see the traceback instead.
+Bad input (a missing file, an unknown key or name, a bad argument, a damaged model or trial file)
+is validated where it enters (YAML, arguments, files) and raised as the project's ConfigError (or
+TrialLogError for a trial log, FileNotFoundError for a path given): it ends with one line on stderr
+naming the thing, and exit status 2. A run that fails (a solver gave up, the simulation went
+unstable, a controller asked for a NaN action) ends with one line and exit status 1; nothing already
+logged is lost. Any other exception is a bug: the traceback, then one line saying so, exit status 1.
+Set FORETHOUGHT_DEBUG=1 to see the traceback of bad input and failed runs too.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from forethought.sim.gl_backend import choose_gl_backend
 
 choose_gl_backend()  # before anything below imports mujoco, which reads MUJOCO_GL once
 
-from forethought.models.dynamics_model import MissingCapability
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
+from forethought.robots.trial_log import TrialLogError
 from forethought.sim.viewer import ViewerClosed
 
 # Subcommands provided by other modules: name -> ("module", "add_arguments", "main", help).
@@ -27,21 +32,24 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "fit": ("forethought.scripts.fit", "add_fit_arguments", "fit_main", "fit a dynamics model on logged trials"),
     "deploy": ("forethought.scripts.deploy", "add_deploy_arguments", "deploy_main", "run a controller on a servo arm"),
     "calibrate": ("forethought.scripts.deploy", "add_calibrate_arguments", "calibrate_main", "record a servo arm's joint ranges"),
-    "emulate": ("forethought.scripts.deploy", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
+    "emulate": ("forethought.scripts.emulate", "add_emulate_arguments", "emulate_main", "serve an emulated servo bus on a pseudo-terminal"),
     "report": ("forethought.scripts.report", "add_report_arguments", "report_main", "write a run folder's report.html"),
+    "sweep": ("forethought.scripts.sweep", "add_sweep_arguments", "sweep_main", "run an experiment over seeds x settings on Ray"),
 }
 
-USER_ERRORS = (ConfigError, ActionError, MissingCapability, FileNotFoundError, KeyError, ValueError)
+# Bad input (exit 2, one line). Nothing broader: a ValueError or KeyError from inside is a bug.
+USER_ERRORS = (ConfigError, TrialLogError, FileNotFoundError)
 
 
 def run_errors() -> tuple[type[BaseException], ...]:
-    """Failures of a run that are not bad input (exit 1, one line): a solver or the simulation gave up."""
+    """Failures of a run that are not bad input (exit 1, one line): a solver or the simulation gave
+    up, or a controller asked for a NaN action."""
     from forethought.controllers.gps import DualSearchError
     from forethought.controllers.ilqr import BackwardPassError, DivergenceError
     from forethought.controllers.mpc import MPCError
     from forethought.sim.mujoco_robot import SimulationError
 
-    return (MPCError, DivergenceError, BackwardPassError, DualSearchError, SimulationError)
+    return (MPCError, DivergenceError, BackwardPassError, DualSearchError, SimulationError, ActionError)
 
 
 def print_matrix() -> None:
@@ -117,18 +125,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forethought.scripts.experiment import load_experiment
     from forethought.scripts.run import run_experiment
 
+    if args.resume is not None:
+        return resume_run(args)
+    if args.experiment is None:
+        raise ConfigError("run: name an experiment, or a run folder with --resume")
     experiment = load_experiment(args.experiment)
     if args.seed is not None:
         experiment.loop.seed = args.seed
     if args.trials is not None:
         if args.trials < 1:
-            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
         experiment.loop.iterations = args.trials
     if args.horizon is not None:
+        if args.horizon < 1:
+            raise ConfigError(f"--horizon must be at least 1, got {args.horizon}")
         experiment.task.horizon = args.horizon
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -139,12 +153,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         why = view_unavailable()
         if why is not None:
-            raise ValueError(f"--view: {why}")
+            raise ConfigError(f"--view: {why}")
         conditions = len(experiment.task.conditions)
         robot = ViewedRobot(make_robot(experiment.robot), experiment.loop.iterations * experiment.loop.samples * conditions)
     print(f"running {experiment.name} ({experiment.source}) -> {args.out}", file=sys.stderr)
     try:
-        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot)
+        result = run_experiment(experiment, Path(args.out), render_video=False if args.no_video else None, robot=robot,
+                                workers=args.workers)
     except ViewerClosed:
         print("forethought run: the viewer was closed; the run stopped with its trials so far kept", file=sys.stderr)
         return 0
@@ -152,10 +167,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_run(args: argparse.Namespace) -> int:
+    """`forethought run --resume RUN_DIR`: the run goes on from its last checkpoint, with the
+    experiment of its config.yaml and, unless --threads says otherwise, the torch threads it ran on."""
+    import torch
+
+    from forethought.scripts import checkpoint
+    from forethought.scripts.run import experiment_of_run, run_experiment
+
+    given = [f"--{k}" for k in ("seed", "trials", "horizon") if getattr(args, k) is not None]
+    given = ([args.experiment] if args.experiment else []) + given + (["--view"] if args.view else [])
+    if given:
+        raise ConfigError(f"--resume: the run's config.yaml is its experiment; drop {' '.join(given)}")
+    folder = Path(args.resume)
+    experiment = experiment_of_run(folder)
+    saved = checkpoint.load(folder)
+    threads = args.threads if args.threads is not None else (saved or {}).get("threads")
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    where = f"iteration {saved['iterations'] + 1}" if saved else "its start (no checkpoint yet)"
+    print(f"resuming {folder} from {where}", file=sys.stderr)
+    result = run_experiment(experiment, folder.parent, render_video=False if args.no_video else None,
+                            folder=folder, resume=True, workers=args.workers)
+    print(f"run folder: {result.folder}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from forethought.scripts.bench import run_benchmark, write_result
 
-    write_result(run_benchmark(args.name, quick=args.quick), Path(args.out) if args.out else None)
+    write_result(run_benchmark(args.name, quick=args.quick, seeds=args.seeds), Path(args.out) if args.out else None)
     return 0
 
 
@@ -173,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("run", help="run an experiment in simulation and write a run folder")
-    p.add_argument("experiment", help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK")
+    p.add_argument("experiment", nargs="?",
+                   help="a shipped name (forethought list), a YAML path, or dmc:DOMAIN:TASK (none with --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last complete iteration (its checkpoint)")
     p.add_argument("--seed", type=int, help="seed for everything random (default: the experiment's)")
     p.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     p.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
@@ -181,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip rendering the video of the last trial")
     p.add_argument("--threads", type=int,
                    help="torch threads (default: one per core); 1 when several runs share the cores")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run each iteration's rollouts (samples x conditions) on N Ray workers, with the trials "
+                        "of a serial run (gps, mdgps)")
     p.add_argument("--view", action="store_true",
                    help="watch the run live in MuJoCo's viewer (needs a display); closing it stops the run")
     p.set_defaults(func=cmd_run)
@@ -189,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="benchmark name (forethought list)")
     p.add_argument("--out", help="write the JSON result to this file too")
     p.add_argument("--quick", action="store_true", help="a shorter run, for a smoke check")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds 0 to N-1 for the benchmarks that run seeds (pilco, gps, mpc, sweep), run as a sweep on Ray")
     p.set_defaults(func=cmd_bench)
 
     for name, (module_name, add_arguments, main, help_text) in EXTERNAL_COMMANDS.items():
@@ -206,17 +257,28 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("FORETHOUGHT_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"forethought {args.command}: error: {message}", file=sys.stderr)
+        print(f"forethought {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except run_errors() as err:
         if os.environ.get("FORETHOUGHT_DEBUG"):
             raise
-        print(f"forethought {args.command}: failed: {err} (trials logged so far are kept)", file=sys.stderr)
+        print(f"forethought {args.command}: failed: {one_line(err)} (trials logged so far are kept)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"forethought {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"forethought {args.command}: internal error: this is a bug in forethought, not bad input "
+              "(the traceback above says where; trials logged so far are kept)", file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a FileNotFoundError from open() says strerror and the name)."""
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or 'file not found'}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`forethought deploy`, `forethought calibrate` and `forethought emulate`: the servo arm on the command line.
+"""`forethought deploy` and `forethought calibrate`: the servo arm on the command line (`emulate`
+serves an emulated one: scripts/emulate.py).
 
     forethought emulate --arm so101                       # prints a port; an arm answers on it
     forethought calibrate --arm so101 --port PORT         # records ~/.forethought/calibration/so101.yaml
@@ -40,7 +41,7 @@ from forethought.scripts.experiment import build_parts, load_experiment, make_ro
 from forethought.scripts.run import (
     Progress, RunResult, TrialSlot, judge_trial, judgement_text, make_cost, new_run_folder, run_loop, write_outputs,
 )
-from forethought.sim.scenes import scene_names, scene_path
+from forethought.sim.scenes import scene_names
 
 EXIT_FAILED = 1  # the arm stopped: a servo failed or reported a fault, or the controller sent NaN
 EXIT_INTERRUPTED = 130
@@ -76,6 +77,7 @@ class DeployResult(RunResult):
     trials: list[Trial] = field(default_factory=list)
     loop: list[dict] = field(default_factory=list)
     reach_error_m: list[float] = field(default_factory=list)
+    reach_by_trial: list[float | None] = field(default_factory=list)
 
 
 class ArmStopped(RuntimeError):
@@ -132,6 +134,7 @@ def deploy(
     velocity_source: str = "servo",
     timeout_margin_ms: float = 2.0,
     stream=None,
+    write_phase: float = 0.5,
 ) -> DeployResult:
     """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
     messages go to `stream` (default stderr).
@@ -143,7 +146,8 @@ def deploy(
     experiment = _arm_experiment(experiment, arm)
     sim = make_robot(experiment.robot)
     bus = make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
-    robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus)
+    robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus,
+                     write_phase=write_phase)
     _check_scene_matches(sim, arm, robot)
     home = _home_qpos(sim)
     result = DeployResult(folder=None)
@@ -183,6 +187,7 @@ def deploy(
                 meta.update(_run_facts(robot))
             trial.metadata.update(_run_facts(robot))
             error = _reach_error(sim, condition, trial.states[-1])
+            result.reach_by_trial.append(error)
             if error is not None:
                 trial.metadata["reach_error_m"] = error
                 result.reach_error_m.append(error)
@@ -223,7 +228,8 @@ def _run_facts(robot: ServoArm) -> dict:
 
 
 def _reach_error(sim, condition: dict, x_final: np.ndarray) -> float | None:
-    """Distance (m) of the end effector from the target at the trial's last state, when the task has both."""
+    """Distance (m) of the end effector from the target at the trial's last state, when the task has both:
+    the measured joints put into the scene (`sim`), the site `ee` placed by its kinematics."""
     target = condition.get("target")
     if target is None:
         return None
@@ -273,6 +279,11 @@ def format_loop_stats(stats: dict) -> str:
             f"; controller {stats['controller_p50_ms']:.1f} ms p50, {stats['controller_p99_ms']:.1f} p99; "
             f"bus read {stats['bus_read_p50_ms']:.1f} ms p50, {stats['bus_read_p99_ms']:.1f} p99"
         )
+    if "latency_p50_ms" in stats:
+        line += (
+            f"; read to write {stats['latency_p50_ms']:.1f} ms p50, {stats['latency_p99_ms']:.1f} p99 "
+            f"(goals written at {stats['write_phase']:.2f} of the period, {stats['late_writes']} late)"
+        )
     return line
 
 
@@ -285,10 +296,17 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     parser.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
     parser.add_argument("--horizon", type=int, help="steps per trial (default: the experiment's)")
+    parser.add_argument("--seed", type=int, help="the experiment's loop seed (default: the experiment's; "
+                        "arm-excite: other phases for held-out data)")
+    parser.add_argument("--model-scene", metavar="SCENE",
+                        help="plan on this scene (model.scene): e.g. the identified one `fit --model mujoco` wrote")
     parser.add_argument("--dry-run", action="store_true", help="check the bus, calibration and limits without moving")
     parser.add_argument("--velocity", choices=["servo", "difference"], default="servo",
                         help="joint velocities from the servos or a filtered difference of positions")
     parser.add_argument("--allow-slow-usb", action="store_true", help="run even with a USB latency timer above 2 ms")
+    parser.add_argument("--write-phase", type=float, default=0.5, metavar="F",
+                        help="write each goal F of a control period after the reading it answers (default 0.5; "
+                        "the controller must decide within it)")
 
 
 def deploy_main(args: argparse.Namespace) -> int:
@@ -296,17 +314,28 @@ def deploy_main(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
     if args.trials is not None:
         if args.trials < 1:
-            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
         experiment.loop.iterations = args.trials
     if args.horizon is not None:
         if args.horizon < 1:
-            raise ValueError(f"--horizon must be at least 1, got {args.horizon}")
+            raise ConfigError(f"--horizon must be at least 1, got {args.horizon}")
         experiment.task.horizon = args.horizon
+    if args.seed is not None:
+        experiment.loop.seed = args.seed
+    if args.model_scene:
+        if not isinstance(experiment.model, dict) or experiment.model.get("type") != "mujoco":
+            raise ConfigError(f"--model-scene: {experiment.name} does not plan on a MuJoCo scene (its model is "
+                              f"{experiment.model.get('type') if isinstance(experiment.model, dict) else experiment.model!r})")
+        if not Path(args.model_scene).is_file() and args.model_scene not in scene_names():
+            raise FileNotFoundError(f"--model-scene {args.model_scene}: no such scene file or shipped scene")
+        experiment.model["scene"] = args.model_scene
     if args.policy:
         policy_file = Path(args.policy) / "models" / "nn_policy.pt"
         if not policy_file.is_file():
             raise FileNotFoundError(f"{args.policy}: no saved network policy (models/nn_policy.pt) in this run folder")
         experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
+    if not 0.0 <= args.write_phase < 1.0:
+        raise ConfigError(f"--write-phase must be in [0, 1) of a control period, got {args.write_phase}")
     calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)
     if not calibration_path.is_file():
         raise FileNotFoundError(
@@ -318,7 +347,8 @@ def deploy_main(args: argparse.Namespace) -> int:
     margin = _timeout_margin(args)
     print(f"deploying {experiment.name} on {arm.name} at {args.port}", file=sys.stderr)
     try:
-        result = deploy(experiment, arm, args.port, calibration, Path(args.out), args.dry_run, args.velocity, margin)
+        result = deploy(experiment, arm, args.port, calibration, Path(args.out), args.dry_run, args.velocity, margin,
+                        write_phase=args.write_phase)
     except ArmStopped as stopped:
         _print_summary(stopped.result)
         print(f"forethought deploy: {stopped}", file=sys.stderr)
@@ -335,6 +365,9 @@ def deploy_main(args: argparse.Namespace) -> int:
 
 def _print_summary(result: DeployResult) -> None:
     for i, stats in enumerate(result.loop):
+        error = result.reach_by_trial[i] if i < len(result.reach_by_trial) else None
+        if error is not None:
+            print(f"trial {i + 1}: end effector {error * 1e3:.1f} mm from its target (measured joints, the scene's kinematics)")
         print(f"trial {i + 1}: {format_loop_stats(stats)}")
     if result.folder is not None and result.trials:
         summary = {"trials": len(result.trials), "loop": result.loop, "reach_error_m": result.reach_error_m}
@@ -344,27 +377,39 @@ def _print_summary(result: DeployResult) -> None:
 
 # -- calibrate ---------------------------------------------------------------------------------------
 
-def _add_bus_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
-    parser.add_argument("--port", required=True, help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
+def _add_bus_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--arm", required=required,
+                        help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
+    parser.add_argument("--port", required=required,
+                        help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
     parser.add_argument("--timeout-margin", type=float, default=2.0, metavar="MS",
                         help="how long past its wire time a status packet is waited for (default: 2 ms)")
 
 
 def _timeout_margin(args: argparse.Namespace) -> float:
     if not args.timeout_margin > 0:
-        raise ValueError(f"--timeout-margin must be positive, got {args.timeout_margin}")
+        raise ConfigError(f"--timeout-margin must be positive, got {args.timeout_margin}")
     return float(args.timeout_margin)
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_bus_arguments(parser)
+    # --from-lerobot converts a file instead of measuring: no bus, and the arm may come from the file's folder.
+    _add_bus_arguments(parser, required=False)
+    parser.add_argument("--from-lerobot", metavar="FILE.json",
+                        help="convert a LeRobot calibration file (SO-101 or Koch) instead of measuring the arm")
     parser.add_argument("--out", help="where to write the calibration (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
     parser.add_argument("--skip-range", action="store_true",
                         help="take the joint ranges from the arm description instead of recording them")
 
 
 def calibrate_main(args: argparse.Namespace) -> int:
+    if args.from_lerobot:
+        from forethought.scripts.lerobot_calibrate import lerobot_calibrate_main
+
+        return lerobot_calibrate_main(args, default_calibration_path)
+    for option in ("arm", "port"):
+        if getattr(args, option) is None:
+            raise ConfigError(f"--{option} is required (or --from-lerobot FILE.json to convert a LeRobot calibration)")
     arm = load_arm(args.arm)
     out = Path(args.out) if args.out else default_calibration_path(arm.name)
     bus = make_bus(arm, args.port, timeout_margin_ms=_timeout_margin(args))
@@ -404,67 +449,3 @@ def _enter_pressed(prompt: str):
         return done.is_set()
 
     return pressed
-
-
-# -- emulate ------------------------------------------------------------------------------------------
-
-EMULATOR_COMMANDS = """commands on stdin: pose home | pose rotated | pose Q1 Q2 ... (rad) | sweep [SECONDS_PER_JOINT]
-                   fault KIND:ARG[@SECONDS] (corrupt:0.02 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
-
-
-def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arm", required=True, help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the servo mounts (encoder offsets, directions) and faults")
-    parser.add_argument("--fault", action="append", default=[], metavar="KIND:ARG[@SECONDS]",
-                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, "
-                        "silent:ID, overheat:ID, overload:ID, voltage:VOLTS (repeatable)")
-
-
-def emulate_main(args: argparse.Namespace) -> int:
-    from forethought.robots.bus_emulator import BusEmulator, Fault
-
-    arm = load_arm(args.arm)
-    faults = [Fault.parse(text) for text in args.fault]
-    emulator = BusEmulator(arm, scene_path(arm.scene), faults=faults, seed=args.seed)
-    print(emulator.port, flush=True)
-    print(f"emulating {arm.name}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
-          "on a busy machine give deploy and calibrate --timeout-margin 8", file=sys.stderr)
-    print(EMULATOR_COMMANDS, file=sys.stderr, flush=True)
-    stop = threading.Event()
-    threading.Thread(target=_emulator_commands, args=(emulator, stop), daemon=True).start()
-    try:
-        with exit_signals_raise():
-            emulator.serve(stop)
-    except (KeyboardInterrupt, Terminated):
-        pass
-    finally:
-        emulator.close()
-    return 0
-
-
-def _emulator_commands(emulator, stop: threading.Event) -> None:
-    from forethought.robots.bus_emulator import Fault
-
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        try:
-            if words[0] == "pose" and len(words) == 2:
-                emulator.set_pose(words[1])
-            elif words[0] == "pose":
-                emulator.set_pose([float(w) for w in words[1:]])
-            elif words[0] == "sweep":
-                emulator.sweep(float(words[1]) if len(words) > 1 else 1.0)
-            elif words[0] == "fault" and len(words) == 2:
-                emulator.inject(Fault.parse(words[1]))
-            elif words[0] == "clear":
-                emulator.clear_faults()
-            elif words[0] == "where":
-                q = emulator.joint_positions()
-                print(" ".join(f"{n}={v:+.3f}" for n, v in zip(emulator.arm.names, q)), file=sys.stderr, flush=True)
-            else:
-                print(f"unknown command: {line.strip()}\n{EMULATOR_COMMANDS}", file=sys.stderr, flush=True)
-        except (KeyError, ValueError) as err:
-            print(f"{line.strip()}: {err}", file=sys.stderr, flush=True)
-    # stdin closed: keep serving until a signal ends the emulator

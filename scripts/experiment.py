@@ -172,6 +172,19 @@ def combinations() -> list[Cell]:
     ]
 
 
+def experiment_path(name: str) -> Path:
+    """The YAML file of a shipped name or a YAML path; ConfigError for an unknown name."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown experiment '{name}': not a shipped name ({', '.join(shipped_experiments())}), "
+                "a YAML path or dmc:DOMAIN:TASK"
+            )
+    return path
+
+
 def load_experiment(name: str) -> Experiment:
     """A shipped name, a YAML path or "dmc:DOMAIN:TASK" -> Experiment; ConfigError naming file and key."""
     if name.startswith("dmc:"):
@@ -181,15 +194,15 @@ def load_experiment(name: str) -> Experiment:
             task=TaskConfig(horizon=200),
             source=name,
         )
-    path = Path(name)
-    if path.suffix not in (".yaml", ".yml"):
-        path = CONFIG_DIR / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"unknown experiment '{name}': not a shipped name ({', '.join(shipped_experiments())}), "
-                "a YAML path or dmc:DOMAIN:TASK"
-            )
-    data = load_yaml(path)
+    path = experiment_path(name)
+    return experiment_from_data(load_yaml(path), path)
+
+
+def experiment_from_data(data: dict, path: str | Path) -> Experiment:
+    """An experiment file's mapping (as read from `path`, which names it in errors; possibly changed,
+    as a sweep's settings change it) -> Experiment, validated as `load_experiment` validates a file."""
+    path = Path(path)
+    data = dict(data)
     data.setdefault("name", path.stem)
     if isinstance(data.get("controller"), dict):
         _refuse_old_form(data["controller"], str(path))

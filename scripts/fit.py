@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from forethought.robots.robot import RobotSpec
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
 from forethought.scripts.status_line import StatusLine, show_progress
+
+if TYPE_CHECKING:
+    from forethought.robots.lerobot_dataset import LeRobotOptions
 
 
 def model_class(name: str) -> type:
@@ -77,23 +80,40 @@ def model_settings(name: str, model_config: str | None, runs: Sequence[Path]) ->
     return found or (cls(), None)
 
 
-def load_logged(paths: Sequence[str]) -> tuple[dict[str, list[Trial]], list[str]]:
-    """The trials of trial files, run folders and folders of run folders, grouped by run folder, and
-    the damaged files skipped (each said on stderr); ConfigError saying what was looked for and what
-    was found when no trial loads."""
+def lerobot_options(args: argparse.Namespace) -> "LeRobotOptions":
+    """How to read LeRobot datasets among the paths (--lerobot-calibration, --lerobot-units, --arm)."""
+    from forethought.robots.lerobot_dataset import LeRobotOptions
+
+    return LeRobotOptions(getattr(args, "lerobot_calibration", None), getattr(args, "lerobot_units", None),
+                          getattr(args, "arm", None))
+
+
+def load_logged(
+    paths: Sequence[str], lerobot: "LeRobotOptions | None" = None
+) -> tuple[dict[str, list[Trial]], list[str]]:
+    """The trials of trial files, run folders, folders of run folders and LeRobot datasets (read with
+    `lerobot`, a LeRobotOptions), grouped by run folder or dataset, and the damaged files and
+    episodes skipped (each said on stderr); ConfigError saying what was looked for and what was
+    found when no trial loads."""
     from forethought.robots.trial_log import load_trials, trial_paths
 
     by_run: dict[str, list[Trial]] = {}
     problems: list[str] = []
     for run, files in group_by_run(trial_paths(paths)).items():
-        loaded, skipped = load_trials(files)
+        loaded, skipped = load_trials(files, lerobot)
         problems += skipped
         if loaded:
             by_run[str(run)] = loaded
+            first = loaded[0].metadata
+            if first.get("source") == "lerobot":
+                print(f"{run}: {len(loaded)} LeRobot episodes as {first['arm']} trials, joints read in "
+                      f"{first['lerobot_units']} (--lerobot-units) with {first['lerobot_calibration']}",
+                      file=sys.stderr)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     if not by_run:
-        looked = "trial files (*.h5) in each folder, its trials/ folder, and the trials/ folders of its subfolders"
+        looked = ("trial files (*.h5) in each folder, its trials/ folder, and the trials/ folders of its subfolders, "
+                  "or a LeRobot dataset (meta/info.json)")
         found = f"{len(problems)} damaged trial files" if problems else what_is_there(paths)
         raise ConfigError(f"no trials could be loaded from {', '.join(map(str, paths))}: looked for {looked}; "
                           f"found {found}")
@@ -104,9 +124,20 @@ def load_logged(paths: Sequence[str]) -> tuple[dict[str, list[Trial]], list[str]
 
 
 def run_folder_of(trial_file: Path) -> Path:
-    """The run folder a trial file belongs to (RUN/trials/trial_0001.h5 -> RUN), else its folder."""
+    """The run folder a trial file belongs to (RUN/trials/trial_0001.h5 -> RUN), else its folder; a
+    LeRobot dataset folder is its own."""
+    if trial_file.is_dir():
+        return trial_file
     folder = trial_file.parent
     return folder.parent if folder.name == "trials" else folder
+
+
+def output_folder(run: Path) -> Path:
+    """Where a fit writes by default: the run folder, or for a LeRobot dataset (left untouched)
+    runs/lerobot_NAME in the working folder."""
+    from forethought.robots.lerobot_dataset import is_lerobot_dataset
+
+    return Path("runs") / f"lerobot_{Path(run).resolve().name}" if is_lerobot_dataset(run) else Path(run)
 
 
 def group_by_run(files: Sequence[Path]) -> dict[Path, list[Path]]:
@@ -157,9 +188,9 @@ def common_horizon(trials: Sequence[Trial]) -> list[Trial]:
 def split_trials(trials: Sequence[Trial], heldout: float, seed: int) -> tuple[list[Trial], list[Trial]]:
     """A seeded split into (train, held-out); at least one trial on each side."""
     if len(trials) < 2:
-        raise ValueError(f"need at least 2 trials to hold some out, got {len(trials)}")
+        raise ConfigError(f"need at least 2 trials to hold some out, got {len(trials)}")
     if not 0 < heldout < 1:
-        raise ValueError(f"--heldout must lie strictly between 0 and 1, got {heldout}")
+        raise ConfigError(f"--heldout must lie strictly between 0 and 1, got {heldout}")
     order = np.random.default_rng(seed).permutation(len(trials))
     k = int(np.clip(round(heldout * len(trials)), 1, len(trials) - 1))
     return [trials[i] for i in order[k:]], [trials[i] for i in order[:k]]
@@ -190,7 +221,8 @@ def plot_error_by_horizon(report: PredictionReport, path: Path) -> Path:
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="TRIALS_OR_RUN",
-                        help="trial files (*.h5), run folders, or folders of run folders (as --out fills them)")
+                        help="trial files (*.h5), run folders, folders of run folders (as --out fills them), "
+                        "or LeRobotDataset v3 folders")
     parser.add_argument("--model", required=True, help=f"the model to fit ({', '.join(sorted(MODELS))})")
     parser.add_argument(
         "--model-config", metavar="YAML",
@@ -205,11 +237,18 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", help="mujoco: the nominal scene to identify (default: the run folder's robot.scene)")
     parser.add_argument("--validate", nargs="+", metavar="TRIALS_OR_RUN",
                         help="mujoco: trials to report on, held out in place of a --heldout share of the trials")
+    parser.add_argument("--lerobot-calibration", metavar="FILE.json",
+                        help="LeRobot datasets: the arm's LeRobot calibration (default: the one file LeRobot keeps "
+                        "for the dataset's robot_type)")
+    parser.add_argument("--lerobot-units", choices=["degrees", "range"],
+                        help="LeRobot datasets: how the body joints were recorded, degrees or -100..100 of their "
+                        "range (default: LeRobot's current default, degrees on SO-101, range on Koch)")
+    parser.add_argument("--arm", help="LeRobot datasets: so101, koch or an arm YAML (default: from robot_type)")
 
 
 def default_output(runs: Sequence[Path], model: str) -> Path:
-    """models/MODEL.SUFFIX in the first run folder."""
-    return Path(runs[0]) / "models" / f"{model}{MODELS[model].suffix}"
+    """models/MODEL.SUFFIX in the first run folder (see output_folder)."""
+    return output_folder(Path(runs[0])) / "models" / f"{model}{MODELS[model].suffix}"
 
 
 def run_report(model, by_run: dict[str, list[Trial]], heldout: Sequence[Trial]) -> list[dict]:
@@ -242,12 +281,12 @@ def fit_main(args: argparse.Namespace) -> int:
     settings, settings_from = model_settings(args.model, args.model_config, list(runs))
     if settings_from:
         print(f"model settings from {settings_from}", file=sys.stderr)
-    by_run, problems = load_logged(args.paths)
+    by_run, problems = load_logged(args.paths, lerobot_options(args))
     trials = [trial for group in by_run.values() for trial in group]
     if getattr(model_class(args.model), "time_varying", False):
         trials = common_horizon(trials)
     if args.particles < 1:
-        raise ValueError(f"--particles must be at least 1, got {args.particles}")
+        raise ConfigError(f"--particles must be at least 1, got {args.particles}")
     train, heldout = split_trials(trials, args.heldout, args.seed)
     try:
         model = build_model(args.model, train, settings)

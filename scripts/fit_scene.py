@@ -21,7 +21,7 @@ from forethought.models.scene_identification import IdentificationConfig, SceneI
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log import json_default
-from forethought.scripts.fit import load_logged, split_trials
+from forethought.scripts.fit import lerobot_options, load_logged, output_folder, split_trials
 from forethought.scripts.status_line import StatusLine
 
 
@@ -72,10 +72,10 @@ def fit_scene_main(args) -> int:
     config = IdentificationConfig()
     if args.model_config:
         config = from_mapping(IdentificationConfig, load_yaml(args.model_config), f"{args.model_config}:")
-    by_run, problems = load_logged(args.paths)
+    by_run, problems = load_logged(args.paths, lerobot_options(args))
     trials = [t for group in by_run.values() for t in group]
     if args.validate:
-        validate_runs, more = load_logged(args.validate)
+        validate_runs, more = load_logged(args.validate, lerobot_options(args))
         problems += more
         train, heldout = trials, [t for group in validate_runs.values() for t in group]
     elif len(trials) < 2:
@@ -83,7 +83,9 @@ def fit_scene_main(args) -> int:
                           "(another arm-excite run with another --seed, or reach trials)")
     else:
         train, heldout = split_trials(trials, args.heldout, args.seed)
-    scene = args.scene or run_scene([Path(run) for run in by_run])
+    # A LeRobot dataset has no experiment: its arm's scene (in its trials' metadata) is the nominal one.
+    lerobot_scene = next((t.metadata.get("scene") for t in train if t.metadata.get("source") == "lerobot"), None)
+    scene = args.scene or run_scene([Path(run) for run in by_run]) or lerobot_scene
     if scene is None:
         raise ConfigError("--scene: the trials' run folders name no scene: give the nominal scene to identify")
     first = train[0]
@@ -102,7 +104,8 @@ def fit_scene_main(args) -> int:
     identification = identifier.fit(train, progress=line.show)
     line.finish(f"identified in {identification.seconds:.0f} s ({identification.iterations} iterations)")
 
-    out = Path(args.out) if args.out else Path(next(iter(by_run))) / "models" / f"{Path(str(scene)).stem}_identified.xml"
+    default_out = output_folder(Path(next(iter(by_run)))) / "models" / f"{Path(str(scene)).stem}_identified.xml"
+    out = Path(args.out) if args.out else default_out
     if out.suffix != ".xml":
         raise ConfigError(f"--out: the identified scene is an MJCF file (.xml), got {out}")
     sources = ", ".join(sorted({str(r) for r in by_run}))

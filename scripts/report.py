@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from forethought.robots.config import ConfigError
+
 REPORT_NAME = "report.html"
 
 STYLE = """
@@ -148,7 +150,7 @@ def render_report(folder: Path) -> str:
     try:
         summary = json.loads(summary_path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{summary_path}: not valid JSON ({err})") from None
+        raise ConfigError(f"{summary_path}: not valid JSON ({err})") from None
     config_text = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
     config = yaml.safe_load(config_text) if config_text else {}
     trials, problems = load_trials([folder / "trials"]) if (folder / "trials").is_dir() else ([], [])

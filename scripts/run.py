@@ -8,8 +8,9 @@ iteration's for a model that keeps its history in a prior: models/capabilities.p
 one-step errors on the new trials are measured; then the controller updates.
 
 A run folder holds config.yaml (the resolved experiment), trials/trial_NNNN.h5, summary.json,
-plots and a video of the last trial (scripts/run_outputs.py), and models/ (the fitted model and
-what the controller saves).
+plots and a video of the last trial (scripts/run_outputs.py), models/ (the fitted model and
+what the controller saves), and checkpoint.pt after every iteration but the last, from which
+`forethought run --resume` continues a stopped run (scripts/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import yaml
 from forethought.models.prediction import one_step_errors
 from forethought.models.registry import MODELS
 from forethought.robots.trial import Policy, Trial, rollout
-from forethought.robots.trial_log import TrialWriter
+from forethought.robots.trial_log import TrialWriter, save_trial
 from forethought.scripts.experiment import Experiment, build_parts, make_robot
 from forethought.scripts.report import write_report
 from forethought.scripts.run_outputs import write_outputs
@@ -136,6 +137,12 @@ def judgement_text(judgement) -> str:
     return "" if judgement is None else f"  {'success' if judgement.success else 'missed'} ({judgement.text})"
 
 
+def trial_line(slot: TrialSlot, trial: Trial, judgement, iterations: int) -> str:
+    """A trial's line: where it is in the loop, its cost and its judgement."""
+    return (f"iteration {slot.iteration + 1}/{iterations}  condition {slot.condition}  "
+            f"sample {slot.sample}: cost {trial.total_cost:.4g}{judgement_text(judgement)}")
+
+
 def refit_model(model, task, result: RunResult, by_condition: Sequence[Sequence[Trial]], iteration: int) -> dict:
     """Measure a learned model on the new trials (when fitted), then refit it; returns diagnostics
     prefixed `model_` (its one-step errors on the new trials, and the fit's own numbers)."""
@@ -171,15 +178,25 @@ def run_loop(
     result: RunResult,
     progress: Progress | None = None,
     model=None,
+    start: int = 0,
+    iteration_done: Callable[[int], None] | None = None,
+    run_trials: Callable[[list[tuple[TrialSlot, Policy]]], list[Trial]] | None = None,
 ) -> None:
     """The experiment loop (module docstring). prepare(c) sets the robot (and the planning model) up
     for condition c before its policy is asked for; run_trial(slot, policy) runs and logs one trial.
     `result` gathers the trials, judgements, learning curve and diagnostics as they come, so that they
-    survive a stop. `model`: the experiment's planning model, refitted after each iteration when learned."""
+    survive a stop. `model`: the experiment's planning model, refitted after each iteration when learned.
+    start: iterations already done (a resumed run: `result` holds their trials and the controller and
+    model their state); iteration_done(k): called once iteration k's update is done, unless it was
+    the last (a run's checkpoint). run_trials(batch): runs and logs an iteration's trials at once
+    ([(slot, its own policy)] in the loop's order; scripts/rollouts.py) instead of run_trial."""
+    from forethought.scripts.rollouts import policy_for_sample
+
     loop = experiment.loop
-    index = 0
-    for iteration in range(loop.iterations):
+    index = len(result.trials)
+    for iteration in range(start, loop.iterations):
         by_condition: list[list[Trial]] = []
+        batch: list[tuple[TrialSlot, Policy]] = []
         for c in range(len(task.conditions)):
             prepare(c)
             policy = controller.policy(c)
@@ -194,11 +211,18 @@ def run_loop(
                     "sample": s,
                 }
                 slot = TrialSlot(index, iteration, c, s, loop.seed * 100_003 + index, meta)
+                index += 1
+                if run_trials is not None:
+                    batch.append((slot, policy_for_sample(policy, s)))
+                    continue
                 trial = run_trial(slot, policy)
                 samples.append(trial)
                 result.trials.append(trial)
-                index += 1
             by_condition.append(samples)
+        if batch:
+            for (slot, _), trial in zip(batch, run_trials(batch)):
+                by_condition[slot.condition].append(trial)
+                result.trials.append(trial)
         result.learning_curve.append([t.total_cost for group in by_condition for t in group])
         done = sum(len(group) for group in by_condition)
         reached = loop.until_success and task.goal is not None and all(result.successes[-done:])
@@ -221,6 +245,8 @@ def run_loop(
         result.diagnostics.append(diagnostics)
         if last:
             break
+        if iteration_done is not None:
+            iteration_done(iteration)
 
 
 def save_models(experiment: Experiment, model, controller, folder: Path) -> None:
@@ -232,20 +258,76 @@ def save_models(experiment: Experiment, model, controller, folder: Path) -> None
         controller.save(folder)
 
 
-def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None) -> RunResult:
+def experiment_of_run(folder: Path) -> Experiment:
+    """The experiment of the run in `folder` (its config.yaml), to resume it; ConfigError naming
+    the folder when it holds no run, or a run that has finished."""
+    import json
+
+    from forethought.robots.config import ConfigError
+    from forethought.scripts.experiment import experiment_from_data
+
+    folder = Path(folder)
+    config = folder / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"--resume {folder}: not a run folder (no config.yaml)")
+    try:
+        finished = json.loads((folder / "summary.json").read_text()).get("complete", False)
+    except (OSError, ValueError):
+        finished = False
+    if finished:
+        raise ConfigError(f"--resume {folder}: the run has finished (summary.json)")
+    data = yaml.safe_load(config.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: not an experiment")
+    return experiment_from_data(data, data.get("source") or config)
+
+
+def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | None = None, robot=None,
+                   folder: Path | None = None, resume: bool = False, workers: int | None = None) -> RunResult:
     """Run `experiment`, writing its run folder under out_root; returns the trials and learning curve.
-    robot: the robot to run on (default: the experiment's, made here; closed at the end either way)."""
+    robot: the robot to run on (default: the experiment's, made here; closed at the end either way);
+    folder: the run folder itself, which must not hold trials yet (default: NAME-DATE-TIME under
+    out_root; a sweep names its runs' folders). resume: go on with the run in `folder` (of this
+    experiment) from its checkpoint (scripts/checkpoint.py), or from its start when it has none.
+    workers: run each iteration's rollouts on that many Ray actors (scripts/rollouts.py; the same
+    trials as without).
+
+    After every iteration but the last, the run's state goes to RUN/checkpoint.pt."""
+    from forethought.scripts import checkpoint
+
     loop = experiment.loop
     with make_robot(experiment.robot) if robot is None else robot as robot:
         # Bad configuration fails here, before a run folder exists.
         parts = build_parts(experiment, robot)
         task, model, controller = parts.task, parts.model, parts.controller
+        if workers is not None:
+            from forethought.scripts.rollouts import check_workers
+
+            check_workers(workers, controller)
         costs = [make_cost(experiment, robot, condition) for condition in task.conditions]
-        folder = new_run_folder(Path(out_root), experiment.name)
-        (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
-        result = RunResult(folder, [])
+        saved, done = None, []
+        if resume:
+            folder = Path(folder)
+            (folder / "trials").mkdir(exist_ok=True)
+            saved, done = checkpoint.resume_point(folder)
+        elif folder is None:
+            folder = new_run_folder(Path(out_root), experiment.name)
+        else:
+            folder = Path(folder)
+            (folder / "trials").mkdir(parents=True)
+        if not resume:
+            (folder / "config.yaml").write_text(yaml.safe_dump(experiment.as_dict(), sort_keys=False))
+        result = RunResult(folder, done)
         progress = Progress(loop.iterations * loop.samples * len(task.conditions), task.horizon)
         models = [model] if model is not None else []
+        if saved is not None:
+            checkpoint.apply(saved, result, model, controller)
+            progress.done = len(done)
+        why_not = checkpoint.resumable(controller)
+
+        def iteration_done(iteration: int) -> None:
+            if why_not is None:
+                checkpoint.save(folder, iteration + 1, result, model, controller)
 
         def run_trial(slot: TrialSlot, policy: Policy) -> Trial:
             path = folder / "trials" / f"trial_{slot.index:04d}.h5"
@@ -255,15 +337,29 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
                 )
                 judgement = judge_trial(task, trial, slot.condition, result)
                 writer.finish(trial)
-            progress.trial_done(
-                f"iteration {slot.iteration + 1}/{loop.iterations}  condition {slot.condition}  "
-                f"sample {slot.sample}: cost {trial.total_cost:.4g}{judgement_text(judgement)}"
-            )
+            progress.trial_done(trial_line(slot, trial, judgement, loop.iterations))
             return trial
 
+        pool = None
+
+        def run_trials(batch: list[tuple[TrialSlot, Policy]]) -> list[Trial]:
+            trials = pool.run([(slot.condition, policy, slot.seed, slot.metadata) for slot, policy in batch])
+            for (slot, _), trial in zip(batch, trials):
+                judgement = judge_trial(task, trial, slot.condition, result)
+                save_trial(trial, folder / "trials" / f"trial_{slot.index:04d}.h5")
+                progress.trial_done(trial_line(slot, trial, judgement, loop.iterations))
+            return trials
+
         try:
+            if workers is not None:
+                import torch
+
+                from forethought.scripts.rollouts import RayRollouts
+
+                pool = RayRollouts(experiment.as_dict(), workers, torch.get_num_threads())
             run_loop(experiment, task, controller, lambda c: task.apply(c, robot, models), run_trial, result,
-                     progress, model)
+                     progress, model, start=0 if saved is None else int(saved["iterations"]),
+                     iteration_done=iteration_done, run_trials=None if pool is None else run_trials)
         except BaseException:
             # A stop (Ctrl-C, a robot's error) keeps the summary and plots of the trials done so far;
             # not the models, whose last update may have been cut short, nor a video.
@@ -274,6 +370,9 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
                 except Exception as err:  # the stop's own error is the one to report
                     print(f"\nstopped; the summary could not be written: {err}", file=sys.stderr)
             raise
+        finally:
+            if pool is not None:
+                pool.close()
         save_models(experiment, model, controller, folder / "models")
         write_outputs(experiment, task, robot, result, loop.video if render_video is None else render_video, costs=costs)
         write_report(folder)

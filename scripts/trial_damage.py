@@ -1,7 +1,8 @@
 """A catalogue of damage to trial files, for the fuzz benchmark and the property tests.
 
-`make_trial_file` writes a sound trial file (finished, a partial one its writer closed, or one a
-writer killed after a flush left marked open); `damage` damages it in one of DAMAGE's ways:
+`make_trial_file` writes a sound trial file (finished, finished in format 1 without
+requested_actions, a partial one its writer closed, or one a writer killed after a flush left
+marked open); `damage` damages it in one of DAMAGE's ways:
 truncated, bytes flipped or zeroed (in the global heap too), random bytes, garbage before the
 header, the signature followed by zeros, a string's stated length changed, the superblock's
 end-of-file address moved past the file; a dataset dropped, reshaped, retyped, declared 2^20..2^62
@@ -26,8 +27,9 @@ from forethought.robots.trial import Trial
 from forethought.robots.trial_log import TrialWriter, partial_path, save_trial
 
 T_ = TypeVar("T_")
-BASES = ("finished", "partial_closed", "partial_crashed")
-DATASETS = ("states", "actions", "timestamps", "costs")
+BASES = ("finished", "finished_v1", "partial_closed", "partial_crashed")
+DATASETS = ("states", "actions", "timestamps", "costs", "requested_actions")
+STEP_DATASETS = ("actions", "requested_actions")  # one row per step; the others one more
 ATTRIBUTES = ("format", "format_version", "state_names", "action_names", "dt", "complete", "metadata", "robot", "seed")
 
 
@@ -65,6 +67,7 @@ def _trial(spec: RobotSpec, T: int, seed: int) -> Trial:
     return Trial(
         rng.standard_normal((T + 1, spec.n)), rng.uniform(-1, 1, (T, spec.m)), np.arange(T + 1) * spec.dt,
         rng.random(T + 1), spec.state_names, spec.action_names, spec.dt, metadata,
+        requested_actions=rng.uniform(-2, 2, (T, spec.m)),
     )
 
 
@@ -75,10 +78,17 @@ def make_trial_file(folder: Path, base: str, choose: Chooser) -> Path:
     path = folder / "trial_0000.h5"
     if base == "finished":
         return save_trial(trial, path)
+    if base == "finished_v1":  # as forethought wrote trials before requested_actions
+        save_trial(trial, path)
+        with h5py.File(path, "r+") as f:
+            del f["requested_actions"]
+            f.attrs["format_version"] = 1
+        return path
     writer = TrialWriter(path, spec, dict(trial.metadata), x0=trial.states[0] if choose.integer(0, 3) else None)
     every = choose.integer(1, 300)
     for t in range(T):
-        writer.append(trial.states[t + 1], trial.actions[t], trial.timestamps[t + 1], trial.costs[t])
+        writer.append(trial.states[t + 1], trial.actions[t], trial.timestamps[t + 1], trial.costs[t],
+                      trial.requested_actions[t])
         if (t + 1) % every == 0:
             writer.flush()
     writer.flush()
@@ -207,8 +217,13 @@ def _signature_then_zeros(path: Path, choose: Chooser) -> None:
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(choose.choice((0, 8, 40, 96, 4096, 20000))))
 
 
+def _present(f: h5py.File) -> tuple[str, ...]:
+    """The trial datasets the file holds (a format 1 file has no requested_actions)."""
+    return tuple(name for name in DATASETS if name in f)
+
+
 def _drop_dataset(f: h5py.File, choose: Chooser) -> None:
-    del f[choose.choice(DATASETS)]
+    del f[choose.choice(_present(f))]
 
 
 def _replace(f: h5py.File, name: str, **create) -> None:
@@ -217,7 +232,7 @@ def _replace(f: h5py.File, name: str, **create) -> None:
 
 
 def _reshape_dataset(f: h5py.File, choose: Chooser) -> None:
-    name = choose.choice(DATASETS)
+    name = choose.choice(_present(f))
     rows, rest = f[name].shape[0], f[name].shape[1:]
     shape = choose.choice(((), (rows,), (rows, 1), (rows + choose.integer(-3, 3), *rest), (rows, *rest, 2), (0, *rest)))
     shape = tuple(max(0, d) for d in shape)
@@ -225,7 +240,7 @@ def _reshape_dataset(f: h5py.File, choose: Chooser) -> None:
 
 
 def _retype_dataset(f: h5py.File, choose: Chooser) -> None:
-    name = choose.choice(DATASETS)
+    name = choose.choice(_present(f))
     values = f[name][()]
     kind = choose.choice(("complex", "int", "uint8", "bool", "bytes", "text", "float16", "compound", "vlen"))
     if kind == "complex":
@@ -248,16 +263,16 @@ def _huge_dataset(f: h5py.File, choose: Chooser) -> None:
     chunked = bool(choose.integer(0, 1))
     # Contiguous storage must fit in 64-bit addresses (5 columns of 8 bytes); chunks need not.
     rows = 2 ** choose.integer(20, 62 if chunked else 56)
-    names = DATASETS if choose.integer(0, 1) else (choose.choice(DATASETS),)
+    names = _present(f) if choose.integer(0, 1) else (choose.choice(_present(f)),)
     for name in names:
         rest = f[name].shape[1:]
-        shape = (rows + (name != "actions"), *rest)
+        shape = (rows + (name not in STEP_DATASETS), *rest)
         _replace(f, name, shape=shape, dtype="f8", chunks=(256, *rest) if chunked else None,
                  maxshape=(None, *rest) if chunked else None)
 
 
 def _nonfinite_value(f: h5py.File, choose: Chooser) -> None:
-    name = choose.choice(DATASETS)
+    name = choose.choice(_present(f))
     values = f[name][()]
     if values.size:
         flat = values.reshape(-1)
@@ -266,13 +281,13 @@ def _nonfinite_value(f: h5py.File, choose: Chooser) -> None:
 
 
 def _link_dataset(f: h5py.File, choose: Chooser) -> None:
-    name = choose.choice(DATASETS)
+    name = choose.choice(_present(f))
     kind = choose.choice(("group", "soft", "dangling", "external", "external_self", "other_dataset"))
     del f[name]
     if kind == "group":
         f.create_group(name)
     elif kind == "soft":
-        f[name] = h5py.SoftLink("/" + choose.choice([d for d in DATASETS if d != name]))
+        f[name] = h5py.SoftLink("/" + choose.choice([d for d in _present(f) if d != name]))
     elif kind == "dangling":
         f[name] = h5py.SoftLink("/nowhere")
     elif kind == "external":
@@ -280,7 +295,7 @@ def _link_dataset(f: h5py.File, choose: Chooser) -> None:
     elif kind == "external_self":
         f[name] = h5py.ExternalLink(f.filename, "/" + name)
     else:
-        f[name] = f[choose.choice([d for d in DATASETS if d != name])]
+        f[name] = f[choose.choice([d for d in _present(f) if d != name])]
 
 
 def _delete_attribute(f: h5py.File, choose: Chooser) -> None:
@@ -346,13 +361,14 @@ def damaged_trial_file(folder: Path, choose: Chooser, kind: str | None = None) -
 def unsound(trial: Trial) -> str | None:
     """What is wrong with a loaded trial, damaged file or not (None: nothing)."""
     T, n, m = trial.horizon, len(trial.state_names), len(trial.action_names)
-    if trial.states.shape != (T + 1, n) or trial.actions.shape != (T, m):
-        return f"states {trial.states.shape} and actions {trial.actions.shape} for {n} states, {m} actions"
+    if trial.states.shape != (T + 1, n) or trial.actions.shape != (T, m) or trial.requested_actions.shape != (T, m):
+        return (f"states {trial.states.shape}, actions {trial.actions.shape} and requested actions "
+                f"{trial.requested_actions.shape} for {n} states, {m} actions")
     if trial.timestamps.shape != (T + 1,) or trial.costs.shape != (T + 1,):
         return f"timestamps {trial.timestamps.shape} and costs {trial.costs.shape} for {T} steps"
     if not (np.isfinite(trial.dt) and trial.dt > 0) or not isinstance(trial.metadata, dict):
         return f"dt {trial.dt} or metadata {type(trial.metadata).__name__}"
-    for name in ("states", "actions", "timestamps"):
+    for name in ("states", "actions", "requested_actions", "timestamps"):
         if not np.all(np.isfinite(getattr(trial, name))):
             return f"{name} not finite"
     return None

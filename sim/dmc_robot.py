@@ -20,6 +20,7 @@ import math
 import mujoco
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.robots.robot import RobotSpec, check_action
 from forethought.sim.mujoco_robot import state_names as physics_state_names
 
@@ -60,14 +61,14 @@ class DmControlRobot:
 
         parts = task.split(":")
         if len(parts) != 2 or (parts[0], parts[1]) not in suite.ALL_TASKS:
-            raise ValueError(f"unknown dm_control task '{task}'; `forethought list` shows them as domain:task")
+            raise ConfigError(f"unknown dm_control task '{task}'; `forethought list` shows them as domain:task")
         if state not in STATES:
-            raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+            raise ConfigError(f"state must be one of {', '.join(STATES)}, got {state!r}")
         self.task_name, self.state = task, state
         self.env = suite.load(parts[0], parts[1], task_kwargs={"random": seed})
         self.physics = self.env.physics
         if state == "physics" and self.mj_model.na > 0:
-            raise ValueError(f"dm_control task '{task}': its actuators have internal state, which qpos, qvel leave out")
+            raise ConfigError(f"dm_control task '{task}': its actuators have internal state, which qpos, qvel leave out")
         action = self.env.action_spec()
         observation = self.env.reset().observation
         self.spec = RobotSpec(
@@ -83,6 +84,7 @@ class DmControlRobot:
         limit = float(self.env._step_limit)  # noqa: SLF001
         self.step_limit: int | None = None if math.isinf(limit) else int(math.ceil(limit))
         self.interventions: dict[str, int] = {"clipped": 0}
+        self.applied_action: np.ndarray | None = None
         self._reset_time = self.physics.data.time
         self._over = False
         self.last_cost = float("nan")
@@ -103,6 +105,7 @@ class DmControlRobot:
         if seed is not None:
             self.env.task.random.seed(seed)
         self.interventions = {"clipped": 0}
+        self.applied_action = None
         self.last_cost = float("nan")
         observation = self.env.reset().observation
         self._reset_time = self.physics.data.time
@@ -115,6 +118,7 @@ class DmControlRobot:
                               "time limit); reset for another")
         u, clipped = check_action(self.spec, u)
         self.interventions["clipped"] += int(clipped)
+        self.applied_action = u
         timestep = self.env.step(u)
         self._over = timestep.last()
         self.last_cost = -float(timestep.reward or 0.0)

@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple, Sequence
 import mujoco
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.sim.scenes import scene_path
 
 
@@ -34,7 +35,7 @@ def load_model(scene: str | Path | mujoco.MjModel) -> mujoco.MjModel:
     try:
         return mujoco.MjModel.from_xml_path(str(path))
     except ValueError as err:
-        raise ValueError(f"{path}: MuJoCo could not load the scene: {err}") from None
+        raise ConfigError(f"{path}: MuJoCo could not load the scene: {err}") from None
 
 
 def chain_joints(model: mujoco.MjModel, body: int) -> list[int]:

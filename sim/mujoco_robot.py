@@ -7,13 +7,20 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.robots.robot import RobotSpec, check_action
 from forethought.sim.fixtures import SceneFixtures
 from forethought.sim.scenes import scene_path
 
 
 class SimulationError(RuntimeError):
-    """The physics went unstable (MuJoCo reported bad accelerations or the state is not finite)."""
+    """The physics went unstable: MuJoCo reported a bad position, velocity or acceleration (and reset
+    the state, which must not be logged as where the robot went), or the state is not finite."""
+
+
+# MuJoCo's warnings for a state it found bad; on each it resets mjData (time and warning counts
+# included, then counts the one warning), so the state after the step is a teleport, not physics.
+BAD_STATE_WARNINGS = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
 
 
 def _custom_numeric(model: mujoco.MjModel, name: str) -> np.ndarray | None:
@@ -47,7 +54,7 @@ def _per_entry(value, size: int, what: str) -> np.ndarray:
     if arr.size == 1:
         return np.full(size, arr[0])
     if arr.size != size:
-        raise ValueError(f"{what} must be a scalar or have {size} entries, got {arr.size}")
+        raise ConfigError(f"{what} must be a scalar or have {size} entries, got {arr.size}")
     return arr
 
 
@@ -75,14 +82,14 @@ class MujocoRobot:
         try:
             self.model = model if model is not None else mujoco.MjModel.from_xml_path(str(self.scene))
         except ValueError as err:
-            raise ValueError(f"{self.scene}: MuJoCo could not load the scene: {err}") from None
+            raise ConfigError(f"{self.scene}: MuJoCo could not load the scene: {err}") from None
         self.data = mujoco.MjData(self.model)
         model = self.model
         if control_steps is None:
             declared = _custom_numeric(model, "forethought_control_steps")
             control_steps = int(declared[0]) if declared is not None else 1
         if control_steps < 1:
-            raise ValueError(f"{self.scene}: control_steps must be at least 1, got {control_steps}")
+            raise ConfigError(f"{self.scene}: control_steps must be at least 1, got {control_steps}")
         self.control_steps = int(control_steps)
 
         self._home = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_KEY, "home")
@@ -109,8 +116,9 @@ class MujocoRobot:
             metadata={"scene": str(self.scene), "control_steps": self.control_steps},
         )
         self.interventions: dict[str, int] = {"clipped": 0}
+        self.applied_action: np.ndarray | None = None
         self._reset_time = 0.0
-        self._bad_qacc = 0
+        self._bad_counts = (0, 0, 0)
 
     def _qpos_noise_scale(self, std) -> np.ndarray:
         model = self.model
@@ -147,7 +155,8 @@ class MujocoRobot:
         data.mocap_pos[:] = self._mocap
         mujoco.mj_forward(model, data)
         self.interventions = {"clipped": 0}
-        self._bad_qacc = data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number
+        self.applied_action = None
+        self._bad_counts = self._bad_state_counts()
         self._reset_time = data.time
         return self.get_state()
 
@@ -155,13 +164,41 @@ class MujocoRobot:
         """Apply u: (nu,) actuator controls for one control period; returns x_next."""
         u, clipped = check_action(self.spec, u)
         self.interventions["clipped"] += int(clipped)
+        self.applied_action = u
         self.data.ctrl[:] = u
+        before = self.data.time
         for _ in range(self.control_steps):
             mujoco.mj_step(self.model, self.data)
+        self._check_physics(before, self.control_steps)
+        return self._checked_state()
+
+    def _check_physics(self, before: float, steps: int) -> None:
+        """SimulationError when MuJoCo found the state bad during the `steps` mj_steps since time
+        `before` and replaced it. A reset zeroes the time and the warning counts before counting its
+        warning: a count that changed, or time that did not advance by `steps` timesteps, is a
+        state MuJoCo replaced. (Checked once per control period: per physics step it costs a
+        third of the step rate.)"""
+        expected = before + (steps - 0.5) * self.model.opt.timestep
+        if self._bad_state_counts() != self._bad_counts or not self.data.time > expected:
+            raise SimulationError(f"{self.spec.name}: the simulation went unstable after t={before:.3f} s "
+                                  f"({self._bad_state_reason()}); MuJoCo reset the state, which is not logged")
+
+    def _checked_state(self) -> np.ndarray:
+        """get_state(), or SimulationError when it is not finite."""
         x = self.get_state()
-        if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != self._bad_qacc or not np.all(np.isfinite(x)):
-            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s")
+        if not np.all(np.isfinite(x)):
+            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s "
+                                  "(a non-finite state)")
         return x
+
+    def _bad_state_counts(self) -> tuple[int, ...]:
+        return tuple(int(self.data.warning[w].number) for w in BAD_STATE_WARNINGS)
+
+    def _bad_state_reason(self) -> str:
+        """MuJoCo's names of the bad-state warnings it counted (e.g. "mjWARN_BADQVEL in dof 0")."""
+        named = [f"{w.name} in {'dof' if w != mujoco.mjtWarning.mjWARN_BADQPOS else 'qpos'} {self.data.warning[w].lastinfo}"
+                 for w in BAD_STATE_WARNINGS if self.data.warning[w].number]
+        return ", ".join(named) or "time went back"
 
     def time(self) -> float:
         """Simulated seconds since the last reset."""

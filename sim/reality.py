@@ -31,7 +31,8 @@ import numpy as np
 
 from forethought.robots.config import ConfigError, from_mapping, load_yaml
 from forethought.robots.robot import check_action
-from forethought.sim.mujoco_robot import MujocoRobot, SimulationError
+from forethought.sim.mujoco_robot import MujocoRobot
+from forethought.sim.scenes import scene_path
 from forethought.sim.servo_model import (
     FIELDS,
     ServoParameters,
@@ -257,6 +258,16 @@ class GoalPath:
         self._sent = sent
         self._pending.append((int(step) + self.latency_steps, sent))
 
+    def hold(self, index: int, goal: float) -> None:
+        """Servo `index` holds `goal` (rad) at every stage from now (its torque just went on: it
+        keeps the goal in its register, whatever was on its way before)."""
+        self._sent, self._arrived = self._sent.copy(), self._arrived.copy()
+        self._sampled, self._target = self._sampled.copy(), self._target.copy()
+        for stage in (self._sent, self._arrived, self._sampled, self._target):
+            stage[index] = goal
+        for _, pending in self._pending:
+            pending[index] = goal
+
     def target(self, step: int) -> np.ndarray:
         """The actuators' targets (m,) rad during physics step `step` (call once per step, in order)."""
         while self._pending and self._pending[0][0] <= step:
@@ -265,6 +276,32 @@ class GoalPath:
             self._sampled = self._arrived
         self._target = np.clip(self._target, self._sampled - self.half_play, self._sampled + self.half_play)
         return self._target.copy()
+
+
+def goal_path_for(reality: Reality, timestep: float, joints: tuple[str, ...]) -> GoalPath:
+    """The reality's GoalPath for servos on `joints` (in that order), at physics step `timestep` (s)."""
+    return GoalPath(
+        len(joints),
+        latency_steps=int(round(reality.latency / timestep)),
+        period_steps=max(1, int(round(reality.servo_period / timestep))),
+        backlash=reality.backlash_rad(tuple(joints)),
+    )
+
+
+def reality_emulator(arm, scene: str | Path, reality: Reality | str | Path | None = None, **options):
+    """A BusEmulator for `arm` (an ArmDescription) whose servos move `scene` with the reality gap
+    `reality` (a Reality, its file, or None: the scene itself, as BusEmulator(arm, scene) is).
+    options: BusEmulator's (mounts, faults, seed). ConfigError naming the file and key for a bad
+    reality file."""
+    from forethought.robots.bus_emulator import BusEmulator
+
+    if reality is None:
+        return BusEmulator(arm, scene_path(scene), **options)
+    reality = as_reality(reality)
+    model = reality_model(scene, reality)
+    return BusEmulator(arm, scene_path(scene), model=model, **options,
+                       goal_path=goal_path_for(reality, model.opt.timestep, tuple(arm.names)),
+                       encoder_noise=reality.encoder_noise.std_rad)
 
 
 class RealityArm(MujocoRobot):
@@ -286,13 +323,7 @@ class RealityArm(MujocoRobot):
         model = self.model
         params = servo_parameters(model, str(self.scene))
         self.servo_parameters = params
-        step = model.opt.timestep
-        self.goal_path = GoalPath(
-            model.nu,
-            latency_steps=int(round(self.reality.latency / step)),
-            period_steps=max(1, int(round(self.reality.servo_period / step))),
-            backlash=self.reality.backlash_rad(params.joints),
-        )
+        self.goal_path = goal_path_for(self.reality, model.opt.timestep, params.joints)
         joint_ids = model.actuator_trnid[:, 0]
         self._joint_qpos = model.jnt_qposadr[joint_ids]
         self._noise_std = float(self.reality.encoder_noise.std_rad)
@@ -320,15 +351,16 @@ class RealityArm(MujocoRobot):
         """Send goals u (m,) rad, clipped to the bounds, and run one control period; returns the measured state."""
         u, clipped = check_action(self.spec, u)
         self.interventions["clipped"] += int(clipped)
+        self.applied_action = u
         self._received.append(u)
         self.goal_path.send(u, self._physics_step)
+        before = self.data.time
         for _ in range(self.control_steps):
             self.data.ctrl[:] = self.goal_path.target(self._physics_step)
             mujoco.mj_step(self.model, self.data)
             self._physics_step += 1
-        x = self.get_state()
-        if self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number != self._bad_qacc or not np.all(np.isfinite(x)):
-            raise SimulationError(f"{self.spec.name}: the simulation went unstable at t={self.data.time:.3f} s")
+        self._check_physics(before, self.control_steps)
+        self._checked_state()
         return self.measure()
 
     def measure(self) -> np.ndarray:

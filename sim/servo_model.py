@@ -17,6 +17,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from forethought.robots.config import ConfigError
 from forethought.sim.scenes import scene_path
 
 PAYLOAD_BODY = "payload"
@@ -77,14 +78,14 @@ def load_spec(scene: str | Path) -> mujoco.MjSpec:
     try:
         return mujoco.MjSpec.from_file(str(path))
     except ValueError as err:
-        raise ValueError(f"{path}: MuJoCo could not load the scene: {err}") from None
+        raise ConfigError(f"{path}: MuJoCo could not load the scene: {err}") from None
 
 
 def compile_spec(spec: mujoco.MjSpec, where: str = "scene") -> mujoco.MjModel:
     try:
         return spec.compile()
     except ValueError as err:
-        raise ValueError(f"{where}: MuJoCo could not compile the scene: {err}") from None
+        raise ConfigError(f"{where}: MuJoCo could not compile the scene: {err}") from None
 
 
 def is_position_servo(model: mujoco.MjModel, actuator: int) -> bool:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -6,16 +8,83 @@ from forethought.sim.gl_backend import choose_gl_backend
 choose_gl_backend()  # a headless machine renders offscreen: chosen before any test imports mujoco
 
 from forethought.controllers.controller import Task  # noqa: E402
+from forethought.models import torch_threads  # noqa: E402
 from forethought.sim.mujoco_robot import MujocoRobot  # noqa: E402
+
+
+class _Tripwire:
+    """An object whose unpickling creates the file `marker` (what a malicious file could do instead)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def tripwire(tmp_path):
+    """(an object that creates a file when unpickled, that file's path): for files that must not run code."""
+    marker = tmp_path / "unpickled"
+    return _Tripwire(marker), marker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_for_the_suite():
+    """The suite runs on one torch thread, whichever tests run and in whatever order (the machine's
+    cores are shared, and a second thread that is not scheduled stalls each small operation:
+    models/torch_threads.py); the count is restored when the session ends. Test modules never set
+    it at import, which would leak into every module collected after them."""
+    with torch_threads.one_torch_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """Whatever a test changes of the process's torch thread count and environment variables is
+    put back after it, so that no test depends on the ones that ran before it."""
+    threads, environ = torch.get_num_threads(), dict(os.environ)
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @pytest.fixture
 def one_torch_thread():
-    """Run a test on one torch thread (small float64 GP algebra gains nothing from a second one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Run a test on one torch thread (small float64 GP algebra gains nothing from a second one);
+    the thread count is restored after it."""
+    with torch_threads.one_torch_thread():
+        yield
+
+
+class FakeClock:
+    """The `time` module as a planner or logger sees it, advanced by hand: budgets are tested on
+    this clock, never on the wall clock (a loaded machine would stretch the real one)."""
+
+    def __init__(self, monkeypatch):
+        self.now, self._monkeypatch = 1000.0, monkeypatch
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    monotonic = perf_counter
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def install(self, module) -> "FakeClock":
+        """Replace `module.time` by this clock for the test."""
+        self._monkeypatch.setattr(module, "time", self)
+        return self
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """A FakeClock; `fake_clock.install(module)` puts it in place of that module's `time`."""
+    return FakeClock(monkeypatch)
 
 
 SLIDER = """

@@ -11,9 +11,9 @@ import torch
 
 from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel, gaussian_nll
+from forethought.robots.config import ConfigError
 from forethought.robots.trial import Trial
 
-torch.set_num_threads(1)
 
 SMALL = dict(hidden=[64, 64], batch_size=64, max_epochs=60, patience=8, min_steps=0, planning_dtype="float32")
 
@@ -328,6 +328,19 @@ def test_fit_on_trials_and_save_load_roundtrip(tmp_path):
     assert np.array_equal(model.predict(x, u)[0], loaded.predict(x, u)[0])
 
 
+def test_a_model_file_holding_a_pickled_object_is_refused_unrun(tmp_path, tripwire):
+    model = EnsembleModel(["p", "v"], ["f"], EnsembleConfig(**SMALL))
+    model.fit_arrays(np.zeros((8, 2)), np.zeros((8, 1)), np.zeros((8, 2)))
+    path = tmp_path / "model.pt"
+    model.save(path)
+    saved = torch.load(path, weights_only=True)  # what `save` writes loads without pickles
+    saved["input_stats"] = {"mean": tripwire[0], "std": saved["input_stats"]["std"]}
+    torch.save(saved, path)
+    with pytest.raises(ConfigError, match=r"model.pt: not an ensemble model file: it holds a pickled Python object"):
+        EnsembleModel.load(path)
+    assert not tripwire[1].exists()
+
+
 def test_bad_input_gets_clear_errors(tmp_path):
     model = EnsembleModel(["p", "v"], ["f"], EnsembleConfig(**SMALL))
     with pytest.raises(RuntimeError, match="not been fitted"):
@@ -335,7 +348,7 @@ def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         EnsembleModel.load(tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="garbage.pt"):
+    with pytest.raises(ConfigError, match="garbage.pt"):
         EnsembleModel.load(tmp_path / "garbage.pt")
     with pytest.raises(ValueError, match="angle_states"):
         EnsembleModel(["p", "v"], ["f"], EnsembleConfig(angle_states=["theta"]))

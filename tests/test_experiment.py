@@ -110,6 +110,37 @@ def test_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2 and "--threads must be at least 1" in result.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "0"], "--trials must be at least 1, got 0"),
+    (["--horizon", "0"], "--horizon must be at least 1, got 0"),
+])
+def test_a_bad_argument_exits_2_with_one_line(tmp_path, capsys, argv, message):
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-video", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"forethought run: error: {message}" and not any("Traceback" in line for line in err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("error", [KeyError("gain"), ValueError("operands could not be broadcast")])
+def test_a_bug_inside_a_controller_exits_1_with_its_traceback(tmp_path, capsys, monkeypatch, error):
+    """A KeyError or ValueError raised inside is a bug, not the user's bad input: the traceback says where."""
+    from forethought.controllers.policy import RandomPolicy
+
+    def broken(self, x, t):
+        raise error
+
+    monkeypatch.setattr(RandomPolicy, "act", broken)
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-video"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    assert f"{type(error).__name__}: " in err
+    assert err.strip().splitlines()[-1].startswith("forethought run: internal error: this is a bug in forethought")
+
+
 @pytest.mark.parametrize("name", shipped_experiments())
 def test_every_shipped_experiment_builds_and_runs_two_steps(name):
     """Robot, task (with its goal), model and controller of each shipped experiment, and two steps of

@@ -42,7 +42,6 @@ def cartpole_like_trials(seed: int, count: int, T: int = 30, noise: float = 0.0)
 
 @pytest.fixture(scope="module")
 def model() -> GPModel:
-    torch.set_num_threads(1)
     gp = GPModel(STATES, ACTIONS, GPConfig(angle_states=["pole"], restarts=1, max_iter=60))
     # Measurement noise of 1e-2 keeps K's condition number near 1e5, so that the plain computation
     # it is compared with is itself accurate to far better than 1e-8.

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from forethought.controllers.controller import Task
 from forethought.controllers.costs import build_cost
@@ -207,10 +208,23 @@ def test_policy_generalises_over_features_and_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded.mean(x_new, f_new), mlp.mean(x_new, f_new))
     assert loaded.names["features"] == ["target"]
     (tmp_path / "broken.pt").write_bytes(b"not a policy")
-    with pytest.raises(ValueError, match="broken.pt"):
+    with pytest.raises(ConfigError, match="broken.pt"):
         MLPPolicy.load(tmp_path / "broken.pt")
     with pytest.raises(FileNotFoundError, match="not found"):
         MLPPolicy.load(tmp_path / "missing.pt")
+
+
+def test_a_policy_file_holding_a_pickled_object_is_refused_unrun(tmp_path, tripwire):
+    """`deploy --policy RUN_DIR` loads the folder's policy file: it must not run code from it."""
+    mlp = MLPPolicy(3, 2, 0, MLPPolicyConfig(hidden=[4], epochs=1))
+    path = tmp_path / "policy.pt"
+    mlp.save(path)
+    saved = torch.load(path, weights_only=True)
+    saved["names"] = tripwire[0]
+    torch.save(saved, path)
+    with pytest.raises(ConfigError, match=r"policy.pt: not an NN policy file: it holds a pickled Python object"):
+        MLPPolicy.load(path)
+    assert not tripwire[1].exists()
 
 
 def test_noisy_policy_differs_between_trials_and_repeats_on_rerun():

@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 
 from forethought.controllers.costs import CostDerivatives, build_cost
+from forethought.controllers import ilqr as ilqr_module
 from forethought.controllers.ilqr import ILQR, DivergenceError, ILQRConfig, box_qp, lqr_backward
 from forethought.controllers.linear_gaussian import LinearGaussianPolicy
 from forethought.models.dynamics_model import MissingCapability
@@ -220,8 +221,19 @@ def test_affine_dynamics_give_the_exact_optimum_in_absolute_coordinates():
     np.testing.assert_allclose(np.concatenate(us), U_best, atol=1e-9)
 
 
-def test_time_budget_stops_the_iterations():
+@pytest.mark.parametrize("budget, iterations", [(0.035, 3), (0.005, 1)])
+def test_time_budget_stops_before_an_iteration_that_would_overrun_it(fake_clock, budget, iterations):
+    clock = fake_clock.install(ilqr_module)
     cost = build_cost(PENDULUM_COST, PENDULUM_SPEC)
     solver = ILQR(Pendulum(), cost, [-3.0], [3.0], ILQRConfig(max_iterations=500))
-    result = solver.solve(np.array([0.1, 0.0]), np.zeros((100, 1)), time_budget_s=0.02)
-    assert result.stop == "time budget" and 1 <= len(result.iterations) < 40
+    backward = solver._backward
+
+    def slow_backward(*args):
+        clock.advance(0.01)  # 10 ms per iteration on the solver's clock, nothing else takes time
+        return backward(*args)
+
+    solver._backward = slow_backward
+    result = solver.solve(np.array([0.1, 0.0]), np.zeros((100, 1)), time_budget_s=budget)
+    # 0.035 s: after 2 iterations (20 ms) a third fits, after 3 (30 ms) a fourth would not.
+    # 0.005 s: shorter than one iteration, and one always runs.
+    assert result.stop == "time budget" and len(result.iterations) == iterations

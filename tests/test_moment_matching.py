@@ -142,13 +142,10 @@ def smooth_trials(seed: int, count: int, T: int = 40) -> list[Trial]:
 
 @pytest.fixture(scope="module")
 def fitted_models():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     exact = GPModel(("p", "v"), ("u",), GPConfig(restarts=0, max_iter=60))
     exact.fit(smooth_trials(0, 3))
     sparse = GPModel(("p", "v"), ("u",), GPConfig(restarts=0, max_iter=60, inducing=60, noise_floor=1e-4))
     sparse.fit(smooth_trials(1, 3))
-    torch.set_num_threads(threads)
     assert not exact.sparse and sparse.sparse
     return {"exact": exact, "sparse": sparse}
 

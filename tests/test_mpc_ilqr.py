@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+import torch
 
 from forethought.controllers.costs import build_cost
-from forethought.controllers.ilqr import DivergenceError
-from forethought.controllers.mpc import ILQRPlanner, MPCError, Plan, RecedingHorizonPolicy
+from forethought.controllers.ilqr import BackwardPassError, DivergenceError
+from forethought.controllers.mpc import FirstFailure, ILQRPlanner, MPCError, Plan, RecedingHorizonPolicy
 
 from test_ilqr import PENDULUM_COST, PENDULUM_SPEC, Pendulum
 
@@ -22,12 +25,37 @@ class RecordingPlanner:
     def plan(self, x0, U_init, t):
         self.warm_starts[t] = U_init.copy()
         how = self.fail.get(t)
-        if how == "raise":
-            raise DivergenceError("the rollout went NaN")
+        if how in RAISES:
+            RAISES[how]()
         plan = self.inner.plan(x0, U_init, t)
         if how == "nan":
             plan = Plan(np.full_like(plan.U, np.nan), plan.X, plan.K, float("nan"))
+        if how == "infinite cost":
+            plan = Plan(plan.U, plan.X, plan.K, float("inf"))
+        if how == "short plan":
+            plan = Plan(plan.U[1:], plan.X, plan.K, plan.cost)
         return plan
+
+
+def _raise(err: BaseException):
+    def raise_it():
+        raise err
+    return raise_it
+
+
+# How a planner fails: numerically (a failed solve, counted), or by a bug (it propagates).
+RAISES = {
+    "raise": _raise(DivergenceError("the rollout went NaN")),
+    "backward pass": _raise(BackwardPassError(3)),
+    "numpy cholesky": lambda: np.linalg.cholesky(-np.eye(2)),
+    "torch cholesky": lambda: torch.linalg.cholesky(-torch.eye(2, dtype=torch.float64)),
+    "key error": _raise(KeyError("horizon")),
+    "value error": _raise(ValueError("operands could not be broadcast together")),
+    "runtime error": _raise(RuntimeError("mat1 and mat2 shapes cannot be multiplied")),
+    "attribute error": _raise(AttributeError("'NoneType' object has no attribute 'U'")),
+}
+NUMERICAL = ["raise", "nan", "infinite cost", "backward pass", "numpy cholesky", "torch cholesky"]
+BUGS = ["key error", "value error", "runtime error", "attribute error", "short plan"]
 
 
 def pendulum_planner(horizon=40, **kwargs):
@@ -85,7 +113,7 @@ def test_feedback_gains_act_between_replans():
     assert not np.allclose(u1, plan.U[1])
 
 
-@pytest.mark.parametrize("how", ["raise", "nan"])
+@pytest.mark.parametrize("how", NUMERICAL)
 def test_a_failed_solve_keeps_the_last_good_plan(how):
     planner = RecordingPlanner(pendulum_planner(horizon=20), fail={2: how, 3: how})
     policy = RecedingHorizonPolicy(planner, PENDULUM_SPEC)
@@ -102,6 +130,38 @@ def test_a_failed_solve_keeps_the_last_good_plan(how):
     assert policy.stats["failures"] == 2 and "tick 3" in policy.stats["last_failure"]
     policy.act(x, 4)  # the planner recovers
     assert policy.plan is not good and policy.plan_tick == 4
+
+
+@pytest.mark.parametrize("how", BUGS)
+def test_a_bug_in_the_planner_propagates_and_is_not_a_failed_solve(how):
+    planner = RecordingPlanner(pendulum_planner(horizon=10), fail={2: how})
+    policy = RecedingHorizonPolicy(planner, PENDULUM_SPEC)
+    x = np.array([0.1, 0.0])
+    policy.act(x, 0)
+    policy.act(x, 1)
+    with pytest.raises((KeyError, ValueError, RuntimeError, AttributeError)):
+        policy.act(x, 2)
+    assert policy.stats["failures"] == 0
+
+
+def test_the_first_failed_solve_of_a_run_is_logged_when_it_happens(caplog):
+    first = FirstFailure()
+    policies = [RecedingHorizonPolicy(RecordingPlanner(pendulum_planner(horizon=10), fail={2: "raise", 4: "nan"}),
+                                      PENDULUM_SPEC, first_failure=first) for _ in range(2)]
+    x = np.array([0.1, 0.0])
+    with caplog.at_level(logging.WARNING, logger="forethought.controllers.mpc"):
+        for t in range(2):
+            policies[0].act(x, t)
+        assert caplog.records == []
+        policies[0].act(x, 2)
+        (record,) = caplog.records
+        assert "tick 2" in record.getMessage() and "DivergenceError" in record.getMessage()
+        for t in range(3, 6):
+            policies[0].act(x, t)
+        for t in range(6):  # the run's second policy fails too: counted, not logged again
+            policies[1].act(x, t)
+    assert len(caplog.records) == 1
+    assert [p.stats["failures"] for p in policies] == [2, 2]
 
 
 def test_no_plan_at_all_is_an_error_not_an_action():
@@ -159,9 +219,11 @@ def reachable_targets(count: int, seed: int) -> np.ndarray:
     return np.array(targets)
 
 
-def test_arm_reach_ilqr_ends_within_1cm_of_10_random_targets():
+def test_arm_reach_ilqr_ends_within_half_a_millimetre_of_10_random_targets():
     targets = reachable_targets(10, seed=7)
-    # 1.2 s of simulated time at 50 Hz: well within the 2 s asked for, and quicker to test.
+    # 1.2 s of simulated time at 50 Hz: well within the 2 s asked for, and quicker to test. The
+    # bench (`forethought bench ilqr`, the full horizon) ends 0.1 mm from its targets; these end
+    # 0.20 to 0.27 mm away (measured on OpenBLAS SkylakeX, one thread): 0.5 mm is about twice that.
     robot, task, model, controller = shipped_parts(
         "arm-reach-ilqr", horizon=60, conditions=tuple({"target": list(p)} for p in targets))
     errors = []
@@ -170,7 +232,7 @@ def test_arm_reach_ilqr_ends_within_1cm_of_10_random_targets():
             _, judgement = run_condition(robot, task, model, controller, c, seed=c)
             errors.append(judgement.value)
         diagnostics = controller.update([])
-    assert max(errors) < 0.01, np.round(errors, 4)
+    assert max(errors) < 5e-4, np.round(errors, 6)
     assert diagnostics["solve_failures"] == 0 and diagnostics["replans"] == 10 * task.horizon
 
 

@@ -94,4 +94,5 @@ def test_a_pilco_run_logged_to_a_file_states_each_updates_progress(tmp_path):
         assert any(line.startswith(f"iteration {iteration}/2  condition 0  sample 0: cost ") and line.endswith(" s)")
                    for line in lines), text
     assert sum(line.startswith("GP fit on ") and "evaluations" in line for line in lines) >= 2, text
-    assert sum(line.startswith("PILCO policy optimisation: ") and "evaluations, best " in line for line in lines) >= 2, text
+    # the model is refitted after every iteration; the policy is not optimised after the last one
+    assert sum(line.startswith("PILCO policy optimisation: ") and "evaluations, best " in line for line in lines) == 1, text

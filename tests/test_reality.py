@@ -177,6 +177,12 @@ def test_the_logged_actions_are_the_goals_the_plant_received_tick_for_tick(tmp_p
     assert received.shape == logged.actions.shape == (60, 6)
     np.testing.assert_array_equal(logged.actions, received)
     assert np.all(received >= robot.spec.action_low) and np.all(received <= robot.spec.action_high)
+    # What the controller asked for is kept beside it: the same goals before clipping.
+    asked = Wild()
+    asked.reset()
+    requested = np.array([asked.act(None, t) for t in range(60)])
+    np.testing.assert_array_equal(logged.requested_actions, requested)
+    assert np.any(requested != received)
     assert logged.metadata["robot"] == SCENE
 
 

@@ -116,6 +116,27 @@ def test_instability_is_an_error_not_nan(tmp_path):
             robot.step([1e9])
 
 
+@pytest.mark.parametrize("gear, warning", [(2e9, "mjWARN_BADQPOS"), (8e9, "mjWARN_BADQVEL")])
+def test_a_state_mujoco_reset_is_an_error_not_a_logged_step(tmp_path, gear, warning):
+    """A slide pushed by a huge motor passes MuJoCo's limit of 1e10 in position (or, with a faster
+    push, in velocity) before its acceleration does: MuJoCo resets the state to the scene's start
+    and goes on, and that teleport must not be returned as where the mass went."""
+    path = tmp_path / "runaway.xml"
+    path.write_text(
+        '<mujoco><option timestep="0.01"/><custom><numeric name="forethought_control_steps" data="10"/></custom>'
+        '<worldbody><body><joint name="j" type="slide"/><geom size="0.1" mass="1"/></body></worldbody>'
+        f'<actuator><motor joint="j" gear="{gear}" ctrlrange="-1 1"/></actuator></mujoco>'
+    )
+    robot = MujocoRobot(path)
+    robot.reset()
+    states = []
+    with pytest.raises(SimulationError, match=f"{warning}.*reset the state"):
+        for _ in range(100):
+            states.append(robot.step([1.0]))
+    positions = np.array(states)[:, 0]
+    assert len(states) > 5 and np.all(np.diff(positions) > 0)  # every returned state is on the runaway path
+
+
 def test_check_action_names_the_bad_entries():
     spec = RobotSpec("arm", ("q",), ("a", "b"), [-1, -1], [1, 1], 0.1)
     with pytest.raises(ActionError, match=r"\['b'\]"):
@@ -127,3 +148,24 @@ def test_check_action_names_the_bad_entries():
 def test_unknown_scene_names_the_known_ones():
     with pytest.raises(FileNotFoundError, match="unknown scene 'nope'"):
         MujocoRobot("nope")
+
+
+def test_a_trial_logs_the_clipped_action_applied_and_the_request_beside_it():
+    with MujocoRobot("so101_reach") as robot:
+        spec = robot.spec
+
+        class Beyond:
+            def reset(self):
+                pass
+
+            def act(self, x, t):
+                return np.where(np.arange(spec.m) % 2 == 0, spec.action_high + 1.0, spec.action_low - 1.0) * (t % 2)
+
+        trial = rollout(robot, Beyond(), 4, seed=0)
+        assert robot.interventions["clipped"] == 2
+        np.testing.assert_array_equal(robot.applied_action, np.clip(trial.requested_actions[-1], spec.action_low,
+                                                                    spec.action_high))
+    np.testing.assert_array_equal(trial.actions, np.clip(trial.requested_actions, spec.action_low, spec.action_high))
+    assert np.any(trial.actions != trial.requested_actions)
+    np.testing.assert_array_equal(trial.requested_actions[1], np.where(np.arange(spec.m) % 2 == 0, spec.action_high + 1.0,
+                                                                       spec.action_low - 1.0))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 
+from forethought.controllers import samplers
 from forethought.controllers.samplers import (
     ICEMConfig,
     ICEMPlanner,
@@ -21,7 +21,6 @@ from forethought.controllers.samplers import (
 )
 from forethought.models.dynamics_model import MissingCapability
 
-torch.set_num_threads(1)
 
 DT = 0.1
 
@@ -123,16 +122,23 @@ def test_plans_respect_bounds_and_warm_start_is_clipped(kind):
     assert np.all(plan.U >= low - 1e-6) and np.all(plan.U <= high + 1e-6)
 
 
-def test_time_budget_cuts_iterations():
+@pytest.mark.parametrize("kind", ["cem", "icem", "mppi"])
+def test_time_budget_stops_before_an_iteration_that_would_overrun_it(kind, fake_clock):
+    clock = fake_clock.install(samplers)
+
     def slow_step(x, u):
-        time.sleep(0.002)  # about 30 ms per iteration of 15 steps
+        clock.advance(0.002)  # 30 ms per iteration of 15 steps, on the planner's clock
         return point_mass(x, u)
 
-    planner = make_planner("cem", StepDynamics(slow_step), goal_cost, [-1, -1], [1, 1], population=50, elites=5,
-                           iterations=50, particles=1, time_budget_s=0.1)
+    settings = {**SETTINGS[kind], "horizon": 15, "iterations": 50, "particles": 1, "time_budget_s": 0.1}
+    planner = make_planner(kind, StepDynamics(slow_step), goal_cost, [-1, -1], [1, 1], **settings)
     planner.plan(np.ones(4), np.zeros((15, 2)), 0)
-    assert 1 <= planner.last_diagnostics["iterations"] <= 4
-    assert planner.last_diagnostics["plan_s"] < 0.2
+    # After 2 iterations (60 ms) a third fits in 100 ms; after 3 (90 ms) a fourth would not.
+    assert planner.last_diagnostics["iterations"] == 3
+    assert planner.last_diagnostics["plan_s"] == pytest.approx(0.09)
+    planner.config.time_budget_s = 0.01  # shorter than one iteration: one always runs
+    planner.plan(np.ones(4), np.zeros((15, 2)), 1)
+    assert planner.last_diagnostics["iterations"] == 1
 
 
 def test_population_times_particles_in_one_rollout():

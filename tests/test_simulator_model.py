@@ -13,6 +13,7 @@ import torch
 from forethought.controllers.samplers import BatchedDynamics, as_dynamics
 from forethought.models.dynamics_model import DynamicsModel
 from forethought.models.simulator import SimulatorModel
+from forethought.robots.config import ConfigError
 from forethought.sim.mujoco_robot import MujocoRobot
 
 SCENE = "koch_reach"
@@ -295,5 +296,8 @@ def test_save_load_and_fit(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, u)[0], model.predict(x, u)[0])
     with pytest.raises(FileNotFoundError, match="simulator model file not found"):
         SimulatorModel.load(tmp_path / "missing.json")
+    (tmp_path / "partial.json").write_text('{"model": "simulator", "scene": "cartpole"}')
+    with pytest.raises(ConfigError, match=r"partial.json: not a complete simulator model file \(no 'control_steps'\)"):
+        SimulatorModel.load(tmp_path / "partial.json")
     with pytest.raises(ValueError, match=r"x must be \(B, 12\) and u \(B, 6\)"):
         model.predict(np.zeros(11), u)

@@ -10,13 +10,12 @@ import pytest
 from forethought.controllers.excite import ExciteConfig, ExciteController, multisine
 from forethought.models.registry import build_model, model_settings
 from forethought.models.scene_identification import DELAY_NUMERIC, delayed_controls, scene_delay
-from forethought.robots.config import ConfigError
 from forethought.robots.trial import rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.cli import main
 from forethought.scripts.experiment import build_parts, load_experiment
 from forethought.sim.mujoco_robot import MujocoRobot
-from forethought.sim.reality import RealityArm, load_reality
+from forethought.sim.reality import RealityArm
 from forethought.sim.servo_model import servo_parameters
 
 SCENE = "so101_reach"

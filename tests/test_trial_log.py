@@ -33,11 +33,12 @@ def synthetic_trial(T: int = 40, seed: int = 0, **meta) -> Trial:
     metadata = {"robot": "toy", "task": "reach", "controller": "random", "seed": seed, "created": "2025-01-01T00:00:00+00:00",
                 "version": "0.1.0", "interventions": {"clipped": 3}, **meta}
     return Trial(rng.standard_normal((T + 1, 3)), rng.uniform(-1, 1, (T, 2)), np.arange(T + 1) * 0.002 + 1e-7 * rng.random(T + 1),
-                 costs, SPEC.state_names, SPEC.action_names, SPEC.dt, metadata)
+                 costs, SPEC.state_names, SPEC.action_names, SPEC.dt, metadata,
+                 requested_actions=rng.uniform(-2, 2, (T, 2)))
 
 
 def assert_same(a: Trial, b: Trial) -> None:
-    for name in ("states", "actions", "timestamps", "costs"):
+    for name in ("states", "actions", "requested_actions", "timestamps", "costs"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert (a.state_names, a.action_names, a.dt) == (b.state_names, b.action_names, b.dt)
 
@@ -50,11 +51,11 @@ def test_a_saved_trial_loads_back_exactly_and_reads_with_plain_h5py(tmp_path):
     assert_same(trial, loaded)
     assert loaded.metadata == trial.metadata and loaded.complete
     with h5py.File(path, "r") as f:
-        assert f["states"].shape == (41, 3) and f["actions"].shape == (40, 2)
+        assert f["states"].shape == (41, 3) and f["actions"].shape == f["requested_actions"].shape == (40, 2)
         assert f["timestamps"].shape == f["costs"].shape == (41,)
         assert list(f.attrs["state_names"]) == ["q0", "q1", "d_q0"] and f.attrs["dt"] == 0.002
         assert (f.attrs["robot"], f.attrs["task"], f.attrs["controller"], f.attrs["seed"]) == ("toy", "reach", "random", 0)
-        assert f.attrs["complete"] and f.attrs["format_version"] == 1
+        assert f.attrs["complete"] and f.attrs["format_version"] == 2
         assert json.loads(f.attrs["metadata"])["interventions"] == {"clipped": 3}
 
 
@@ -121,19 +122,8 @@ def test_a_partial_trial_without_its_first_state_starts_at_its_first_logged_stat
     np.testing.assert_array_equal(loaded.actions, trial.actions[1:6])
 
 
-class FakeClock:
-    """time.monotonic for the trial log, advanced by hand."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-def test_a_trial_in_progress_is_flushed_once_per_interval_and_readers_see_its_rows(tmp_path, monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(trial_log, "time", clock)
+def test_a_trial_in_progress_is_flushed_once_per_interval_and_readers_see_its_rows(tmp_path, monkeypatch, fake_clock):
+    clock = fake_clock.install(trial_log)
     trial = synthetic_trial(T=30)
     path = tmp_path / "trial_0000.h5"
     with TrialWriter(path, SPEC, x0=trial.states[0], flush_interval=0.5) as writer:
@@ -252,7 +242,7 @@ def test_a_missing_path_is_named():
 def test_a_step_of_the_wrong_shape_is_refused_and_the_logged_steps_stay(tmp_path):
     trial = synthetic_trial(T=5)
     path = tmp_path / "trial_0000.h5"
-    with pytest.raises(ValueError, match=r"x_next \(3,\) and u \(2,\), got \(3,\) and \(3,\)"):
+    with pytest.raises(ValueError, match=r"x_next \(3,\), u and requested \(2,\), got \(3,\), \(3,\) and \(3,\)"):
         with TrialWriter(path, SPEC, x0=trial.states[0]) as writer:
             writer.append(trial.states[1], trial.actions[0], trial.timestamps[1], trial.costs[0])
             writer.append(trial.states[2], np.zeros(3), trial.timestamps[2], trial.costs[1])
@@ -277,3 +267,43 @@ def test_a_trial_being_written_by_another_process_loads_its_flushed_steps(tmp_pa
         child.wait()
     assert problems == [] and not trial.complete and trial.horizon >= flushed
     assert trial.metadata["task"] == "crash"
+
+
+def as_format_1(path):
+    """Rewrite a trial file as format 1 had it: no requested_actions."""
+    with h5py.File(path, "r+") as f:
+        del f["requested_actions"]
+        f.attrs["format_version"] = 1
+    return path
+
+
+def test_a_format_1_trial_reads_with_its_actions_as_the_requested_ones(tmp_path):
+    trial = synthetic_trial()
+    old = load_trial(as_format_1(save_trial(trial, tmp_path / "trial_0000.h5")))
+    np.testing.assert_array_equal(old.actions, trial.actions)
+    np.testing.assert_array_equal(old.requested_actions, trial.actions)
+    assert old.complete and old.metadata == trial.metadata
+
+
+def test_a_format_2_trial_without_requested_actions_is_refused_by_name(tmp_path):
+    path = save_trial(synthetic_trial(), tmp_path / "trial_0000.h5")
+    with h5py.File(path, "r+") as f:
+        del f["requested_actions"]
+    with pytest.raises(TrialLogError, match=f"^{path}: damaged trial log, missing dataset\\(s\\) requested_actions"):
+        load_trial(path)
+
+
+def test_a_partial_trial_keeps_the_requested_actions_of_its_flushed_steps(tmp_path):
+    trial = synthetic_trial(T=20)
+    path = tmp_path / "trial_0000.h5"
+    with TrialWriter(path, SPEC, dict(trial.metadata), x0=trial.states[0], flush_interval=0) as writer:
+        for t in range(12):
+            writer.append(trial.states[t + 1], trial.actions[t], trial.timestamps[t + 1], trial.costs[t],
+                          trial.requested_actions[t])
+        writer.append(trial.states[13], trial.actions[12], trial.timestamps[13], trial.costs[12])  # none given
+    partial = load_trial(partial_path(path))
+    assert partial.horizon == 13 and not partial.complete
+    np.testing.assert_array_equal(partial.requested_actions[:12], trial.requested_actions[:12])
+    np.testing.assert_array_equal(partial.requested_actions[12], trial.actions[12])  # defaults to the applied one
+    old = load_trial(as_format_1(partial_path(path)))
+    np.testing.assert_array_equal(old.requested_actions, old.actions)

@@ -75,8 +75,9 @@ FINISHED_DAMAGE = {
     "complex_costs": replace_dataset("costs", data=np.ones(41) * 1j),
     "huge_states": replace_dataset("states", shape=(HUGE, 3), dtype="f8"),
     "huge_everything": lambda f: [
-        replace_dataset(name, shape=(HUGE + (name != "actions"), *f[name].shape[1:]), dtype="f8")(f)
-        for name in ("states", "actions", "timestamps", "costs")
+        replace_dataset(name, shape=(HUGE + (name not in ("actions", "requested_actions")), *f[name].shape[1:]),
+                        dtype="f8")(f)
+        for name in ("states", "actions", "timestamps", "costs", "requested_actions")
     ],
     "format_version_inf": set_attribute("format_version", np.inf),
     "format_version_text": set_attribute("format_version", "1"),
@@ -96,6 +97,15 @@ FINISHED_DAMAGE = {
     "complete_text": set_attribute("complete", "yes"),
     **{f"{v}_in_{name}": set_value(name, 5, v) for name in ("states", "actions", "timestamps")
        for v in (np.nan, np.inf)},
+    **{f"{v}_in_requested_actions": set_value("requested_actions", 5, v) for v in (np.nan, np.inf)},
+    "requested_actions_short": replace_dataset("requested_actions", data=np.zeros((39, 2))),
+    "requested_actions_3_columns": replace_dataset("requested_actions", data=np.zeros((40, 3))),
+    "requested_actions_text": replace_dataset("requested_actions", data=np.zeros((40, 2)).astype("S8")),
+    "requested_actions_missing": lambda f: f.__delitem__("requested_actions"),
+    "requested_actions_soft_link_to_actions": lambda f: (
+        f.__delitem__("requested_actions"), f.__setitem__("requested_actions", h5py.SoftLink("/actions"))
+    ),
+    "huge_requested_actions": replace_dataset("requested_actions", shape=(HUGE, 2), dtype="f8"),
     "states_is_a_group": lambda f: (f.__delitem__("states"), f.create_group("states")),
     "states_is_an_external_link": lambda f: (
         f.__delitem__("states"), f.__setitem__("states", h5py.ExternalLink("/x.h5", "/s"))
@@ -116,10 +126,11 @@ PARTIAL_DAMAGE = {
     "actions_1d": replace_dataset("actions", data=np.zeros(30)),
     "timestamps_2d": replace_dataset("timestamps", data=np.zeros((31, 2))),
     "states_3_columns_short": replace_dataset("states", data=np.zeros((31, 2))),
+    "requested_actions_1d": replace_dataset("requested_actions", data=np.zeros(30)),
     "huge_everything": lambda f: [
         replace_dataset(name, shape=(HUGE, *f[name].shape[1:]), dtype="f8", chunks=(256, *f[name].shape[1:]),
                         maxshape=(None, *f[name].shape[1:]))(f)
-        for name in ("states", "actions", "timestamps", "costs")
+        for name in ("states", "actions", "timestamps", "costs", "requested_actions")
     ],
 }
 
@@ -141,8 +152,9 @@ def test_a_declared_hundred_million_rows_are_refused_before_any_is_read(tmp_path
     good = save_trial(synthetic_trial(), tmp_path / "good.h5")
     rows = 10**8  # 2.4 GB of states: allocatable, so only the check keeps it from being read
     bad = edited(good, tmp_path / "bad.h5", lambda f: [
-        replace_dataset(name, shape=(rows + (name != "actions"), *f[name].shape[1:]), dtype="f8")(f)
-        for name in ("states", "actions", "timestamps", "costs")
+        replace_dataset(name, shape=(rows + (name not in ("actions", "requested_actions")), *f[name].shape[1:]),
+                        dtype="f8")(f)
+        for name in ("states", "actions", "timestamps", "costs", "requested_actions")
     ])
     tracemalloc.start()
     try:

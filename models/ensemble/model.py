@@ -25,6 +25,8 @@ from forethought.models.ensemble.config import EnsembleConfig, native_bfloat16, 
 from forethought.models.ensemble.network import EnsembleNetwork, Normaliser
 from forethought.models.ensemble.planning import EnsembleDynamics
 from forethought.models.jacobians import row_jacobians
+from forethought.models.torch_file import as_tensor, load_torch_file
+from forethought.robots.config import ConfigError
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
@@ -337,12 +339,7 @@ class EnsembleModel:
             "state_names": list(self.state_names),
             "action_names": list(self.action_names),
             "config": asdict(self.config),
-            "network": {k: v.cpu() for k, v in self.network.state_dict().items()},
-            "input_stats": None if self.input_stats is None else asdict(self.input_stats),
-            "target_stats": None if self.target_stats is None else asdict(self.target_stats),
-            "elites": self.elites.tolist(),
-            "holdout_mse": self.holdout_mse.tolist(),
-            "generator": self._generator.get_state(),
+            **self.checkpoint_state(),
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
@@ -350,27 +347,50 @@ class EnsembleModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "EnsembleModel":
-        """Read a model written by `save`; device overrides the saved one."""
+        """Read a model written by `save`; device overrides the saved one. ConfigError naming the file
+        when it is damaged, not an ensemble or holds pickled objects (only tensors and plain data are read)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ensemble model file not found: {path}")
+        state = load_torch_file(path, "an ensemble model file")
+        if state.get("format") != "forethought.ensemble/1":
+            raise ConfigError(f"{path}: not a forethought ensemble model file")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # torch raises several kinds for damaged files
-            raise ValueError(f"{path}: not a readable ensemble model ({err})") from None
-        if not isinstance(state, dict) or state.get("format") != "forethought.ensemble/1":
-            raise ValueError(f"{path}: not a forethought ensemble model file")
-        config = dict(state["config"])
-        if device is not None:
-            config["device"] = device
-        model = cls(state["state_names"], state["action_names"], EnsembleConfig(**config))
-        model.network.load_state_dict(state["network"])
+            config = dict(state["config"])
+            if device is not None:
+                config["device"] = device
+            model = cls(state["state_names"], state["action_names"], EnsembleConfig(**config))
+            model.restore_checkpoint(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing entries, wrong shapes
+            raise ConfigError(f"{path}: a damaged ensemble model file ({type(err).__name__}: {err})") from None
+        return model
+
+    def checkpoint_state(self) -> dict:
+        """Weights, normalisation, elites and the generator's state, as plain data and tensors."""
+        return {
+            "network": {k: v.cpu() for k, v in self.network.state_dict().items()},
+            "input_stats": None if self.input_stats is None else _stats(self.input_stats),
+            "target_stats": None if self.target_stats is None else _stats(self.target_stats),
+            "elites": self.elites.tolist(),
+            "holdout_mse": self.holdout_mse.tolist(),
+            "generator": self._generator.get_state(),
+        }
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Put back what `checkpoint_state` (or a saved file) holds, on a model of the same config."""
+        self.network.load_state_dict(state["network"])
         for name in ("input_stats", "target_stats"):
             stats = state[name]
             if stats is not None:
-                setattr(model, name, Normaliser(np.asarray(stats["mean"]), np.asarray(stats["std"])))
-        model.elites = np.asarray(state["elites"], dtype=np.int64)
+                setattr(self, name, Normaliser(np.asarray(stats["mean"], dtype=np.float64),
+                                               np.asarray(stats["std"], dtype=np.float64)))
+        self.elites = np.asarray(state["elites"], dtype=np.int64)
         # Files from before early stopping went by squared error hold no held-out MSE.
-        model.holdout_mse = np.asarray(state.get("holdout_mse", model.holdout_mse), dtype=np.float64)
-        model._generator.set_state(state["generator"])
-        return model
+        self.holdout_mse = np.asarray(state.get("holdout_mse", self.holdout_mse), dtype=np.float64)
+        self._generator.set_state(state["generator"])
+        self._dynamics_cache.clear()
+
+
+def _stats(normaliser: Normaliser) -> dict[str, torch.Tensor]:
+    """A Normaliser as tensors (a file of tensors and plain data loads with weights_only=True)."""
+    return {"mean": as_tensor(normaliser.mean), "std": as_tensor(normaliser.std)}

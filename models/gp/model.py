@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +47,9 @@ from forethought.models.gp.kernel import (
 from forethought.models.gp.lbfgs import is_numerical, minimize_lbfgs
 from forethought.models.jacobians import row_jacobians
 from forethought.models.moment_matching import augment_with_trig, se_moment_match, uncertainty_weights
+from forethought.models.torch_file import load_torch_file
 from forethought.models.torch_threads import one_torch_thread
+from forethought.robots.config import ConfigError
 from forethought.robots.progress import Progress
 from forethought.robots.trial import Trial
 
@@ -437,13 +438,30 @@ class GPModel:
             "state_names": list(self.state_names),
             "action_names": list(self.action_names),
             "config": asdict(self.config),
-            "sparse": self.sparse,
-            "X": self._X,
-            "Y": self._Y,
-            "subset": self._subset,
-            "gp": {k: v.detach() for k, v in self.gp.state_dict().items()},
+            **self.checkpoint_state(),
         }
         torch.save(state, path)
+
+    def checkpoint_state(self) -> dict:
+        """What the fit learned, as plain data and tensors ({} before the first fit): the training
+        data, the subset fitted on and the hyperparameters (the posterior is recomputed from them)."""
+        if not self.fitted:
+            return {}
+        return {"sparse": self.sparse, "X": self._X, "Y": self._Y, "subset": self._subset,
+                "gp": {k: v.detach() for k, v in self.gp.state_dict().items()}}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """Put back what `checkpoint_state` gave (on a model built with the same names and config)."""
+        if not state:
+            return
+        X, Y, sparse = state["X"], state["Y"], bool(state["sparse"])
+        subset = state["subset"]
+        self.gp = BatchedGP(X[subset].expand(Y.shape[0], -1, -1), Y[:, subset], self.config.noise_floor)
+        self.gp.load_state_dict(state["gp"])
+        self.gp.eval()
+        self._X, self._Y, self._subset, self.sparse = X, Y, subset, sparse
+        self._cache()
+        self.fitted = True
 
     @classmethod
     def load(cls, path: str | Path) -> "GPModel":
@@ -451,17 +469,10 @@ class GPModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such GP model file")
+        state = load_torch_file(path, "a GP model file")
         try:
-            state = torch.load(path, weights_only=True)
             model = cls(state["state_names"], state["action_names"], GPConfig(**state["config"]))
-            X, Y, sparse = state["X"], state["Y"], bool(state["sparse"])
-            subset = state["subset"]
-            model.gp = BatchedGP(X[subset].expand(Y.shape[0], -1, -1), Y[:, subset], model.config.noise_floor)
-            model.gp.load_state_dict(state["gp"])
-        except (KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-            raise ValueError(f"{path}: not a GP model file ({err})") from None
-        model.gp.eval()
-        model._X, model._Y, model._subset, model.sparse = X, Y, subset, sparse
-        model._cache()
-        model.fitted = True
+            model.restore_checkpoint({k: state[k] for k in ("sparse", "X", "Y", "subset", "gp")})
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:  # missing entries, wrong shapes
+            raise ConfigError(f"{path}: a damaged GP model file ({type(err).__name__}: {err})") from None
         return model
