@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "sysid": "forethought.scripts.bench_sysid:run_bench_sysid",
     "latency": "forethought.scripts.bench_latency:run_bench_latency",
     "sweep": "forethought.scripts.bench_sweep:run_bench_sweep",
+    "learning": "forethought.scripts.bench_learning:run_bench_learning",
 }
 
 
