@@ -96,6 +96,12 @@ class LoopClock:
         }
 
 
+def smoothed_difference(v, q_before, q, elapsed: float, smoothing: float) -> np.ndarray:
+    """The velocity_source="difference" estimate: v (m,) rad/s after joints moved from q_before to q
+    (m,) rad in `elapsed` s (at least 0.1 ms), low-passed: smoothing * v + (1 - smoothing) * dq / dt."""
+    return smoothing * v + (1.0 - smoothing) * (q - q_before) / max(elapsed, 1e-4)
+
+
 class ServoArm:
     """An arm of `arm` (description) on `port`, calibrated by `calibration`, stepped every dt s.
 
@@ -369,9 +375,8 @@ class ServoArm:
             if self.velocity_source == "difference":
                 v = np.zeros_like(q)
         else:
-            elapsed = max(reading.time - self.last_reading.time, 1e-4)
-            a = self.velocity_smoothing
-            v = a * self._v + (1.0 - a) * (q - self._q) / elapsed
+            v = smoothed_difference(self._v, self._q, q, reading.time - self.last_reading.time,
+                                    self.velocity_smoothing)
         self.last_reading, self._q, self._v = reading, q, v
         return np.concatenate([q, v])
 
