@@ -19,22 +19,10 @@ from forethought.robots.arm_description import load_arm
 from forethought.robots.bus_emulator import BusEmulator
 from forethought.scripts.servo_damage import DECODE, ENCODE, MUTATIONS, PROTOCOLS, drain, mutate, sound_packet, take
 from forethought.sim.scenes import scene_path
+from hypothesis_chooser import HypothesisChooser
 
 FUZZ = settings(max_examples=50, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
-
-
-class HypothesisChooser:
-    """The catalogue's choices, drawn by hypothesis (so that it can shrink a failing packet)."""
-
-    def __init__(self, data: st.DataObject):
-        self.data = data
-
-    def integer(self, low: int, high: int) -> int:
-        return self.data.draw(st.integers(low, high))
-
-    def choice(self, options):
-        return self.data.draw(st.sampled_from(list(options)))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
