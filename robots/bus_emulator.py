@@ -403,7 +403,7 @@ class BusEmulator:
             return []
         if inst == sp.INST_SYNC_WRITE:
             start, length, body = (_u16(p, 0), _u16(p, 2), p[4:]) if dxl else (p[0], p[1], p[2:])
-            for k in range(0, len(body) - length + 1, length + 1):
+            for k in range(0, len(body) - length, length + 1):  # an id and its `length` bytes each
                 servo = self._by_id.get(body[k])
                 if servo is not None:
                     self._write(servo, start, body[k + 1 : k + 1 + length])

@@ -11,7 +11,7 @@ import select
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from forethought.robots import servo_packets as sp
@@ -123,6 +123,7 @@ def emulators():
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(inst=st.sampled_from([sp.INST_PING, sp.INST_READ, sp.INST_WRITE, sp.INST_SYNC_READ, sp.INST_SYNC_WRITE, 0x55, 0x07]),
        servo_id=st.sampled_from([1, 3, 6, 9, sp.BROADCAST_ID]), params=st.binary(max_size=24))
+@example(inst=sp.INST_SYNC_WRITE, servo_id=1, params=b"\x00\x00")  # a sync write of 0 bytes to no servo
 def test_the_emulator_answers_any_instruction_packet_without_raising(emulators, arm_name, inst, servo_id, params):
     emulator = emulators[arm_name]
     replies = emulator._replies_to(sp.Packet(servo_id, inst, params))
