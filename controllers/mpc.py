@@ -292,9 +292,10 @@ def initial_action(setting, spec: RobotSpec):
 
 
 def check_model_states(model, spec: RobotSpec) -> None:
-    """A model that plans the robot's actions must model all of the robot's states, in its order."""
+    """A model that plans the robot's actions must model all of the robot's states, in its order (a
+    model that takes its names from the trials it is fitted on, as TVLG does, has none before)."""
     names = getattr(model, "state_names", None)
-    if names is not None and tuple(names) != tuple(spec.state_names):
+    if names and tuple(names) != tuple(spec.state_names):
         raise ConfigError(f"model: it models the states {list(names)}, and planning needs all of the robot's "
                           f"({', '.join(spec.state_names)})")
 

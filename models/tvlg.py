@@ -286,6 +286,11 @@ class TVLGModel:
         self._noise_factors: dict[int, np.ndarray] = {}
 
     @property
+    def fitted(self) -> bool:
+        """Whether any condition has been fitted (a controller on the model acts randomly until then)."""
+        return bool(self.conditions)
+
+    @property
     def dynamics(self) -> LinearGaussianDynamics | None:
         """The selected condition's dynamics (None before it has been fitted)."""
         return self.conditions.get(self.condition)

@@ -37,6 +37,8 @@ class ArmDescription:
 
     max_goal_rate: rad/s, the fastest a goal may change (the per-tick cap is this times dt);
     max_velocity: rad/s, a joint measured faster than this is braked;
+    stale_window: s a servo's last valid state may stand in for reads it did not answer (those
+    ticks are marked stale and the goals held) before the arm is declared lost (safety.stale_window);
     min_voltage: V, max_temperature: deg C, beyond which the arm stops;
     calibration_poses: pose name -> (m,) joint angles in rad ("home" and "rotated").
     """
@@ -53,6 +55,7 @@ class ArmDescription:
     max_velocity: float
     calibration_poses: dict[str, np.ndarray]
     source: str = ""
+    stale_window: float = 0.1
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -136,6 +139,12 @@ def load_arm(name: str | Path) -> ArmDescription:
     safety = data.get("safety", {})
     if not isinstance(safety, dict):
         raise ConfigError(f"{where}: safety: expected a mapping")
+    unknown = sorted(set(safety) - {"max_goal_rate", "max_velocity", "stale_window"})
+    if unknown:
+        raise ConfigError(f"{where}: safety.{unknown[0]}: unknown key")
+    stale_window = need(safety, "stale_window", float, "safety.") if "stale_window" in safety else 0.1
+    if not 0.0 <= stale_window <= 1.0:
+        raise ConfigError(f"{where}: safety.stale_window: expected seconds in [0, 1], got {stale_window}")
     poses = {}
     for pose, values in need(data, "calibration_poses", dict, "").items():
         arr = np.asarray(values, dtype=np.float64) if isinstance(values, list) else None
@@ -158,6 +167,7 @@ def load_arm(name: str | Path) -> ArmDescription:
         max_velocity=need(safety, "max_velocity", float, "safety."),
         calibration_poses=poses,
         source=where,
+        stale_window=stale_window,
     )
 
 

@@ -20,7 +20,13 @@ that pass a `goal_path` (latency, the servo's sampling, backlash) on their way t
 `goal_writes` records the goal positions the servos took, the last GOAL_WRITES_KEPT of them:
 (time.monotonic(), joint index, ticks).
 
-Faults (`Fault`): corrupted replies at a rate, a servo that stops answering (it still obeys
+Like servos on a real bus it answers only while the host listens: an instruction with a newer
+one already waiting is obeyed but not answered, and replies stop when the host sends something
+new (on the wire they would collide). An instruction with too few parameters gets no reply (a
+Dynamixel servo asked alone answers a data length error); a packet it cannot answer is recorded
+in `errors` and never ends the serving thread.
+
+Faults (`Fault`): corrupted replies at a rate, replies lost at a rate, a servo that stops answering (it still obeys
 writes), overheating or overload (status bits set, the servo drops its torque), a voltage sag.
 """
 
@@ -46,8 +52,13 @@ from forethought.robots.servo_bus import BITS_PER_BYTE, ServoFault, ServoModel
 TWO_PI = 2.0 * np.pi
 AMBIENT_C = 32.0
 OVERHEAT_C = 80.0
-FAULT_KINDS = ("corrupt", "silent", "overheat", "overload", "voltage")
+FAULT_KINDS = ("corrupt", "drop", "silent", "overheat", "overload", "voltage")
 GOAL_WRITES_KEPT = 600_000  # about half an hour of a 6-servo arm at 50 Hz
+# Parameter bytes (Feetech; twice as many on Dynamixel, whose addresses and lengths are 16-bit) an
+# instruction needs before its data: start and length, or start alone for a write.
+_MIN_PARAMS = {sp.INST_READ: 2, sp.INST_WRITE: 1, sp.INST_SYNC_READ: 2, sp.INST_SYNC_WRITE: 2}
+USB_TICK_S = 1e-3  # a USB serial adapter's latency timer at its usual 1 ms setting
+DXL_DATA_LENGTH_ERROR = 5  # Protocol 2.0 status error number: the instruction's length is wrong
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,8 @@ class ServoMount:
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault to inject. kind: corrupt (value = rate of corrupted replies), silent, overheat,
+    """A fault to inject. kind: corrupt (value = rate of corrupted replies), drop (value = rate of
+    replies that never come), silent, overheat,
     overload (servo_id), voltage (value = supply V). at: seconds after torque first goes on
     (None: at once)."""
 
@@ -75,9 +87,9 @@ class Fault:
             raise ValueError(f"unknown fault '{self.kind}' (known: {', '.join(FAULT_KINDS)})")
         if self.kind in ("silent", "overheat", "overload") and self.servo_id is None:
             raise ValueError(f"fault '{self.kind}' needs a servo id ({self.kind}:ID)")
-        if self.kind in ("corrupt", "voltage") and self.value is None:
+        if self.kind in ("corrupt", "drop", "voltage") and self.value is None:
             raise ValueError(f"fault '{self.kind}' needs a value ({self.kind}:VALUE)")
-        if self.kind == "corrupt" and not 0.0 <= self.value <= 1.0:
+        if self.kind in ("corrupt", "drop") and not 0.0 <= self.value <= 1.0:
             raise ValueError(f"fault 'corrupt' needs a rate in [0, 1], got {self.value}")
 
     @classmethod
@@ -87,10 +99,10 @@ class Fault:
         kind, _, arg = spec.partition(":")
         try:
             at_s = float(at) if at else None
-            number = float(arg) if kind in ("corrupt", "voltage") else int(arg)
+            number = float(arg) if kind in ("corrupt", "drop", "voltage") else int(arg)
         except ValueError:
             raise ValueError(f"fault '{text}': expected KIND:ARG[@SECONDS], e.g. silent:3@1.5 or corrupt:0.02") from None
-        if kind in ("corrupt", "voltage"):
+        if kind in ("corrupt", "drop", "voltage"):
             return cls(kind, value=number, at=at_s)
         return cls(kind, servo_id=number, at=at_s)
 
@@ -221,6 +233,11 @@ class BusEmulator:
         self.goal_writes: deque[tuple[float, int, int]] = deque(maxlen=GOAL_WRITES_KEPT)
         self.voltage = arm.supply_voltage
         self.corrupt_rate = 0.0
+        self.drop_rate = 0.0
+        self.malformed = 0  # instruction packets with too few parameters, ignored or refused
+        self.dropped = 0  # replies the drop fault swallowed
+        self.errors: list[str] = []  # packets whose handling raised (a bug in the emulator)
+        self.superseded = 0  # replies not sent because the host had sent a newer instruction
         self._pending_faults: list[Fault] = []
         self._torque_first_on: float | None = None
         self.events: list[tuple[float, str, int | None, float | None]] = []
@@ -303,31 +320,69 @@ class BusEmulator:
                 break
             arrived = time.monotonic()
             buf += chunk
+            packets = []
             while buf:
                 decoded = self._decode(buf)
                 if decoded.consumed == 0:
                     break
                 del buf[: decoded.consumed]
                 if decoded.packet is not None:
-                    self._answer(decoded.packet, decoded.consumed, arrived)
+                    packets.append((decoded.packet, decoded.consumed))
+            for k, (packet, n_bytes) in enumerate(packets):
+                # An instruction with another one already behind it is obeyed but not answered:
+                # the host has moved on (it gave up waiting), and on a real bus the replies would
+                # collide with the newer instruction.
+                try:
+                    self._answer(packet, n_bytes, arrived, superseded=k < len(packets) - 1)
+                except OSError:
+                    return  # the pseudo-terminal closed under a reply
+                except Exception as err:  # noqa: BLE001
+                    # A packet the emulator could not answer is a bug to report, but the bus
+                    # must go on serving: a real servo does not die of a strange packet.
+                    self.errors.append(f"{packet}: {type(err).__name__}: {err}")
 
     # -- the protocol --------------------------------------------------------------------------
-    def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float) -> None:
+    def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float, superseded: bool = False) -> None:
         with self._lock:
             self._advance(time.monotonic())
             replies = self._replies_to(packet)
+        if superseded:
+            self.superseded += len(replies)  # the host has sent a newer instruction: this one goes unanswered
+            return
+        # When each reply is complete on the wire: after the instruction, each servo's return delay
+        # and its own bytes, one after the other.
         t = arrived + n_bytes * BITS_PER_BYTE / self.arm.baudrate
+        due: list[tuple[float, bytes]] = []
         for servo, reply in replies:
             if servo.silent:
+                continue
+            if self.drop_rate and self._rng.random() < self.drop_rate:
+                self.dropped += 1  # a reply that never comes: the line stays quiet for its time
                 continue
             if self.corrupt_rate and self._rng.random() < self.corrupt_rate:
                 reply = self._corrupt(reply)
             t += 2e-6 * servo.get("return_delay") + len(reply) * BITS_PER_BYTE / self.arm.baudrate
-            delay = t - time.monotonic()
+            due.append((t, reply))
+        # Sent as a USB adapter delivers them: its latency timer fires within a tick of the first
+        # complete reply, and what is complete by then goes in one write (fewer wake-ups, so a
+        # loaded machine delays the answer less; never before the bytes would be on the wire).
+        while due:
+            tick = due[0][0] + USB_TICK_S
+            delay = tick - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            os.write(self._master, reply)
-            self.replies += 1
+            if self._host_talking():
+                self.superseded += len(due)  # the host sent a new instruction: stop answering this one
+                return
+            ready = [reply for at, reply in due if at <= max(tick, time.monotonic())]
+            due = due[len(ready):]
+            os.write(self._master, b"".join(ready))
+            self.replies += len(ready)
+
+    def _host_talking(self) -> bool:
+        """Whether a new instruction from the host is waiting to be read."""
+        ready, _, _ = select.select([self._master], [], [], 0)
+        return bool(ready)
 
     def _corrupt(self, reply: bytes) -> bytes:
         out = bytearray(reply)
@@ -338,6 +393,14 @@ class BusEmulator:
     def _replies_to(self, packet: sp.Packet) -> list[tuple[_Servo, bytes]]:
         dxl = self.arm.protocol == "dynamixel"
         p, inst = packet.params, packet.code
+        if len(p) < _MIN_PARAMS.get(inst, 0) * (2 if dxl else 1):
+            # Too few parameters for the instruction: a Dynamixel servo answers a packet sent to
+            # it alone with a data length error; a Feetech servo and any broadcast stay silent.
+            self.malformed += 1
+            servo = self._by_id.get(packet.servo_id)
+            if dxl and servo is not None and inst in (sp.INST_READ, sp.INST_WRITE, sp.INST_PING):
+                return [(servo, self._status(servo, b"", DXL_DATA_LENGTH_ERROR))]
+            return []
         if inst == sp.INST_SYNC_WRITE:
             start, length, body = (_u16(p, 0), _u16(p, 2), p[4:]) if dxl else (p[0], p[1], p[2:])
             for k in range(0, len(body) - length + 1, length + 1):
@@ -378,6 +441,8 @@ class BusEmulator:
     def _write(self, servo: _Servo, start: int, data: bytes) -> int:
         """Store data at start; 0, or the Protocol 2.0 error number when the servo refuses."""
         model = servo.model
+        if start + len(data) > len(servo.table):
+            return 7 if model.protocol == "dynamixel" else 0  # no such address: refused / ignored
         if start < model.eeprom_end:
             if "lock" in model.registers and servo.get("lock") == 1:
                 return 0  # Feetech: EEPROM writes while locked do not stick
@@ -558,6 +623,8 @@ class BusEmulator:
         with self._lock:
             if fault.kind == "corrupt":
                 self.corrupt_rate = float(fault.value)
+            elif fault.kind == "drop":
+                self.drop_rate = float(fault.value)
             elif fault.kind == "voltage":
                 self.voltage = float(fault.value)
             else:
@@ -574,7 +641,7 @@ class BusEmulator:
 
     def clear_faults(self) -> None:
         with self._lock:
-            self.corrupt_rate, self.voltage = 0.0, self.arm.supply_voltage
+            self.corrupt_rate, self.drop_rate, self.voltage = 0.0, 0.0, self.arm.supply_voltage
             self._pending_faults.clear()
             for servo in self._servos:
                 servo.silent, servo.faults = False, ServoFault.NONE

@@ -34,9 +34,13 @@ class CalibrationError(ValueError):
 
 
 def wrap_ticks(delta, resolution):
-    """Tick differences wrapped into [-resolution/2, resolution/2) (resolution: int or per-entry array)."""
+    """Tick differences wrapped into [-resolution/2, resolution/2) (resolution: int or per-entry
+    array); integer ticks stay integers, fractional ticks (a recording's averages) stay fractional."""
+    delta = np.asarray(delta)
+    if not np.issubdtype(delta.dtype, np.floating):
+        delta = delta.astype(np.int64)
     half = np.asarray(resolution) // 2
-    return (np.asarray(delta, dtype=np.int64) + half) % resolution - half
+    return (delta + half) % resolution - half
 
 
 def homing_offset_for(model: ServoModel, actual: int) -> int:
@@ -102,8 +106,8 @@ class Calibration:
         return np.array([j.range_max for j in self.joints])
 
     def to_rad(self, ticks) -> np.ndarray:
-        """(m,) ticks -> (m,) joint angles in rad."""
-        delta = wrap_ticks(np.asarray(ticks, dtype=np.int64) - self._home_ticks, self._resolution)
+        """(..., m) ticks (integers as the servos report them, or fractional) -> (..., m) joint angles in rad."""
+        delta = wrap_ticks(np.asarray(ticks) - self._home_ticks, self._resolution)
         return self._home_angle + self._direction * delta * TWO_PI / self._resolution
 
     def velocity_to_rad(self, ticks_per_s) -> np.ndarray:

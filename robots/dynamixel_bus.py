@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dynamixel_sdk as dxl
 
+from forethought.robots import servo_packets as sp
 from forethought.robots.servo_bus import BusServo, ServoBus, ServoFault, WirePort
+from forethought.robots.servo_rx import StatusFormat
 
 ALERT_BIT = 0x80  # status packet error byte: the servo has a hardware error (see its Hardware Error Status)
 
@@ -35,10 +37,10 @@ class DynamixelBus(ServoBus):
 
     protocol = "dynamixel"
     _COMM_SUCCESS = dxl.COMM_SUCCESS
-    _ID_AT = 4
-    _ERROR_AT = 8
-    _DATA_AT = 9
-    _STATUS_OVERHEAD = 11
+    _STATUS_FORMAT = StatusFormat(sp.DXL_HEADER, length_at=5, wide=True, overhead=4, stuffing=True)
+    _STATUS_OVERHEAD = 11  # FF FF FD 00 ID LEN_L LEN_H 55 ERROR ... CRC_L CRC_H
+    _TX_OVERHEAD = 10  # FF FF FD 00 ID LEN_L LEN_H INST ... CRC_L CRC_H
+    _ADDRESS_BYTES = 2
 
     def _new_port(self, name: str) -> DynamixelPort:
         return DynamixelPort(name)
@@ -49,8 +51,15 @@ class DynamixelBus(ServoBus):
     def _sync_read_tx(self, ids: list[int], start: int, length: int) -> int:
         return self._ph.syncReadTx(self._port, start, length, list(ids), len(ids), False)
 
-    def _rx_packet(self) -> tuple[list[int], int]:
-        return self._ph.rxPacket(self._port, False)
+    def _decode(self, buf: bytearray) -> sp.Decoded:
+        return sp.dxl_decode(buf)
+
+    @staticmethod
+    def _unpack(packet: sp.Packet, n: int) -> tuple[bytes, int] | None:
+        # A status packet: INST 0x55, params = ERROR + data (unstuffed).
+        if packet.code != sp.DXL_INST_STATUS or len(packet.params) != n + 1:
+            return None
+        return packet.params[1:], packet.params[0]
 
     def _is_timeout(self, result: int) -> bool:
         return result == dxl.COMM_RX_TIMEOUT

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import scservo_sdk as scs
 
+from forethought.robots import servo_packets as sp
 from forethought.robots.servo_bus import BusServo, ServoBus, ServoFault, WirePort
+from forethought.robots.servo_rx import StatusFormat
 
 
 class FeetechPort(WirePort, scs.PortHandler):
@@ -20,10 +22,10 @@ class FeetechBus(ServoBus):
 
     protocol = "feetech"
     _COMM_SUCCESS = scs.COMM_SUCCESS
-    _ID_AT = 2
-    _ERROR_AT = 4
-    _DATA_AT = 5
-    _STATUS_OVERHEAD = 6
+    _STATUS_FORMAT = StatusFormat(sp.FEETECH_HEADER, length_at=3, wide=False, overhead=2, stuffing=False)
+    _STATUS_OVERHEAD = 6  # FF FF ID LEN ERROR ... CHECKSUM
+    _TX_OVERHEAD = 6  # FF FF ID LEN INST ... CHECKSUM
+    _ADDRESS_BYTES = 1
 
     def _new_port(self, name: str) -> FeetechPort:
         return FeetechPort(name)
@@ -34,8 +36,13 @@ class FeetechBus(ServoBus):
     def _sync_read_tx(self, ids: list[int], start: int, length: int) -> int:
         return self._ph.syncReadTx(self._port, start, length, list(ids), len(ids))
 
-    def _rx_packet(self) -> tuple[list[int], int]:
-        return self._ph.rxPacket(self._port)
+    def _decode(self, buf: bytearray) -> sp.Decoded:
+        return sp.feetech_decode(buf)
+
+    @staticmethod
+    def _unpack(packet: sp.Packet, n: int) -> tuple[bytes, int] | None:
+        # A status packet: code is the servo's error byte, params the data.
+        return (packet.params, packet.code) if len(packet.params) == n else None
 
     def _is_timeout(self, result: int) -> bool:
         return result == scs.COMM_RX_TIMEOUT

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from forethought.robots.arm_description import ArmDescription
-from forethought.robots.calibration import TWO_PI, Calibration
 from forethought.robots.config import ConfigError
 from forethought.robots.lerobot_calibration import (
     DEGREES,
@@ -48,7 +47,7 @@ from forethought.robots.lerobot_calibration import (
     matched_motors,
     resolve_arm,
 )
-from forethought.robots.servo_bus import servo_model
+from forethought.robots.servo_arm import smoothed_difference
 from forethought.robots.trial import Trial
 from forethought.robots.trial_log_checks import TrialLogError, one_line
 
@@ -233,23 +232,12 @@ def values_to_ticks(values: np.ndarray, motors: list[LeRobotMotor], modes: list[
     return ticks
 
 
-def ticks_to_rad(ticks: np.ndarray, calibration: Calibration) -> np.ndarray:
-    """(N, m) float ticks -> (N, m) rad: the calibration's map, without rounding ticks to integers."""
-    joints = calibration.joints
-    res = np.array([servo_model(j.model).resolution for j in joints], dtype=np.float64)
-    home_ticks = np.array([j.home_ticks for j in joints], dtype=np.float64)
-    home_angle = np.array([j.home_angle for j in joints])
-    direction = np.array([j.direction for j in joints], dtype=np.float64)
-    return home_angle + direction * (ticks - home_ticks) * TWO_PI / res
-
-
 def difference_velocity(q: np.ndarray, stamps: np.ndarray, smoothing: float = VELOCITY_SMOOTHING) -> np.ndarray:
     """(L, m) joints at (L,) s -> (L, m) rad/s: ServoArm's velocity_source="difference" filter
     (0 at the first frame, then v = a v + (1 - a) dq / dt, dt at least 0.1 ms)."""
     v = np.zeros_like(q)
     for t in range(1, len(q)):
-        elapsed = max(stamps[t] - stamps[t - 1], 1e-4)
-        v[t] = smoothing * v[t - 1] + (1.0 - smoothing) * (q[t] - q[t - 1]) / elapsed
+        v[t] = smoothed_difference(v[t - 1], q[t - 1], q[t], stamps[t] - stamps[t - 1], smoothing)
     return v
 
 
@@ -326,8 +314,8 @@ def load_lerobot_dataset(root: str | Path, options: LeRobotOptions | None = None
         if body and max(np.abs(state[:, body]).max(), np.abs(action[:, body]).max()) > 100.0 + 1e-3:
             raise TrialLogError(f"{where}: joint values beyond -100..100, which --lerobot-units range cannot "
                                 "hold: recorded in degrees? give --lerobot-units degrees")
-        q = ticks_to_rad(values_to_ticks(state, motors, modes, feetech), calibration)
-        goals = ticks_to_rad(values_to_ticks(action, motors, modes, feetech), calibration)
+        q = calibration.to_rad(values_to_ticks(state, motors, modes, feetech))
+        goals = calibration.to_rad(values_to_ticks(action, motors, modes, feetech))
         stamps = stamps - stamps[0]
         metadata = {
             "robot": arm.name, "arm": arm.name, "scene": arm.scene, "source": "lerobot", "dataset": str(root),

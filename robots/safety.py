@@ -29,7 +29,7 @@ import numpy as np
 from forethought.robots.servo_bus import BusReading, ServoFault
 
 INTERVENTIONS = (
-    "clipped", "rate_limited", "velocity", "nonfinite", "watchdog", "overheat", "overload", "low_voltage",
+    "clipped", "rate_limited", "velocity", "nonfinite", "watchdog", "stale", "overheat", "overload", "low_voltage",
 )
 
 
@@ -125,6 +125,14 @@ class SafetyLayer:
         """The goal that holds the arm where it is (as far as the per-tick cap allows); counts 'watchdog'."""
         self.interventions["watchdog"] += 1
         return self._step_towards(np.asarray(present, dtype=np.float64), None)
+
+    def keep(self) -> np.ndarray:
+        """The last goal again, whatever the action: the state it would be judged on is stale
+        (a servo's reply is missing); counts 'stale'."""
+        if self.last_goal is None:
+            raise RuntimeError("SafetyLayer.start must give the first goal before keep")
+        self.interventions["stale"] += 1
+        return self.last_goal.copy()
 
     def _step_towards(self, target: np.ndarray, count_as: str | None) -> np.ndarray:
         lim = self.limits

@@ -11,7 +11,10 @@ ticks, read back in rad): what the trial log records as the action.
 The clock starts with the first step (after reset the arm holds its start pose for as long as
 the controller takes to decide its first action) and measures its own period and jitter
 (`loop_stats`). From then on, a watchdog holds the arm where it is when no new action comes for
-two periods. A bus failure, a servo fault or any
+two periods. A servo that misses reads stands on its last valid state for up to the arm's stale
+window (`ArmDescription.stale_window`): those ticks are marked stale (counted in `loop_stats`) and
+the safety layer keeps the last goal; a servo silent for longer is lost. A bus failure, a lost
+servo, a servo fault or any
 exit (close, an exception, SIGINT, SIGTERM through `safety.exit_signals_raise`) turns torque off
 on every servo.
 
@@ -33,7 +36,7 @@ from forethought.robots.arm_description import ArmDescription, make_bus
 from forethought.robots.calibration import Calibration, apply_calibration
 from forethought.robots.robot import ActionError, RobotSpec
 from forethought.robots.safety import SafetyLayer, SafetyLimits, SafetyStop
-from forethought.robots.servo_bus import BusError, BusReading, ServoBus
+from forethought.robots.servo_bus import BusError, BusReading, ServoBus, ServoNotResponding
 
 
 def sleep_until(deadline: float, spin_s: float = 0.0005) -> None:
@@ -91,6 +94,12 @@ class LoopClock:
             "jitter_ms": float(periods.std()),
             "overruns": int(self.overruns),
         }
+
+
+def smoothed_difference(v, q_before, q, elapsed: float, smoothing: float) -> np.ndarray:
+    """The velocity_source="difference" estimate: v (m,) rad/s after joints moved from q_before to q
+    (m,) rad in `elapsed` s (at least 0.1 ms), low-passed: smoothing * v + (1 - smoothing) * dq / dt."""
+    return smoothing * v + (1.0 - smoothing) * (q - q_before) / max(elapsed, 1e-4)
 
 
 class ServoArm:
@@ -153,6 +162,16 @@ class ServoArm:
         self.clock = LoopClock(dt)
         self._reset_at = time.monotonic()
         self.last_reading: BusReading | None = None
+        self.stale_window = float(arm.stale_window)
+        self.stale = False  # the last read stood in for a servo that did not answer
+        self._missing_since: np.ndarray | None = None  # (k,) time.monotonic() of the first read each servo missed in a row (inf: none)
+        self._missed_reads: np.ndarray | None = None  # (k,) reads each servo has missed in a row
+        # A servo is lost after missing reads for longer than the window, and at least as many
+        # reads as the window holds: a pause of this process (a loaded machine) is not the servo's silence.
+        self.stale_reads = max(1, int(np.ceil(self.stale_window / dt - 1e-9)))
+        self._stale_ticks = self._stale_run = self._longest_stale = 0
+        self._stale_runs: dict[int, int] = {}  # length of a run of stale reads -> how many ended so
+        self._bus_at_reset: dict[str, int] = {}
         self.start_error: np.ndarray | None = None
         self._q = self._v = None
         self._lock = threading.RLock()
@@ -235,6 +254,9 @@ class ServoArm:
         self.clock = LoopClock(self.spec.dt)
         self._controller_s, self._read_s = [], []
         self.latencies, self._late_writes, self.applied_action = [], 0, None
+        self._stale_ticks = self._stale_run = self._longest_stale = 0
+        self._stale_runs = {}
+        self._bus_at_reset = dict(self.bus.stats)
         with self._lock:
             self._read_at = time.monotonic()
             x = self._read()
@@ -273,7 +295,7 @@ class ServoArm:
             with self._lock:
                 self._raise_watchdog_error()
                 self._holding = False
-                goal = self.safety.filter(u, self._q, self._v)
+                goal = self.safety.keep() if self.stale else self.safety.filter(u, self._q, self._v)
                 ticks = self.calibration.to_ticks(goal)
                 self._guarded(lambda: self.bus.write_goals(ticks))
                 if not first:  # the first goal answers the reading at reset, before the loop's clock
@@ -315,14 +337,25 @@ class ServoArm:
         self.close()
 
     def loop_stats(self) -> dict[str, float]:
-        """The clock's statistics (LoopClock.stats), and in ms the p50 and p99 of the time the
+        """The clock's statistics (LoopClock.stats); in ms the p50 and p99 of the time the
         controller took between steps, of the sync read of every servo and of the read-to-write
         latency (from a tick's sync read to the write of the goal that answers it; the first step,
         which answers the reading at reset, left out); late_writes: goals written after their phase
-        because the controller took longer."""
+        because the controller took longer; the reads since reset that stood on a servo's last
+        valid state (stale_ticks; longest_stale_ticks in a row; stale_runs: run length -> count),
+        and the bus's counts since reset (bus_retries, bus_corrupt, bus_timeouts, bus_missing:
+        servo replies given up on, bus_late: replies read past the exchange's deadline)."""
         stats = self.clock.stats()
         stats["write_phase"] = self.write_phase
         stats["late_writes"] = int(self._late_writes)
+        stats["stale_ticks"] = self._stale_ticks
+        stats["longest_stale_ticks"] = self._longest_stale
+        runs = dict(self._stale_runs)
+        if self._stale_run:
+            runs[self._stale_run] = runs.get(self._stale_run, 0) + 1
+        stats["stale_runs"] = {str(k): runs[k] for k in sorted(runs)}
+        for key in ("retries", "corrupt", "timeouts", "missing", "late"):
+            stats[f"bus_{key}"] = self.bus.stats.get(key, 0) - self._bus_at_reset.get(key, 0)
         for name, samples in (("controller", self._controller_s), ("bus_read", self._read_s),
                               ("latency", self.latencies)):
             if samples:
@@ -334,7 +367,7 @@ class ServoArm:
     # -- internals ---------------------------------------------------------------------------------
     def _read(self) -> np.ndarray:
         """Read every servo (caller holds the lock), check their health, update (q, v)."""
-        reading = self._guarded(self.bus.read_state)
+        reading = self._guarded(lambda: self._fill_stale(self.bus.read_state(allow_missing=self.stale_window > 0)))
         self._guarded(lambda: self.safety.check_health(reading))
         q = self.calibration.to_rad(reading.position)
         if self.velocity_source == "servo" or self.last_reading is None or self._q is None:
@@ -342,11 +375,58 @@ class ServoArm:
             if self.velocity_source == "difference":
                 v = np.zeros_like(q)
         else:
-            elapsed = max(reading.time - self.last_reading.time, 1e-4)
-            a = self.velocity_smoothing
-            v = a * self._v + (1.0 - a) * (q - self._q) / elapsed
+            v = smoothed_difference(self._v, self._q, q, reading.time - self.last_reading.time,
+                                    self.velocity_smoothing)
         self.last_reading, self._q, self._v = reading, q, v
         return np.concatenate([q, v])
+
+    def _fill_stale(self, reading: BusReading) -> BusReading:
+        """The reading with each servo that did not answer standing on its last valid state, as
+        long as the servo has been missing reads for at most stale_window (counted from the first
+        read it missed: a pause between reads, as before the first step, is not the servo's
+        silence) or fewer reads than the window holds (stale_reads); ServoNotResponding naming the
+        servos beyond both, or missing with no state yet."""
+        answered = reading.answered()
+        if self._missing_since is None or self._missing_since.shape != answered.shape:
+            self._missing_since = np.full(answered.shape, np.inf)
+            self._missed_reads = np.zeros(answered.shape, dtype=int)
+        self._missing_since[answered] = np.inf
+        self._missing_since[~answered] = np.minimum(self._missing_since[~answered], reading.time)
+        self._missed_reads = np.where(answered, 0, self._missed_reads + 1)
+        self.stale = not answered.all()
+        if not self.stale:
+            if self._stale_run:
+                self._stale_runs[self._stale_run] = self._stale_runs.get(self._stale_run, 0) + 1
+            self._stale_run = 0
+            return reading
+        missing_for = reading.time - self._missing_since
+        lost = [i for i in np.flatnonzero(~answered) if self.last_reading is None
+                or (missing_for[i] > self.stale_window and self._missed_reads[i] >= self.stale_reads)]
+        if lost:
+            servos = [self.bus.servos[i] for i in lost]
+            since = "since the arm connected" if self.last_reading is None else \
+                f"for {max(missing_for[i] for i in lost) * 1e3:.0f} ms"
+            verb = "is" if len(lost) == 1 else "are"
+            raise ServoNotResponding(
+                f"{', '.join(s.label() for s in servos)} {verb} not answering on {self.bus.port_name}: "
+                f"no valid status packet {since} (stale window {self.stale_window * 1e3:.0f} ms)",
+                [s.name for s in servos],
+            )
+        last = self.last_reading
+        keep = ~answered
+
+        def merged(now: np.ndarray, before: np.ndarray) -> np.ndarray:
+            return np.where(keep, before, now)
+
+        self._stale_ticks += 1
+        self._stale_run += 1
+        self._longest_stale = max(self._longest_stale, self._stale_run)
+        return BusReading(
+            merged(reading.position, last.position), merged(reading.velocity, last.velocity),
+            merged(reading.load, last.load), merged(reading.voltage, last.voltage),
+            merged(reading.temperature, last.temperature),
+            [b if k else a for a, b, k in zip(reading.faults, last.faults, keep)], reading.time, answered,
+        )
 
     def _guarded(self, action):
         """Run a bus action; on a bus failure or a safety stop, torque off everywhere and re-raise."""

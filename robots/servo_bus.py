@@ -1,28 +1,47 @@
-"""The servo bus an arm is driven through: servo models, their control tables, readings, faults.
+"""The servo bus an arm is driven through: readings, faults, reads and writes with their retries.
 
 `ServoBus` is one interface with two implementations on the vendor SDKs (`FeetechBus` for Feetech
 STS servos, `DynamixelBus` for Dynamixel Protocol 2.0). It pings and checks models, sync-reads
 position, velocity, load, voltage, temperature and faults in one transaction, sync-writes goal
-positions, and switches torque. A status packet that is corrupted or missing is retried (only the
-servos still missing are asked again) before the bus declares a servo lost, naming it.
+positions, and switches torque. The SDKs send; replies are taken by `servo_rx` from the raw bytes.
+A status packet that is corrupted or missing is retried (only the servos still missing are asked
+again) before the bus gives a servo up, naming it. The servo models and their control tables
+are in `servo_models` (re-exported here).
 
 Positions stay in encoder ticks here; `calibration` turns them into joint angles.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from forethought.robots.servo_models import (  # noqa: F401 - the tables, re-exported for the layers above
+    SERVO_MODELS,
+    Register,
+    ServoFault,
+    ServoModel,
+    decode_sign_magnitude,
+    encode_sign_magnitude,
+    servo_model,
+)
+from forethought.robots.servo_packets import Decoded, Packet
+from forethought.robots.servo_rx import RetryEvent, RetryLog, StatusFormat, drain, hex_bytes, receive_status
+
 BITS_PER_BYTE = 10  # start + 8 data + stop bits on the wire
 BROADCAST_ID = 0xFE
+RETURN_DELAY_UNIT_S = 2e-6  # one count of the return delay register, on STS and X-series alike
+FACTORY_RETURN_DELAY_S = 500e-6  # 250 counts, as the servos leave the factory
+# ms an exchange waits past its wire time, return delays and USB latency. A real servo answers
+# within microseconds of that; the margin covers a host (or an emulator) that the scheduler holds
+# back for a few ms, which an idle machine does now and then (docs/notes/servo-retries.md).
+DEFAULT_TIMEOUT_MARGIN_MS = 5.0
 
 
 class BusError(RuntimeError):
@@ -39,191 +58,6 @@ class ServoNotResponding(BusError):
 
 class ServoModelMismatch(BusError):
     """A servo answered with another model number than the arm description says."""
-
-
-class ServoFault(enum.Flag):
-    """What a servo reports as wrong, the same for both protocols."""
-
-    NONE = 0
-    VOLTAGE = enum.auto()
-    ENCODER = enum.auto()
-    OVERHEAT = enum.auto()
-    ELECTRICAL = enum.auto()
-    OVERLOAD = enum.auto()
-
-    def describe(self) -> str:
-        return ", ".join(f.name.lower() for f in ServoFault if f and f in self) or "none"
-
-
-def encode_sign_magnitude(value: int, sign_bit: int) -> int:
-    """value -> magnitude with the sign in bit `sign_bit` (Feetech); ValueError if it does not fit."""
-    magnitude = abs(int(value))
-    if magnitude >= 1 << sign_bit:
-        raise ValueError(f"{value} does not fit a sign-magnitude field with the sign in bit {sign_bit}")
-    return magnitude | ((1 << sign_bit) if value < 0 else 0)
-
-
-def decode_sign_magnitude(raw: int, sign_bit: int) -> int:
-    magnitude = raw & ((1 << sign_bit) - 1)
-    return -magnitude if raw & (1 << sign_bit) else magnitude
-
-
-@dataclass(frozen=True)
-class Register:
-    """One control-table entry: little-endian, `size` bytes; signed as sign-magnitude (`sign_bit`)
-    or two's complement (`signed`), else unsigned."""
-
-    address: int
-    size: int
-    sign_bit: int | None = None
-    signed: bool = False
-
-    def encode(self, value: int) -> bytes:
-        value = int(value)
-        if self.sign_bit is not None:
-            value = encode_sign_magnitude(value, self.sign_bit)
-        elif self.signed:
-            low, high = -(1 << (8 * self.size - 1)), (1 << (8 * self.size - 1)) - 1
-            if not low <= value <= high:
-                raise ValueError(f"{value} does not fit a signed {self.size}-byte register")
-            value &= (1 << (8 * self.size)) - 1
-        elif not 0 <= value < 1 << (8 * self.size):
-            raise ValueError(f"{value} does not fit an unsigned {self.size}-byte register")
-        return value.to_bytes(self.size, "little")
-
-    def decode(self, data: bytes) -> int:
-        raw = int.from_bytes(bytes(data[: self.size]), "little")
-        if self.sign_bit is not None:
-            return decode_sign_magnitude(raw, self.sign_bit)
-        if self.signed and raw & (1 << (8 * self.size - 1)):
-            return raw - (1 << (8 * self.size))
-        return raw
-
-
-@dataclass(frozen=True)
-class ServoModel:
-    """A servo model and the part of its control table forethought uses.
-
-    registers: by role ("model_number", "return_delay", "homing_offset", "operating_mode",
-        "torque_limit", "torque_enable", "goal_position", "present_position", "present_velocity",
-        "present_load", "present_voltage", "present_temperature", "status", and "lock" on Feetech).
-    state_block: (start, length) of the one sync read per tick; it covers the present_* registers.
-    homing_sign: present position = actual position + homing_sign * homing offset.
-    position_wraps: the present position wraps within one turn (Feetech); else it counts on across
-        turns from where the servo powered up (Dynamixel X-series).
-    velocity_unit: ticks/s per count; load_unit: fraction of stall torque per count;
-    voltage_unit: V per count; torque_limit_full_scale: the torque_limit count for 100 %.
-    eeprom_end: first address of RAM (EEPROM writes need the lock opened or torque off).
-    stall_torque: N m at the model's rated voltage (present_load is a fraction of it).
-    fault_bits: status bit -> fault.
-    """
-
-    name: str
-    protocol: str
-    model_number: int
-    resolution: int
-    registers: Mapping[str, Register]
-    state_block: tuple[int, int]
-    homing_sign: int
-    position_wraps: bool
-    velocity_unit: float
-    load_unit: float
-    voltage_unit: float
-    torque_limit_full_scale: int
-    position_mode: int
-    eeprom_end: int
-    stall_torque: float
-    fault_bits: Mapping[int, ServoFault] = field(default_factory=dict)
-
-    def faults(self, status: int) -> ServoFault:
-        found = ServoFault.NONE
-        for bit, fault in self.fault_bits.items():
-            if status & bit:
-                found |= fault
-        return found
-
-
-_STS_REGISTERS = {
-    "model_number": Register(3, 2),
-    "return_delay": Register(7, 1),
-    "min_voltage_limit": Register(15, 1),
-    "homing_offset": Register(31, 2, sign_bit=11),
-    "operating_mode": Register(33, 1),
-    "torque_enable": Register(40, 1),
-    "goal_position": Register(42, 2, sign_bit=15),
-    "torque_limit": Register(48, 2),
-    "lock": Register(55, 1),
-    "present_position": Register(56, 2, sign_bit=15),
-    "present_velocity": Register(58, 2, sign_bit=15),
-    "present_load": Register(60, 2, sign_bit=10),
-    "present_voltage": Register(62, 1),
-    "present_temperature": Register(63, 1),
-    "status": Register(65, 1),
-}
-
-_STS_FAULTS = {
-    0x01: ServoFault.VOLTAGE,
-    0x02: ServoFault.ENCODER,
-    0x04: ServoFault.OVERHEAT,
-    0x08: ServoFault.ELECTRICAL,
-    0x20: ServoFault.OVERLOAD,
-}
-
-_X_SERIES_REGISTERS = {
-    "model_number": Register(0, 2),
-    "return_delay": Register(9, 1),
-    "operating_mode": Register(11, 1),
-    "homing_offset": Register(20, 4, signed=True),
-    "min_voltage_limit": Register(34, 2),
-    "torque_limit": Register(36, 2),  # PWM limit: what bounds the motor's torque on XL330 and XL430 alike
-    "torque_enable": Register(64, 1),
-    "status": Register(70, 1),  # Hardware Error Status
-    "goal_position": Register(116, 4, signed=True),
-    "present_load": Register(126, 2, signed=True),  # Present Load (XL430) / Present Current (XL330)
-    "present_velocity": Register(128, 4, signed=True),
-    "present_position": Register(132, 4, signed=True),
-    "present_voltage": Register(144, 2),
-    "present_temperature": Register(146, 1),
-}
-
-_X_SERIES_FAULTS = {
-    0x01: ServoFault.VOLTAGE,
-    0x04: ServoFault.OVERHEAT,
-    0x08: ServoFault.ENCODER,
-    0x10: ServoFault.ELECTRICAL,
-    0x20: ServoFault.OVERLOAD,
-}
-
-_X_VELOCITY_UNIT = 0.229 / 60.0 * 4096  # 0.229 rpm per count, in ticks/s
-
-SERVO_MODELS: dict[str, ServoModel] = {
-    "sts3215": ServoModel(
-        name="sts3215", protocol="feetech", model_number=777, resolution=4096,
-        registers=_STS_REGISTERS, state_block=(56, 10), homing_sign=-1, position_wraps=True,
-        velocity_unit=1.0, load_unit=0.001, voltage_unit=0.1, torque_limit_full_scale=1000,
-        position_mode=0, eeprom_end=40, stall_torque=2.94, fault_bits=_STS_FAULTS,
-    ),
-    "xl430-w250": ServoModel(
-        name="xl430-w250", protocol="dynamixel", model_number=1060, resolution=4096,
-        registers=_X_SERIES_REGISTERS, state_block=(126, 21), homing_sign=1, position_wraps=False,
-        velocity_unit=_X_VELOCITY_UNIT, load_unit=0.001, voltage_unit=0.1, torque_limit_full_scale=885,
-        position_mode=3, eeprom_end=64, stall_torque=1.5, fault_bits=_X_SERIES_FAULTS,
-    ),
-    "xl330-m288": ServoModel(
-        name="xl330-m288", protocol="dynamixel", model_number=1200, resolution=4096,
-        registers=_X_SERIES_REGISTERS, state_block=(126, 21), homing_sign=1, position_wraps=False,
-        # Present Current in mA against the 1.47 A stall current at 5 V.
-        velocity_unit=_X_VELOCITY_UNIT, load_unit=1.0 / 1470.0, voltage_unit=0.1, torque_limit_full_scale=885,
-        position_mode=3, eeprom_end=64, stall_torque=0.52, fault_bits=_X_SERIES_FAULTS,
-    ),
-}
-
-
-def servo_model(name: str) -> ServoModel:
-    try:
-        return SERVO_MODELS[name.lower()]
-    except KeyError:
-        raise KeyError(f"unknown servo model '{name}' (known: {', '.join(SERVO_MODELS)})") from None
 
 
 @dataclass(frozen=True)
@@ -254,6 +88,11 @@ class BusReading:
     temperature: np.ndarray
     faults: list[ServoFault]
     time: float
+    valid: np.ndarray | None = None  # (k,) bool: the servo answered this read (None: all did)
+
+    def answered(self) -> np.ndarray:
+        """(k,) bool: which servos gave a valid status packet in this read."""
+        return np.ones(len(self.position), dtype=bool) if self.valid is None else self.valid
 
 
 def wire_time(n_bytes: int, baudrate: int) -> float:
@@ -279,8 +118,10 @@ class WirePort:
 
     The SDKs wait for a status packet `2 x 16 ms + 2 ms` beyond its wire time, assuming the FTDI
     default latency timer; with the timer at 1 ms that turns a lost packet into a lost control
-    period. Here the wait is the wire time + 2 x the port's actual latency + a margin. Reads block
-    for up to a millisecond instead of spinning, and clearing the port drops stale input bytes.
+    period. Here the wait (for the SDK's own exchanges: ping) is the wire time + 2 x the port's
+    actual latency + a margin; reads and writes set their deadlines in `ServoBus._exchange_time`.
+    Reads block for up to a millisecond instead of spinning, and clearing the port drops stale
+    input bytes.
     """
 
     latency_ms: float = 1.0
@@ -317,7 +158,7 @@ class ServoBus(ABC):
         baudrate: int = 1_000_000,
         retries: int = 3,
         latency_ms: float | None = None,
-        timeout_margin_ms: float = 2.0,
+        timeout_margin_ms: float = DEFAULT_TIMEOUT_MARGIN_MS,
     ):
         if not servos:
             raise ValueError("a servo bus needs at least one servo")
@@ -335,7 +176,13 @@ class ServoBus(ABC):
         self.retries = int(retries)
         self.latency_ms = latency_ms
         self.timeout_margin_ms = float(timeout_margin_ms)
-        self.stats = {"reads": 0, "retries": 0, "corrupt": 0, "timeouts": 0}
+        # reads: sync reads; retries: tries after the first; corrupt, timeouts: failed tries with
+        # damaged bytes / with the line quiet; missing: servo replies given up on (allow_missing);
+        # late: replies read after the exchange's deadline while they were still arriving.
+        self.stats = {"reads": 0, "retries": 0, "corrupt": 0, "timeouts": 0, "missing": 0, "late": 0}
+        self.retry_log = RetryLog()
+        # Each servo's return delay (s): the factory default until one is read or written.
+        self._return_delay_s = {s.servo_id: FACTORY_RETURN_DELAY_S for s in servos}
         self._port = None
         self._ph = None
         self._by_id = {s.servo_id: s for s in self.servos}
@@ -355,12 +202,17 @@ class ServoBus(ABC):
     def _sync_read_tx(self, ids: list[int], start: int, length: int) -> int: ...
 
     @abstractmethod
-    def _rx_packet(self) -> tuple[list[int], int]: ...
+    def _decode(self, buf: bytearray) -> Decoded:
+        """The protocol's decoder (servo_packets)."""
 
-    _ID_AT: int
-    _ERROR_AT: int
-    _DATA_AT: int
+    @abstractmethod
+    def _unpack(self, packet: Packet, n: int) -> tuple[bytes, int] | None:
+        """(data, error byte) of a status packet with exactly n data bytes, else None."""
+
+    _STATUS_FORMAT: StatusFormat
     _STATUS_OVERHEAD: int  # bytes of a status packet besides its data
+    _TX_OVERHEAD: int  # bytes of an instruction packet besides its parameters
+    _ADDRESS_BYTES: int  # bytes of an address or a length in an instruction's parameters
 
     @abstractmethod
     def _status_faults(self, servo: BusServo, error: int, block: bytes) -> ServoFault | None:
@@ -447,16 +299,21 @@ class ServoBus(ABC):
                 )
 
     def read_register(self, servo: BusServo, role: str) -> int:
-        """One register by role, decoded; retried like every read."""
-        port = self._require_open()
+        """One register by role, decoded; tried like every read (see `_transact`)."""
         reg = servo.model.registers[role]
-        for _ in range(self.retries + 1):
-            data, result, _ = self._ph.readTxRx(port, servo.servo_id, reg.address, reg.size)
-            if result == self._COMM_SUCCESS and len(data) == reg.size:
-                return reg.decode(bytes(data))
-            self._count_failure(result)
-            self._recover()
-        raise ServoNotResponding(f"{servo.label()} did not answer a read of {role} after {self.retries + 1} tries", [servo.name])
+        got, missing, tries = self._transact(
+            f"register {role}", [servo.servo_id], reg.size, lambda k: 2 * self._ADDRESS_BYTES,
+            lambda ids: self._ph.readTx(self._port, ids[0], reg.address, reg.size), quiet_limit=None,
+        )
+        if missing:
+            raise ServoNotResponding(
+                f"{servo.label()} did not answer a read of {role} (no valid status packet in {tries[servo.servo_id]} tries)",
+                [servo.name],
+            )
+        value = reg.decode(got[servo.servo_id][0])
+        if role == "return_delay":
+            self._return_delay_s[servo.servo_id] = value * RETURN_DELAY_UNIT_S
+        return value
 
     def write_register(self, servo: BusServo, role: str, value: int) -> None:
         """One register by role; confirmed by the servo's status packet, retried like a read.
@@ -465,6 +322,9 @@ class ServoBus(ABC):
         """
         reg = servo.model.registers[role]
         data = reg.encode(value)
+        if role == "return_delay":
+            # From now on (whether or not the write is confirmed) wait for the longer of the two.
+            self._return_delay_s[servo.servo_id] = max(self._return_delay_s[servo.servo_id], value * RETURN_DELAY_UNIT_S)
         eeprom = reg.address < servo.model.eeprom_end
         if eeprom and "lock" in servo.model.registers:
             self._write_raw(servo, servo.model.registers["lock"].address, b"\x00", role)
@@ -474,94 +334,138 @@ class ServoBus(ABC):
                 self._write_raw(servo, servo.model.registers["lock"].address, b"\x01", role)
         else:
             self._write_raw(servo, reg.address, data, role)
+        if role == "return_delay":
+            self._return_delay_s[servo.servo_id] = value * RETURN_DELAY_UNIT_S
 
     def _write_raw(self, servo: BusServo, address: int, data: bytes, role: str) -> None:
-        port = self._require_open()
-        for _ in range(self.retries + 1):
-            result, error = self._ph.writeTxRx(port, servo.servo_id, address, len(data), list(data))
-            if result == self._COMM_SUCCESS:
-                if self._write_refused(error):
-                    raise BusError(f"{servo.label()} refused the write of {role} (status error 0x{error:02x})")
-                return
-            self._count_failure(result)
-            self._recover()
-        raise ServoNotResponding(f"{servo.label()} did not confirm a write of {role} after {self.retries + 1} tries", [servo.name])
+        """Write data at address and wait for the servo's status packet; tried like a read."""
+        got, missing, tries = self._transact(
+            f"write {role}", [servo.servo_id], 0, lambda k: self._ADDRESS_BYTES + len(data),
+            lambda ids: self._ph.writeTxOnly(self._port, ids[0], address, len(data), list(data)), quiet_limit=None,
+        )
+        if missing:
+            raise ServoNotResponding(
+                f"{servo.label()} did not confirm a write of {role} (no valid status packet in {tries[servo.servo_id]} tries)",
+                [servo.name],
+            )
+        error = got[servo.servo_id][1]
+        if self._write_refused(error):
+            raise BusError(f"{servo.label()} refused the write of {role} (status error 0x{error:02x})")
 
     def _write_refused(self, error: int) -> bool:
         return False
 
     # -- every servo at once --------------------------------------------------------------------
-    def read_state(self) -> BusReading:
+    def read_state(self, allow_missing: bool = False) -> BusReading:
         """Sync read of the state block of every servo, asking again only the servos still missing.
 
-        A servo is declared lost (ServoNotResponding, naming it) after `retries` + 1 bad tries, or
-        after two tries in a row without any status packet from it: a silent servo costs two
-        packet timeouts, not `retries` of them.
+        A servo is missing after `retries` + 1 tries without a valid reply (see `_transact`);
+        missing servos raise ServoNotResponding naming them. With allow_missing (the control loop,
+        whose stale window covers a missed read) a servo is also missing after two tries in which
+        the line stayed quiet for it, so that a silent servo costs two exchange timeouts, not
+        `retries` + 1 of them, and it comes back with `valid` False and zeros in its fields.
         """
-        self._require_open()
         started = time.monotonic()
         start, length = self._block
-        pending = [s.servo_id for s in self.servos]
-        got: dict[int, tuple[bytes, int]] = {}
-        failures = dict.fromkeys(pending, 0)
-        misses = dict.fromkeys(pending, 0)
+        ids = [s.servo_id for s in self.servos]
         self.stats["reads"] += 1
-        while True:
-            received, timed_out = self._sync_read(pending, start, length)
-            got.update(received)
-            pending = [i for i in pending if i not in got]
-            if not pending:
-                break
-            for i in pending:
-                failures[i] += 1
-                misses[i] = misses[i] + 1 if timed_out else 0
-            lost = [i for i in pending if failures[i] > self.retries or misses[i] >= 2]
-            if lost:
-                self._recover()
-                labels = ", ".join(self._by_id[i].label() for i in lost)
-                verb = "is" if len(lost) == 1 else "are"
-                raise ServoNotResponding(
-                    f"{labels} {verb} not answering on {self.port_name} "
-                    f"(no valid status packet in {max(failures[i] for i in lost)} tries)",
-                    [self._by_id[i].name for i in lost],
-                )
-            self.stats["retries"] += 1
-            self._recover(len(pending) * (self._STATUS_OVERHEAD + length))
-        return self._decode_reading([got[s.servo_id] for s in self.servos], started)
+        got, missing, tries = self._transact(
+            "state", ids, length, lambda k: 2 * self._ADDRESS_BYTES + k,
+            lambda pending: self._sync_read_tx(pending, start, length), quiet_limit=2 if allow_missing else None,
+        )
+        if missing and not allow_missing:
+            labels = ", ".join(self._by_id[i].label() for i in missing)
+            verb = "is" if len(missing) == 1 else "are"
+            raise ServoNotResponding(
+                f"{labels} {verb} not answering on {self.port_name} "
+                f"(no valid status packet in {max(tries[i] for i in missing)} tries)",
+                [self._by_id[i].name for i in missing],
+            )
+        self.stats["missing"] += len(missing)
+        blank = (bytes(length), 0)
+        return self._decode_reading([got.get(i, blank) for i in ids], started, [i not in missing for i in ids])
 
-    def _sync_read(self, ids: list[int], start: int, length: int) -> tuple[dict[int, tuple[bytes, int]], bool]:
-        """One sync read: the packets that came back valid, by id, and whether it ended in a timeout.
+    def _transact(
+        self, op: str, ids: list[int], n: int, n_params: Callable[[int], int], send: Callable[[list[int]], int],
+        quiet_limit: int | None = 2,
+    ) -> tuple[dict[int, tuple[bytes, int]], list[int], dict[int, int]]:
+        """One read of n data bytes from each servo in ids, tried again for the servos still missing.
 
-        A corrupted packet is skipped and the next one read (each servo answers on its own); a
-        timeout ends the read, since nothing more arrives within the exchange's time.
+        send(pending ids) puts the instruction on the wire (an SDK call); n_params(k): its parameter
+        bytes when it asks k servos. Every servo counts its tries the same way: a try is a request that
+        included it and brought no valid reply. A servo is given up after `retries` + 1 tries, or
+        after quiet_limit tries in which nothing at all came for it (the line quiet: a silent
+        servo; the control loop's state read gives up after two, as its stale window takes over,
+        while reads and writes in setup and calibration, where time matters less, use every try).
+        Before a retry the line is drained, so that late replies of the failed try do not meet it.
+        Returns (replies by id: (data, error byte), missing ids, tries by id); each failed try goes
+        to the retry log.
         """
         port = self._require_open()
+        pending = list(ids)
         got: dict[int, tuple[bytes, int]] = {}
-        if self._sync_read_tx(ids, start, length) != self._COMM_SUCCESS:
+        tries = dict.fromkeys(ids, 0)
+        quiet = dict.fromkeys(ids, 0)
+        attempt = 0
+        while pending:
+            attempt += 1
+            sent_at = time.monotonic()
+            result = send(pending)
             port.is_using = False
-            return got, False
-        remaining = set(ids)
-        timed_out = False
-        for _ in range(len(ids)):
-            packet, result = self._rx_packet()
             if result != self._COMM_SUCCESS:
-                self._count_failure(result)
-                if self._is_timeout(result):
-                    timed_out = True
-                    break
-                continue
-            servo_id = packet[self._ID_AT]
-            if servo_id in remaining:
-                data = bytes(packet[self._DATA_AT : self._DATA_AT + length])
-                if len(data) == length:
-                    got[servo_id] = (data, packet[self._ERROR_AT])
-                    remaining.discard(servo_id)
-            if not remaining:
+                received = None
+            else:
+                exchange = self._exchange_time(pending, n, n_params(len(pending)))
+                received = receive_status(port, self._decode, self._STATUS_FORMAT, self._unpack, pending, n,
+                                          sent_at + exchange, self._quiet_time(n), sent_at + 2 * exchange)
+                got.update(received.replies)
+                self.stats["late"] += received.late
+            missing = [i for i in pending if i not in got]
+            for i in pending:
+                if i in missing:
+                    tries[i] += 1
+            if not missing:
                 break
-        port.is_using = False
-        return got, timed_out
+            if received is None:
+                outcome, reasons, rejected, waited = "send failed", (), "", 0.0
+            else:
+                corrupt = bool(received.rejected)
+                outcome = "corrupt" if corrupt else "timeout"
+                reasons, rejected, waited = tuple(received.reasons), hex_bytes(received.rejected), received.waited_s
+                self.stats["corrupt" if corrupt else "timeouts"] += 1
+                for i in missing:
+                    quiet[i] = 0 if corrupt else quiet[i] + 1
+            self.retry_log.add(RetryEvent(sent_at, op, attempt, tuple(pending), tuple(missing), outcome, reasons,
+                                          rejected, waited * 1e3))
+            self.retry_log.drained(self._drain(missing, n))
+            pending = [i for i in missing if tries[i] <= self.retries and (quiet_limit is None or quiet[i] < quiet_limit)]
+            if pending:
+                self.stats["retries"] += 1
+        return got, [i for i in ids if i not in got], tries
 
-    def _decode_reading(self, packets: list[tuple[bytes, int]], started: float) -> BusReading:
+    def _exchange_time(self, ids: list[int], n: int, n_params: int) -> float:
+        """Seconds from sending a request with n_params parameter bytes until the replies of n
+        data bytes from `ids` are in: the wire time of both, each servo's return delay, twice the
+        USB adapter's latency (one each way), and the margin for a host or servo running late."""
+        port = self._port
+        wire = wire_time(self._TX_OVERHEAD + n_params + len(ids) * (self._STATUS_OVERHEAD + n), self.baudrate)
+        delays = sum(self._return_delay_s[i] for i in ids)
+        return wire + delays + 2e-3 * port.latency_ms + 1e-3 * self.timeout_margin_ms
+
+    def _drain(self, ids: list[int], n: int) -> int:
+        """Drop what still arrives from a failed exchange until the line has been quiet for the
+        time one more reply would take plus the USB latency; returns the bytes dropped."""
+        port = self._require_open()
+        quiet = self._quiet_time(n)
+        return drain(port, quiet, quiet + self._exchange_time(ids, n, 0))
+
+    def _quiet_time(self, n: int) -> float:
+        """Seconds of silence after which no more of an exchange's replies of n data bytes are on
+        their way: one more reply's wire time and return delay, and the USB latency both ways."""
+        return wire_time(self._STATUS_OVERHEAD + n, self.baudrate) + max(self._return_delay_s.values()) \
+            + 2e-3 * self._port.latency_ms + 0.5e-3
+
+    def _decode_reading(self, packets: list[tuple[bytes, int]], started: float, valid: list[bool]) -> BusReading:
         start, _ = self._block
         k = len(self.servos)
         pos, vel, load, volt, temp = (np.zeros(k) for _ in range(5))
@@ -578,11 +482,15 @@ class ServoBus(ABC):
             load[i] = field_("present_load") * model.load_unit
             volt[i] = field_("present_voltage") * model.voltage_unit
             temp[i] = field_("present_temperature")
+            if not valid[i]:
+                faults.append(ServoFault.NONE)
+                continue
             found = self._status_faults(servo, error, block)
             if found is None:
                 found = model.faults(self.read_register(servo, "status"))
             faults.append(found)
-        return BusReading(pos.astype(np.int64), vel, load, volt, temp, faults, started)
+        return BusReading(pos.astype(np.int64), vel, load, volt, temp, faults, started,
+                          None if all(valid) else np.array(valid))
 
     def write_goals(self, ticks: Sequence[int]) -> None:
         """Sync write of goal positions (ticks, bus order); no status packets come back."""
@@ -633,8 +541,8 @@ class ServoBus(ABC):
     def _is_timeout(self, result: int) -> bool: ...
 
     def _recover(self, expected_bytes: int = 0) -> None:
-        """Let the rest of a failed exchange arrive, then drop it, so the next packet starts clean."""
+        """Let the rest of a failed exchange arrive and drop it, so the next packet starts clean."""
         port = self._require_open()
-        time.sleep(wire_time(expected_bytes, self.baudrate) + 0.0005)
-        port.ser.reset_input_buffer()
+        quiet = wire_time(max(expected_bytes, self._STATUS_OVERHEAD), self.baudrate) + 2e-3 * port.latency_ms + 0.5e-3
+        self.retry_log.drained(drain(port, quiet, quiet + 1e-3 * self.timeout_margin_ms))
         port.is_using = False

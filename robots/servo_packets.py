@@ -30,6 +30,9 @@ DXL_INST_STATUS = 0x55
 FEETECH_HEADER = b"\xff\xff"
 DXL_HEADER = b"\xff\xff\xfd\x00"
 DXL_MAX_LENGTH = 1024
+FEETECH_MAX_PARAMS = 250
+# Ids 0..253 name servos and 0xFE is the broadcast id; 0xFF is never an id, only a header byte.
+MAX_PACKET_ID = BROADCAST_ID
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ class Decoded:
 
     packet: the first complete, valid packet, else None.
     consumed: bytes to drop from the front (junk before a header, a whole packet, or a corrupt one).
-    error: why bytes were dropped without a packet ("checksum", "crc", "length", "junk"), else None.
+    error: why bytes were dropped without a packet ("checksum", "crc", "length", "id", "junk"), else None.
+        A bad id or length drops one byte only: the header was a false one (a stray FF), and the
+        real packet may start right after it.
     A Decoded with packet None, consumed 0 and no error means: wait for more bytes.
     """
 
@@ -67,8 +72,8 @@ def feetech_encode(servo_id: int, code: int, params: bytes = b"") -> bytes:
     """A complete Feetech packet (instruction or status)."""
     if not 0 <= servo_id <= 0xFE:
         raise ValueError(f"servo id must be 0..254, got {servo_id}")
-    if len(params) > 250:
-        raise ValueError(f"a Feetech packet holds at most 250 parameter bytes, got {len(params)}")
+    if len(params) > FEETECH_MAX_PARAMS:
+        raise ValueError(f"a Feetech packet holds at most {FEETECH_MAX_PARAMS} parameter bytes, got {len(params)}")
     body = bytes([servo_id, len(params) + 2, code]) + bytes(params)
     return FEETECH_HEADER + body + bytes([feetech_checksum(body)])
 
@@ -84,8 +89,12 @@ def feetech_decode(buf: bytes | bytearray) -> Decoded:
         return Decoded(None, start, "junk")
     if len(buf) < 4:
         return Decoded(None, 0)
+    if buf[2] > MAX_PACKET_ID:
+        # An id no packet carries: the header was a stray FF before the real one (FF FF FF ID ...).
+        # Drop one byte and search again, as the vendor SDK does.
+        return Decoded(None, 1, "id")
     length = buf[3]
-    if length < 2:
+    if not 2 <= length <= FEETECH_MAX_PARAMS + 2:
         return Decoded(None, 1, "length")
     total = 4 + length
     if len(buf) < total:
@@ -170,6 +179,8 @@ def dxl_decode(buf: bytes | bytearray) -> Decoded:
         return Decoded(None, start, "junk")
     if len(data) < 7:
         return Decoded(None, 0)
+    if data[4] > MAX_PACKET_ID:
+        return Decoded(None, 1, "id")
     length = data[5] | (data[6] << 8)
     if length < 3 or length > DXL_MAX_LENGTH:
         return Decoded(None, 1, "length")

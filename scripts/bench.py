@@ -8,6 +8,7 @@ learning over seeds also takes `seeds` (`--seeds N`: seeds 0 to N-1, run as a sw
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -22,10 +23,13 @@ BENCHMARKS: dict[str, str] = {
     "mpc": "forethought.scripts.bench_mpc:run_bench_mpc",
     "pilco": "forethought.scripts.bench_pilco:run_bench_pilco",
     "servo_loop": "forethought.scripts.bench_servo:run_bench_servo_loop",
+    "servo_soak": "forethought.scripts.bench_servo_soak:run_bench_servo_soak",
+    "servo_fuzz": "forethought.scripts.bench_servo_fuzz:run_bench_servo_fuzz",
     "fuzz_trials": "forethought.scripts.bench_fuzz_trials:run_bench_fuzz_trials",
     "sysid": "forethought.scripts.bench_sysid:run_bench_sysid",
     "latency": "forethought.scripts.bench_latency:run_bench_latency",
     "sweep": "forethought.scripts.bench_sweep:run_bench_sweep",
+    "learning": "forethought.scripts.bench_learning:run_bench_learning",
 }
 
 
@@ -90,23 +94,25 @@ def machine_info() -> dict:
     return info
 
 
-def run_benchmark(name: str, quick: bool = False, seeds: int | None = None) -> dict:
-    """Run benchmark `name`; seeds: how many seeds a learning benchmark runs (its default if None)."""
-    import inspect
-
+def run_benchmark(name: str, quick: bool = False, **options) -> dict:
+    """Run benchmark `name`; options go to the benchmarks that take them (seeds: how many seeds a
+    learning benchmark runs; minutes, corrupt, drop for servo_soak, ...), and one that does not take
+    an option given is refused with a ConfigError."""
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
     module_name, function_name = BENCHMARKS[name].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
-    options = {}
-    if seeds is not None:
-        takes = [n for n, b in sorted(BENCHMARKS.items()) if "seeds" in inspect.signature(
-            getattr(importlib.import_module(b.split(":")[0]), b.split(":")[1])).parameters]
-        if "seeds" not in inspect.signature(function).parameters:
+    accepted = inspect.signature(function).parameters
+    if "seeds" in options:
+        if "seeds" not in accepted:
+            takes = [n for n, b in sorted(BENCHMARKS.items()) if "seeds" in inspect.signature(
+                getattr(importlib.import_module(b.split(":")[0]), b.split(":")[1])).parameters]
             raise ConfigError(f"--seeds: bench {name} runs no seeds (those that do: {', '.join(takes)})")
-        if seeds < 1:
-            raise ConfigError(f"--seeds: expected at least 1, got {seeds}")
-        options["seeds"] = seeds
+        if options["seeds"] < 1:
+            raise ConfigError(f"--seeds: expected at least 1, got {options['seeds']}")
+    for option in options:
+        if option not in accepted:
+            raise ConfigError(f"benchmark '{name}' takes no --{option.replace('_', '-')}")
     metrics, config = function(quick=quick, **options)
     return {"name": name, "metrics": metrics, "config": config, "machine": machine_info()}
 

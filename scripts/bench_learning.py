@@ -50,3 +50,33 @@ def distribution_metrics(prefix: str, setting: dict, key: str = "trials_to_succe
         f"{prefix}_quartiles": None if d["median"] is None else [d["q25"], d["q75"]],
         f"{prefix}_ci95": d["ci95"],
     }
+
+
+# The learned-model MPC cells of the models x controllers matrix, each with the most iterations it
+# is given to reach its goal (iLQR-MPC on the ensemble within 10 trials, MPPI on the GP within 5).
+CELLS: dict[str, int] = {
+    "arm-reach-ilqr-ensemble": 10,
+    "pendulum-swingup-mppi-gp": 5,
+    "pendulum-swingup-ilqr-gp": 5,
+    "arm-reach-ilqr-tvlg": 10,
+    "arm-reach-sampling-tvlg": 10,
+}
+
+
+def run_bench_learning(quick: bool = False, seeds: int = 3, experiments: dict[str, int] | None = None) -> tuple[dict, dict]:
+    """`forethought bench learning`: per experiment of CELLS, over seeds 0 .. seeds-1 (quick: seed 0
+    only), `NAME` the first iteration (1-based, the random first one included) with a trial that
+    reaches the task's goal, per seed (None: not within its iterations; each run stops once all of an
+    iteration's trials reach it), `NAME_success_rate` and `NAME_update_s`, the median update."""
+    import statistics
+
+    experiments = CELLS if experiments is None else experiments
+    seeds = 1 if quick else seeds
+    metrics: dict = {}
+    for name, max_iterations in experiments.items():
+        runs, setting = learning_over_seeds(name, range(seeds), max_iterations)
+        metrics[name] = [r.first_success for r in runs]
+        metrics[f"{name}_success_rate"] = setting["success_rate"]
+        updates = [u for r in runs for u in r.update_s]
+        metrics[f"{name}_update_s"] = statistics.median(updates) if updates else None
+    return metrics, {"seeds": list(range(seeds)), "max_iterations": dict(experiments), "cpus_per_run": 1}

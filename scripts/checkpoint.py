@@ -183,11 +183,16 @@ def restore(obj: Any, state: dict, trials: list[Trial]) -> None:
             object.__setattr__(obj, k, value)
 
 
-def resumable(controller) -> str | None:
-    """Why a run of this controller cannot be resumed (None when it can): a controller says what it
-    keeps by `checkpoint_attributes` (empty for one that keeps nothing); without, no checkpoint."""
+def resumable(controller, model=None) -> str | None:
+    """Why a run of this controller on this model cannot be resumed (None when it can): a controller
+    says what it keeps by `checkpoint_attributes` (empty for one that keeps nothing); a learned model
+    from outside the project keeps its state by `checkpoint_state()`/`restore_checkpoint()`."""
     if getattr(type(controller), "checkpoint_attributes", None) is None:
         return f"the controller {type(controller).__name__} does not say what it keeps between iterations"
+    if (getattr(model, "learned", False) and not hasattr(model, "checkpoint_state")
+            and not type(model).__module__.startswith(ALLOWED)):
+        return (f"the model {type(model).__name__} is not the project's and has no checkpoint_state() "
+                "and restore_checkpoint()")
     return None
 
 

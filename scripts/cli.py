@@ -195,10 +195,14 @@ def resume_run(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_OPTIONS = ("seeds", "minutes", "corrupt", "drop", "arm", "packets")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from forethought.scripts.bench import run_benchmark, write_result
 
-    write_result(run_benchmark(args.name, quick=args.quick, seeds=args.seeds), Path(args.out) if args.out else None)
+    options = {key: getattr(args, key) for key in BENCH_OPTIONS if getattr(args, key) is not None}
+    write_result(run_benchmark(args.name, quick=args.quick, **options), Path(args.out) if args.out else None)
     return 0
 
 
@@ -240,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a shorter run, for a smoke check")
     p.add_argument("--seeds", type=int, metavar="N",
                    help="seeds 0 to N-1 for the benchmarks that run seeds (pilco, gps, mpc, sweep), run as a sweep on Ray")
+    p.add_argument("--minutes", type=float, help="servo_soak: minutes per arm (default 10)")
+    p.add_argument("--corrupt", type=float, help="servo_soak: rate of corrupted replies (default 0.02)")
+    p.add_argument("--drop", type=float, help="servo_soak: rate of replies that never come (default 0)")
+    p.add_argument("--arm", help="servo_soak: one arm only (so101, koch)")
+    p.add_argument("--packets", type=int, help="servo_fuzz: mutated packets (default 100,000)")
     p.set_defaults(func=cmd_bench)
 
     for name, (module_name, add_arguments, main, help_text) in EXTERNAL_COMMANDS.items():

@@ -34,7 +34,7 @@ from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
 from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
 from forethought.robots.servo_arm import ServoArm
-from forethought.robots.servo_bus import BusError, usb_latency_timer_ms
+from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS, BusError, ServoBus, usb_latency_timer_ms
 from forethought.robots.trial import Trial, rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.experiment import build_parts, load_experiment, make_robot
@@ -132,20 +132,23 @@ def deploy(
     out_root: Path,
     dry_run: bool = False,
     velocity_source: str = "servo",
-    timeout_margin_ms: float = 2.0,
+    timeout_margin_ms: float = DEFAULT_TIMEOUT_MARGIN_MS,
     stream=None,
     write_phase: float = 0.5,
+    bus: ServoBus | None = None,
 ) -> DeployResult:
     """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
     messages go to `stream` (default stderr).
 
     Raises ArmStopped (after torque off, with the trials logged so far) when the run ends early.
+    bus: the ServoBus to drive the arm through (default: one for the arm on `port`), e.g. to read
+    its retry log afterwards.
     """
     stream = stream or sys.stderr
 
     experiment = _arm_experiment(experiment, arm)
     sim = make_robot(experiment.robot)
-    bus = make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
+    bus = bus if bus is not None else make_bus(arm, port, timeout_margin_ms=timeout_margin_ms)
     robot = ServoArm(arm, port, calibration, sim.spec.dt, velocity_source=velocity_source, bus=bus,
                      write_phase=write_phase)
     _check_scene_matches(sim, arm, robot)
@@ -284,6 +287,11 @@ def format_loop_stats(stats: dict) -> str:
             f"; read to write {stats['latency_p50_ms']:.1f} ms p50, {stats['latency_p99_ms']:.1f} p99 "
             f"(goals written at {stats['write_phase']:.2f} of the period, {stats['late_writes']} late)"
         )
+    if "stale_ticks" in stats:
+        line += (
+            f"; bus retries {stats['bus_retries']}, stale ticks {stats['stale_ticks']} "
+            f"(longest run {stats['longest_stale_ticks']})"
+        )
     return line
 
 
@@ -382,8 +390,9 @@ def _add_bus_arguments(parser: argparse.ArgumentParser, required: bool = True) -
                         help=f"an arm description: {', '.join(arm_names())}, or a YAML path")
     parser.add_argument("--port", required=required,
                         help="the serial port (/dev/ttyUSB0, /dev/ttyACM0, or an emulator's)")
-    parser.add_argument("--timeout-margin", type=float, default=2.0, metavar="MS",
-                        help="how long past its wire time a status packet is waited for (default: 2 ms)")
+    parser.add_argument("--timeout-margin", type=float, default=DEFAULT_TIMEOUT_MARGIN_MS, metavar="MS",
+                        help="how long past its wire time, return delays and USB latency a status packet is "
+                        f"waited for (default: {DEFAULT_TIMEOUT_MARGIN_MS:g} ms)")
 
 
 def _timeout_margin(args: argparse.Namespace) -> float:

@@ -16,7 +16,7 @@ from forethought.robots.arm_description import arm_names, load_arm
 from forethought.robots.safety import Terminated, exit_signals_raise
 
 EMULATOR_COMMANDS = """commands on stdin: pose home | pose rotated | pose Q1 Q2 ... (rad) | sweep [SECONDS_PER_JOINT]
-                   fault KIND:ARG[@SECONDS] (corrupt:0.02 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
+                   fault KIND:ARG[@SECONDS] (corrupt:0.02 drop:0.005 silent:3 overheat:6 overload:2 voltage:6.5) | clear | where"""
 
 
 def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a reality gap (YAML, sim/reality.py's format: servo parameters, backlash, payload, encoder "
                         "noise, servo period, latency) between the emulated arm and its scene (default: none)")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND:ARG[@SECONDS]",
-                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, "
+                        help="inject a fault, at once or SECONDS after torque first goes on: corrupt:RATE, drop:RATE, "
                         "silent:ID, overheat:ID, overload:ID, voltage:VOLTS (repeatable)")
 
 

@@ -16,6 +16,7 @@ what the controller saves), and checkpoint.pt after every iteration but the last
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from forethought.scripts.experiment import Experiment, build_parts, make_robot
 from forethought.scripts.report import write_report
 from forethought.scripts.run_outputs import write_outputs
 from forethought.scripts.status_line import StatusLine, show_progress
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -323,7 +326,9 @@ def run_experiment(experiment: Experiment, out_root: Path, render_video: bool | 
         if saved is not None:
             checkpoint.apply(saved, result, model, controller)
             progress.done = len(done)
-        why_not = checkpoint.resumable(controller)
+        why_not = checkpoint.resumable(controller, model)
+        if why_not is not None and loop.iterations > 1:
+            LOG.info("no checkpoints, so the run cannot be resumed: %s", why_not)
 
         def iteration_done(iteration: int) -> None:
             if why_not is None:

@@ -99,25 +99,32 @@ class SweepResult:
 def start_ray(address: str | None, cpus: int | None) -> bool:
     """Connect to Ray: the cluster at `address`, else a new local Ray with `cpus` CPUs (default:
     the machine's). Returns whether it started it (then the sweep shuts it down); a Ray already
-    started in this process is used as it is."""
+    started in this process is used as it is. The process keeps its own SIGTERM and SIGINT
+    handlers: ray.init installs its own, which would outlive the sweep."""
     import logging
+    import signal
 
     import ray
 
     if ray.is_initialized():
         return False
-    if address:
-        try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        except (ConnectionError, RuntimeError) as err:
-            raise ConfigError(f"--address {address}: {str(err).splitlines()[0]} (a cluster with token "
-                              "authentication, Ray's default, also needs RAY_AUTH_MODE=token and its token here)") from None
-    else:
-        # address="local": a Ray of its own, never one that another user started on this machine. Its
-        # object store holds only runs' specs and records (kilobytes): a small one leaves the memory
-        # of a shared machine to the runs.
-        ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=False,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=True)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if address:
+            try:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            except (ConnectionError, RuntimeError) as err:
+                raise ConfigError(f"--address {address}: {str(err).splitlines()[0]} (a cluster with token "
+                                  "authentication, Ray's default, also needs RAY_AUTH_MODE=token and its token here)") from None
+        else:
+            # address="local": a Ray of its own, never one that another user started on this machine. Its
+            # object store holds only runs' specs and records (kilobytes): a small one leaves the memory
+            # of a shared machine to the runs.
+            ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=True)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
     return True
 
 

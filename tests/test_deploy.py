@@ -18,6 +18,7 @@ from forethought.robots.bus_emulator import BusEmulator, Fault, ServoMount
 from forethought.robots.calibration import Calibration, measure_calibration
 from forethought.sim.scenes import scene_path
 
+DT = 0.02  # the arms' control period, s
 # The emulator runs in the test's process and shares a busy machine's CPU (on 2 cores beside other
 # CPU-bound processes it answers tens of ms late): much more patience than a real servo needs.
 MARGIN_MS = 60.0
@@ -137,7 +138,9 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     assert "read to write" in out
     # The loop's timing is measured by `forethought bench servo_loop` (ARM_ilqr_mpc_period_*), not here.
     assert {"period_mean_ms", "period_p99_ms", "controller_p99_ms"} <= set(report["loop"][0])
-    assert "p99" in out
+    # The bus's retries and the stale ticks are counted per trial, in deploy.json and in the report.
+    assert {"bus_retries", "bus_missing", "stale_ticks", "longest_stale_ticks", "stale_runs"} <= set(report["loop"][0])
+    assert "p99" in out and "stale ticks" in out
     from forethought.robots.trial_log import load_trials
 
     trials, problems = load_trials(sorted((folder / "trials").glob("*.h5")))
@@ -145,6 +148,7 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     trial = trials[-1]
     assert trial.states.shape[1] == 12 and trial.metadata["arm"] == arm.name
     assert "interventions" in trial.metadata and "loop" in trial.metadata
+    assert trial.metadata["loop"]["stale_ticks"] >= 0 and "stale" in trial.metadata["interventions"]
     # The emulated arm itself stands at the last trial's target, not just the logged state.
     conditions = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"]
     target = conditions[trial.metadata["condition"]]["target"]
@@ -189,6 +193,9 @@ def test_a_servo_that_stops_answering_ends_the_run_with_one_line_naming_it(rig, 
     (trial,), problems = load_trials(sorted((tmp_path / "runs").glob("*/trials/*.h5")))
     assert 10 < trial.horizon < 200 and not trial.complete
     assert trial.metadata["bus"]["timeouts"] >= 2 and "interventions" in trial.metadata
+    # The silent servo stood on its last state for the stale window (100 ms: 5 reads at 50 Hz),
+    # then the arm was lost: counted in reads, not timed.
+    assert 1 <= trial.metadata["loop"]["longest_stale_ticks"] <= int(np.ceil(arm.stale_window / DT)) + 1
 
 
 @pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])

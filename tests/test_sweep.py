@@ -141,7 +141,7 @@ def test_learning_benchmarks_run_their_seeds_as_a_sweep(local_ray):
 def test_only_learning_benchmarks_take_seeds(capsys):
     assert main(["bench", "sim", "--seeds", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--seeds" in err and "gps, mpc, pilco" in err
+    assert "--seeds" in err and "gps, learning, mpc, pilco" in err
 
 
 def test_a_finished_run_of_another_experiment_is_refused(swept):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from forethought.robots.trial_log import TrialLogError, load_trial, load_trials
 from forethought.scripts.trial_damage import DAMAGE, damaged_trial_file, make_trial_file, unsound
+from hypothesis_chooser import HypothesisChooser
 
 EXAMPLES_PER_KIND = 12
 # No shrinking: each example writes HDF5 files, and shrinking one takes minutes; a failure is
@@ -26,19 +27,6 @@ FUZZ = settings(
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-class HypothesisChooser:
-    """The catalogue's choices, drawn by hypothesis (so that it can shrink a failing file)."""
-
-    def __init__(self, data: st.DataObject):
-        self.data = data
-
-    def integer(self, low: int, high: int) -> int:
-        return self.data.draw(st.integers(low, high))
-
-    def choice(self, options):
-        return self.data.draw(st.sampled_from(list(options)))
 
 
 @pytest.mark.timeout(120, method="thread")
