@@ -1,6 +1,6 @@
 """Reading the project's torch files (models, policies) without running code from them.
 
-A torch file is a pickle; `torch.load(weights_only=False)` would run whatever a file in a run
+A torch file is a pickle; `torch.load` without weights_only would run whatever a file in a run
 folder names (`deploy --policy RUN_DIR` loads one). The project writes only tensors and plain data
 (dicts, lists, tuples, str, int, float, bool, None), so every file is read with weights_only=True,
 and one that holds any other Python object is refused.
