@@ -12,12 +12,13 @@ setup: $(STAMP) osmesa
 # torch first, pinned to the CPU build; then the project with a torch range that build satisfies.
 # PyPI's Linux torch is the CUDA build (gigabytes of CUDA libraries): torch comes from PyTorch's CPU
 # wheel index, with PyPI as the fallback for what that index lacks. Where that index cannot be
-# reached, pip says so, retries, and takes torch from the other indexes and find-links pip is
-# configured with (a local wheel of the CPU build); TORCH_INDEX= names another index.
+# reached, pip says so, retries once (not five times with back-off for every package), and takes
+# torch from the other indexes and find-links pip is configured with (a local wheel of the CPU
+# build); TORCH_INDEX= names another index.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0 --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple
+	$(PY) -m pip install --quiet --retries 1 torch==2.13.0 --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple
 	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
