@@ -79,6 +79,10 @@ def build_model(name: str, settings: Any, spec, scene=None):
         if unknown:
             raise ConfigError(f"model.{key}: unknown names {unknown} (known: {', '.join(known)})")
         names[key] = tuple(chosen)
+    # Angles are named among the modelled states: a name the robot lacks is the settings' fault.
+    unknown = [a for a in getattr(settings, "angle_states", None) or () if a not in names["states"]]
+    if unknown:
+        raise ConfigError(f"model.angle_states: {unknown} are not modelled states (states: {', '.join(names['states'])})")
     offered = {"config": settings, "spec": spec, "state_names": names["states"],
                "action_names": names["actions"], "scene": scene}
     wants = inspect.signature(builder).parameters

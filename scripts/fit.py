@@ -290,7 +290,7 @@ def fit_main(args: argparse.Namespace) -> int:
     train, heldout = split_trials(trials, args.heldout, args.seed)
     try:
         model = build_model(args.model, train, settings)
-    except ValueError as err:  # settings that do not fit the trials, such as an angle state they lack
+    except ConfigError as err:  # settings that do not fit the trials, such as an angle state they lack
         raise ConfigError(f"{settings_from or 'default settings'}: {err}") from None
     transitions = sum(t.horizon for t in train)
     print(f"fitting {args.model} on {len(train)} trials ({transitions} transitions), holding out {len(heldout)}...",

@@ -80,6 +80,23 @@ def test_bad_files_get_one_line_naming_the_file(tmp_path, text, message):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("model", ["ensemble", "gp"])
+def test_an_angle_the_robot_lacks_is_bad_input_naming_the_file_and_key(tmp_path, model):
+    from forethought.scripts.experiment import make_model, make_robot
+
+    path = tmp_path / "angles.yaml"
+    text = GOOD.replace("{type: random}", "{type: sampling_mpc, kind: mppi}")
+    path.write_text(text + f"model: {{type: {model}, angle_states: [theta]}}\n")
+    experiment = load_experiment(str(path))
+    robot = make_robot(experiment.robot)
+    try:
+        with pytest.raises(ConfigError, match=r"model.angle_states: \['theta'\] are not modelled states") as info:
+            make_model(experiment, robot)
+    finally:
+        robot.close()
+    assert str(path) in str(info.value)
+
+
 def test_unknown_name_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
         load_experiment("nope")

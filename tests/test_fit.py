@@ -172,7 +172,7 @@ def test_fit_with_model_config_builds_the_model_with_those_settings(tmp_path, ca
         ("{members: 2, hiden: [16]}", "unknown key 'hiden'"),
         ("{members: two}", "members: expected an integer, got 'two'"),
         ("[members, 2]", "expected a mapping at the top level"),
-        ("{angle_states: [q]}", "angle_states ['q'] are not states of the model"),
+        ("{angle_states: [q]}", "model.angle_states: ['q'] are not modelled states"),
     ],
 )
 def test_bad_model_config_names_the_file_and_key_and_writes_no_model(tmp_path, capsys, text, message):
