@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from forethought.robots.config import ConfigError, load_yaml
-from forethought.robots.servo_bus import BusServo, ServoBus, ServoModel, servo_model
+from forethought.robots.servo_bus import BusServo, ServoBus
+from forethought.robots.servo_models import ServoModel, servo_model
 
 ARM_DIR = Path(__file__).resolve().parent / "arms"
 

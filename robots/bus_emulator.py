@@ -38,7 +38,6 @@ import threading
 import time
 import tty
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,131 +46,16 @@ import numpy as np
 
 from forethought.robots import servo_packets as sp
 from forethought.robots.arm_description import ArmDescription
-from forethought.robots.servo_bus import BITS_PER_BYTE, ServoFault, ServoModel
+from forethought.robots.emulated_servo import AMBIENT_C, OVERHEAT_C, EmulatedServo, Fault, ServoMount, random_mounts
+from forethought.robots.servo_bus import BITS_PER_BYTE
+from forethought.robots.servo_models import ServoFault
 
-TWO_PI = 2.0 * np.pi
-AMBIENT_C = 32.0
-OVERHEAT_C = 80.0
-FAULT_KINDS = ("corrupt", "drop", "silent", "overheat", "overload", "voltage")
 GOAL_WRITES_KEPT = 600_000  # about half an hour of a 6-servo arm at 50 Hz
 # Parameter bytes (Feetech; twice as many on Dynamixel, whose addresses and lengths are 16-bit) an
 # instruction needs before its data: start and length, or start alone for a write.
 _MIN_PARAMS = {sp.INST_READ: 2, sp.INST_WRITE: 1, sp.INST_SYNC_READ: 2, sp.INST_SYNC_WRITE: 2}
 USB_TICK_S = 1e-3  # a USB serial adapter's latency timer at its usual 1 ms setting
 DXL_DATA_LENGTH_ERROR = 5  # Protocol 2.0 status error number: the instruction's length is wrong
-
-
-@dataclass(frozen=True)
-class ServoMount:
-    """How a servo sits in the arm: the encoder reads `offset` ticks at joint angle 0 and counts up
-    with the joint angle when direction is +1, down when -1."""
-
-    offset: int
-    direction: int = 1
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A fault to inject. kind: corrupt (value = rate of corrupted replies), drop (value = rate of
-    replies that never come), silent, overheat,
-    overload (servo_id), voltage (value = supply V). at: seconds after torque first goes on
-    (None: at once)."""
-
-    kind: str
-    servo_id: int | None = None
-    value: float | None = None
-    at: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault '{self.kind}' (known: {', '.join(FAULT_KINDS)})")
-        if self.kind in ("silent", "overheat", "overload") and self.servo_id is None:
-            raise ValueError(f"fault '{self.kind}' needs a servo id ({self.kind}:ID)")
-        if self.kind in ("corrupt", "drop", "voltage") and self.value is None:
-            raise ValueError(f"fault '{self.kind}' needs a value ({self.kind}:VALUE)")
-        if self.kind in ("corrupt", "drop") and not 0.0 <= self.value <= 1.0:
-            raise ValueError(f"fault 'corrupt' needs a rate in [0, 1], got {self.value}")
-
-    @classmethod
-    def parse(cls, text: str) -> "Fault":
-        """"corrupt:0.02", "silent:3@1.5", "overheat:6", "overload:2@2", "voltage:6.5@1" -> Fault."""
-        spec, _, at = text.partition("@")
-        kind, _, arg = spec.partition(":")
-        try:
-            at_s = float(at) if at else None
-            number = float(arg) if kind in ("corrupt", "drop", "voltage") else int(arg)
-        except ValueError:
-            raise ValueError(f"fault '{text}': expected KIND:ARG[@SECONDS], e.g. silent:3@1.5 or corrupt:0.02") from None
-        if kind in ("corrupt", "drop", "voltage"):
-            return cls(kind, value=number, at=at_s)
-        return cls(kind, servo_id=number, at=at_s)
-
-
-def random_mounts(n: int, seed: int) -> list[ServoMount]:
-    """Mounts as an assembled arm has them: any encoder offset, either direction."""
-    rng = np.random.default_rng(seed)
-    return [ServoMount(int(rng.integers(0, 4096)), int(rng.choice([-1, 1]))) for _ in range(n)]
-
-
-class _Servo:
-    """One emulated servo: its control table and its joint."""
-
-    def __init__(self, servo_id: int, model: ServoModel, mount: ServoMount, joint: str, min_voltage: float, q0: float):
-        self.servo_id, self.model, self.mount, self.joint = servo_id, model, mount, joint
-        self.ticks_per_rad = model.resolution / TWO_PI
-        # The encoder powers up reading within one turn; where positions count on across turns,
-        # they count from there.
-        turn = (mount.offset + mount.direction * q0 * self.ticks_per_rad) % model.resolution
-        self.encoder_base = turn - mount.direction * q0 * self.ticks_per_rad
-        self.table = bytearray(256)
-        self.silent = False
-        self.faults = ServoFault.NONE
-        self.set("model_number", model.model_number)
-        self.set("return_delay", 250)  # the factory default: 500 us
-        self.set("operating_mode", model.position_mode)
-        self.set("torque_limit", model.torque_limit_full_scale)
-        self.set("min_voltage_limit", int(round(min_voltage / model.voltage_unit)))
-        if "lock" in model.registers:
-            self.set("lock", 1)
-        self.table[5 if model.protocol == "feetech" else 7] = servo_id  # the ID register
-
-    def get(self, role: str) -> int:
-        reg = self.model.registers[role]
-        return reg.decode(self.table[reg.address : reg.address + reg.size])
-
-    def set(self, role: str, value: int) -> None:
-        reg = self.model.registers[role]
-        low, high = self._bounds(reg)
-        self.table[reg.address : reg.address + reg.size] = reg.encode(int(np.clip(value, low, high)))
-
-    @staticmethod
-    def _bounds(reg) -> tuple[int, int]:
-        if reg.sign_bit is not None:
-            return -((1 << reg.sign_bit) - 1), (1 << reg.sign_bit) - 1
-        if reg.signed:
-            return -(1 << (8 * reg.size - 1)), (1 << (8 * reg.size - 1)) - 1
-        return 0, (1 << (8 * reg.size)) - 1
-
-    @property
-    def torque_on(self) -> bool:
-        return self.get("torque_enable") == 1
-
-    def frame_offset(self) -> float:
-        """Ticks the servo reports at joint angle 0 (before wrapping into one turn, where it wraps)."""
-        return self.encoder_base + self.model.homing_sign * self.get("homing_offset")
-
-    def present_ticks(self, q: float) -> int:
-        ticks = int(np.floor(self.frame_offset() + self.mount.direction * q * self.ticks_per_rad + 0.5))
-        return ticks % self.model.resolution if self.model.position_wraps else ticks
-
-    def goal_angle(self) -> float:
-        offset = self.frame_offset()
-        if self.model.position_wraps:
-            offset %= self.model.resolution
-        return self.mount.direction * (self.get("goal_position") - offset) / self.ticks_per_rad
-
-    def status_bits(self) -> int:
-        return sum(bit for bit, fault in self.model.fault_bits.items() if fault in self.faults)
 
 
 class BusEmulator:
@@ -215,7 +99,7 @@ class BusEmulator:
         self._rng = np.random.default_rng(seed)
         self._bind_joints()
         self._servos = [
-            _Servo(j.servo_id, j.model, mount, j.name, arm.min_voltage, float(self.data.qpos[adr]))
+            EmulatedServo(j.servo_id, j.model, mount, j.name, arm.min_voltage, float(self.data.qpos[adr]))
             for j, mount, adr in zip(arm.joints, mounts, self._qpos)
         ]
         self._by_id = {s.servo_id: s for s in self._servos}
@@ -390,7 +274,7 @@ class BusEmulator:
         out[i] ^= 1 << int(self._rng.integers(0, 8))
         return bytes(out)
 
-    def _replies_to(self, packet: sp.Packet) -> list[tuple[_Servo, bytes]]:
+    def _replies_to(self, packet: sp.Packet) -> list[tuple[EmulatedServo, bytes]]:
         dxl = self.arm.protocol == "dynamixel"
         p, inst = packet.params, packet.code
         if len(p) < _MIN_PARAMS.get(inst, 0) * (2 if dxl else 1):
@@ -428,17 +312,17 @@ class BusEmulator:
         # A broadcast instruction gets no status packets (except a broadcast ping, not used here).
         return [] if packet.servo_id == sp.BROADCAST_ID else replies
 
-    def _status(self, servo: _Servo, data: bytes, error_number: int = 0) -> bytes:
+    def _status(self, servo: EmulatedServo, data: bytes, error_number: int = 0) -> bytes:
         if self.arm.protocol == "dynamixel":
             error = error_number | (0x80 if servo.faults else 0)
             return self._encode(servo.servo_id, sp.DXL_INST_STATUS, bytes([error]) + data)
         return self._encode(servo.servo_id, servo.status_bits(), data)
 
-    def _read(self, servo: _Servo, start: int, length: int) -> bytes:
+    def _read(self, servo: EmulatedServo, start: int, length: int) -> bytes:
         self._refresh(servo)
         return bytes(servo.table[start : start + length])
 
-    def _write(self, servo: _Servo, start: int, data: bytes) -> int:
+    def _write(self, servo: EmulatedServo, start: int, data: bytes) -> int:
         """Store data at start; 0, or the Protocol 2.0 error number when the servo refuses."""
         model = servo.model
         if start + len(data) > len(servo.table):
@@ -471,7 +355,7 @@ class BusEmulator:
         return 0
 
     # -- the servo's physics ---------------------------------------------------------------------
-    def _take_goal(self, i: int, servo: _Servo) -> None:
+    def _take_goal(self, i: int, servo: EmulatedServo) -> None:
         """Servo i's goal position register changed: record it, and send it towards the actuator."""
         self.goal_writes.append((time.monotonic(), i, servo.get("goal_position")))
         if self.goal_path is not None:
@@ -491,7 +375,7 @@ class BusEmulator:
                 row = {}
         return np.array(rows, dtype=np.int64).reshape(-1, m)
 
-    def _apply_torque(self, i: int, servo: _Servo) -> None:
+    def _apply_torque(self, i: int, servo: EmulatedServo) -> None:
         model, act, dof = self.model, self._act[i], self._dof[i]
         stall = servo.model.stall_torque
         if servo.torque_on:
@@ -514,7 +398,7 @@ class BusEmulator:
             model.dof_frictionloss[dof] = max(self._friction[i], 0.5 * stall)
             model.dof_damping[dof] = max(self._damping[i], 100.0 * stall)
 
-    def _refresh(self, servo: _Servo) -> None:
+    def _refresh(self, servo: EmulatedServo) -> None:
         """Write the present_* registers and the status from the scene's current state."""
         i = self._servos.index(servo)
         model = servo.model

@@ -24,7 +24,8 @@ import yaml
 
 from forethought.robots.arm_description import ArmDescription
 from forethought.robots.config import ConfigError, load_yaml
-from forethought.robots.servo_bus import ServoBus, ServoModel, servo_model
+from forethought.robots.servo_bus import ServoBus
+from forethought.robots.servo_models import ServoModel, servo_model
 
 TWO_PI = 2.0 * np.pi
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dynamixel_sdk as dxl
 
 from forethought.robots import servo_packets as sp
-from forethought.robots.servo_bus import BusServo, ServoBus, ServoFault, WirePort
+from forethought.robots.servo_bus import BusServo, ServoBus, WirePort
+from forethought.robots.servo_models import ServoFault
 from forethought.robots.servo_rx import StatusFormat
 
 ALERT_BIT = 0x80  # status packet error byte: the servo has a hardware error (see its Hardware Error Status)

@@ -26,7 +26,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from forethought.robots.servo_bus import BusReading, ServoFault
+from forethought.robots.servo_bus import BusReading
+from forethought.robots.servo_models import ServoFault
 
 INTERVENTIONS = (
     "clipped", "rate_limited", "velocity", "nonfinite", "watchdog", "stale", "overheat", "overload", "low_voltage",

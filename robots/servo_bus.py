@@ -22,15 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from forethought.robots.servo_models import (  # noqa: F401 - the tables, re-exported for the layers above
-    SERVO_MODELS,
-    Register,
-    ServoFault,
-    ServoModel,
-    decode_sign_magnitude,
-    encode_sign_magnitude,
-    servo_model,
-)
+from forethought.robots.servo_models import SERVO_MODELS, ServoFault, ServoModel
 from forethought.robots.servo_packets import Decoded, Packet
 from forethought.robots.servo_rx import RetryEvent, RetryLog, StatusFormat, drain, hex_bytes, receive_status
 

@@ -156,7 +156,8 @@ def silent_servo_run(arm_name: str, servo_id: int = 3, at_s: float = 1.2) -> dic
     `at_s` s: the time from the silence to torque off on every servo (ms, the emulator's clock)."""
     import yaml
 
-    from forethought.robots.bus_emulator import BusEmulator, Fault
+    from forethought.robots.bus_emulator import BusEmulator
+    from forethought.robots.emulated_servo import Fault
     from forethought.scripts.deploy import ArmStopped, deploy
     from forethought.scripts.experiment import load_experiment
     from forethought.sim.scenes import scene_path

@@ -31,7 +31,7 @@ def add_emulate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def emulate_main(args: argparse.Namespace) -> int:
-    from forethought.robots.bus_emulator import Fault
+    from forethought.robots.emulated_servo import Fault
     from forethought.sim.reality import reality_emulator
 
     arm = load_arm(args.arm)
@@ -55,7 +55,7 @@ def emulate_main(args: argparse.Namespace) -> int:
 
 
 def _emulator_commands(emulator, stop: threading.Event) -> None:
-    from forethought.robots.bus_emulator import Fault
+    from forethought.robots.emulated_servo import Fault
 
     for line in sys.stdin:
         words = line.split()

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from forethought.robots.arm_description import load_arm, make_bus
-from forethought.robots.bus_emulator import BusEmulator, Fault, ServoMount
-from forethought.robots.servo_bus import BusError, BusServo, ServoFault, ServoModelMismatch, ServoNotResponding
+from forethought.robots.bus_emulator import BusEmulator
+from forethought.robots.emulated_servo import Fault, ServoMount
+from forethought.robots.servo_bus import BusError, BusServo, ServoModelMismatch, ServoNotResponding
+from forethought.robots.servo_models import ServoFault
 from forethought.sim.scenes import scene_path
 
 ARMS = ["so101", "koch"]

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from forethought.robots.arm_description import load_arm, make_bus
-from forethought.robots.bus_emulator import BusEmulator, Fault, ServoMount
+from forethought.robots.bus_emulator import BusEmulator
+from forethought.robots.emulated_servo import Fault, ServoMount
 from forethought.robots.calibration import Calibration, measure_calibration
 from forethought.sim.scenes import scene_path
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from forethought.robots.arm_description import load_arm, make_bus
-from forethought.robots.bus_emulator import ServoMount
+from forethought.robots.emulated_servo import ServoMount
 from forethought.sim.reality import reality_emulator, reality_model
 from forethought.sim.scenes import SCENE_DIR
 from forethought.sim.servo_model import servo_parameters

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from forethought.robots.safety import SafetyLayer, SafetyLimits, SafetyStop, Terminated, exit_signals_raise
-from forethought.robots.servo_bus import BusReading, ServoFault
+from forethought.robots.servo_bus import BusReading
+from forethought.robots.servo_models import ServoFault
 
 M = 4
 NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "gripper")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from forethought.robots.arm_description import load_arm, make_bus
-from forethought.robots.bus_emulator import BusEmulator, Fault, ServoMount
+from forethought.robots.bus_emulator import BusEmulator
+from forethought.robots.emulated_servo import Fault, ServoMount
 from forethought.robots.calibration import Calibration, measure_calibration
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError, Robot

@@ -12,7 +12,8 @@ import pytest
 from forethought.robots import servo_packets as sp
 from forethought.robots.dynamixel_bus import DynamixelBus
 from forethought.robots.feetech_bus import FeetechBus
-from forethought.robots.servo_bus import SERVO_MODELS, BusServo, ServoFault, ServoNotResponding
+from forethought.robots.servo_bus import BusServo, ServoNotResponding
+from forethought.robots.servo_models import SERVO_MODELS, ServoFault
 
 
 MARGIN_MS = 100.0
