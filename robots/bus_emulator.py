@@ -124,6 +124,8 @@ class BusEmulator:
         self.superseded = 0  # replies not sent because the host had sent a newer instruction
         self._pending_faults: list[Fault] = []
         self._torque_first_on: float | None = None
+        # qpos when the last servo's torque went off: after it the arm creeps under its own weight.
+        self._qpos_at_torque_off: np.ndarray | None = None
         self.events: list[tuple[float, str, int | None, float | None]] = []
         self.replies = 0
         self._hand: tuple[Callable[[float], np.ndarray], float, float] | None = None
@@ -348,6 +350,8 @@ class BusEmulator:
                 self.events.append((time.monotonic(), "torque", servo.servo_id, float(servo.torque_on)))
                 if servo.torque_on and self._torque_first_on is None:
                     self._torque_first_on = time.monotonic()
+                if not any(s.torque_on for s in self._servos):
+                    self._qpos_at_torque_off = self.data.qpos.copy()
         if touched & set(range(regs["goal_position"].address, regs["goal_position"].address + regs["goal_position"].size)):
             self._take_goal(i, servo)
         if touched & {regs["torque_limit"].address, regs["torque_limit"].address + 1}:
@@ -452,13 +456,22 @@ class BusEmulator:
             self._advance(time.monotonic())
             return np.array([self.data.qpos[a] for a in self._qpos])
 
-    def site_pos(self, name: str) -> np.ndarray:
+    def site_pos(self, name: str, at_torque_off: bool = False) -> np.ndarray | None:
+        """(3,) world position of site `name`, m: now, or (at_torque_off) when the last servo's
+        torque went off (None if it has not)."""
+        site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
+        if site < 0:
+            raise ValueError(f"the arm's scene has no site named '{name}'")
         with self._lock:
-            self._advance(time.monotonic())
-            site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
-            if site < 0:
-                raise ValueError(f"the arm's scene has no site named '{name}'")
-            return self.data.site_xpos[site].copy()
+            if not at_torque_off:
+                self._advance(time.monotonic())
+                return self.data.site_xpos[site].copy()
+            if self._qpos_at_torque_off is None:
+                return None
+            then = mujoco.MjData(self.model)
+            then.qpos[:] = self._qpos_at_torque_off
+            mujoco.mj_kinematics(self.model, then)
+            return then.site_xpos[site].copy()
 
     def set_pose(self, pose: str | Sequence[float]) -> None:
         """Put the arm in a pose by hand at once: a calibration pose name or (m,) joint angles."""

@@ -123,7 +123,11 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     assert code == 0, err
     folder = Path(out.strip().splitlines()[-1].split("run folder: ")[1])
     report = json.loads((folder / "deploy.json").read_text())
-    assert report["reach_error_m"][0] < 0.02
+    # The reach is real-time control: iLQR-MPC ends 0.2 mm from its targets on a host that keeps the
+    # 50 Hz period (`bench servo_loop`); on one too busy to (ticks overrun: 50-70 of 100 at load 7
+    # on 2 cores) it ended 1-15 mm away. Tight where the period held, loose where it did not.
+    for error, loop in zip(report["reach_error_m"], report["loop"], strict=True):
+        assert error < (0.002 if loop["overruns"] == 0 else 0.03), (error, loop["overruns"])
     # Printed per trial: the end effector's distance from the measured joints through the scene's kinematics.
     from forethought.robots.trial_log import load_trial
     from forethought.sim.mujoco_robot import MujocoRobot
@@ -150,10 +154,14 @@ def test_deploy_brings_the_end_effector_to_the_target(rig, tmp_path):
     assert trial.states.shape[1] == 12 and trial.metadata["arm"] == arm.name
     assert "interventions" in trial.metadata and "loop" in trial.metadata
     assert trial.metadata["loop"]["stale_ticks"] >= 0 and "stale" in trial.metadata["interventions"]
-    # The emulated arm itself stands at the last trial's target, not just the logged state.
+    # The emulated arm itself stood at the last trial's target when torque went off (it creeps under
+    # its own weight after that, for as long as this test takes to get here); after overrun ticks the
+    # last goal moves it on for a while after the last logged state.
     conditions = yaml.safe_load((folder / "config.yaml").read_text())["task"]["conditions"]
     target = conditions[trial.metadata["condition"]]["target"]
-    assert np.linalg.norm(emulator.site_pos("ee") - np.asarray(target)) < 0.02
+    assert not any(emulator.torque())
+    error = np.linalg.norm(emulator.site_pos("ee", at_torque_off=True) - np.asarray(target))
+    assert error < (0.003 if report["loop"][-1]["overruns"] == 0 else 0.05), (error, report["loop"][-1]["overruns"])
 
 
 def test_deploy_runs_through_two_percent_corrupted_replies(rig, tmp_path):
