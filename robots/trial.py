@@ -71,6 +71,18 @@ class Trial:
     def total_cost(self) -> float:
         return float(np.nansum(self.costs))
 
+    def prefix(self, steps: int) -> "Trial":
+        """The trial's first `steps` actions and the states around them (0 < steps <= horizon); the
+        cost at the cut is NaN, as it was a running cost, not a terminal one."""
+        if not 0 < steps <= self.horizon:
+            raise ValueError(f"prefix needs 0 < steps <= {self.horizon}, got {steps}")
+        costs = self.costs[: steps + 1].copy()
+        if steps < self.horizon:
+            costs[steps] = np.nan
+        return Trial(self.states[: steps + 1], self.actions[:steps], self.timestamps[: steps + 1], costs,
+                     self.state_names, self.action_names, self.dt, dict(self.metadata), self.complete,
+                     self.requested_actions[:steps])
+
 
 class Policy(Protocol):
     def act(self, x: np.ndarray, t: int) -> np.ndarray: ...

@@ -175,13 +175,25 @@ def build_model(name: str, trials: Sequence[Trial], config: Any = None):
                           first.metadata.get("scene"))
 
 
-def common_horizon(trials: Sequence[Trial]) -> list[Trial]:
-    """The trials of the most common horizon (a time-varying model fits one horizon), saying what it drops."""
+def common_horizon(trials: Sequence[Trial], horizon: int | None = None) -> list[Trial]:
+    """Trials of one horizon (a time-varying model fits one), saying what it drops: with `horizon`,
+    the first `horizon` steps of every trial at least that long; without, the most common horizon."""
+    if horizon is not None:
+        if horizon < 1:
+            raise ConfigError(f"--horizon must be at least 1, got {horizon}")
+        kept = [t.prefix(horizon) for t in trials if t.horizon >= horizon]
+        if not kept:
+            raise ConfigError(f"--horizon {horizon}: no trial is that long (the longest has "
+                              f"{max(t.horizon for t in trials)} steps)")
+        if len(kept) < len(trials):
+            print(f"skipped: {len(trials) - len(kept)} trials shorter than {horizon} steps", file=sys.stderr)
+        return kept
     horizons = [t.horizon for t in trials]
     keep = max(set(horizons), key=lambda h: (horizons.count(h), h))
     dropped = len(trials) - horizons.count(keep)
     if dropped:
-        print(f"skipped: {dropped} trials whose horizon differs from {keep} steps", file=sys.stderr)
+        print(f"skipped: {dropped} trials whose horizon differs from {keep} steps (--horizon cuts "
+              "trials to a common length instead)", file=sys.stderr)
     return [t for t in trials if t.horizon == keep]
 
 
@@ -234,6 +246,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", type=float, default=0.2, help="fraction of trials held out (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampled predictions")
     parser.add_argument("--particles", type=int, default=32, help="particles for open-loop predictions (default 32)")
+    parser.add_argument("--horizon", type=int, metavar="STEPS",
+                        help="time-varying models: fit the first STEPS steps of every trial at least that long "
+                        "(default: the trials of the most common length)")
     parser.add_argument("--scene", help="mujoco: the nominal scene to identify (default: the run folder's robot.scene)")
     parser.add_argument("--validate", nargs="+", metavar="TRIALS_OR_RUN",
                         help="mujoco: trials to report on, held out in place of a --heldout share of the trials")
@@ -284,7 +299,9 @@ def fit_main(args: argparse.Namespace) -> int:
     by_run, problems = load_logged(args.paths, lerobot_options(args))
     trials = [trial for group in by_run.values() for trial in group]
     if getattr(model_class(args.model), "time_varying", False):
-        trials = common_horizon(trials)
+        trials = common_horizon(trials, args.horizon)
+    elif args.horizon is not None:
+        raise ConfigError(f"--horizon is for time-varying models (tvlg), not {args.model}")
     if args.particles < 1:
         raise ConfigError(f"--particles must be at least 1, got {args.particles}")
     train, heldout = split_trials(trials, args.heldout, args.seed)

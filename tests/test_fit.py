@@ -243,3 +243,40 @@ def test_fit_on_a_folder_without_trials_says_what_it_looked_for_and_found(tmp_pa
     assert len(err.splitlines()) == 1
     assert "looked for trial files (*.h5)" in err
     assert "1 folders without trials (empty-run)" in err and "1 other files (notes.txt)" in err
+
+
+def test_a_time_varying_fit_cuts_trials_of_several_lengths_to_horizon(tmp_path, capsys):
+    """Trials of 12, 16 and 20 steps: by default only the most common length is fitted; --horizon 12
+    fits the first 12 steps of all of them, and a horizon no trial reaches is one line, exit 2."""
+    import json
+
+    from forethought.robots.trial_log import save_trial
+    from forethought.scripts.cli import main
+
+    run = tmp_path / "run"
+    lengths = [12] * 3 + [16] * 4 + [20] * 3
+    for i, horizon in enumerate(lengths):
+        save_trial(linear_trials(1, horizon=horizon, seed=i)[0], run / "trials" / f"trial_{i:04d}.h5")
+    assert main(["fit", "--model", "tvlg", "--particles", "2", str(run)]) == 0
+    assert "skipped: 6 trials whose horizon differs from 16 steps" in capsys.readouterr().err
+    report = json.loads((run / "models" / "tvlg_report.json").read_text())
+    assert report["train_trials"] + report["heldout_trials"] == 4
+    assert main(["fit", "--model", "tvlg", "--particles", "2", "--horizon", "12", str(run)]) == 0
+    report = json.loads((run / "models" / "tvlg_report.json").read_text())
+    assert report["train_trials"] + report["heldout_trials"] == 10
+    assert TVLGModel.load(run / "models" / "tvlg.npz").dynamics.horizon == 12
+    assert main(["fit", "--model", "tvlg", "--horizon", "21", str(run)]) == 2
+    assert "--horizon 21: no trial is that long (the longest has 20 steps)" in capsys.readouterr().err
+    assert main(["fit", "--model", "ensemble", "--horizon", "12", str(run)]) == 2
+    assert "--horizon is for time-varying models" in capsys.readouterr().err
+
+
+def test_a_trial_prefix_keeps_the_first_steps_and_no_terminal_cost():
+    trial = linear_trials(1, horizon=10)[0]
+    trial.costs[:] = 1.0
+    cut = trial.prefix(4)
+    assert cut.horizon == 4 and np.array_equal(cut.states, trial.states[:5])
+    assert np.array_equal(cut.actions, trial.actions[:4]) and np.isnan(cut.costs[4]) and cut.costs[3] == 1.0
+    assert trial.prefix(10).costs[10] == 1.0
+    with pytest.raises(ValueError, match="prefix needs"):
+        trial.prefix(11)
