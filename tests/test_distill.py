@@ -30,7 +30,7 @@ def test_the_distilled_network_reaches_the_planners_targets_alone(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run_experiment(small_distill(iterations=4), tmp_path, render_video=False)
+        result = run_experiment(small_distill(iterations=6), tmp_path, render_video=False)
     finally:
         torch.set_num_threads(threads)
     # The planner's own trials (iteration 1) are its labels; each later iteration's states are
@@ -38,17 +38,25 @@ def test_the_distilled_network_reaches_the_planners_targets_alone(tmp_path):
     diagnostics = result.diagnostics
     assert [d["samples"] for d in diagnostics[:3]] == [100.0, 200.0, 300.0]
     assert "expert_gap" not in diagnostics[0] and all(d["expert_gap"] > 0 for d in diagnostics[1:3])
-    # The saved network, run alone as `deploy --policy RUN` runs it, from other starts than it learned
-    # from: it ends within 1 cm of both targets (measured: 1 to 3 mm on OpenBLAS Haswell, one thread).
+    # DAgger's on-policy error (the network's actions against the planner's where the network went)
+    # falls: measured 0.29 rad after the first refit, 0.09 to 0.10 after the fourth (seeds 0, 1).
+    gaps = [d["expert_gap"] for d in diagnostics if "expert_gap" in d]
+    assert len(gaps) == 4 and gaps[-1] < 0.6 * gaps[0], gaps
+    # The saved network, run alone as `deploy --policy RUN` runs it, from 8 starts it did not learn
+    # from: measured median final distance 1.9 and 3.6 mm (seeds 0, 1; OpenBLAS Haswell, one thread),
+    # the worst 19 and 10 mm; the first network, fitted to the planner's own trials only, ends 70 to
+    # 100 mm away.
     experiment = small_distill(iterations=1)
     use_policy(experiment, result.folder)
     parts = build_parts(experiment)
+    distances = []
     with parts.robot as robot:
         for c in range(2):
-            parts.task.apply(c, robot)
-            trial = rollout(robot, parts.controller.policy(c), parts.task.horizon, seed=100 + c)
-            judgement = parts.task.judge(trial, c)
-            assert judgement.success, (c, judgement)
+            for start in range(4):
+                parts.task.apply(c, robot)
+                trial = rollout(robot, parts.controller.policy(c), parts.task.horizon, seed=100 + c + 10 * start)
+                distances.append(parts.task.judge(trial, c).value)
+    assert np.median(distances) < 0.01 and max(distances) < 0.05, np.round(distances, 4)
 
 
 def test_distill_is_an_option_of_planning_controllers_only(tmp_path):
