@@ -122,7 +122,9 @@ class DistillController:
                 if relabel:
                     labels = self.expert_actions(c, states)
                     labelled += len(labels)
-                    gaps.append(np.linalg.norm(trial.requested_actions - labels, axis=1))
+                    if self.mlp.trained:  # the network's own mean action, without its exploration noise
+                        mean = self.mlp.mean(states[:-1], self.features[c])
+                        gaps.append(np.linalg.norm(mean - labels, axis=1))
                 else:
                     labels = trial.requested_actions
                 x.append(states[:-1])
@@ -138,7 +140,8 @@ class DistillController:
         self.iteration += 1
         diagnostics = {"policy_loss": fit["loss_end"], "samples": float(fit["samples"])}
         if gaps:
-            # DAgger's on-policy error: how far the network's actions were from the planner's where it went.
+            # DAgger's on-policy error: how far the network's mean actions were from the planner's where
+            # it went, before the refit.
             diagnostics["expert_gap"] = float(np.mean(np.concatenate(gaps)))
         if labelled:
             diagnostics["label_ms"] = 1e3 * label_s / labelled

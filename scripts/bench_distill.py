@@ -17,7 +17,7 @@ and BLAS at one thread):
   trial's own p99, the controller's p99 per tick (worst trial), the final end-effector distance
   per target (deployed_final_distance_m) and how many end within 1 cm; the 1-minute load average
   when done, for timings on a shared machine;
-- dagger_expert_gap_per_iteration: the mean distance (rad) between the network's and the planner's
+- dagger_expert_gap_per_iteration: the mean distance (rad) between the network's mean and the planner's
   actions at the states the network visited, before each refit; train_wall_s.
 
 `--quick` trains three DAgger iterations on the first three targets and deploys on those.
