@@ -38,10 +38,10 @@ def test_the_distilled_network_reaches_the_planners_targets_alone(tmp_path):
     diagnostics = result.diagnostics
     assert [d["samples"] for d in diagnostics[:3]] == [100.0, 200.0, 300.0]
     assert "expert_gap" not in diagnostics[0] and all(d["expert_gap"] > 0 for d in diagnostics[1:3])
-    # DAgger's on-policy error (the network's actions against the planner's where the network went)
-    # falls: measured 0.29 rad after the first refit, 0.09 to 0.10 after the fourth (seeds 0, 1).
+    # DAgger's on-policy error (the network's mean actions against the planner's where the network
+    # went) falls: measured 0.28 rad after the first refit, 0.053 and 0.061 after the fourth (seeds 0, 1).
     gaps = [d["expert_gap"] for d in diagnostics if "expert_gap" in d]
-    assert len(gaps) == 4 and gaps[-1] < 0.6 * gaps[0], gaps
+    assert len(gaps) == 4 and gaps[-1] < 0.5 * gaps[0], gaps
     # The saved network, run alone as `deploy --policy RUN` runs it, from 8 starts it did not learn
     # from: measured median final distance 1.9 and 3.6 mm (seeds 0, 1; OpenBLAS Haswell, one thread),
     # the worst 19 and 10 mm; the first network, fitted to the planner's own trials only, ends 70 to
