@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "sim": "forethought.scripts.bench_sim:run_bench_sim",
     "ilqr": "forethought.scripts.bench_ilqr:run_bench_ilqr",
     "gps": "forethought.scripts.bench_gps:run_bench_gps",
+    "distill": "forethought.scripts.bench_distill:run_bench_distill",
     "mpc": "forethought.scripts.bench_mpc:run_bench_mpc",
     "pilco": "forethought.scripts.bench_pilco:run_bench_pilco",
     "servo_loop": "forethought.scripts.bench_servo:run_bench_servo_loop",

@@ -36,9 +36,10 @@ HELDOUT_HOLES = [[0.19, -0.07], [0.21, -0.05], [0.19, -0.05], [0.21, -0.07], [0.
 HELDOUT_SEEDS = (0, 1)
 
 
-def train(name: str, iterations: int | None):
-    """Run experiment `name` through the experiment loop for `iterations` (default: its own), without
-    a run folder. Returns (parts, goal values per iteration [iteration][trial] in m, diagnostics)."""
+def train(name: str, iterations: int | None, conditions: int | None = None):
+    """Run experiment `name` through the experiment loop for `iterations` (default: its own), on its
+    first `conditions` conditions (default: all), without a run folder. Returns (parts, goal values
+    per iteration [iteration][trial] in m, diagnostics)."""
     from forethought.robots.trial import rollout
     from forethought.scripts.experiment import build_parts, load_experiment
     from forethought.scripts.run import RunResult, judge_trial, make_cost, run_loop
@@ -46,6 +47,8 @@ def train(name: str, iterations: int | None):
     experiment = load_experiment(name)
     if iterations:
         experiment.loop.iterations = iterations
+    if conditions:
+        experiment.task.conditions = experiment.task.conditions[:conditions]
     parts = build_parts(experiment)
     robot, task, model = parts.robot, parts.task, parts.model
     costs = [make_cost(experiment, robot, condition) for condition in task.conditions]

@@ -299,7 +299,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="a shipped experiment name or a YAML path (forethought list)")
     _add_bus_arguments(parser)
     parser.add_argument("--policy", metavar="RUN_DIR",
-                        help="deploy the network policy an MDGPS run saved (RUN_DIR/models/nn_policy.pt)")
+                        help="deploy the network policy an MDGPS or distillation run saved (RUN_DIR/models/nn_policy.pt)")
     parser.add_argument("--calibration", help="calibration YAML (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     parser.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
@@ -315,6 +315,15 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-phase", type=float, default=0.5, metavar="F",
                         help="write each goal F of a control period after the reading it answers (default 0.5; "
                         "the controller must decide within it)")
+
+
+def use_policy(experiment, run_folder: Path) -> None:
+    """`--policy RUN_FOLDER`: the experiment's controller becomes the network policy that run saved
+    (an MDGPS run's, a distilled planner's: RUN_FOLDER/models/nn_policy.pt)."""
+    policy_file = Path(run_folder) / "models" / "nn_policy.pt"
+    if not policy_file.is_file():
+        raise FileNotFoundError(f"{run_folder}: no saved network policy (models/nn_policy.pt) in this run folder")
+    experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
 
 
 def deploy_main(args: argparse.Namespace) -> int:
@@ -338,10 +347,7 @@ def deploy_main(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--model-scene {args.model_scene}: no such scene file or shipped scene")
         experiment.model["scene"] = args.model_scene
     if args.policy:
-        policy_file = Path(args.policy) / "models" / "nn_policy.pt"
-        if not policy_file.is_file():
-            raise FileNotFoundError(f"{args.policy}: no saved network policy (models/nn_policy.pt) in this run folder")
-        experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
+        use_policy(experiment, Path(args.policy))
     if not 0.0 <= args.write_phase < 1.0:
         raise ConfigError(f"--write-phase must be in [0, 1) of a control period, got {args.write_phase}")
     calibration_path = Path(args.calibration) if args.calibration else default_calibration_path(arm.name)

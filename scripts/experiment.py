@@ -284,9 +284,15 @@ def make_controller(experiment: Experiment, robot, task: Task, model=None):
     """Build the experiment's controller on `model`; ConfigError naming the key for bad parameters."""
     params = dict(experiment.controller)
     kind = params.pop("type", "random")
+    distill = params.pop("distill", None)  # a planning controller's option: DAgger into a network
     builder = CONTROLLERS[kind].load()
     try:
-        return builder(params, robot, task, model)
+        controller = builder(params, robot, task, model)
+        if distill is not None:
+            from forethought.controllers.distill import build_distill
+
+            controller = build_distill(distill, controller, kind, robot, task, model)
+        return controller
     except ConfigError as err:
         raise ConfigError(f"{experiment.source}: controller ({kind}): {err}") from None
 

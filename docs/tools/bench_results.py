@@ -26,6 +26,7 @@ HEADLINES: dict[str, list[tuple[str, str, float, str]]] = {
              ("reach_error_m", "iLQR-MPC final reach error, worst of 3 targets", 1000.0, "mm")],
     "gps": [("reach_iterations", "GPS iterations to reach within 2 cm", 1.0, ""),
             ("mdgps_heldout_success", "MDGPS network on held-out holes, success rate", 1.0, "")],
+    "distill": [("policy_ms_per_action_median", "iLQR-MPC distilled into a network, per action (one core)", 1.0, "ms")],
     "mpc": [("cem_ms_per_action", "CEM through the ensemble, per action (cart-pole)", 1.0, "ms"),
             ("pets_trials_to_success", "PETS trials to swing the cart-pole up, per seed", 1.0, "")],
     "pilco": [("trials_to_success", "PILCO trials to swing the cart-pole up, per seed", 1.0, "")],
