@@ -298,6 +298,9 @@ class ILQR:
         # A time-varying model (TVLG) is asked with each step's time index, counted from solve's t0.
         self.time_varying = bool(getattr(model, "time_varying", False))
         self._t0 = 0
+        # A model that steps a whole (closed-loop) sequence itself (MuJoCo's) saves the Python of
+        # one predict call per step in the rollouts and the line search; the arithmetic is the same.
+        self._closed_loop = None if self.time_varying else getattr(model, "closed_loop", None)
 
     def _predict(self, x: np.ndarray, u: np.ndarray, t: int) -> np.ndarray:
         """The model's mean next state (1, n) from x (1, n), u (1, m) at step t of the horizon."""
@@ -314,6 +317,8 @@ class ILQR:
     # -- rollouts ---------------------------------------------------------------------------
     def rollout(self, x0: np.ndarray, U: np.ndarray) -> np.ndarray:
         """Open-loop states (T+1, n) from x0 under U (T, m)."""
+        if self._closed_loop is not None:
+            return self._closed_loop(x0, U)[0]
         X = np.full((len(U) + 1, len(x0)), np.nan)
         X[0] = x0
         for t in range(len(U)):
@@ -324,6 +329,8 @@ class ILQR:
 
     def _forward(self, X, U, back: BackwardPass, alpha: float):
         """Closed-loop rollout u_t = clip(U_t + alpha k_t + K_t (x_t - X_t)): (T+1, n), (T, m)."""
+        if self._closed_loop is not None:
+            return self._closed_loop(X[0], U + alpha * back.k, X, back.K, self.low, self.high)
         X_new, U_new = np.full_like(X, np.nan), U.copy()
         X_new[0] = x = X[0]
         for t in range(len(U)):
