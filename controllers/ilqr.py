@@ -181,6 +181,9 @@ def lqr_backward(
     L[:, :n, n] = L[:, n, :n] = cost.l_x[:T]
     L[:, p:, n] = L[:, n, p:] = cost.l_u[:T]
     reg = regularization * np.eye(m)
+    F_T = np.ascontiguousarray(np.swapaxes(F, 1, 2))
+    if bounded:
+        du_low, du_high = np.asarray(du_low, dtype=np.float64), np.asarray(du_high, dtype=np.float64)
 
     G_all = np.zeros((T, m, p))  # [K | k]
     R_all = np.empty((T, m, p))  # [Q_ux | Q_u]
@@ -189,18 +192,21 @@ def lqr_backward(
     free_all = np.ones((T, m), dtype=bool)
     V = np.empty((T + 1, p, p))
     V[T, :n, :n], V[T, :n, n], V[T, n, :n], V[T, n, n] = cost.l_xx[T], cost.l_x[T], cost.l_x[T], 0.0
+    # The loop runs once per step on small matrices, so it keeps to few numpy calls: each costs
+    # about as much as the arithmetic inside it.
     for t in range(T - 1, -1, -1):
-        Ft = F[t]
-        Q = L[t] + Ft.T @ V[t + 1] @ Ft
+        Q = F_T[t] @ V[t + 1] @ F[t]
+        Q += L[t]
         Q_uu, R = Q[p:, p:], Q[p:, :p]
+        Q_reg = Q_uu + reg if regularization else Q_uu
         try:
-            Q_uu_inv = _chol_inverse(Q_uu + reg)
+            Q_uu_inv = _chol_inverse(Q_reg)
         except np.linalg.LinAlgError:
             raise BackwardPassError(t) from None
         G = Q_uu_inv @ R
         np.negative(G, out=G)
-        if bounded and np.any((G[:, n] < du_low[t]) | (G[:, n] > du_high[t])):
-            box = box_qp(Q_uu + reg, R[:, n], du_low[t], du_high[t], None if k_init is None else k_init[t])
+        if bounded and ((G[:, n] < du_low[t]).any() or (G[:, n] > du_high[t]).any()):
+            box = box_qp(Q_reg, R[:, n], du_low[t], du_high[t], None if k_init is None else k_init[t])
             G = np.zeros((m, p))
             G[:, n] = box.x
             G[box.free, :n] = -box.H_free_inv @ R[box.free, :n]
@@ -208,8 +214,11 @@ def lqr_backward(
         G_all[t], R_all[t], Q_uu_all[t], Q_uu_inv_all[t] = G, R, Q_uu, Q_uu_inv
         # V~ from the unregularised Q-function along the chosen gains (valid for any gains).
         N = G.T @ R
-        Vt = Q[:p, :p] + G.T @ Q_uu @ G + N + N.T
-        V[t] = 0.5 * (Vt + Vt.T)
+        Vt = Q[:p, :p] + G.T @ Q_uu @ G
+        Vt += N
+        Vt += N.T
+        Vt += Vt.T
+        np.multiply(Vt, 0.5, out=V[t])
     K, k = G_all[:, :, :n], G_all[:, :, n]
     dV1 = float(np.einsum("tm,tm->", k, R_all[:, :, n]))
     dV2 = 0.5 * float(np.einsum("tm,tmj,tj->", k, Q_uu_all, k))

@@ -69,7 +69,8 @@ class PeriodStepper:
             u = U_out[t]
             if K is not None:
                 u += K[t] @ (self._x - X_ref[t])
-                np.clip(u, low, high, out=u)
+                np.maximum(u, low, out=u)  # np.clip's result, without its Python wrapper
+                np.minimum(u, high, out=u)
             self._u[:] = u
             if not self._period(self._x):
                 break

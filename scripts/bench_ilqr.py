@@ -5,7 +5,18 @@ horizon 50 steps at 50 Hz, one iteration per tick), the first tick (its warm-up 
 out; reach_error_m: the end-effector's final distance to the target after the run, worst over the
 targets; iteration_ms_T{50,100,200}: one full iLQR iteration (rollout, linearisation, cost
 derivatives, backward pass, line search) at three horizons, median of repeats.
-Everything runs on the calling thread (one core).
+
+Each iteration time stands beside its floor (`floor_ms_T*`, `iteration_over_floor_T*`): the
+MuJoCo steps a finite-difference iteration needs, T states x (n + m + 1) x physics steps per
+action (n + m perturbed steps for the derivatives, one nominal step of the rollout), at the
+physics step time this core reaches in C (`physics_step_us`: the trajectory's own T actions in
+one mujoco.rollout call without threads, median of repeats taken between the iterations), plus
+the backward pass's multiply-adds at this core's float64 matrix-product rate (`matmul_gflops`,
+one BLAS thread). mjd_transitionFD needs fewer than n + m steps per state (it skips the position
+stage for velocity and action perturbations), and the line search may roll out more than once:
+the ratio says how far the Python around MuJoCo and the small matrices are from that work.
+The model's MuJoCo threads (`model_threads`, torch's thread count) share the derivatives; the
+floor is one core's.
 """
 
 from __future__ import annotations
@@ -13,7 +24,10 @@ from __future__ import annotations
 import os
 import time
 
+import mujoco
 import numpy as np
+from mujoco import rollout as mj_rollout
+from threadpoolctl import threadpool_limits
 
 from forethought.controllers.costs import build_cost
 from forethought.controllers.ilqr import ILQR
@@ -59,8 +73,44 @@ def _mpc_runs(experiment, conditions: int):
     return np.array(ticks), np.array(errors)
 
 
-def _iteration_ms(experiment, horizon: int, repeats: int) -> float:
-    """Median ms of one iLQR iteration at `horizon` steps from a partly optimised reach trajectory."""
+def physics_step_s(model, x0: np.ndarray, U: np.ndarray) -> float:
+    """Seconds per physics step of the planning model on this core, in C: U's actions (T, m) from x0 (n,)
+    in one mujoco.rollout call on the calling thread."""
+    steps = len(U) * model.control_steps
+    state = np.empty(mujoco.mj_stateSize(model.model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
+    mujoco.mj_getState(model.model, model.data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    state[1 : 1 + model.n] = x0
+    control = np.repeat(U, model.control_steps, axis=0)[None]
+    runner = mj_rollout.Rollout(nthread=0)
+    started = time.perf_counter()
+    runner.rollout(model.model, [model.data], state[None], control)
+    return (time.perf_counter() - started) / steps
+
+
+def backward_macs(T: int, n: int, m: int) -> int:
+    """Multiply-adds of one lqr_backward at horizon T: per step Q = L + F^T V F with F (n+1, n+1+m),
+    the m x m Cholesky inverse, the gains G = -inv(Q_uu) R (m, n+1) and V = Q_ss + G^T Q_uu G + G^T R + R^T G."""
+    p = n + 1
+    per_step = (p + m) * p * p + (p + m) * p * (p + m) + m**3 + m * m * p + (p * m * m + p * m * p) + p * m * p
+    return T * per_step
+
+
+def matmul_rate(size: int = 256, repeats: int = 10) -> float:
+    """Multiply-adds per second of a float64 size x size matrix product on one BLAS thread (best of repeats)."""
+    a, b = np.random.default_rng(0).standard_normal((2, size, size))
+    out = np.empty((size, size))
+    best = float("inf")
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            started = time.perf_counter()
+            np.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - started)
+    return size**3 / best
+
+
+def _iteration_ms(experiment, horizon: int, repeats: int, rate: float) -> dict:
+    """Median ms of one iLQR iteration at `horizon` steps from a partly optimised reach trajectory,
+    its floor (see the module docstring) and the physics step time, measured between the iterations."""
     parts = build_parts(experiment)
     robot, task, model = parts.robot, parts.task, parts.model
     config = from_mapping(ILQRMPCConfig, {k: v for k, v in experiment.controller.items() if k != "type"}, "controller:")
@@ -72,16 +122,24 @@ def _iteration_ms(experiment, horizon: int, repeats: int) -> float:
     solver = ILQR(model, cost, spec.action_low, spec.action_high, config.ilqr)
     hold = np.array([spec.state_names.index(a) for a in spec.action_names])
     U = solver.solve(x0, np.tile(x0[hold], (horizon, 1)), max_iterations=3).U
-    times = []
+    times, steps = [], []
     for _ in range(repeats):
         started = time.perf_counter()
         solver.solve(x0, U, max_iterations=1)
         times.append(time.perf_counter() - started)
-    return 1e3 * float(np.median(times))
+        steps.append(physics_step_s(model, x0, U))
+    step_s = float(np.median(steps))
+    physics_s = horizon * (spec.n + spec.m + 1) * model.control_steps * step_s
+    floor_s = physics_s + backward_macs(horizon, spec.n, spec.m) / rate
+    iteration_s = float(np.median(times))
+    return {f"iteration_ms_T{horizon}": 1e3 * iteration_s, f"floor_ms_T{horizon}": 1e3 * floor_s,
+            f"iteration_over_floor_T{horizon}": iteration_s / floor_s, f"physics_step_us_T{horizon}": 1e6 * step_s,
+            "model_threads": getattr(model, "threads", 1)}
 
 
 def run_bench_ilqr(quick: bool = False) -> tuple[dict, dict]:
-    """Metrics mpc_hz, mpc_tick_ms_p95, reach_error_m, iteration_ms_T50/T100/T200 (see the module docstring)."""
+    """Metrics mpc_hz, mpc_tick_ms_p95, reach_error_m, iteration_ms_T50/T100/T200, floor_ms_T*,
+    iteration_over_floor_T*, physics_step_us, matmul_gflops (see the module docstring)."""
     experiment = load_experiment(EXPERIMENT)
     conditions = 1 if quick else 3
     ticks, errors = _mpc_runs(experiment, conditions)
@@ -91,8 +149,12 @@ def run_bench_ilqr(quick: bool = False) -> tuple[dict, dict]:
         "reach_error_m": float(errors.max()),
     }
     repeats = 3 if quick else 10
+    rate = matmul_rate()
     for horizon in (50, 100, 200):
-        metrics[f"iteration_ms_T{horizon}"] = _iteration_ms(experiment, horizon, repeats)
+        metrics.update(_iteration_ms(experiment, horizon, repeats, rate))
+    metrics["physics_step_us"] = float(np.median([metrics.pop(f"physics_step_us_T{h}") for h in (50, 100, 200)]))
+    metrics["matmul_gflops"] = 2e-9 * rate
+    threads = metrics.pop("model_threads")
     metrics["iteration_growth_T200_over_T50"] = metrics["iteration_ms_T200"] / metrics["iteration_ms_T50"]
     config = {
         "experiment": EXPERIMENT,
@@ -102,6 +164,7 @@ def run_bench_ilqr(quick: bool = False) -> tuple[dict, dict]:
         "model": experiment.model,
         "controller": {k: v for k, v in experiment.controller.items() if k != "ilqr"},
         "iteration_repeats": repeats,
+        "model_threads": threads,
         # Timings depend on what else the machine runs: its 1-minute load average when done.
         "load_average_1min": os.getloadavg()[0],
     }
