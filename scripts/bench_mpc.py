@@ -9,7 +9,8 @@ The ensemble is fitted on a random cart-pole trial so that its normalisation is 
 Next to each time stands its floor: the network's multiply-adds for one action (particle-steps
 counted during a plan, times the multiply-adds of one step through one member) at the rate this
 thread reaches in a batched matrix product of the hidden layers' shape. No planner can choose an
-action faster than that with this network on this core; the gap is activations, sampling and cost.
+action faster than that with this network on this core; the gap (`*_over_floor`, time over floor)
+is activations, sampling and cost.
 """
 
 from __future__ import annotations
@@ -106,13 +107,14 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
                                **settings)
         metrics[f"{kind}_ms_per_action"] = time_per_action(planner, trial.states, repeats)
         metrics[f"{kind}_network_floor_ms"] = network_floor_ms(planner, dynamics, trial.states[0], rate)
+        metrics[f"{kind}_over_floor"] = metrics[f"{kind}_ms_per_action"] / metrics[f"{kind}_network_floor_ms"]
     config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate}
     return metrics, config
 
 
 def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20,
                   seeds: int = 3) -> tuple[dict, dict]:
-    """Metrics: {cem,icem,mppi}_ms_per_action (and *_float32 variants when bfloat16 is native), and
+    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms and _over_floor (and *_float32 variants when bfloat16 is native), and
     unless quick (or learning=False) pets_trials_to_success for seeds 0 to seeds-1 (None: not within
     max_trials), run as a sweep (a local Ray, one CPU per seed), with its distribution over the seeds
     that succeeded (pets_trials_to_success_median, _quartiles, _ci95), pets_success_rate and
