@@ -9,8 +9,9 @@ derivatives, backward pass, line search) at three horizons, median of repeats.
 Each iteration time stands beside its floor (`floor_ms_T*`, `iteration_over_floor_T*`): the
 MuJoCo steps a finite-difference iteration needs, T states x (n + m + 1) x physics steps per
 action (n + m perturbed steps for the derivatives, one nominal step of the rollout), at the
-physics step time this core reaches in C (`physics_step_us`: the trajectory's own T actions in
-one mujoco.rollout call without threads, median of repeats taken between the iterations), plus
+physics step time this core reaches in C (`physics_step_us`: n + m + 1 rollouts of the trajectory's
+own T actions in one mujoco.rollout call without threads, right after each iteration; the ratio is
+the median over the repeats of each iteration over the floor measured after it), plus
 the backward pass's multiply-adds at this core's float64 matrix-product rate (`matmul_gflops`,
 one BLAS thread). mjd_transitionFD needs fewer than n + m steps per state (it skips the position
 stage for velocity and action perturbations), and the line search may roll out more than once:
@@ -73,17 +74,18 @@ def _mpc_runs(experiment, conditions: int):
     return np.array(ticks), np.array(errors)
 
 
-def physics_step_s(model, x0: np.ndarray, U: np.ndarray) -> float:
-    """Seconds per physics step of the planning model on this core, in C: U's actions (T, m) from x0 (n,)
-    in one mujoco.rollout call on the calling thread."""
-    steps = len(U) * model.control_steps
+def physics_step_s(model, x0: np.ndarray, U: np.ndarray, copies: int) -> float:
+    """Seconds per physics step of the planning model on this core, in C: `copies` rollouts of U's
+    actions (T, m) from x0 (n,) in one mujoco.rollout call on the calling thread (as many steps as
+    the floor counts, so that the step time and the iteration it is set against see the same load)."""
+    steps = copies * len(U) * model.control_steps
     state = np.empty(mujoco.mj_stateSize(model.model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
     mujoco.mj_getState(model.model, model.data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
     state[1 : 1 + model.n] = x0
-    control = np.repeat(U, model.control_steps, axis=0)[None]
+    control = np.repeat(U, model.control_steps, axis=0)[None].repeat(copies, axis=0)
     runner = mj_rollout.Rollout(nthread=0)
     started = time.perf_counter()
-    runner.rollout(model.model, [model.data], state[None], control)
+    runner.rollout(model.model, [model.data], np.tile(state, (copies, 1)), control)
     return (time.perf_counter() - started) / steps
 
 
@@ -122,18 +124,20 @@ def _iteration_ms(experiment, horizon: int, repeats: int, rate: float) -> dict:
     solver = ILQR(model, cost, spec.action_low, spec.action_high, config.ilqr)
     hold = np.array([spec.state_names.index(a) for a in spec.action_names])
     U = solver.solve(x0, np.tile(x0[hold], (horizon, 1)), max_iterations=3).U
-    times, steps = [], []
+    per_state = spec.n + spec.m + 1
+    backward_s = backward_macs(horizon, spec.n, spec.m) / rate
+    times, steps, ratios = [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
         solver.solve(x0, U, max_iterations=1)
         times.append(time.perf_counter() - started)
-        steps.append(physics_step_s(model, x0, U))
+        steps.append(physics_step_s(model, x0, U, per_state))
+        ratios.append(times[-1] / (horizon * per_state * model.control_steps * steps[-1] + backward_s))
     step_s = float(np.median(steps))
-    physics_s = horizon * (spec.n + spec.m + 1) * model.control_steps * step_s
-    floor_s = physics_s + backward_macs(horizon, spec.n, spec.m) / rate
-    iteration_s = float(np.median(times))
-    return {f"iteration_ms_T{horizon}": 1e3 * iteration_s, f"floor_ms_T{horizon}": 1e3 * floor_s,
-            f"iteration_over_floor_T{horizon}": iteration_s / floor_s, f"physics_step_us_T{horizon}": 1e6 * step_s,
+    floor_s = horizon * per_state * model.control_steps * step_s + backward_s
+    return {f"iteration_ms_T{horizon}": 1e3 * float(np.median(times)), f"floor_ms_T{horizon}": 1e3 * floor_s,
+            # Each iteration against the floor measured right after it (the load changes in between).
+            f"iteration_over_floor_T{horizon}": float(np.median(ratios)), f"physics_step_us_T{horizon}": 1e6 * step_s,
             "model_threads": getattr(model, "threads", 1)}
 
 
