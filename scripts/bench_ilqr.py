@@ -16,6 +16,9 @@ the backward pass's multiply-adds at this core's float64 matrix-product rate (`m
 one BLAS thread). mjd_transitionFD needs fewer than n + m steps per state (it skips the position
 stage for velocity and action perturbations), and the line search may roll out more than once:
 the ratio says how far the Python around MuJoCo and the small matrices are from that work.
+On a machine that others load, wall time swings with their work: `iteration_cpu_ms_T*`,
+`iteration_cpu_over_floor_T*` and `mpc_tick_cpu_ms` set the process's CPU time against the floor's
+CPU time instead (with threads, their CPU time adds up).
 The model's MuJoCo threads (`model_threads`, torch's thread count) share the derivatives; the
 floor is one core's.
 """
@@ -41,28 +44,30 @@ EXPERIMENT = "arm-reach-ilqr"
 
 
 class _TimedPolicy:
-    """A policy that records how long each act() after the first takes."""
+    """A policy that records how long each act() after the first takes: wall and process CPU seconds."""
 
     def __init__(self, policy):
-        self.policy, self.ticks = policy, []
+        self.policy, self.ticks, self.cpu = policy, [], []
 
     def reset(self) -> None:
         self.policy.reset()
 
     def act(self, x, t):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         u = self.policy.act(x, t)
         if t > 0:
             self.ticks.append(time.perf_counter() - started)
+            self.cpu.append(time.process_time() - cpu)
         return u
 
 
 def _mpc_runs(experiment, conditions: int):
-    """(tick seconds after the first, final end-effector errors m by the task's goal) over the first
-    `conditions` conditions."""
+    """(tick seconds after the first, their CPU seconds, final end-effector errors m by the task's goal)
+    over the first `conditions` conditions."""
     parts = build_parts(experiment)
     robot, task, model = parts.robot, parts.task, parts.model
     ticks: list[float] = []
+    cpu: list[float] = []
     errors: list[float] = []
     with robot:
         for c in range(conditions):
@@ -70,23 +75,25 @@ def _mpc_runs(experiment, conditions: int):
             policy = _TimedPolicy(parts.controller.policy(c))
             trial = rollout(robot, policy, task.horizon, seed=c)
             ticks += policy.ticks
+            cpu += policy.cpu
             errors.append(task.judge(trial, c).value)
-    return np.array(ticks), np.array(errors)
+    return np.array(ticks), np.array(cpu), np.array(errors)
 
 
-def physics_step_s(model, x0: np.ndarray, U: np.ndarray, copies: int) -> float:
+def physics_step_s(model, x0: np.ndarray, U: np.ndarray, copies: int) -> tuple[float, float]:
     """Seconds per physics step of the planning model on this core, in C: `copies` rollouts of U's
     actions (T, m) from x0 (n,) in one mujoco.rollout call on the calling thread (as many steps as
-    the floor counts, so that the step time and the iteration it is set against see the same load)."""
+    the floor counts, so that the step time and the iteration it is set against see the same load);
+    wall and this thread's CPU seconds."""
     steps = copies * len(U) * model.control_steps
     state = np.empty(mujoco.mj_stateSize(model.model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
     mujoco.mj_getState(model.model, model.data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
     state[1 : 1 + model.n] = x0
     control = np.repeat(U, model.control_steps, axis=0)[None].repeat(copies, axis=0)
     runner = mj_rollout.Rollout(nthread=0)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     runner.rollout(model.model, [model.data], np.tile(state, (copies, 1)), control)
-    return (time.perf_counter() - started) / steps
+    return (time.perf_counter() - started) / steps, (time.thread_time() - cpu) / steps
 
 
 def backward_macs(T: int, n: int, m: int) -> int:
@@ -126,19 +133,24 @@ def _iteration_ms(experiment, horizon: int, repeats: int, rate: float) -> dict:
     U = solver.solve(x0, np.tile(x0[hold], (horizon, 1)), max_iterations=3).U
     per_state = spec.n + spec.m + 1
     backward_s = backward_macs(horizon, spec.n, spec.m) / rate
-    times, steps, ratios = [], [], []
+    physics_steps = horizon * per_state * model.control_steps
+    times, cpu_times, steps, ratios, cpu_ratios = [], [], [], [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         solver.solve(x0, U, max_iterations=1)
         times.append(time.perf_counter() - started)
-        steps.append(physics_step_s(model, x0, U, per_state))
-        ratios.append(times[-1] / (horizon * per_state * model.control_steps * steps[-1] + backward_s))
-    step_s = float(np.median(steps))
-    floor_s = horizon * per_state * model.control_steps * step_s + backward_s
+        cpu_times.append(time.process_time() - cpu)
+        step_s, step_cpu_s = physics_step_s(model, x0, U, per_state)
+        steps.append(step_s)
+        ratios.append(times[-1] / (physics_steps * step_s + backward_s))
+        cpu_ratios.append(cpu_times[-1] / (physics_steps * step_cpu_s + backward_s))
+    floor_s = physics_steps * float(np.median(steps)) + backward_s
     return {f"iteration_ms_T{horizon}": 1e3 * float(np.median(times)), f"floor_ms_T{horizon}": 1e3 * floor_s,
             # Each iteration against the floor measured right after it (the load changes in between).
-            f"iteration_over_floor_T{horizon}": float(np.median(ratios)), f"physics_step_us_T{horizon}": 1e6 * step_s,
-            "model_threads": getattr(model, "threads", 1)}
+            f"iteration_over_floor_T{horizon}": float(np.median(ratios)),
+            f"iteration_cpu_ms_T{horizon}": 1e3 * float(np.median(cpu_times)),
+            f"iteration_cpu_over_floor_T{horizon}": float(np.median(cpu_ratios)),
+            f"physics_step_us_T{horizon}": 1e6 * float(np.median(steps)), "model_threads": getattr(model, "threads", 1)}
 
 
 def run_bench_ilqr(quick: bool = False) -> tuple[dict, dict]:
@@ -146,9 +158,10 @@ def run_bench_ilqr(quick: bool = False) -> tuple[dict, dict]:
     iteration_over_floor_T*, physics_step_us, matmul_gflops (see the module docstring)."""
     experiment = load_experiment(EXPERIMENT)
     conditions = 1 if quick else 3
-    ticks, errors = _mpc_runs(experiment, conditions)
+    ticks, cpu, errors = _mpc_runs(experiment, conditions)
     metrics = {
         "mpc_hz": float(1.0 / ticks.mean()),
+        "mpc_tick_cpu_ms": float(1e3 * cpu.mean()),
         "mpc_tick_ms_p95": float(1e3 * np.percentile(ticks, 95)),
         "reach_error_m": float(errors.max()),
     }
