@@ -198,39 +198,63 @@ def lqr_backward(
         du_low, du_high = np.asarray(du_low, dtype=np.float64), np.asarray(du_high, dtype=np.float64)
 
     G_all = np.zeros((T, m, p))  # [K | k]
-    R_all = np.empty((T, m, p))  # [Q_ux | Q_u]
-    Q_uu_all = np.empty((T, m, m))
+    Q_all = np.empty((T, p + m, p + m))  # Q~ per step: R = [Q_ux | Q_u] and Q_uu are views into it
     Q_uu_inv_all = np.empty((T, m, m))
     free_all = np.ones((T, m), dtype=bool)
     V = np.empty((T + 1, p, p))
     V[T, :n, :n], V[T, :n, n], V[T, n, :n], V[T, n, n] = cost.l_xx[T], cost.l_x[T], cost.l_x[T], 0.0
-    # The loop runs once per step on small matrices, so it keeps to few numpy calls: each costs
-    # about as much as the arithmetic inside it.
-    for t in range(T - 1, -1, -1):
-        Q = F_T[t] @ V[t + 1] @ F[t]
-        Q += L[t]
-        Q_uu, R = Q[p:, p:], Q[p:, :p]
-        Q_reg = Q_uu + reg if regularization else Q_uu
-        try:
-            Q_uu_inv = _chol_inverse(Q_reg)
-        except np.linalg.LinAlgError:
-            raise BackwardPassError(t) from None
-        G = Q_uu_inv @ R
-        np.negative(G, out=G)
-        if bounded and ((G[:, n] < du_low[t]).any() or (G[:, n] > du_high[t]).any()):
-            box = box_qp(Q_reg, R[:, n], du_low[t], du_high[t], None if k_init is None else k_init[t])
-            G = np.zeros((m, p))
-            G[:, n] = box.x
-            G[box.free, :n] = -box.H_free_inv @ R[box.free, :n]
-            free_all[t] = box.free
-        G_all[t], R_all[t], Q_uu_all[t], Q_uu_inv_all[t] = G, R, Q_uu, Q_uu_inv
-        # V~ from the unregularised Q-function along the chosen gains (valid for any gains).
-        N = G.T @ R
-        Vt = Q[:p, :p] + G.T @ Q_uu @ G
-        Vt += N
-        Vt += N.T
-        Vt += Vt.T
-        np.multiply(Vt, 0.5, out=V[t])
+    FV = np.empty((p + m, p))
+
+    def sweep(start: int, bound_checks: bool) -> int | None:
+        """Steps start, start-1, ..., 0 of the recursion; the step whose Q_uu + mu I is not positive
+        definite, or None. The loop runs on small matrices, so it keeps to few numpy calls (each
+        costs about as much as the arithmetic inside it) and writes into the outputs in place."""
+        for t in range(start, -1, -1):
+            Q = Q_all[t]
+            np.matmul(F_T[t], V[t + 1], out=FV)
+            np.matmul(FV, F[t], out=Q)
+            Q += L[t]
+            Q_uu, R = Q[p:, p:], Q[p:, :p]
+            Q_reg = Q_uu + reg if regularization else Q_uu
+            factor, info = _potrf(Q_reg, lower=1, clean=1)
+            if info != 0:
+                return t
+            factor_inv, info = _trtri(factor, lower=1)
+            if info != 0:
+                return t
+            Q_uu_inv = np.matmul(factor_inv.T, factor_inv, out=Q_uu_inv_all[t])
+            G = np.matmul(Q_uu_inv, R, out=G_all[t])
+            np.negative(G, out=G)
+            if bound_checks and ((G[:, n] < du_low[t]).any() or (G[:, n] > du_high[t]).any()):
+                box = box_qp(Q_reg, R[:, n], du_low[t], du_high[t], None if k_init is None else k_init[t])
+                G[:] = 0.0
+                G[:, n] = box.x
+                G[box.free, :n] = -box.H_free_inv @ R[box.free, :n]
+                free_all[t] = box.free
+            # V~ from the unregularised Q-function along the chosen gains (valid for any gains).
+            N = G.T @ R
+            Vt = Q[:p, :p] + G.T @ Q_uu @ G
+            Vt += N
+            Vt += N.T
+            Vt += Vt.T
+            np.multiply(Vt, 0.5, out=V[t])
+        return None
+
+    # Bounds rarely bind, so the first sweep leaves their checks out and checks all its steps at
+    # once after it; from the last step (the first the recursion met) whose feed-forward leaves its
+    # bounds on, the recursion is run again with the checks and the box QP. The steps after it are
+    # the same either way, so the result is the one checking every step gives.
+    failed = sweep(T - 1, bound_checks=False)
+    if bounded:
+        done = slice(0 if failed is None else failed + 1, T)
+        k_done = G_all[done, :, n]
+        outside = ((k_done < du_low[done]) | (k_done > du_high[done])).any(axis=1)
+        if outside.any():
+            failed = sweep(done.start + int(np.flatnonzero(outside)[-1]), bound_checks=True)
+    if failed is not None:
+        raise BackwardPassError(failed)
+    R_all = Q_all[:, p:, :p]
+    Q_uu_all = Q_all[:, p:, p:].copy()
     K, k = G_all[:, :, :n], G_all[:, :, n]
     dV1 = float(np.einsum("tm,tm->", k, R_all[:, :, n]))
     dV2 = 0.5 * float(np.einsum("tm,tmj,tj->", k, Q_uu_all, k))
