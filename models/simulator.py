@@ -45,6 +45,9 @@ from mujoco import rollout as mj_rollout
 
 from forethought.models.capabilities import LINEARIZE, PREDICT, ROLLOUT
 from forethought.models.dynamics_model import as_batch
+from forethought.models.mujoco_steps import CLOCK_START as _CLOCK_START
+from forethought.models.mujoco_steps import UNSTABLE as _UNSTABLE
+from forethought.models.mujoco_steps import PeriodStepper, ThreadPools, jacobians_per_step
 from forethought.robots.config import ConfigError
 from forethought.sim.fixtures import SceneFixtures
 from forethought.sim.mujoco_robot import state_names
@@ -59,11 +62,9 @@ _FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
 _CONTROL_AND_MOCAP = int(
     mujoco.mjtState.mjSTATE_CTRL | mujoco.mjtState.mjSTATE_MOCAP_POS | mujoco.mjtState.mjSTATE_MOCAP_QUAT
 )
-# MuJoCo's warnings for a simulation it found unstable (and reset): bad qpos, qvel, qacc.
-_UNSTABLE = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
-# Rollouts start their clock here rather than at 0: MuJoCo's reset of an unstable simulation sets
-# the time to 0, so the clock of a reset row is off even when the reset came in the first step.
-_CLOCK_START = 1.0
+# Rollouts start their clock at _CLOCK_START rather than at 0: MuJoCo's reset of an unstable
+# simulation sets the time to 0, so the clock of a reset row is off even when the reset came in the
+# first step.
 # Batches at least this large step through mujoco.rollout (one C call); smaller ones through
 # mj_step, whose per-call overhead is lower than rollout's setup.
 _ROLLOUT_MIN_BATCH = 8
@@ -156,6 +157,7 @@ class SimulatorModel:
         if threads < 1:
             raise ValueError(f"SimulatorModel: threads must be at least 1, got {threads}")
         self.threads = int(threads)
+        self._pools = ThreadPools(self.threads)
         self.dt = model.opt.timestep * self.control_steps
         self.nq, self.nv, self.m = model.nq, model.nv, model.nu
         self.n = model.nq + model.nv
@@ -243,6 +245,15 @@ class SimulatorModel:
             data = self.data
             mean = np.array([self._step(data, x[b], u[b]) for b in range(len(x))])
         return mean, np.zeros_like(mean)
+
+    def closed_loop(self, x0, U, X_ref=None, K=None, low=None, high=None) -> tuple[np.ndarray, np.ndarray]:
+        """States (T+1, n) from x0 (n,) under u_t = clip(U_t + K_t (x_t - X_ref_t), low, high) (U (T, m)
+        alone when K is None), and the actions (T, m): predict's periods one after another, with less
+        Python per period (iLQR's rollouts and line search). NaN from the first unstable period on."""
+        stepper = getattr(self._local, "stepper", None)
+        if stepper is None:
+            stepper = self._local.stepper = PeriodStepper(self.model, self.data, self.control_steps)
+        return stepper.closed_loop(np.asarray(x0, dtype=np.float64), U, X_ref, K, low, high)
 
     def _step(self, data: mujoco.MjData, x: np.ndarray, u: np.ndarray) -> np.ndarray:
         """x' (n,) after one control period from x under u (NaN where MuJoCo found it unstable)."""
@@ -382,27 +393,10 @@ class SimulatorModel:
         return A, B, c, Sigma
 
     def _tangent_jacobians_per_step(self, x, u):
-        """Tangent-space A (T, 2nv, 2nv), B (T, 2nv, m) composed from mjd_transitionFD per physics step; x' (T, n)."""
-        model, data = self.model, self.data
-        nv, m, T = self.nv, self.m, len(x)
-        A_tan = np.empty((T, 2 * nv, 2 * nv))
-        B_tan = np.empty((T, 2 * nv, m))
-        x_next = np.empty_like(x)
-        A_s = np.empty((2 * nv, 2 * nv))
-        B_s = np.empty((2 * nv, m))
-        for t in range(T):
-            self._set(data, x[t], u[t])
-            A_acc, B_acc = np.eye(2 * nv), np.zeros((2 * nv, m))
-            for _ in range(self.control_steps):
-                mujoco.mjd_transitionFD(model, data, self.epsilon, self.centred, A_s, B_s, None, None)
-                A_acc = A_s @ A_acc
-                B_acc = A_s @ B_acc + B_s
-                mujoco.mj_step(model, data)
-            A_tan[t], B_tan[t] = A_acc, B_acc
-            x_next[t, : self.nq], x_next[t, self.nq :] = data.qpos, data.qvel
-            if not self._finished(data):
-                x_next[t] = np.nan
-        return A_tan, B_tan, x_next
+        """Tangent-space A (T, 2nv, 2nv), B (T, 2nv, m) composed from mjd_transitionFD per physics step,
+        the rows over `threads` threads; x' (T, n)."""
+        return jacobians_per_step(self.model, lambda: self.data, self._pools.get(), self.threads, x, u,
+                                  self.control_steps, self.epsilon, self.centred)
 
     def _tangent_jacobians_over_period(self, x, u):
         """Tangent-space A, B by differences over the whole period, all perturbations in one batch.

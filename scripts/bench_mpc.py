@@ -9,7 +9,9 @@ The ensemble is fitted on a random cart-pole trial so that its normalisation is 
 Next to each time stands its floor: the network's multiply-adds for one action (particle-steps
 counted during a plan, times the multiply-adds of one step through one member) at the rate this
 thread reaches in a batched matrix product of the hidden layers' shape. No planner can choose an
-action faster than that with this network on this core; the gap is activations, sampling and cost.
+action faster than that with this network on this core; the gap (`*_over_floor`, time over floor)
+is activations, sampling and cost. `*_cpu_over_floor` sets the plan's CPU time against the floor
+in CPU time (the matrix-product rate per CPU second), which others' load does not swing.
 """
 
 from __future__ import annotations
@@ -36,17 +38,19 @@ PLANNER_SETTINGS = {
 }
 
 
-def time_per_action(planner, states: np.ndarray, repeats: int) -> float:
-    """Median wall time in ms of planner.plan over consecutive ticks from the given states."""
+def time_per_action(planner, states: np.ndarray, repeats: int, cpu: bool = False) -> float:
+    """Median wall time in ms of planner.plan over consecutive ticks from the given states (its CPU
+    time with cpu=True)."""
     H, m = planner.config.horizon, planner.m
     U = np.zeros((H, m))
     plan = planner.plan(states[0], U, 0)  # warm-up: allocations, caches
+    clock = time.process_time if cpu else time.perf_counter
     times = []
     for t in range(repeats):
         U = np.concatenate([plan.U[1:], plan.U[-1:]])
-        start = time.perf_counter()
+        start = clock()
         plan = planner.plan(states[(t + 1) % len(states)], U, t + 1)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return 1e3 * statistics.median(times)
 
 
@@ -61,18 +65,19 @@ class CountingDynamics:
         return self.dynamics.rollout(x0, U, generator)
 
 
-def matmul_rate(dynamics, rows: int = 1400, repeats: int = 20) -> float:
+def matmul_rate(dynamics, rows: int = 1400, repeats: int = 20, cpu: bool = False) -> float:
     """Multiply-adds per second of torch.bmm at the ensemble's hidden-layer shape, (k, rows, w) x
-    (k, w, w), in its planning dtype on this thread (best of `repeats`)."""
+    (k, w, w), in its planning dtype on this thread (best of `repeats`; per CPU second with cpu=True)."""
+    clock = time.thread_time if cpu else time.perf_counter
     weight = dynamics.weights[1]
     k, width, out_width = weight.shape
     h = torch.randn(k, rows, width).to(weight.dtype)
     out = torch.empty(k, rows, out_width, dtype=weight.dtype)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         torch.bmm(h, weight, out=out)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return k * rows * width * out_width / best
 
 
@@ -100,19 +105,24 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     model.fit([trial])
     dynamics = model.dynamics("tsinf")
     rate = matmul_rate(dynamics)
+    cpu_rate = matmul_rate(dynamics, cpu=True)
     metrics = {}
     for kind, settings in PLANNER_SETTINGS.items():
         planner = make_planner(kind, dynamics, cost, robot.spec.action_low, robot.spec.action_high,
                                **settings)
         metrics[f"{kind}_ms_per_action"] = time_per_action(planner, trial.states, repeats)
         metrics[f"{kind}_network_floor_ms"] = network_floor_ms(planner, dynamics, trial.states[0], rate)
+        metrics[f"{kind}_over_floor"] = metrics[f"{kind}_ms_per_action"] / metrics[f"{kind}_network_floor_ms"]
+        # The same in CPU time, which others' load on a shared machine does not stretch.
+        metrics[f"{kind}_cpu_over_floor"] = (time_per_action(planner, trial.states, repeats, cpu=True)
+                                             / (metrics[f"{kind}_network_floor_ms"] * rate / cpu_rate))
     config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate}
     return metrics, config
 
 
 def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20,
                   seeds: int = 3) -> tuple[dict, dict]:
-    """Metrics: {cem,icem,mppi}_ms_per_action (and *_float32 variants when bfloat16 is native), and
+    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms and _over_floor (and *_float32 variants when bfloat16 is native), and
     unless quick (or learning=False) pets_trials_to_success for seeds 0 to seeds-1 (None: not within
     max_trials), run as a sweep (a local Ray, one CPU per seed), with its distribution over the seeds
     that succeeded (pets_trials_to_success_median, _quartiles, _ci95), pets_success_rate and

@@ -124,6 +124,30 @@ def test_bounded_lqr_holds_the_bounds_without_clipping():
     assert result.cost < float(cost.trajectory_costs(solver.rollout(x0, clipped), clipped)) - 1e-3
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_each_steps_feed_forward_is_the_box_qp_of_its_q_function(seed):
+    """With bounds that bind at some steps and not at others, every step's feed-forward solves the
+    box QP of the Q-function that the value after it gives (Q_u = l_u + B^T V_x', Q_uu = l_uu +
+    B^T V_xx' B), whether or not its bounds bind, and the free flags say which bind."""
+    rng = np.random.default_rng(seed)
+    T, n, m = 15, 4, 2
+    A = np.eye(n) + 0.1 * rng.normal(size=(T, n, n))
+    B = 0.2 * rng.normal(size=(T, n, m))
+    cost = CostDerivatives(np.zeros(T + 1), 3.0 * rng.normal(size=(T + 1, n)), rng.normal(size=(T + 1, m)),
+                           np.tile(np.eye(n), (T + 1, 1, 1)), np.tile(0.1 * np.eye(m), (T + 1, 1, 1)),
+                           np.zeros((T + 1, m, n)))
+    low, high = -rng.uniform(0.5, 8.0, size=(T, m)), rng.uniform(0.5, 8.0, size=(T, m))
+    back = lqr_backward(A, B, cost, None, 1e-3, low, high)
+    assert 0 < np.sum(~back.free.all(axis=1)) < T  # some steps clamp, others do not
+    for t in range(T):
+        Q_u = cost.l_u[t] + B[t].T @ back.V_x[t + 1]
+        Q_uu = cost.l_uu[t] + B[t].T @ back.V_xx[t + 1] @ B[t] + 1e-3 * np.eye(m)
+        np.testing.assert_allclose(back.Q_uu[t], Q_uu, rtol=1e-10, atol=1e-10)
+        expected = box_qp(Q_uu, Q_u, low[t], high[t])
+        np.testing.assert_allclose(back.k[t], expected.x, rtol=1e-8, atol=1e-10)
+        np.testing.assert_array_equal(back.free[t], expected.free)
+
+
 def test_ilqr_swings_a_pendulum_up_with_monotone_cost_and_exact_bounds():
     cost = build_cost(PENDULUM_COST, PENDULUM_SPEC)
     solver = ILQR(Pendulum(), cost, [-3.0], [3.0], ILQRConfig(max_iterations=200))

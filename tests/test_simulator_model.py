@@ -301,3 +301,51 @@ def test_save_load_and_fit(tmp_path):
         SimulatorModel.load(tmp_path / "partial.json")
     with pytest.raises(ValueError, match=r"x must be \(B, 12\) and u \(B, 6\)"):
         model.predict(np.zeros(11), u)
+
+
+@pytest.mark.parametrize("control_steps, unstable_period", [(3, 2), (1, 0), (1, 3), (1, None)])
+def test_closed_loop_steps_as_predict_does_and_is_nan_from_an_unstable_period_on(
+    mujoco_warnings, control_steps, unstable_period
+):
+    model = SimulatorModel(mujoco.MjModel.from_xml_string(BLOWUP_XML), control_steps=control_steps)
+    rng = np.random.default_rng(8)
+    x0 = rng.normal(scale=0.1, size=model.n)
+    U = rng.uniform(-0.01, 0.01, size=(5, model.m))
+    if unstable_period is not None:
+        U[unstable_period] = 1e9  # 1e12 N on 1 kg
+    X, U_out = model.closed_loop(x0, U)
+    expected = successive_predictions(model, x0[None], U[None])[0]
+    np.testing.assert_array_equal(X, expected)  # the same physics, bit for bit (NaN where unstable)
+    np.testing.assert_array_equal(U_out, U)
+    if unstable_period is not None:
+        assert np.all(np.isnan(X[unstable_period + 1 :])) and np.all(np.isfinite(X[: unstable_period + 1]))
+
+
+def test_closed_loop_applies_clipped_feedback_about_the_reference():
+    model = SimulatorModel(SCENE)
+    rng = np.random.default_rng(9)
+    T = 6
+    x0 = rng.normal(scale=0.1, size=model.n)
+    X_ref = rng.normal(scale=0.1, size=(T + 1, model.n))
+    U = rng.uniform(-0.5, 0.5, size=(T, model.m))
+    K = rng.normal(scale=2.0, size=(T, model.m, model.n))
+    low, high = -0.3 * np.ones(model.m), 0.3 * np.ones(model.m)
+    X, U_out = model.closed_loop(x0, U, X_ref, K, low, high)
+    x = x0
+    for t in range(T):  # the feedback law, one predict call at a time
+        u = np.clip(U[t] + K[t] @ (x - X_ref[t]), low, high)
+        np.testing.assert_array_equal(U_out[t], u)
+        x = model.predict(x, u)[0]
+        np.testing.assert_array_equal(X[t + 1], x)
+    assert np.any(np.abs(U_out) == 0.3)  # the bounds were met
+
+
+@pytest.mark.parametrize("control_steps", [1, 3])
+def test_linearize_over_threads_equals_one_thread(control_steps):
+    rng = np.random.default_rng(10)
+    one = SimulatorModel(SCENE, control_steps=control_steps)
+    two = SimulatorModel(SCENE, control_steps=control_steps, threads=2)
+    x = rng.normal(scale=0.2, size=(11, one.n))
+    u = rng.uniform(-0.5, 0.5, size=(11, one.m))
+    for a, b in zip(two.linearize(x, u), one.linearize(x, u)):
+        np.testing.assert_array_equal(a, b)
