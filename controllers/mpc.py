@@ -251,7 +251,9 @@ class ILQRMPCConfig:
     initial_action: "hold" (joint position targets at the current joint positions: needs every
     action to name a state entry), "middle" (of the action bounds) or a list of m numbers;
     ilqr: the solver's settings (ILQRConfig; iterations and first_iterations replace its
-    max_iterations); seed: of the random trials before a learned model's first fit (default: the
+    max_iterations); through: "mean" (iLQR on the model's mean prediction) or "members" (on an
+    ensemble: the mean over its members of the cost of each member's own trajectory,
+    controllers.ilqr_members); seed: of the random trials before a learned model's first fit (default: the
     experiment's seed).
     """
 
@@ -262,6 +264,7 @@ class ILQRMPCConfig:
     time_budget_s: float | None = None
     initial_action: str | list[float] = "middle"
     ilqr: ILQRConfig = field(default_factory=ILQRConfig)
+    through: str = "mean"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -273,6 +276,8 @@ class ILQRMPCConfig:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
         if isinstance(self.initial_action, str) and self.initial_action not in ("hold", "middle"):
             raise ValueError(f"initial_action must be hold, middle or a list of numbers, got {self.initial_action!r}")
+        if self.through not in ("mean", "members"):
+            raise ValueError(f"through must be mean or members, got {self.through!r}")
 
 
 def initial_action(setting, spec: RobotSpec):
@@ -371,8 +376,16 @@ def build_ilqr_mpc(params: dict, robot, task, model) -> MPCController:
     check_model_states(model, spec)
     costs = task_costs(task, spec, "ilqr_mpc")
     horizon = cfg.horizon or task.horizon
+    if cfg.through == "members" and not callable(getattr(model, "member_stack", None)):
+        raise ConfigError(f"controller: through: members plans through each member of an ensemble, and the "
+                          f"{type(model).__name__} has no members: use through: mean")
 
-    def planner_for(condition: int, seed: int) -> ILQRPlanner:
+    def planner_for(condition: int, seed: int):
+        if cfg.through == "members":
+            from forethought.controllers.ilqr_members import MembersILQRPlanner
+
+            return MembersILQRPlanner(model.member_stack(), costs[condition], spec.action_low, spec.action_high,
+                                      horizon, cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr)
         return ILQRPlanner(model, costs[condition], spec.action_low, spec.action_high, horizon,
                            cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr)
 
