@@ -68,10 +68,11 @@ class MembersILQRPlanner:
     MemberStack with the cost averaged over the members; plans come back on the real state."""
 
     def __init__(self, stack, cost: Cost, action_low, action_high, horizon: int, iterations: int = 1,
-                 first_iterations: int = 50, time_budget_s: float | None = None, config=None):
+                 first_iterations: int = 50, time_budget_s: float | None = None, config=None,
+                 closed_loop_warm_start: bool = False):
         self.stack, self.n = stack, cost.n
         self.inner = ILQRPlanner(stack, MeanOverCopiesCost(cost, stack.k), action_low, action_high, horizon,
-                                 iterations, first_iterations, time_budget_s, config)
+                                 iterations, first_iterations, time_budget_s, config, closed_loop_warm_start)
         self.horizon = self.inner.horizon
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
