@@ -289,8 +289,8 @@ class ILQRMPCConfig:
     ensemble: the mean over its members of the cost of each member's own trajectory,
     controllers.ilqr_members); warm_start: each tick's first guess, "shifted" (the last plan's
     actions, shifted) or "closed_loop" (the last plan's feedback policy rolled out on the model
-    from the measured state: ILQRPlanner); seed: of the random trials before a learned model's first fit (default: the
-    experiment's seed).
+    from the measured state: ILQRPlanner); seed: of the random trials before a learned model's
+    first fit (default: the experiment's seed).
     """
 
     horizon: int | None = 50
