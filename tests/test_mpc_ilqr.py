@@ -289,6 +289,11 @@ def test_bad_controller_settings_name_the_key():
         build_ilqr_mpc({"initial_action": [0.0, 1.0]}, robot, task, model)
     with pytest.raises(ConfigError, match="needs the task's `cost`"):
         build_ilqr_mpc({}, robot, Task(horizon=10, cost={}), model)
+    with pytest.raises(ConfigError, match="through: members plans through each member of an ensemble, and the "
+                                          "SimulatorModel has no members"):
+        build_ilqr_mpc({"through": "members"}, robot, task, model)
+    with pytest.raises(ConfigError, match="warm_start must be shifted or closed_loop"):
+        build_ilqr_mpc({"warm_start": "open"}, robot, task, model)
 
 
 def test_arm_push_ilqr_brings_the_block_within_3cm():
