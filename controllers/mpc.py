@@ -201,7 +201,13 @@ class RecedingHorizonPolicy:
 
 class ILQRPlanner:
     """iLQR as an MPC planner: `iterations` iLQR iterations per tick (`first_iterations` at tick 0),
-    stopping early when `time_budget_s` would be overrun; the plan carries iLQR's feedback gains."""
+    stopping early when `time_budget_s` would be overrun; the plan carries iLQR's feedback gains.
+
+    closed_loop_warm_start: start each tick's solve from the last plan's feedback policy rolled
+    out on the model from the measured state (u_j = U_j + K_j (x_j - X_j), shifted to this tick)
+    instead of the policy's open-loop warm start: where the state has drifted from the plan (an
+    unstable system, an inexact model), the open-loop actions fall away from the plan, and a few
+    iterations from there may settle on another local optimum."""
 
     def __init__(
         self,
@@ -214,16 +220,42 @@ class ILQRPlanner:
         first_iterations: int = 50,
         time_budget_s: float | None = None,
         config: ILQRConfig | None = None,
+        closed_loop_warm_start: bool = False,
     ):
         if horizon < 1 or iterations < 1 or first_iterations < 1:
             raise ValueError("horizon, iterations and first_iterations must be at least 1")
         self.solver = ILQR(model, cost, action_low, action_high, config)
         self.horizon, self.iterations, self.first_iterations = int(horizon), int(iterations), int(first_iterations)
         self.time_budget_s = time_budget_s
+        self.closed_loop_warm_start = bool(closed_loop_warm_start)
         self.last_result = None
+        self._last_plan: tuple[int, Plan] | None = None
+
+    def _closed_loop(self, x0: np.ndarray, t: int) -> np.ndarray | None:
+        """Actions (H, m) of the last plan's feedback policy, shifted to tick t, rolled out on the
+        model from x0; None without a last plan with gains, or when the rollout is not finite."""
+        if self._last_plan is None or self._last_plan[0] >= t or self._last_plan[1].K is None:
+            return None
+        last_t, plan = self._last_plan
+        shift = min(t - last_t, self.horizon)
+
+        def shifted(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a[shift:], np.repeat(a[-1:], shift, axis=0)])
+
+        X, U, K = shifted(plan.X[:-1]), shifted(plan.U), shifted(plan.K)
+        solver = self.solver
+        solver._t0 = int(t)  # a time-varying model is asked at this tick's steps
+        x, actions = np.asarray(x0, dtype=np.float64), np.empty_like(U)
+        for j in range(self.horizon):
+            actions[j] = np.clip(U[j] + K[j] @ (x - X[j]), solver.low, solver.high)
+            x = solver._predict(x[None], actions[j][None], j)[0]
+        return actions if np.all(np.isfinite(actions)) and np.all(np.isfinite(x)) else None
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
         first = t == 0
+        if self.closed_loop_warm_start and not first:
+            warm = self._closed_loop(x0, t)
+            U_init = U_init if warm is None else warm
         result = self.solver.solve(
             x0,
             U_init,
@@ -233,7 +265,9 @@ class ILQRPlanner:
         )
         self.last_result = result
         K = result.backward.K if result.backward is not None else None
-        return Plan(U=result.U, X=result.X, K=K, cost=result.cost)
+        plan = Plan(U=result.U, X=result.X, K=K, cost=result.cost)
+        self._last_plan = (t, plan)
+        return plan
 
 
 # -- The experiment controller ------------------------------------------------------------------
@@ -251,8 +285,12 @@ class ILQRMPCConfig:
     initial_action: "hold" (joint position targets at the current joint positions: needs every
     action to name a state entry), "middle" (of the action bounds) or a list of m numbers;
     ilqr: the solver's settings (ILQRConfig; iterations and first_iterations replace its
-    max_iterations); seed: of the random trials before a learned model's first fit (default: the
-    experiment's seed).
+    max_iterations); through: "mean" (iLQR on the model's mean prediction) or "members" (on an
+    ensemble: the mean over its members of the cost of each member's own trajectory,
+    controllers.ilqr_members); warm_start: each tick's first guess, "shifted" (the last plan's
+    actions, shifted) or "closed_loop" (the last plan's feedback policy rolled out on the model
+    from the measured state: ILQRPlanner); seed: of the random trials before a learned model's
+    first fit (default: the experiment's seed).
     """
 
     horizon: int | None = 50
@@ -262,6 +300,8 @@ class ILQRMPCConfig:
     time_budget_s: float | None = None
     initial_action: str | list[float] = "middle"
     ilqr: ILQRConfig = field(default_factory=ILQRConfig)
+    through: str = "mean"
+    warm_start: str = "shifted"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -273,6 +313,10 @@ class ILQRMPCConfig:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
         if isinstance(self.initial_action, str) and self.initial_action not in ("hold", "middle"):
             raise ValueError(f"initial_action must be hold, middle or a list of numbers, got {self.initial_action!r}")
+        if self.through not in ("mean", "members"):
+            raise ValueError(f"through must be mean or members, got {self.through!r}")
+        if self.warm_start not in ("shifted", "closed_loop"):
+            raise ValueError(f"warm_start must be shifted or closed_loop, got {self.warm_start!r}")
 
 
 def initial_action(setting, spec: RobotSpec):
@@ -371,10 +415,21 @@ def build_ilqr_mpc(params: dict, robot, task, model) -> MPCController:
     check_model_states(model, spec)
     costs = task_costs(task, spec, "ilqr_mpc")
     horizon = cfg.horizon or task.horizon
+    if cfg.through == "members" and not callable(getattr(model, "member_stack", None)):
+        raise ConfigError(f"controller: through: members plans through each member of an ensemble, and the "
+                          f"{type(model).__name__} has no members: use through: mean")
 
-    def planner_for(condition: int, seed: int) -> ILQRPlanner:
+    closed_loop = cfg.warm_start == "closed_loop"
+
+    def planner_for(condition: int, seed: int):
+        if cfg.through == "members":
+            from forethought.controllers.ilqr_members import MembersILQRPlanner
+
+            return MembersILQRPlanner(model.member_stack(), costs[condition], spec.action_low, spec.action_high,
+                                      horizon, cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr,
+                                      closed_loop)
         return ILQRPlanner(model, costs[condition], spec.action_low, spec.action_high, horizon,
-                           cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr)
+                           cfg.iterations, cfg.first_iterations, cfg.time_budget_s, cfg.ilqr, closed_loop)
 
     seed = cfg.seed if cfg.seed is not None else task.seed
     return MPCController(spec, planner_for, cfg.replan_every, initial_action(cfg.initial_action, spec), model, seed)

@@ -56,6 +56,7 @@ def distribution_metrics(prefix: str, setting: dict, key: str = "trials_to_succe
 # is given to reach its goal (iLQR-MPC on the ensemble within 10 trials, MPPI on the GP within 5).
 CELLS: dict[str, int] = {
     "arm-reach-ilqr-ensemble": 10,
+    "cartpole-swingup-ilqr-ensemble": 10,
     "pendulum-swingup-mppi-gp": 5,
     "pendulum-swingup-ilqr-gp": 5,
     "arm-reach-ilqr-tvlg": 10,

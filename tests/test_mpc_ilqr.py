@@ -100,6 +100,26 @@ def test_warm_start_is_the_last_plan_shifted():
     np.testing.assert_array_equal(planner.warm_starts[3], np.concatenate([U0[3:], np.repeat(U0[-1:], 3, axis=0)]))
 
 
+def test_closed_loop_warm_start_rolls_the_last_plans_feedback_policy_out_from_the_measured_state():
+    planner = pendulum_planner(horizon=10, first_iterations=20, closed_loop_warm_start=True)
+    first = planner.plan(np.array([np.pi - 0.1, 0.0]), np.zeros((10, 1)), 0)  # near upright: no action at a bound
+    model = Pendulum()
+    shifted = np.concatenate([first.U[1:], first.U[-1:]])
+    # On the plan's own next state the feedback adds nothing: the shifted actions, up to the clip.
+    np.testing.assert_allclose(planner._closed_loop(first.X[1], 1)[:-1], np.clip(shifted, -3, 3)[:-1], atol=1e-9)
+    # Off it, the first action is corrected by the plan's gain, and the rest follow the model.
+    x = first.X[1] + np.array([0.02, -0.05])
+    warm = planner._closed_loop(x, 1)
+    np.testing.assert_allclose(warm[0], np.clip(first.U[1] + first.K[1] @ (x - first.X[1]), -3, 3), atol=1e-12)
+    assert np.abs(warm[0] - first.U[1]).max() > 1e-3
+    x_next = model.predict(x[None], warm[:1])[0][0]
+    np.testing.assert_allclose(warm[1], np.clip(first.U[2] + first.K[2] @ (x_next - first.X[2]), -3, 3), atol=1e-12)
+    # The solve at tick 1 starts from it (its first rollout), not from the warm start it is handed.
+    planner.plan(x, np.zeros((10, 1)), 1)
+    assert planner.last_result.iterations[0]["cost"] <= planner.solver._costs(
+        planner.solver.rollout(x, warm), warm) + 1e-9
+
+
 def test_feedback_gains_act_between_replans():
     policy = RecedingHorizonPolicy(pendulum_planner(horizon=20), PENDULUM_SPEC, replan_every=5)
     model, x = Pendulum(), np.array([np.pi - 0.05, 0.0])  # balancing: torques well inside the bounds
@@ -269,6 +289,11 @@ def test_bad_controller_settings_name_the_key():
         build_ilqr_mpc({"initial_action": [0.0, 1.0]}, robot, task, model)
     with pytest.raises(ConfigError, match="needs the task's `cost`"):
         build_ilqr_mpc({}, robot, Task(horizon=10, cost={}), model)
+    with pytest.raises(ConfigError, match="through: members plans through each member of an ensemble, and the "
+                                          "SimulatorModel has no members"):
+        build_ilqr_mpc({"through": "members"}, robot, task, model)
+    with pytest.raises(ConfigError, match="warm_start must be shifted or closed_loop"):
+        build_ilqr_mpc({"warm_start": "open"}, robot, task, model)
 
 
 def test_arm_push_ilqr_brings_the_block_within_3cm():

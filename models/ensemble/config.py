@@ -22,7 +22,10 @@ class EnsembleConfig:
     (default all). hidden: widths of the hidden layers. angle_states: state names fed as (sin, cos).
     relative_actions: feed each action that shares its name with a state as the difference action -
     state (a servo's position target becomes its position error, which its torque follows); other
-    actions are fed as they are.
+    actions are fed as they are. mirror: the system is mirror-symmetric about the origin of its
+    states and actions (negating every state and action negates the change: the cart-pole about
+    its hanging rest, with the pole's angle from hanging), and every transition is trained in its
+    mirrored form as well.
     weight_decay: L2 weight on every layer's weights. holdout: fraction of transitions kept out of
     training for early stopping (at most max_holdout; the same transitions in every fit); training
     stops after `patience` epochs in which no member's held-out mean squared error improved by a
@@ -47,6 +50,7 @@ class EnsembleConfig:
     activation: str = "silu"
     angle_states: list[str] = field(default_factory=list)
     relative_actions: bool = False
+    mirror: bool = False
     learning_rate: float = 1e-3
     weight_decay: float = 5e-5
     batch_size: int = 32

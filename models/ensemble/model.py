@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from forethought.models.dynamics_model import as_batch
 from forethought.models.ensemble.config import EnsembleConfig, native_bfloat16, resolve_device
 from forethought.models.ensemble.network import EnsembleNetwork, Normaliser
 from forethought.models.ensemble.planning import EnsembleDynamics
+
+if TYPE_CHECKING:
+    from forethought.models.ensemble.members import MemberStack
 from forethought.models.jacobians import row_jacobians
 from forethought.models.torch_file import as_tensor, load_torch_file
 from forethought.robots.config import ConfigError
@@ -143,7 +146,11 @@ class EnsembleModel:
         if len(x) < 4:
             raise ValueError(f"fit needs at least 4 finite transitions, got {len(x)}")
         start = time.perf_counter()
-        held = self.holdout_rows(len(x))
+        given = len(x)
+        held = self.holdout_rows(given)
+        if cfg.mirror:  # each transition's mirror image, held out with it when it is held out
+            x, u, delta = np.concatenate([x, -x]), np.concatenate([u, -u]), np.concatenate([delta, -delta])
+            held = np.concatenate([held, held])
         hold, train = np.flatnonzero(held), np.flatnonzero(~held)
         n_hold = len(hold)
         f = self.features(x, u)
@@ -210,7 +217,7 @@ class EnsembleModel:
             self.holdout_mse = holdout_nll = np.full(E, np.nan)
             self.elites = np.arange(cfg.n_elites)
         return {
-            "transitions": int(len(x)),
+            "transitions": int(given),  # as given, without their mirror images
             "holdout_transitions": int(n_hold),
             "epochs": epochs,
             "steps": steps,
@@ -307,6 +314,13 @@ class EnsembleModel:
         c = mean - np.einsum("bij,bj->bi", A, x2) - np.einsum("bij,bj->bi", B, u2)
         Sigma = var[:, :, None] * np.eye(self.n)
         return (A[0], B[0], c[0], Sigma[0]) if single else (A, B, c, Sigma)
+
+    def member_stack(self) -> "MemberStack":
+        """The elites side by side as one model over k copies of the state (models.ensemble.members):
+        what iLQR plans on to weigh each member's own prediction."""
+        from forethought.models.ensemble.members import MemberStack
+
+        return MemberStack(self)
 
     def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """States (B, H+1, n) float32 on `device` from x0 (B, n) under actions U (B, H, m): particles
