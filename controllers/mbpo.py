@@ -183,10 +183,11 @@ class SACController:
     def gradient_steps(self, count: int) -> dict[str, float]:
         """`count` SAC updates on batches from `batch()`; the last one's losses and the time they took."""
         started = time.perf_counter()
-        last: dict[str, float] = {}
+        last: dict = {}
         for _ in range(count):
             last = self.agent.update(*self.batch())
-        return {**last, "policy_updates": float(count), "policy_update_s": time.perf_counter() - started}
+        return {**{k: float(v) for k, v in last.items()}, "policy_updates": float(count),
+                "policy_update_s": time.perf_counter() - started}
 
     def update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
         steps = self.add_trials(trials)

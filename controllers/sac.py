@@ -104,10 +104,11 @@ class TwinQ(torch.nn.Module):
             self.weights.append(torch.nn.Parameter(torch.empty(copies, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(torch.nn.Parameter(torch.empty(copies, 1, fan_out).uniform_(-bound, bound)))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, detached: bool = False) -> torch.Tensor:
+        """detached: through the weights' values only (no gradient reaches them; the actor's loss)."""
         h = z.expand(self.weights[0].shape[0], *z.shape)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)
+            h = torch.baddbmm(b.detach(), h, w.detach()) if detached else torch.baddbmm(b, h, w)
             if i < len(self.weights) - 1:
                 h = torch.relu(h)
         return h.squeeze(-1)
@@ -144,9 +145,10 @@ class SACAgent:
         self.target.requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), requires_grad=True)
         self.target_entropy = -float(m) if cfg.target_entropy is None else float(cfg.target_entropy)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, fused=True)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr, fused=True)
+        # One Adam over actor, critics and temperature (their losses do not share parameters).
+        self.optimiser = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters(), self.log_alpha],
+                                          lr=cfg.lr, fused=True)
+        self._critic_params, self._target_params = list(self.critic.parameters()), list(self.target.parameters())
         self.in_mean = torch.zeros(d)
         self.in_std = torch.ones(d)
         self.scaled = False  # whether the input statistics are frozen yet
@@ -196,44 +198,38 @@ class SACAgent:
 
     @property
     def alpha(self) -> float:
-        return float(self.log_alpha.exp())
+        return float(self.log_alpha.detach().exp())
 
-    def update(self, x: torch.Tensor, a: torch.Tensor, r: torch.Tensor, x_next: torch.Tensor) -> dict[str, float]:
+    def update(self, x: torch.Tensor, a: torch.Tensor, r: torch.Tensor, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
         """One gradient step of critics, actor and temperature on a batch: inputs x, x_next (B, n + f),
-        actions a (B, m) in [-1, 1], rewards r (B,) (already scaled), float32."""
+        actions a (B, m) in [-1, 1], rewards r (B,) (already scaled), float32. Returns the losses and
+        the policy's entropy as 0-d tensors (reading them is left to whoever wants them).
+
+        The three losses are taken at the same parameters and stepped together, as the original SAC
+        (softlearning) runs its three training ops in one step: one backward pass and one fused Adam
+        step instead of three, which is most of an update's time at these sizes. The actor's loss
+        reads the critics through detached weights, so it moves the actor alone."""
         cfg = self.config
-        z, z_next = self._z(x), self._z(x_next)
+        B = len(x)
+        z_all = self._z(torch.cat([x, x_next]))
+        a_all, logp_all = self._sample_z(z_all)  # one actor pass for both the policy's and the target's actions
+        z, z_next, a_pi, logp = z_all[:B], z_all[B:], a_all[:B], logp_all[:B]
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
-            a_next, logp_next = self._sample_z(z_next)
-            q_next = self.target(torch.cat([z_next, a_next], dim=-1)).min(dim=0).values
-            y = r + cfg.gamma * (q_next - alpha * logp_next)
+            q_next = self.target(torch.cat([z_next, a_all[B:]], dim=-1)).min(dim=0).values
+            y = r + cfg.gamma * (q_next - alpha * logp_all[B:])
         q = self.critic(torch.cat([z, a], dim=-1))
         critic_loss = 0.5 * ((q - y) ** 2).mean(dim=1).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_opt.step()
-
-        # The actor's step: the critics are held fixed (no gradients into their weights).
-        self.critic.requires_grad_(False)
-        a_pi, logp = self._sample_z(z)
-        q_pi = self.critic(torch.cat([z, a_pi], dim=-1)).min(dim=0).values
+        q_pi = self.critic(torch.cat([z, a_pi], dim=-1), detached=True).min(dim=0).values
         actor_loss = (alpha * logp - q_pi).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.critic.requires_grad_(True)
-
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy).mean())
-        self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_opt.step()
-
+        self.optimiser.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + alpha_loss).backward()
+        self.optimiser.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.target.parameters()), list(self.critic.parameters()), cfg.tau)
+            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.updates += 1
-        return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
-                "entropy": float(-logp.detach().mean())}
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "entropy": -logp.detach().mean()}
 
     def export(self, scale: ActionScale, names: dict | None = None):
         """The actor's mean as an MLPPolicy (float64): u = mid + half * tanh(mean head), the same
