@@ -159,3 +159,35 @@ def test_mbpo_learns_to_hold_the_pendulum_lifted_and_saves_a_deployable_policy(t
     policy = MLPPolicy.load(result.folder / "models" / "nn_policy.pt")
     x = result.trials[-1].states[:-1]
     assert np.all(np.abs(policy.mean(x)) <= 2.5 + 1e-9)  # the pendulum's torque bound
+
+
+def test_sac_alone_learns_from_each_trials_steps_and_acts_random_then_mean_then_sampled():
+    """SAC's update takes G x (the trial's steps) gradient steps on its real transitions; its trials
+    act randomly first, then with the mean on every `evaluate_every`-th, drawing actions otherwise."""
+    from forethought.controllers.controller import Task
+    from forethought.controllers.costs import build_cost
+    from forethought.controllers.mbpo import build_sac
+    from forethought.robots.trial import rollout
+    from forethought.sim.mujoco_robot import MujocoRobot
+
+    robot = MujocoRobot("pendulum")
+    task = Task(horizon=10, cost={"terms": [{"type": "state", "weights": {"pole": 1.0}}]})
+    controller = build_sac({"updates_per_step": 2, "evaluate_every": 2, "hidden": [8], "batch_size": 16}, robot, task)
+    cost = build_cost(task.cost, robot.spec)
+    modes, diagnostics = [], []
+    for i in range(3):
+        policy = controller.policy(0)
+        modes.append(policy.mode)
+        trial = rollout(robot, policy, task.horizon, seed=i, cost=cost)
+        diagnostics.append(controller.update([[trial]]))
+    robot.close()
+    assert modes == ["random", "mean", "sample"]
+    assert [d["policy_updates"] for d in diagnostics] == [20.0, 20.0, 20.0]
+    assert diagnostics[-1]["real_transitions"] == 30.0
+    # the mean policy repeats itself; a drawn one does not
+    mean = controller.policy(0)
+    mean.mode = "mean"
+    x = np.array([0.3, -0.2])
+    assert np.array_equal(mean.act(x, 0), mean.act(x, 1))
+    mean.mode = "sample"
+    assert not np.array_equal(mean.act(x, 0), mean.act(x, 1))
