@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 # Where the distilled policy's metrics come from once `bench distill` exists ("module:function",
-# function(quick: bool) -> dict); until then the metrics say it is absent.
-DISTILL = "forethought.scripts.bench_distill:distill_policy_metrics"
+# function(quick: bool) -> (metrics, config), a benchmark's function); until then they say it is absent.
+DISTILL = "forethought.scripts.bench_distill:run_bench_distill"
 
 PENDULUM = {"sac": ("pendulum-swingup-sac", 400), "mbpo": ("pendulum-swingup-mbpo", 40)}
 ARM = ("arm-reach-mbpo", 50)
@@ -90,14 +90,15 @@ def mbpo_step_time(updates: int = 20, repeats: int = 20) -> dict:
 
 
 def distill_metrics(quick: bool) -> dict:
-    """The distilled policy's metrics from `DISTILL` under "distill_" keys, or {"distill": None}
-    while that benchmark does not exist."""
+    """The distilled policy's metrics from `DISTILL` (`bench distill` run within this one) under
+    "distill_" keys, or {"distill": None} while that benchmark does not exist."""
     module_name, function = DISTILL.split(":")
     try:
         measure = getattr(importlib.import_module(module_name), function)
     except (ModuleNotFoundError, AttributeError):
         return {"distill": None}
-    return {f"distill_{k}": v for k, v in measure(quick).items()}
+    metrics, _ = measure(quick)
+    return {f"distill_{k}": v for k, v in metrics.items()}
 
 
 def run_bench_policies(quick: bool = False, seeds: int = 3) -> tuple[dict, dict]:
