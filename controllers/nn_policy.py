@@ -49,21 +49,32 @@ class MLPPolicy:
 
     n: state size; m: action size; f: condition features (0 for none).
     cov: (m, m) the policy's action covariance, inv of the mean precision of the targets it fitted.
+    angles: indices of states the network sees as (sin, cos) (placed after the other states, before
+    the features), so that a pendulum's pole is one input however many turns it has made.
+    squash: the output is out_mean + out_std * tanh(network) (within the bounds out_mean +- out_std:
+    SAC's squashed policy, controllers/sac.py), instead of out_mean + out_std * network.
     """
 
-    def __init__(self, n: int, m: int, f: int = 0, config: MLPPolicyConfig | None = None, names: dict | None = None):
+    def __init__(self, n: int, m: int, f: int = 0, config: MLPPolicyConfig | None = None, names: dict | None = None,
+                 angles: Sequence[int] = (), squash: bool = False):
         self.n, self.m, self.f = n, m, f
+        self.angles = [int(i) for i in angles]
+        self.squash = bool(squash)
+        if any(not 0 <= i < n for i in self.angles) or len(set(self.angles)) != len(self.angles):
+            raise ValueError(f"NN policy: angles must be distinct state indices below {n}, got {self.angles}")
+        self._plain = [i for i in range(n) if i not in self.angles]
         self.config = config or MLPPolicyConfig()
         self.names = dict(names or {})
         torch.manual_seed(self.config.seed)
         layers: list[torch.nn.Module] = []
-        width = n + f
+        width = n + len(self.angles) + f
         for hidden in self.config.hidden:
             layers += [torch.nn.Linear(width, hidden), torch.nn.Tanh()]
             width = hidden
         layers.append(torch.nn.Linear(width, m))
         self.net = torch.nn.Sequential(*layers).double()
-        self.in_mean, self.in_std = np.zeros(n + f), np.ones(n + f)
+        width_in = n + len(self.angles) + f
+        self.in_mean, self.in_std = np.zeros(width_in), np.ones(width_in)
         self.out_mean, self.out_std = np.zeros(m), np.ones(m)
         self.cov = np.eye(m)
         self.trained = False
@@ -81,9 +92,19 @@ class MLPPolicy:
             raise ValueError("NN policy: state or features contain NaN or infinite values")
         return x
 
+    def _embed(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, n + f) states and features -> (B, n + len(angles) + f): angles as (sin, cos)."""
+        if not self.angles:
+            return z
+        ang = z[..., self.angles]
+        return torch.cat([z[..., self._plain], torch.sin(ang), torch.cos(ang), z[..., self.n :]], dim=-1)
+
     def _forward(self, z: torch.Tensor) -> torch.Tensor:
-        scaled = (z - torch.from_numpy(self.in_mean)) / torch.from_numpy(self.in_std)
-        return self.net(scaled) * torch.from_numpy(self.out_std) + torch.from_numpy(self.out_mean)
+        scaled = (self._embed(z) - torch.from_numpy(self.in_mean)) / torch.from_numpy(self.in_std)
+        out = self.net(scaled)
+        if self.squash:
+            out = torch.tanh(out)
+        return out * torch.from_numpy(self.out_std) + torch.from_numpy(self.out_mean)
 
     def mean(self, x: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """Mean action (B, m) for states x (B, n) (or (n,) -> (m,)) and features (f,) or (B, f)."""
@@ -114,7 +135,9 @@ class MLPPolicy:
             raise ValueError(f"NN policy: expected targets ({N}, {self.m}) and precisions ({N}, {self.m}, {self.m})")
         if not (np.all(np.isfinite(u)) and np.all(np.isfinite(precision))):
             raise ValueError("NN policy: targets or precisions contain NaN or infinite values")
-        self.in_mean, self.in_std = z.mean(axis=0), np.where(z.std(axis=0) > 1e-8, z.std(axis=0), 1.0)
+        embedded = self._embed(torch.from_numpy(z)).numpy()
+        self.in_mean = embedded.mean(axis=0)
+        self.in_std = np.where(embedded.std(axis=0) > 1e-8, embedded.std(axis=0), 1.0)
         self.out_mean, self.out_std = u.mean(axis=0), np.where(u.std(axis=0) > 1e-8, u.std(axis=0), 1.0)
         # Scale precisions to unit mean trace so the step size means the same for any task.
         mean_precision = precision.mean(axis=0)
@@ -161,6 +184,8 @@ class MLPPolicy:
                 "names": self.names,
                 "state_dict": self.net.state_dict(),
                 "scaling": {k: as_tensor(getattr(self, k)) for k in ("in_mean", "in_std", "out_mean", "out_std", "cov")},
+                "angles": list(self.angles),
+                "squash": self.squash,
             },
             path,
         )
@@ -177,7 +202,8 @@ class MLPPolicy:
             raise ConfigError(f"{path}: not a forethought NN policy file")
         try:
             n, m, f = saved["sizes"]
-            policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"])
+            policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"],
+                         angles=saved.get("angles", ()), squash=saved.get("squash", False))
             policy.net.load_state_dict(saved["state_dict"])
             for key in ("in_mean", "in_std", "out_mean", "out_std", "cov"):
                 setattr(policy, key, np.asarray(saved["scaling"][key], dtype=np.float64))

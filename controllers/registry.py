@@ -48,8 +48,12 @@ CONTROLLERS: dict[str, ControllerEntry] = {
     "ik_reach": ControllerEntry("forethought.controllers.ik_reach:build_ik_reach", (),
                                 "inverse kinematics to the target, no model"),
     "nn_policy": ControllerEntry("forethought.controllers.nn_policy:build_nn_policy", (),
-                                 "a trained network policy (e.g. MDGPS's) on its own",
-                                 runs_on="a network an mdgps run saved (controller.path)"),
+                                 "a trained network policy (MDGPS's, a distilled planner's, SAC's, MBPO's) on its own",
+                                 runs_on="a network a run saved (controller.path)"),
+    "sac": ControllerEntry("forethought.controllers.mbpo:build_sac", (),
+                           "soft actor-critic on the real transitions alone (the model-free baseline)"),
+    "mbpo": ControllerEntry("forethought.controllers.mbpo:build_mbpo", (ROLLOUT,),
+                            "MBPO: soft actor-critic on short branched rollouts of the ensemble from real states"),
     "random": ControllerEntry("forethought.controllers.policy:build_random", (), "seeded uniform random actions",
                               runs_on="forethought run dmc:DOMAIN:TASK"),
 }
@@ -58,4 +62,5 @@ CONTROLLERS: dict[str, ControllerEntry] = {
 MODEL_BOUND: dict[str, tuple[str, str]] = {
     "gps": ("tvlg", "guided policy search fits time-varying local models to each iteration's samples"),
     "mdgps": ("tvlg", "guided policy search fits time-varying local models to each iteration's samples"),
+    "mbpo": ("ensemble", "MBPO branches its rollouts through a member of the ensemble drawn at random each step"),
 }

@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, str] = {
     "latency": "forethought.scripts.bench_latency:run_bench_latency",
     "sweep": "forethought.scripts.bench_sweep:run_bench_sweep",
     "learning": "forethought.scripts.bench_learning:run_bench_learning",
+    "policies": "forethought.scripts.bench_policies:run_bench_policies",
 }
 
 

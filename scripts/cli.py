@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the JSON result to this file too")
     p.add_argument("--quick", action="store_true", help="a shorter run, for a smoke check")
     p.add_argument("--seeds", type=int, metavar="N",
-                   help="seeds 0 to N-1 for the benchmarks that run seeds (pilco, gps, mpc, sweep), run as a sweep on Ray")
+                   help="seeds 0 to N-1 for the benchmarks that run seeds (pilco, gps, mpc, sweep, learning, policies), run as a sweep on Ray")
     p.add_argument("--minutes", type=float, help="servo_soak: minutes per arm (default 10)")
     p.add_argument("--corrupt", type=float, help="servo_soak: rate of corrupted replies (default 0.02)")
     p.add_argument("--drop", type=float, help="servo_soak: rate of replies that never come (default 0)")

@@ -299,7 +299,8 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="a shipped experiment name or a YAML path (forethought list)")
     _add_bus_arguments(parser)
     parser.add_argument("--policy", metavar="RUN_DIR",
-                        help="deploy the network policy an MDGPS or distillation run saved (RUN_DIR/models/nn_policy.pt)")
+                        help="deploy the network policy an MDGPS, distillation, SAC or MBPO run saved "
+                        "(RUN_DIR/models/nn_policy.pt)")
     parser.add_argument("--calibration", help="calibration YAML (default: $FORETHOUGHT_HOME/calibration/ARM.yaml)")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder (default: runs)")
     parser.add_argument("--trials", type=int, help="iterations of the loop (trials per condition and sample)")
