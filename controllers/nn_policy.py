@@ -197,9 +197,7 @@ class MLPPolicy:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"NN policy file not found: {path}")
-        saved = load_torch_file(path, "an NN policy file")
-        if saved.get("kind") != "forethought.nn_policy":
-            raise ConfigError(f"{path}: not a forethought NN policy file")
+        saved = load_torch_file(path, "an NN policy file", tag=("kind", "forethought.nn_policy"))
         try:
             n, m, f = saved["sizes"]
             policy = cls(n, m, f, MLPPolicyConfig(**saved["config"]), saved["names"],

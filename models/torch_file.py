@@ -28,9 +28,10 @@ def _reason(err: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
-def load_torch_file(path: str | Path, what: str) -> dict:
+def load_torch_file(path: str | Path, what: str, tag: tuple[str, str] | None = None) -> dict:
     """The dict saved in `path`, read with weights_only=True; ConfigError naming the file and `what`
-    it should be ("an NN policy file") when it is unreadable, holds a pickled object or is no dict."""
+    it should be ("an NN policy file") when it is unreadable, holds a pickled object, is no dict, or
+    lacks the format `tag` (key, value) its writer stamps on it."""
     path = Path(path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -40,6 +41,8 @@ def load_torch_file(path: str | Path, what: str) -> dict:
         raise ConfigError(f"{path}: not {what}: {_reason(err)}") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path}: not {what}: it holds a {type(saved).__name__}, not a mapping")
+    if tag is not None and saved.get(tag[0]) != tag[1]:
+        raise ConfigError(f"{path}: not {what}: its {tag[0]} is {saved.get(tag[0])!r}, this version reads {tag[1]!r}")
     return saved
 
 

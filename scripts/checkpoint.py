@@ -227,9 +227,7 @@ def load(folder: Path) -> dict | None:
     path = Path(folder) / FILE
     if not path.is_file():
         return None
-    state = load_torch_file(path, "a readable checkpoint")
-    if state.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a checkpoint of format {FORMAT}, which this version reads")
+    state = load_torch_file(path, "a readable checkpoint", tag=("format", FORMAT))
     return state
 
 

@@ -341,6 +341,24 @@ def test_a_model_file_holding_a_pickled_object_is_refused_unrun(tmp_path, tripwi
     assert not tripwire[1].exists()
 
 
+def test_a_file_of_another_kind_or_format_is_refused_by_its_tag(tmp_path):
+    from forethought.controllers.nn_policy import MLPPolicy
+
+    model = EnsembleModel(["p", "v"], ["f"], EnsembleConfig(**SMALL))
+    model.fit_arrays(np.zeros((8, 2)), np.zeros((8, 1)), np.zeros((8, 2)))
+    path = tmp_path / "model.pt"
+    model.save(path)
+    with pytest.raises(ConfigError, match=r"model.pt: not an NN policy file: its kind is None, this version reads "
+                       r"'forethought.nn_policy'"):
+        MLPPolicy.load(path)
+    saved = torch.load(path, weights_only=True)
+    saved["format"] = "forethought.ensemble/2"
+    torch.save(saved, path)
+    with pytest.raises(ConfigError, match=r"not an ensemble model file: its format is 'forethought.ensemble/2', "
+                       r"this version reads 'forethought.ensemble/1'"):
+        EnsembleModel.load(path)
+
+
 def test_bad_input_gets_clear_errors(tmp_path):
     model = EnsembleModel(["p", "v"], ["f"], EnsembleConfig(**SMALL))
     with pytest.raises(RuntimeError, match="not been fitted"):

@@ -366,9 +366,7 @@ class EnsembleModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ensemble model file not found: {path}")
-        state = load_torch_file(path, "an ensemble model file")
-        if state.get("format") != "forethought.ensemble/1":
-            raise ConfigError(f"{path}: not a forethought ensemble model file")
+        state = load_torch_file(path, "an ensemble model file", tag=("format", "forethought.ensemble/1"))
         try:
             config = dict(state["config"])
             if device is not None:
