@@ -44,7 +44,7 @@ USER_ERRORS = (ConfigError, TrialLogError, FileNotFoundError)
 def run_errors() -> tuple[type[BaseException], ...]:
     """Failures of a run that are not bad input (exit 1, one line): a solver or the simulation gave
     up, or a controller asked for a NaN action."""
-    from forethought.controllers.gps import DualSearchError
+    from forethought.controllers.kl_lqg import DualSearchError
     from forethought.controllers.ilqr import BackwardPassError, DivergenceError
     from forethought.controllers.mpc import MPCError
     from forethought.sim.mujoco_robot import SimulationError

@@ -6,13 +6,11 @@ import torch
 
 from forethought.controllers.controller import Task
 from forethought.controllers.costs import build_cost
-from forethought.controllers.gps import (
+from forethought.controllers.gps import MDGPSController, build_gps, build_mdgps
+from forethought.controllers.kl_lqg import (
     DualSearchError,
     LinearGaussianGains,
-    MDGPSController,
     QuadraticCost,
-    build_gps,
-    build_mdgps,
     expected_cost,
     kl_constrained_update,
     lqg_step,
