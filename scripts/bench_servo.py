@@ -26,6 +26,7 @@ import numpy as np
 
 from forethought.robots.arm_description import load_arm, make_bus
 from forethought.robots.calibration import measure_calibration
+from forethought.robots.realtime import EMULATOR_RT_PRIORITY, NICE_INSTEAD, raise_priority
 from forethought.robots.servo_arm import ServoArm
 
 EMULATE = (
@@ -37,31 +38,11 @@ EMULATE = (
 )
 
 
-EMULATOR_NICE = -10
-EMULATOR_RT_PRIORITY = 10
-
-
-def raise_priority(pid: int) -> str:
-    """Let the emulator's process (pid) run ahead of the driver, the controller and anything else
-    on the machine: it stands in for the servos, which no host load holds back. Real-time
-    scheduling where allowed (root), else a lower nice value, else nothing; says which."""
-    try:
-        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(EMULATOR_RT_PRIORITY))
-        return f"SCHED_FIFO {EMULATOR_RT_PRIORITY}"
-    except (OSError, AttributeError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, EMULATOR_NICE)
-        return f"nice {EMULATOR_NICE}"
-    except OSError:
-        return "normal"
-
-
 def emulator_priority() -> str:
     """What raise_priority achieves on this machine (tried on this process's own priority class)."""
     if hasattr(os, "SCHED_FIFO") and os.geteuid() == 0:
         return f"SCHED_FIFO {EMULATOR_RT_PRIORITY}"
-    return f"nice {EMULATOR_NICE}" if os.geteuid() == 0 else "normal"
+    return f"nice {NICE_INSTEAD}" if os.geteuid() == 0 else "normal"
 
 
 def start_emulator(arm: str, *options: str) -> tuple[subprocess.Popen, str]:
@@ -76,7 +57,7 @@ def start_emulator(arm: str, *options: str) -> tuple[subprocess.Popen, str]:
         raise RuntimeError(f"the emulator did not start (it printed {port!r})")
     # Only now, with its imports and scene loaded: a real-time process starting up would hold a
     # core for seconds, and other emulators of the same priority with it.
-    raise_priority(process.pid)
+    raise_priority(process.pid, EMULATOR_RT_PRIORITY)
     return process, port
 
 

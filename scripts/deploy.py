@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import yaml
 from forethought.robots.arm_description import ArmDescription, arm_names, load_arm, make_bus
 from forethought.robots.calibration import Calibration, CalibrationError, measure_calibration
 from forethought.robots.config import ConfigError
+from forethought.robots.realtime import realtime_thread
 from forethought.robots.robot import ActionError
 from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
 from forethought.robots.servo_arm import ServoArm
@@ -136,13 +138,15 @@ def deploy(
     stream=None,
     write_phase: float = 0.5,
     bus: ServoBus | None = None,
+    realtime: bool = False,
 ) -> DeployResult:
     """Run `experiment`'s controller on the servo arm; see the module docstring. Progress and
     messages go to `stream` (default stderr).
 
     Raises ArmStopped (after torque off, with the trials logged so far) when the run ends early.
     bus: the ServoBus to drive the arm through (default: one for the arm on `port`), e.g. to read
-    its retry log afterwards.
+    its retry log afterwards. realtime: run each trial's loop at real-time priority where the OS
+    allows it (robots/realtime.py; the updates between trials run as before).
     """
     stream = stream or sys.stderr
 
@@ -182,7 +186,10 @@ def deploy(
         meta = dict(slot.metadata, arm=arm.name, port=str(port))
         with TrialWriter(result.folder / "trials" / f"trial_{slot.index:04d}.h5", robot.spec, meta) as writer:
             try:
-                trial = rollout(robot, policy, task.horizon, slot.seed, costs[slot.condition], meta, writer, progress.step)
+                with realtime_thread() if realtime else nullcontext("normal") as scheduling:
+                    meta["scheduling"] = scheduling
+                    trial = rollout(robot, policy, task.horizon, slot.seed, costs[slot.condition], meta, writer,
+                                    progress.step)
             except BaseException:
                 robot.close()  # torque off first, then the writer keeps what was logged
                 raise
@@ -196,7 +203,11 @@ def deploy(
                 result.reach_error_m.append(error)
             judgement = judge_trial(task, trial, slot.condition, result)
             writer.finish(trial)
-        result.loop.append(robot.loop_stats())
+        result.loop.append(dict(robot.loop_stats(), scheduling=meta["scheduling"]))
+        if realtime and slot.index == 0:
+            stream.write(f"control loop at {meta['scheduling']} priority" + (
+                "" if meta["scheduling"].startswith("SCHED_FIFO") else
+                " (real-time scheduling needs root, CAP_SYS_NICE or an rtprio limit)") + "\n")
         reach = f", end effector {error * 1e3:.1f} mm from the target" if error is not None else ""
         progress.trial_done(f"trial {slot.index + 1}: cost {trial.total_cost:.4g}{reach}{judgement_text(judgement)}")
         return trial
@@ -316,6 +327,9 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-phase", type=float, default=0.5, metavar="F",
                         help="write each goal F of a control period after the reading it answers (default 0.5; "
                         "the controller must decide within it)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="run each trial's loop at real-time priority (SCHED_FIFO) where the OS allows it, so "
+                        "that other work on the machine does not hold the loop back; says what it got")
 
 
 def use_policy(experiment, run_folder: Path) -> None:
@@ -363,7 +377,7 @@ def deploy_main(args: argparse.Namespace) -> int:
     print(f"deploying {experiment.name} on {arm.name} at {args.port}", file=sys.stderr)
     try:
         result = deploy(experiment, arm, args.port, calibration, Path(args.out), args.dry_run, args.velocity, margin,
-                        write_phase=args.write_phase)
+                        write_phase=args.write_phase, realtime=args.realtime)
     except ArmStopped as stopped:
         _print_summary(stopped.result)
         print(f"forethought deploy: {stopped}", file=sys.stderr)

@@ -170,7 +170,7 @@ def test_deploy_runs_through_two_percent_corrupted_replies(rig, tmp_path):
     experiment = experiment_file(tmp_path, {"type": "random"}, horizon=60)
     code, out, err = finish(forethought(
         "deploy", str(experiment), "--arm", arm.name, "--port", emulator.port,
-        "--calibration", str(calibration), "--out", str(tmp_path / "runs"), *MARGIN,
+        "--calibration", str(calibration), "--out", str(tmp_path / "runs"), *MARGIN, "--realtime",
     ))
     assert code == 0, err
     folder = Path(out.strip().splitlines()[-1].split("run folder: ")[1])
@@ -179,6 +179,10 @@ def test_deploy_runs_through_two_percent_corrupted_replies(rig, tmp_path):
     (trial,), problems = load_trials(sorted((folder / "trials").glob("*.h5")))
     assert trial.horizon == 60
     assert trial.metadata["bus"]["corrupt"] > 0
+    # --realtime: the trial's loop ran at the priority the OS granted, said once and logged.
+    scheduling = trial.metadata["scheduling"]
+    assert scheduling in ("SCHED_FIFO 5", "nice -10", "normal") and f"control loop at {scheduling} priority" in err
+    assert json.loads((folder / "deploy.json").read_text())["loop"][0]["scheduling"] == scheduling
 
 
 def test_a_servo_that_stops_answering_ends_the_run_with_one_line_naming_it(rig, tmp_path):
