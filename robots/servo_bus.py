@@ -409,7 +409,8 @@ class ServoBus(ABC):
             else:
                 exchange = self._exchange_time(pending, n, n_params(len(pending)))
                 received = receive_status(port, self._decode, self._STATUS_FORMAT, self._unpack, pending, n,
-                                          sent_at + exchange, self._quiet_time(n), sent_at + 2 * exchange)
+                                          sent_at + exchange, self._quiet_time(n), sent_at + 2 * exchange,
+                                          expected_bytes=len(pending) * (self._STATUS_OVERHEAD + n))
                 got.update(received.replies)
                 self.stats["late"] += received.late
             missing = [i for i in pending if i not in got]
@@ -427,9 +428,11 @@ class ServoBus(ABC):
                 self.stats["corrupt" if corrupt else "timeouts"] += 1
                 for i in missing:
                     quiet[i] = 0 if corrupt else quiet[i] + 1
+            all_in = received is not None and received.all_in
             self.retry_log.add(RetryEvent(sent_at, op, attempt, tuple(pending), tuple(missing), outcome, reasons,
-                                          rejected, waited * 1e3))
-            self.retry_log.drained(self._drain(missing, n))
+                                          rejected, waited * 1e3, all_in=all_in))
+            if not all_in:  # replies of this try may still be on their way
+                self.retry_log.drained(self._drain(missing, n))
             pending = [i for i in missing if tries[i] <= self.retries and (quiet_limit is None or quiet[i] < quiet_limit)]
             if pending:
                 self.stats["retries"] += 1

@@ -16,9 +16,10 @@ corrupted reply into several lost ones (docs/notes/servo-retries.md has the meas
 Here every reply must carry exactly the length the request asked for (Feetech LEN == n + 2,
 Dynamixel LEN == n + 4); a header with another length is a false one and only its first byte is
 dropped, so a reply right behind a damaged one is still found. An exchange waits until every
-servo asked has answered or its deadline (the wire time of the request and the replies, the
-servos' return delays, twice the USB latency, a margin) has passed; before a retry the line is
-drained until it has been quiet for a while, so the retry starts clean.
+servo asked has answered, or every byte their replies take has come (the rest came damaged: a
+flipped bit changes no byte count), or its deadline (the wire time of the request and the
+replies, the servos' return delays, twice the USB latency, a margin) has passed; after a deadline
+the line is drained until it has been quiet for a while before a retry, so the retry starts clean.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Received:
     received_any: bool = False  # any byte at all arrived
     late: int = 0  # replies taken after the deadline, while they were still streaming in
     waited_s: float = 0.0
+    all_in: bool = False  # every byte the asked replies take arrived: the missing ones came damaged
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class RetryEvent:
     attempt: 1 for the first try; asked, missing: servo ids; outcome: "timeout" (the line stayed
     quiet for the missing servos) or "corrupt" (bytes came, not a valid reply); reasons: why bytes
     were rejected; rejected: those bytes in hex (the first LOGGED_BYTES); waited_ms: how long the
-    try took; drained: bytes that came after the try, dropped before the next one.
+    try took; drained: bytes that came after the try, dropped before the next one; all_in: every
+    byte of the asked replies had come (the missing ones damaged), so the try ended without waiting
+    for its deadline and the line was not drained.
     """
 
     at: float
@@ -94,12 +98,14 @@ class RetryEvent:
     rejected: str
     waited_ms: float
     drained: int = 0
+    all_in: bool = False
 
     def as_dict(self) -> dict:
         return {
             "at": self.at, "op": self.op, "attempt": self.attempt, "asked": list(self.asked),
             "missing": list(self.missing), "outcome": self.outcome, "reasons": list(self.reasons),
             "rejected": self.rejected, "waited_ms": round(self.waited_ms, 3), "drained": self.drained,
+            "all_in": self.all_in,
         }
 
 
@@ -135,17 +141,22 @@ def receive_status(
     deadline: float,
     quiet_s: float = 0.0,
     cap: float | None = None,
+    expected_bytes: int | None = None,
 ) -> Received:
     """Read status packets of n data bytes from the servos `ids` until all came or time.monotonic()
     passes deadline with the line quiet for quiet_s: replies still streaming in at the deadline
     (a servo or emulator answering late) are read to their end, up to the time `cap`.
     port: the SDK port (its `ser` a pyserial port with a short read timeout).
-    unpack(packet, n): (data, error) of a status packet with exactly n data bytes, else None."""
+    unpack(packet, n): (data, error) of a status packet with exactly n data bytes, else None.
+    expected_bytes: what the asked replies take on the wire (unstuffed): once that many have come
+    and none is left half-read, the replies still missing came damaged and nothing more of this
+    exchange is on its way, so it ends there (`all_in`) instead of at its deadline."""
     started = last = time.monotonic()
     cap = deadline if cap is None else max(cap, deadline)
     out = Received()
     want = set(ids)
     buf = bytearray()
+    total = 0
     while want:
         waiting = port.ser.in_waiting
         chunk = port.ser.read(waiting or 1)  # blocks for at most the port's read timeout (about 1 ms)
@@ -154,10 +165,14 @@ def receive_status(
             out.received_any = True
             last = now
             buf += chunk
+            total += len(chunk)
             before = len(want)
             take_replies(buf, decode, status_format, unpack, n, want, out, final=False)
             if now > deadline:
                 out.late += before - len(want)
+            if want and expected_bytes is not None and total >= expected_bytes and not buf:
+                out.all_in = True
+                break
         if want and now >= deadline and (now - last >= quiet_s or not out.received_any or now >= cap):
             break
     # What is left is a reply cut short or a false header: drop it byte by byte, taking any

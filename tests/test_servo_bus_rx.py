@@ -170,6 +170,29 @@ def test_a_damaged_length_field_does_not_swallow_the_replies_behind_it(scripted,
     assert list(sync_read_ids(servo.requests[1], protocol)) == [1]
 
 
+@pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
+def test_a_damaged_reply_among_whole_ones_is_retried_without_waiting_out_the_deadline(scripted, protocol):
+    """A flipped data bit in servo 3's reply: every byte of the exchange came, so the try ends
+    there (nothing more is on its way; no drain) and servo 3 alone is asked again. The scripted
+    servos run with a long margin (MARGIN_MS), which the try would otherwise wait out."""
+    state = feetech_state if protocol == "feetech" else dxl_state
+    first = [True]
+
+    def respond(packet):
+        replies = [bytearray(state(i)) for i in sync_read_ids(packet, protocol)]
+        if first[0]:
+            replies[2][-3] ^= 0x10  # a data byte of servo 3: its checksum no longer matches
+            first[0] = False
+        return b"".join(replies)
+
+    servos = sts_servos(6) if protocol == "feetech" else xl_servos(6)
+    servo, bus = scripted(protocol, respond, servos)
+    assert list(bus.read_state().position) == [2048] * 6
+    (event,) = bus.retry_log
+    assert event.missing == (3,) and event.outcome == "corrupt" and event.all_in and event.drained == 0
+    assert list(sync_read_ids(servo.requests[1], protocol)) == [3]
+
+
 def test_a_stray_byte_before_a_reply_costs_nothing(scripted):
     def respond(packet):
         return b"\xff" + b"".join(feetech_state(i) for i in sync_read_ids(packet, "feetech"))
@@ -200,4 +223,6 @@ def test_a_silent_servo_costs_the_control_loop_two_quiet_tries_and_setup_all_fou
     assert [(e.op, e.attempt, e.missing) for e in bus.retry_log] == \
         [("state", k, (2,)) for k in (1, 2)] + [("state", k, (2,)) for k in (1, 2, 3, 4)] \
         + [("register status", k, (2,)) for k in (1, 2, 3, 4)]
+    # A reply that never came is waited for to the deadline, never taken as all in.
+    assert not any(e.all_in for e in bus.retry_log)
     assert {e.outcome for e in bus.retry_log} == {"timeout"}
