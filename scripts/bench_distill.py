@@ -11,10 +11,13 @@ and BLAS at one thread):
   the states of those trials; planner_ms_per_action_median, _p99: the planner's `act` on the same
   targets (every tick after the first, whose warm-up iterations are left out), and
   planner_final_distance_m: where the planner itself ends;
-- deployed_*: `forethought deploy arm-reach-distill --policy RUN` on the emulated SO-101 (the bus
-  emulator in its own process, as bench servo_loop starts it) at 50 Hz, one trial per target:
-  the loop period over every tick of every trial (mean, p99, how many over 21 ms) and each
-  trial's own p99, the controller's p99 per tick (worst trial), the final end-effector distance
+- deployed_*: `forethought deploy arm-reach-distill --policy RUN --realtime` on the emulated SO-101
+  (the bus emulator in its own process, as bench servo_loop starts it) at 50 Hz, one trial per
+  target: the loop's own period (deployed_loop_period_p99_ms, _max_ms: between the loop's ticks,
+  worst trial, as deploy reports it; deployed_period_p99_ms_per_trial), the period between the
+  trials' timestamps (the end of each read, so the bus read's jitter shows in it too: mean, p99,
+  how many over 21 ms), the bus read's p99, the scheduling the loop got, the controller's p99 per
+  tick (worst trial), the final end-effector distance
   per target (deployed_final_distance_m) and how many end within 1 cm; the 1-minute load average
   when done, for timings on a shared machine;
 - dagger_expert_gap_per_iteration: the mean distance (rad) between the network's mean and the planner's
@@ -81,7 +84,7 @@ def deployed_runs(run_folder: Path, conditions: int) -> dict:
         calibration = calibrate_through(process, arm, port)
         with tempfile.TemporaryDirectory() as out:
             result = deploy(experiment, arm, port, calibration, Path(out), timeout_margin_ms=TIMEOUT_MARGIN_MS,
-                            stream=io.StringIO())
+                            stream=io.StringIO(), realtime=True)
     finally:
         stop_emulator(process)
     distances = np.array(result.reach_error_m)
@@ -92,6 +95,10 @@ def deployed_runs(run_folder: Path, conditions: int) -> dict:
         "deployed_periods_over_21ms": int(np.sum(periods > 21.0)),
         "deployed_periods": int(len(periods)),
         "deployed_period_p99_ms_per_trial": [stats["period_p99_ms"] for stats in result.loop],
+        "deployed_loop_period_p99_ms": max(stats["period_p99_ms"] for stats in result.loop),
+        "deployed_loop_period_max_ms": max(stats["period_max_ms"] for stats in result.loop),
+        "deployed_bus_read_p99_ms": max(stats["bus_read_p99_ms"] for stats in result.loop),
+        "deployed_scheduling": result.loop[0].get("scheduling"),
         "deployed_load_average_1min": os.getloadavg()[0],
         "deployed_controller_p99_ms": max(stats["controller_p99_ms"] for stats in result.loop),
         "deployed_overruns": int(sum(stats["overruns"] for stats in result.loop)),
@@ -121,7 +128,7 @@ def run_bench_distill(quick: bool = False) -> tuple[dict, dict]:
             train_s = time.perf_counter() - started
             mlp = parts.controller.mlp
             distances, times, _ = policy_runs(mlp, experiment, conditions)
-            planner_ticks, planner_distances = _mpc_runs(experiment, conditions)
+            planner_ticks, _, planner_distances = _mpc_runs(experiment, conditions)
         with tempfile.TemporaryDirectory() as run:
             mlp.save(Path(run) / "models" / "nn_policy.pt")
             deployed = deployed_runs(Path(run), conditions)

@@ -10,23 +10,20 @@
 - One MBPO real step at the pendulum's sizes with 20 policy updates: its branched rollouts and the
   updates, on one torch thread, wall and CPU time (bar: 50 ms on one core); the CPU time is what one
   core spends, the wall time also holds what other processes on a shared machine take from it.
-- The distilled policy (controllers/distill.py, `bench distill`) joins here when that benchmark
-  exists: `DISTILL` names its function, whose metrics are merged under "distill_" keys.
+- The distilled policy (controllers/distill.py): `bench distill` runs within this one, its metrics
+  under "distill_" keys.
 """
 
 from __future__ import annotations
 
-import importlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 # Where the distilled policy's metrics come from once `bench distill` exists ("module:function",
 # function(quick: bool) -> (metrics, config), a benchmark's function); until then they say it is absent.
-DISTILL = "forethought.scripts.bench_distill:run_bench_distill"
 
 PENDULUM = {"sac": ("pendulum-swingup-sac", 400), "mbpo": ("pendulum-swingup-mbpo", 40)}
 ARM = ("arm-reach-mbpo", 50)
@@ -90,14 +87,10 @@ def mbpo_step_time(updates: int = 20, repeats: int = 20) -> dict:
 
 
 def distill_metrics(quick: bool) -> dict:
-    """The distilled policy's metrics from `DISTILL` (`bench distill` run within this one) under
-    "distill_" keys, or {"distill": None} while that benchmark does not exist."""
-    module_name, function = DISTILL.split(":")
-    try:
-        measure = getattr(importlib.import_module(module_name), function)
-    except (ModuleNotFoundError, AttributeError):
-        return {"distill": None}
-    metrics, _ = measure(quick)
+    """`bench distill`'s metrics, run within this one, under "distill_" keys."""
+    from forethought.scripts.bench_distill import run_bench_distill
+
+    metrics, _ = run_bench_distill(quick)
     return {f"distill_{k}": v for k, v in metrics.items()}
 
 
