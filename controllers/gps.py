@@ -283,11 +283,7 @@ class MDGPSController(GPSController):
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write the network to folder/nn_policy.pt (run it alone with `controller: {type: nn_policy}`)."""
-        if not self.mlp.trained:
-            return []
-        path = Path(folder) / "nn_policy.pt"
-        self.mlp.save(path)
-        return [path]
+        return self.mlp.save_in(folder)
 
 
 # -- Builders for experiment files --------------------------------------------------------------

@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from forethought.controllers.nn_policy import condition_features
+from forethought.controllers.nn_policy import POLICY_FILE, condition_features
 from forethought.controllers.sac import ActionScale, ReplayBuffer, SACAgent, SACConfig
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.trial import Trial
@@ -202,7 +202,7 @@ class SACController:
             return []
         names = {"states": list(self.spec.state_names), "actions": list(self.spec.action_names),
                  "features": list(self.params.features), "trained_by": type(self).__name__}
-        path = Path(folder) / "nn_policy.pt"
+        path = Path(folder) / POLICY_FILE
         self.agent.export(self.scale, names).save(path)
         return [path]
 

@@ -23,6 +23,8 @@ from forethought.models.torch_file import as_tensor, load_torch_file
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.progress import Progress
 
+POLICY_FILE = "nn_policy.pt"  # a run's network policy, in RUN/models/
+
 
 @dataclass
 class MLPPolicyConfig:
@@ -189,6 +191,15 @@ class MLPPolicy:
             },
             path,
         )
+
+    def save_in(self, folder: str | Path) -> list[Path]:
+        """Write the trained network to folder/POLICY_FILE, where `deploy --policy RUN` and
+        `controller: {type: nn_policy}` find it (RUN/models/); [] while it is untrained."""
+        if not self.trained:
+            return []
+        path = Path(folder) / POLICY_FILE
+        self.save(path)
+        return [path]
 
     @classmethod
     def load(cls, path: str | Path) -> "MLPPolicy":

@@ -335,7 +335,9 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
 def use_policy(experiment, run_folder: Path) -> None:
     """`--policy RUN_FOLDER`: the experiment's controller becomes the network policy that run saved
     (an MDGPS run's, a distilled planner's: RUN_FOLDER/models/nn_policy.pt)."""
-    policy_file = Path(run_folder) / "models" / "nn_policy.pt"
+    from forethought.controllers.nn_policy import POLICY_FILE  # torch: imported only when a policy is deployed
+
+    policy_file = Path(run_folder) / "models" / POLICY_FILE
     if not policy_file.is_file():
         raise FileNotFoundError(f"{run_folder}: no saved network policy (models/nn_policy.pt) in this run folder")
     experiment.controller = {"type": "nn_policy", "path": str(policy_file)}
