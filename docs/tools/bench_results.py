@@ -35,6 +35,8 @@ HEADLINES: dict[str, list[tuple[str, str, float, str]]] = {
     "policies": [("pendulum_step_ratio", "MBPO's steps to swing the pendulum up over SAC's, median of 3 seeds", 1.0, ""),
                  ("arm_mbpo_trials", "MBPO trials of 2 s to reach within 1 cm on the arm", 1.0, "")],
     "sweep": [("ratio", "4 PILCO seeds, 2 at a time on Ray over one at a time, wall time", 1.0, "")],
+    "servo_soak": [("so101_lost_arm_exits", "lost-arm exits in an hour on the emulated SO-101, 2% corrupted and 0.5% lost replies",
+                    1.0, "")],
     "servo_loop": [("so101_period_p99_ms", "SO-101 control period p99, emulated bus at 50 Hz", 1.0, "ms"),
                    ("so101_ilqr_mpc_reach_error_m", "iLQR-MPC deployed on the emulated SO-101, worst reach error",
                     1000.0, "mm")],
