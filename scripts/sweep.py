@@ -119,9 +119,12 @@ def start_ray(address: str | None, cpus: int | None) -> bool:
         else:
             # address="local": a Ray of its own, never one that another user started on this machine. Its
             # object store holds only runs' specs and records (kilobytes): a small one leaves the memory
-            # of a shared machine to the runs.
+            # of a shared machine to the runs. Its workers run at the sweep's own priority: Ray's default
+            # nice 15 keeps a driver responsive beside its workers, but here the workers are the whole
+            # sweep, and niced they get a few per cent of a core beside any busy process.
             ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=True)
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=True,
+                     _system_config={"worker_niceness": 0})
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)

@@ -50,7 +50,8 @@ def stop_processes(tag: str) -> None:
 def cluster():
     """The address of a two-node cluster (token authentication as Ray sets it up by default)."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # Workers at the test's priority (Ray's default is nice 15, which starves them beside busy processes).
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_worker_niceness": "0"}
     try:
         head = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--num-cpus=1",
                                "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
