@@ -17,7 +17,9 @@ Here every reply must carry exactly the length the request asked for (Feetech LE
 Dynamixel LEN == n + 4); a header with another length is a false one and only its first byte is
 dropped, so a reply right behind a damaged one is still found. An exchange waits until every
 servo asked has answered, or every byte their replies take has come (the rest came damaged: a
-flipped bit changes no byte count), or its deadline (the wire time of the request and the
+flipped bit changes no byte count), or the last servo asked has answered (the servos answer in the
+order asked, so a reply missing before the last one is not on its way: lost, or damaged past
+recognition), or its deadline (the wire time of the request and the
 replies, the servos' return delays, twice the USB latency, a margin) has passed; after a deadline
 the line is drained until it has been quiet for a while before a retry, so the retry starts clean.
 """
@@ -72,7 +74,7 @@ class Received:
     received_any: bool = False  # any byte at all arrived
     late: int = 0  # replies taken after the deadline, while they were still streaming in
     waited_s: float = 0.0
-    all_in: bool = False  # every byte the asked replies take arrived: the missing ones came damaged
+    all_in: bool = False  # nothing more is on its way: every byte came, or the last servo asked answered
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,10 @@ class RetryEvent:
     attempt: 1 for the first try; asked, missing: servo ids; outcome: "timeout" (the line stayed
     quiet for the missing servos) or "corrupt" (bytes came, not a valid reply); reasons: why bytes
     were rejected; rejected: those bytes in hex (the first LOGGED_BYTES); waited_ms: how long the
-    try took; drained: bytes that came after the try, dropped before the next one; all_in: every
-    byte of the asked replies had come (the missing ones damaged), so the try ended without waiting
-    for its deadline and the line was not drained.
+    try took; drained: bytes that came after the try, dropped before the next one; all_in: nothing
+    more of the try was on its way (every byte of the asked replies had come, the missing ones
+    damaged, or the last servo asked had answered, the missing ones passed over), so the try ended
+    without waiting for its deadline and the line was not drained.
     """
 
     at: float
@@ -150,7 +153,10 @@ def receive_status(
     unpack(packet, n): (data, error) of a status packet with exactly n data bytes, else None.
     expected_bytes: what the asked replies take on the wire (unstuffed): once that many have come
     and none is left half-read, the replies still missing came damaged and nothing more of this
-    exchange is on its way, so it ends there (`all_in`) instead of at its deadline."""
+    exchange is on its way, so it ends there (`all_in`) instead of at its deadline. The same holds
+    once the last of `ids` has answered with nothing half-read behind it: the servos answer in the
+    order asked (a sync read's order; on one line no reply overtakes another), so a reply missing
+    before it was lost or came damaged past recognition, and is not waited for."""
     started = last = time.monotonic()
     cap = deadline if cap is None else max(cap, deadline)
     out = Received()
@@ -170,7 +176,7 @@ def receive_status(
             take_replies(buf, decode, status_format, unpack, n, want, out, final=False)
             if now > deadline:
                 out.late += before - len(want)
-            if want and expected_bytes is not None and total >= expected_bytes and not buf:
+            if want and not buf and (expected_bytes is not None and total >= expected_bytes or ids[-1] not in want):
                 out.all_in = True
                 break
         if want and now >= deadline and (now - last >= quiet_s or not out.received_any or now >= cap):

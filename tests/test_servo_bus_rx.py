@@ -193,6 +193,30 @@ def test_a_damaged_reply_among_whole_ones_is_retried_without_waiting_out_the_dea
     assert list(sync_read_ids(servo.requests[1], protocol)) == [3]
 
 
+@pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
+@pytest.mark.parametrize("lost", [3, 6])
+def test_a_lost_reply_is_waited_for_only_when_it_was_the_last_asked(scripted, protocol, lost):
+    """Servo `lost`'s reply never comes in the first try. Before the last servo's turn (3 of 6) it
+    is passed over once servo 6 has answered: the try ends there (no drain) and servo 3 alone is
+    asked again. The last servo's (6) is waited for to the deadline and the line drained."""
+    state = feetech_state if protocol == "feetech" else dxl_state
+    first = [True]
+
+    def respond(packet):
+        ids = list(sync_read_ids(packet, protocol))
+        skip = lost if first[0] else None
+        first[0] = False
+        return b"".join(state(i) for i in ids if i != skip)
+
+    servos = sts_servos(6) if protocol == "feetech" else xl_servos(6)
+    servo, bus = scripted(protocol, respond, servos)
+    assert list(bus.read_state().position) == [2048] * 6
+    (event,) = bus.retry_log
+    assert event.missing == (lost,) and event.outcome == "timeout"
+    assert event.all_in == (lost != 6)
+    assert list(sync_read_ids(servo.requests[1], protocol)) == [lost]
+
+
 def test_a_stray_byte_before_a_reply_costs_nothing(scripted):
     def respond(packet):
         return b"\xff" + b"".join(feetech_state(i) for i in sync_read_ids(packet, "feetech"))
@@ -223,6 +247,7 @@ def test_a_silent_servo_costs_the_control_loop_two_quiet_tries_and_setup_all_fou
     assert [(e.op, e.attempt, e.missing) for e in bus.retry_log] == \
         [("state", k, (2,)) for k in (1, 2)] + [("state", k, (2,)) for k in (1, 2, 3, 4)] \
         + [("register status", k, (2,)) for k in (1, 2, 3, 4)]
-    # A reply that never came is waited for to the deadline, never taken as all in.
-    assert not any(e.all_in for e in bus.retry_log)
+    # Servo 3 answers after servo 2's turn, so a try that asked both ends there; servo 2 asked
+    # alone is waited for to the deadline.
+    assert [e.all_in for e in bus.retry_log] == [True, False, True, False, False, False, False, False, False, False]
     assert {e.outcome for e in bus.retry_log} == {"timeout"}
