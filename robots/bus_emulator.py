@@ -47,7 +47,7 @@ import numpy as np
 from forethought.robots import servo_packets as sp
 from forethought.robots.arm_description import ArmDescription
 from forethought.robots.emulated_servo import AMBIENT_C, OVERHEAT_C, EmulatedServo, Fault, ServoMount, random_mounts
-from forethought.robots.servo_bus import BITS_PER_BYTE
+from forethought.robots.servo_wire import BITS_PER_BYTE, RETURN_DELAY_UNIT_S
 from forethought.robots.servo_models import ServoFault
 
 GOAL_WRITES_KEPT = 600_000  # about half an hour of a 6-servo arm at 50 Hz
@@ -247,7 +247,7 @@ class BusEmulator:
                 continue
             if self.corrupt_rate and self._rng.random() < self.corrupt_rate:
                 reply = self._corrupt(reply)
-            t += 2e-6 * servo.get("return_delay") + len(reply) * BITS_PER_BYTE / self.arm.baudrate
+            t += RETURN_DELAY_UNIT_S * servo.get("return_delay") + len(reply) * BITS_PER_BYTE / self.arm.baudrate
             due.append((t, reply))
         # Sent as a USB adapter delivers them: its latency timer fires within a tick of the first
         # complete reply, and what is complete by then goes in one write (fewer wake-ups, so a

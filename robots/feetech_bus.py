@@ -5,7 +5,8 @@ from __future__ import annotations
 import scservo_sdk as scs
 
 from forethought.robots import servo_packets as sp
-from forethought.robots.servo_bus import BusServo, ServoBus, WirePort
+from forethought.robots.servo_bus import BusServo, ServoBus
+from forethought.robots.servo_wire import WirePort
 from forethought.robots.servo_models import ServoFault
 from forethought.robots.servo_rx import StatusFormat
 

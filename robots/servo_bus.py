@@ -6,7 +6,7 @@ position, velocity, load, voltage, temperature and faults in one transaction, sy
 positions, and switches torque. The SDKs send; replies are taken by `servo_rx` from the raw bytes.
 A status packet that is corrupted or missing is retried (only the servos still missing are asked
 again) before the bus gives a servo up, naming it. The servo models and their control tables
-are in `servo_models` (re-exported here).
+are in `servo_models`; the wire's timing and the SDK port's in `servo_wire`.
 
 Positions stay in encoder ticks here; `calibration` turns them into joint angles.
 """
@@ -17,7 +17,6 @@ import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,11 +24,9 @@ import numpy as np
 from forethought.robots.servo_models import SERVO_MODELS, ServoFault, ServoModel
 from forethought.robots.servo_packets import Decoded, Packet
 from forethought.robots.servo_rx import RetryEvent, RetryLog, StatusFormat, drain, hex_bytes, receive_status
+from forethought.robots.servo_wire import FACTORY_RETURN_DELAY_S, RETURN_DELAY_UNIT_S, usb_latency_timer_ms, wire_time
 
-BITS_PER_BYTE = 10  # start + 8 data + stop bits on the wire
 BROADCAST_ID = 0xFE
-RETURN_DELAY_UNIT_S = 2e-6  # one count of the return delay register, on STS and X-series alike
-FACTORY_RETURN_DELAY_S = 500e-6  # 250 counts, as the servos leave the factory
 # ms an exchange waits past its wire time, return delays and USB latency. A real servo answers
 # within microseconds of that; the margin covers a host (or an emulator) that the scheduler holds
 # back for a few ms, which an idle machine does now and then (docs/notes/servo-retries.md).
@@ -85,51 +82,6 @@ class BusReading:
     def answered(self) -> np.ndarray:
         """(k,) bool: which servos gave a valid status packet in this read."""
         return np.ones(len(self.position), dtype=bool) if self.valid is None else self.valid
-
-
-def wire_time(n_bytes: int, baudrate: int) -> float:
-    """Seconds that n_bytes take on the wire."""
-    return n_bytes * BITS_PER_BYTE / baudrate
-
-
-def usb_latency_timer_ms(port: str) -> float | None:
-    """The FTDI latency timer of a USB serial port in ms (Linux sysfs), or None when the port has none."""
-    try:
-        device = Path(os.path.realpath(port)).name
-    except OSError:
-        return None
-    path = Path("/sys/bus/usb-serial/devices") / device / "latency_timer"
-    try:
-        return float(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-class WirePort:
-    """Mixin placed before an SDK's PortHandler.
-
-    The SDKs wait for a status packet `2 x 16 ms + 2 ms` beyond its wire time, assuming the FTDI
-    default latency timer; with the timer at 1 ms that turns a lost packet into a lost control
-    period. Here the wait (for the SDK's own exchanges: ping) is the wire time + 2 x the port's
-    actual latency + a margin; reads and writes set their deadlines in `ServoBus._exchange_time`.
-    Reads block for up to a millisecond instead of spinning, and clearing the port drops stale
-    input bytes.
-    """
-
-    latency_ms: float = 1.0
-    margin_ms: float = 2.0
-
-    def setPacketTimeout(self, packet_length):  # noqa: N802 (SDK name)
-        self.packet_start_time = self.getCurrentTime()
-        self.packet_timeout = self.tx_time_per_byte * packet_length + 2.0 * self.latency_ms + self.margin_ms
-
-    def clearPort(self):  # noqa: N802
-        self.ser.reset_input_buffer()
-
-    def setupPort(self, cflag_baud):  # noqa: N802
-        ok = super().setupPort(cflag_baud)
-        self.ser.timeout = 0.001
-        return ok
 
 
 class ServoBus(ABC):

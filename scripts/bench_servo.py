@@ -171,7 +171,7 @@ def wire_run(arm_name: str, reads: int = 30) -> dict:
     fastest sync read of every servo with return delay 0 and with the factory 500 us, in ms, beside
     the wire time of the request and the replies (the emulator delivers as a USB adapter with a
     1 ms latency timer: up to 1 ms after the wire time, never before)."""
-    from forethought.robots.servo_bus import wire_time
+    from forethought.robots.servo_wire import wire_time
 
     arm = load_arm(arm_name)
     process, port = start_emulator(arm_name, "--seed", "1")

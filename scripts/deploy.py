@@ -36,7 +36,8 @@ from forethought.robots.realtime import realtime_thread
 from forethought.robots.robot import ActionError
 from forethought.robots.safety import SafetyStop, Terminated, exit_signals_raise
 from forethought.robots.servo_arm import ServoArm
-from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS, BusError, ServoBus, usb_latency_timer_ms
+from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS, BusError, ServoBus
+from forethought.robots.servo_wire import usb_latency_timer_ms
 from forethought.robots.trial import Trial, rollout
 from forethought.robots.trial_log import TrialWriter
 from forethought.scripts.experiment import build_parts, load_experiment, make_robot

@@ -18,7 +18,7 @@ from forethought.robots import servo_packets as sp
 from forethought.robots.calibration import homing_offset_for, wrap_ticks
 from forethought.robots.dynamixel_bus import DynamixelPort, StuffingPacketHandler
 from forethought.robots.feetech_bus import FeetechPort
-from forethought.robots.servo_bus import usb_latency_timer_ms, wire_time
+from forethought.robots.servo_wire import usb_latency_timer_ms, wire_time
 from forethought.robots.servo_models import SERVO_MODELS, Register, ServoFault, decode_sign_magnitude, encode_sign_magnitude
 
 
