@@ -35,3 +35,29 @@ def test_the_thread_runs_real_time_in_the_block_and_as_before_after_it():
         assert seen["after"][2] == seen["mine"][2]
     assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority,
             os.getpriority(os.PRIO_PROCESS, 0)) == before
+
+
+def test_the_kernels_tty_workers_run_real_time_in_the_block_and_as_before_after_it():
+    from forethought.robots.realtime import TTY_WORKER_RT_PRIORITY, tty_workers_realtime, unbound_kernel_workers
+
+    def states():
+        out = {}
+        for tid in unbound_kernel_workers():
+            try:
+                out[tid] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+            except ProcessLookupError:
+                pass
+        return out
+
+    before = states()
+    with tty_workers_realtime(recheck_s=0.05) as achieved:
+        inside = states()
+    after = states()
+    if achieved == "normal":  # no privilege (or no such workers): nothing may have changed
+        assert not before or all(after.get(t, s) == s for t, s in before.items())
+        return
+    assert achieved == f"SCHED_FIFO {TTY_WORKER_RT_PRIORITY}"
+    # Every worker that was there before (the kernel may start new ones between two checks).
+    assert all(inside[t][0] == os.SCHED_FIFO for t in before if t in inside)
+    # Put back as they were (workers the kernel ended meanwhile are gone from `after`).
+    assert all(after[t] == s for t, s in before.items() if t in after)
