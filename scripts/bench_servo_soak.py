@@ -41,7 +41,8 @@ def soak(arm_name: str, minutes: float, corrupt: float, drop: float, seed: int =
     """One arm's soak; see the module docstring. The run is `deploy`ed a chunk at a time (three
     trials of chunk_minutes / 3 each), on the one calibrated emulator; after each chunk the totals
     so far go to stderr as one JSON line, so that a soak cut short still says what it saw."""
-    from forethought.scripts.deploy import ArmStopped, deploy
+    from forethought.robots.safety import Terminated
+    from forethought.scripts.deploy import EXIT_INTERRUPTED, EXIT_TERMINATED, ArmStopped, deploy
     from forethought.scripts.experiment import load_experiment
 
     arm = load_arm(arm_name)
@@ -68,6 +69,11 @@ def soak(arm_name: str, minutes: float, corrupt: float, drop: float, seed: int =
                     result = deploy(experiment, arm, port, calibration, Path(out), stream=io.StringIO(), bus=bus,
                                     realtime=True)
                 except ArmStopped as stopped:
+                    # The soak was stopped, not the arm lost.
+                    if stopped.exit_code == EXIT_INTERRUPTED:
+                        raise KeyboardInterrupt from None
+                    if stopped.exit_code == EXIT_TERMINATED:
+                        raise Terminated("signal 15") from None
                     result, lost, message = stopped.result, 1, str(stopped)
                     # What the bus saw last, for the notes: the failed tries before the loss.
                     for event in list(bus.retry_log)[-40:]:
@@ -136,13 +142,15 @@ def run_bench_servo_soak(quick: bool = False, minutes: float | None = None, corr
     import torch
 
     from forethought.robots.realtime import tty_workers_realtime
+    from forethought.robots.safety import exit_signals_raise
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the controller shares the cores with the emulator's process
     try:
         # The pseudo-terminal stands for the servos' wire and USB adapter, which no host load holds
         # back: its bytes are handed over by the kernel's workers, raised like the emulator.
-        with tty_workers_realtime() as tty_workers:
+        # SIGTERM as an exception, so that the emulator stops and the workers are put back.
+        with exit_signals_raise(), tty_workers_realtime() as tty_workers:
             for name in arms:
                 for key, value in soak(name, minutes, corrupt, drop).items():
                     metrics[f"{name}_{key}"] = value

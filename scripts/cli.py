@@ -24,6 +24,7 @@ choose_gl_backend()  # before anything below imports mujoco, which reads MUJOCO_
 
 from forethought.robots.config import ConfigError
 from forethought.robots.robot import ActionError
+from forethought.robots.safety import Terminated
 from forethought.robots.trial_log import TrialLogError
 from forethought.sim.viewer import ViewerClosed
 
@@ -276,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"forethought {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"forethought {args.command}: terminated", file=sys.stderr)
+        return 143
     except Exception:
         traceback.print_exc()
         print(f"forethought {args.command}: internal error: this is a bug in forethought, not bad input "
