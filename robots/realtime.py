@@ -107,7 +107,13 @@ def tty_workers_realtime(recheck_s: float = 0.5) -> Iterator[str]:
                     continue
         return raised
 
-    if not raise_new() and not before:
+    raise_new()
+    try:
+        workers = unbound_kernel_workers()
+        raised = bool(workers) and all(os.sched_getscheduler(tid) == os.SCHED_FIFO for tid in workers)
+    except ProcessLookupError:  # a worker ended meanwhile: count what was raised
+        raised = bool(before)
+    if not raised:  # no privilege (or no such workers)
         yield "normal"
         return
     stop = threading.Event()

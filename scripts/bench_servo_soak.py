@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from forethought.robots.arm_description import load_arm, make_bus
 from forethought.robots.config import ConfigError
 from forethought.scripts.bench_servo import (
@@ -47,7 +49,7 @@ def soak(arm_name: str, minutes: float, corrupt: float, drop: float, seed: int =
 
     arm = load_arm(arm_name)
     process, port = start_emulator(arm_name, "--seed", str(seed))
-    lost, message, loops, reach = 0, None, [], []
+    lost, message, loops, periods, reach = 0, None, [], [], []
     started = time.monotonic()
     try:
         calibration = calibrate_through(process, arm, port)
@@ -83,15 +85,17 @@ def soak(arm_name: str, minutes: float, corrupt: float, drop: float, seed: int =
             print(json.dumps({"arm": arm_name, "chunk_bus": dict(bus.stats), "failed_tries": len(tries),
                               "failed_try_ms_max": max(late_ms, default=None)}), file=sys.stderr, flush=True)
             loops += [stats for stats in result.loop if stats.get("ticks")]
+            periods += [p for p in result.periods_ms if p.size]
             reach += list(result.reach_error_m)
-            summary = _summary(loops, reach, lost, message, started)
+            summary = _summary(loops, periods, reach, lost, message, started)
             print(json.dumps({"arm": arm_name, **summary}), file=sys.stderr, flush=True)
     finally:
         stop_emulator(process)
-    return _summary(loops, reach, lost, message, started)
+    return _summary(loops, periods, reach, lost, message, started)
 
 
-def _summary(loops: list[dict], reach: list[float], lost: int, message: str | None, started: float) -> dict:
+def _summary(loops: list[dict], periods: list, reach: list[float], lost: int, message: str | None,
+             started: float) -> dict:
     runs: dict[str, int] = {}
     for stats in loops:
         for length, count in stats["stale_runs"].items():
@@ -111,9 +115,10 @@ def _summary(loops: list[dict], reach: list[float], lost: int, message: str | No
         "stale_ticks": total("stale_ticks"),
         "longest_stale_ticks": worst("longest_stale_ticks"),
         "stale_runs": dict(sorted(runs.items(), key=lambda item: int(item[0]))),
-        # Over all trials: p50 and p99 weighted by ticks (each trial's own percentile), max of all.
-        "period_p50_ms": _weighted(loops, "period_p50_ms"),
-        "period_p99_ms": _weighted(loops, "period_p99_ms"),
+        # Over every period of every trial (the loop clock's), and each trial's own p99 weighted by its ticks.
+        "period_p50_ms": float(np.percentile(np.concatenate(periods), 50)) if periods else None,
+        "period_p99_ms": float(np.percentile(np.concatenate(periods), 99)) if periods else None,
+        "period_p99_trial_weighted_ms": _weighted(loops, "period_p99_ms"),
         "period_p99_worst_trial_ms": worst("period_p99_ms"),
         "period_max_ms": worst("period_max_ms"),
         "overruns": total("overruns"),

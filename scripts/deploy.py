@@ -79,6 +79,7 @@ class DeployResult(RunResult):
     folder: Path | None = None
     trials: list[Trial] = field(default_factory=list)
     loop: list[dict] = field(default_factory=list)
+    periods_ms: list[np.ndarray] = field(default_factory=list)  # each trial's loop periods (the clock's), ms
     reach_error_m: list[float] = field(default_factory=list)
     reach_by_trial: list[float | None] = field(default_factory=list)
 
@@ -205,6 +206,7 @@ def deploy(
             judgement = judge_trial(task, trial, slot.condition, result)
             writer.finish(trial)
         result.loop.append(dict(robot.loop_stats(), scheduling=meta["scheduling"]))
+        result.periods_ms.append(np.diff(robot.clock.ticks) * 1e3)
         if realtime and slot.index == 0:
             stream.write(f"control loop at {meta['scheduling']} priority" + (
                 "" if meta["scheduling"].startswith("SCHED_FIFO") else
