@@ -50,6 +50,9 @@ from forethought.controllers.sac import ActionScale, ReplayBuffer, SACAgent, SAC
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.trial import Trial
 
+# Updates whose batches are drawn and gathered at once (bounds their memory: CHUNK x batch rows).
+CHUNK = 200
+
 
 @dataclass
 class SACParams:
@@ -177,15 +180,20 @@ class SACController:
             self.agent.set_scaling(self.real.x[: self.real.size].double().numpy())
         return steps
 
-    def batch(self) -> tuple[torch.Tensor, ...]:
-        return self.real.sample(self.agent.config.batch_size, self.generator)
+    def batches(self, count: int) -> tuple[torch.Tensor, ...]:
+        """`count` batches from the real transitions, stacked: x, x_next (count, B, n + f), a (count,
+        B, m), r (count, B). One draw of count x B rows: the rows `count` draws of B in turn give."""
+        rows = self.real.draw(count * self.agent.config.batch_size, self.generator)
+        return self.real.take(rows.view(count, -1))
 
     def gradient_steps(self, count: int) -> dict[str, float]:
-        """`count` SAC updates on batches from `batch()`; the last one's losses and the time they took."""
+        """`count` SAC updates on batches from `batches()`; the last one's losses and the time they took.
+        The batches are drawn and gathered CHUNK at a time (their features made at once), the updates
+        then run in turn: the same steps as drawing each batch just before its update."""
         started = time.perf_counter()
         last: dict = {}
-        for _ in range(count):
-            last = self.agent.update(*self.batch())
+        for first in range(0, count, CHUNK):
+            last = self.agent.update_many(*self.batches(min(CHUNK, count - first)))
         return {**{k: float(v) for k, v in last.items()}, "policy_updates": float(count),
                 "policy_update_s": time.perf_counter() - started}
 
@@ -282,15 +290,22 @@ class MBPOController(SACController):
                     break
         return added
 
-    def batch(self) -> tuple[torch.Tensor, ...]:
+    def batches(self, count: int) -> tuple[torch.Tensor, ...]:
+        """`count` batches of `real_ratio` real rows and the rest imagined, stacked as SACController's.
+        The rows are drawn batch by batch, real then imagined (the generator's order of one batch at
+        a time), and gathered once per buffer."""
         size = self.agent.config.batch_size
         n_real = int(round(size * self.params.real_ratio))
         if self.model_buffer is None or self.model_buffer.size == 0:
             n_real = size
-        real = self.real.sample(n_real, self.generator) if n_real else None
-        imagined = self.model_buffer.sample(size - n_real, self.generator) if n_real < size else None
-        parts = [p for p in (real, imagined) if p is not None]
-        return tuple(torch.cat(columns) for columns in zip(*parts))
+        draws = [(self.real.draw(n_real, self.generator) if n_real else None,
+                  self.model_buffer.draw(size - n_real, self.generator) if n_real < size else None) for _ in range(count)]
+        parts = []
+        if n_real:
+            parts.append(self.real.take(torch.stack([real for real, _ in draws])))
+        if n_real < size:
+            parts.append(self.model_buffer.take(torch.stack([imagined for _, imagined in draws])))
+        return tuple(torch.cat(columns, dim=1) for columns in zip(*parts))
 
     def update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
         for c, group in enumerate(trials):

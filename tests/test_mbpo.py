@@ -192,3 +192,48 @@ def test_sac_alone_learns_from_each_trials_steps_and_acts_random_then_mean_then_
     assert np.array_equal(mean.act(x, 0), mean.act(x, 1))
     mean.mode = "sample"
     assert not np.array_equal(mean.act(x, 0), mean.act(x, 1))
+
+
+def _filled_mbpo(batch_size: int = 32):
+    """An MBPO controller on the pendulum with random real and imagined transitions in its buffers."""
+    from forethought.controllers.controller import Task
+    from forethought.controllers.mbpo import MBPOController
+    from forethought.sim.mujoco_robot import MujocoRobot
+
+    robot = MujocoRobot("pendulum")
+    spec = robot.spec
+    robot.close()
+    task = Task(horizon=10, cost={"terms": [{"type": "state", "weights": {"pole": 1.0}}]})
+    controller = MBPOController(MBPOParams(angle_states=["pole"], real_ratio=0.25),
+                                SACConfig(hidden=[16, 16], batch_size=batch_size), spec, task, None, None)
+    g = torch.Generator().manual_seed(0)
+    controller.real.add(torch.randn(300, 2, generator=g), torch.rand(300, 1, generator=g) * 2 - 1,
+                        torch.randn(300, generator=g), torch.randn(300, 2, generator=g))
+    controller._resize_model_buffer(1000)
+    controller.model_buffer.add(torch.randn(700, 2, generator=g), torch.rand(700, 1, generator=g) * 2 - 1,
+                                torch.randn(700, generator=g), torch.randn(700, 2, generator=g))
+    controller.agent.set_scaling(controller.real.x[:300].double().numpy())
+    return controller
+
+
+def test_batched_updates_take_the_steps_of_one_batch_at_a_time_bit_for_bit():
+    """gradient_steps (batches drawn and featurised at once, fused Adam fed the gradients directly)
+    against the updates as they ran before (each batch drawn before its update, .backward() and
+    torch.optim.Adam(fused=True)): the same parameters, temperature and targets to the bit."""
+    import copy
+
+    from forethought.scripts.bench_policies import reference_gradient_steps
+
+    controller = _filled_mbpo()
+    before = copy.deepcopy(controller.agent)
+    optimiser = torch.optim.Adam(before._params, lr=before.config.lr, fused=True)
+    drawn = controller.generator.get_state()
+    torch.manual_seed(7)
+    controller.gradient_steps(25)
+    controller.generator.set_state(drawn)
+    torch.manual_seed(7)
+    reference_gradient_steps(controller, before, optimiser, 25)
+    after = controller.agent
+    pairs = [*zip(after._params, before._params), *zip(after._target_params, before._target_params)]
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not torch.equal(after._critic_params[0], after._target_params[0])  # they did move
