@@ -204,6 +204,22 @@ class SACController:
         diagnostics.update(alpha=self.agent.alpha, real_transitions=float(self.real.size))
         return diagnostics
 
+    def checkpoint_state(self) -> dict:
+        """What a run's checkpoint keeps (scripts/checkpoint.py), so that a resumed run goes on as the
+        uninterrupted one: the agent (networks, temperature, optimiser, scaling), the replay buffer,
+        the batch generator, the trials seen and the policies handed out (their seeds)."""
+        return {"agent": self.agent.state(), "real": self.real.state(), "generator": self.generator,
+                "trials_seen": self.trials_seen, "runs": self._runs}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        self.agent.load(state["agent"])
+        real = ReplayBuffer.from_state(state["real"])
+        if real.capacity != self.real.capacity:
+            raise ConfigError(f"checkpoint: its replay buffer holds {real.capacity} transitions, "
+                              f"buffer_size is {self.real.capacity}")
+        self.real, self.generator = real, state["generator"]
+        self.trials_seen, self._runs = int(state["trials_seen"]), int(state["runs"])
+
     def save(self, folder: str | Path) -> list[Path]:
         """Write the policy's mean to folder/nn_policy.pt (`deploy --policy`, `controller: {type: nn_policy}`)."""
         if not self.agent.scaled:
@@ -245,6 +261,18 @@ class MBPOController(SACController):
         self.model = model
         self.model_buffer: ReplayBuffer | None = None
         self._starts: list[list[np.ndarray]] = [[] for _ in task.conditions]  # real states per condition
+
+    def checkpoint_state(self) -> dict:
+        """SAC's state, the model buffer and the real states rollouts start from (the ensemble is the
+        run's model, which the checkpoint keeps on its own)."""
+        return {**super().checkpoint_state(), "starts": self._starts,
+                "model_buffer": None if self.model_buffer is None else self.model_buffer.state()}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        super().restore_checkpoint(state)
+        self._starts = [list(states) for states in state["starts"]]
+        saved = state["model_buffer"]
+        self.model_buffer = None if saved is None else ReplayBuffer.from_state(saved)
 
     def _model_capacity(self, steps: int, k: int) -> int:
         return max(1, self.params.rollout_batch * steps * k * self.params.retain_trials)

@@ -306,6 +306,26 @@ class SACAgent:
             return {}
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "entropy": -logp.detach().mean()}
 
+    def state(self) -> dict:
+        """What continues training where it stopped (plain data and tensors, for a run's checkpoint):
+        the networks, the temperature, the optimiser's moments and step, the input scaling."""
+        return {"actor": dict(self.actor.state_dict()), "critic": dict(self.critic.state_dict()),
+                "target": dict(self.target.state_dict()), "log_alpha": self.log_alpha.detach().clone(),
+                "optimiser": self.optimiser.state(), "in_mean": self.in_mean.clone(), "in_std": self.in_std.clone(),
+                "scaled": self.scaled, "updates": self.updates}
+
+    def load(self, state: dict) -> None:
+        """Put back what `state()` gave, on an agent built with the same sizes and settings (in place:
+        the optimiser and the cached layer lists keep pointing at the same tensors)."""
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target.load_state_dict(state["target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.optimiser.load(state["optimiser"])
+        self.in_mean, self.in_std = state["in_mean"].clone(), state["in_std"].clone()
+        self.scaled, self.updates = bool(state["scaled"]), int(state["updates"])
+
     def export(self, scale: ActionScale, names: dict | None = None):
         """The actor's mean as an MLPPolicy (float64): u = mid + half * tanh(mean head), the same
         action as `scale.to_robot(mean_action(x))` (controllers/nn_policy.py)."""
@@ -348,6 +368,21 @@ class ReplayBuffer:
         self.x[rows], self.a[rows], self.r[rows], self.x_next[rows] = x, a, r, x_next
         self._next = (self._next + B) % self.capacity
         self.size = min(self.size + B, self.capacity)
+
+    def state(self) -> dict:
+        """The filled rows and the ring's position (a checkpoint's copy: the empty rows are not kept)."""
+        return {"capacity": self.capacity, "size": self.size, "next": self._next,
+                **{k: getattr(self, k)[: self.size].clone() for k in ("x", "a", "r", "x_next")}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ReplayBuffer":
+        """The buffer `state()` described, rows in the same places."""
+        buffer = cls(int(state["capacity"]), state["x"].shape[1], state["a"].shape[1])
+        size = int(state["size"])
+        for k in ("x", "a", "r", "x_next"):
+            getattr(buffer, k)[:size] = state[k]
+        buffer.size, buffer._next = size, int(state["next"])
+        return buffer
 
     def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` row indices drawn uniformly (with replacement) from the filled rows."""
