@@ -22,6 +22,11 @@ on every `evaluate_every`-th trial (0: never); else actions drawn from the polic
 All of them are experience. The trained policy is saved as RUN/models/nn_policy.pt, a network
 policy (controllers/nn_policy.py) that `deploy --policy RUN` and `controller: {type: nn_policy}` run.
 
+MB-MF fine-tuning (Nagabandi et al. 2018): `init_policy: PATH` names a saved network policy (a
+distilled planner's RUN/models/nn_policy.pt); it acts in the first `random_trials` trials instead
+of uniform random actions, and the actor's mean is fitted to its actions at those trials' states
+(`init_steps` Adam steps) before SAC's first update, which then goes on from there.
+
     controller:
       type: mbpo
       angle_states: [pole]        # states fed to the networks as (sin, cos)
@@ -45,7 +50,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from forethought.controllers.nn_policy import POLICY_FILE, condition_features
+from forethought.controllers.nn_policy import POLICY_FILE, MLPPolicy, condition_features
 from forethought.controllers.sac import ActionScale, ReplayBuffer, SACAgent, SACConfig
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.trial import Trial
@@ -59,7 +64,10 @@ class SACParams:
     """The loop's side of SAC: updates_per_step (G); random_trials: trials of uniform random actions
     first; evaluate_every: every such trial acts with the policy's mean (0: never); angle_states:
     state names fed as (sin, cos); features: condition keys appended to the policy's inputs;
-    buffer_size: real transitions kept."""
+    buffer_size: real transitions kept; init_policy: a saved network policy (nn_policy.pt, e.g. a
+    distilled planner's) that acts in the first random_trials trials instead of uniform random
+    actions and that the actor's mean is fitted to on their states before SAC's first update
+    (MB-MF fine-tuning); init_steps: gradient steps of that fit."""
 
     updates_per_step: int = 1
     random_trials: int = 1
@@ -67,11 +75,15 @@ class SACParams:
     angle_states: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     buffer_size: int = 1_000_000
+    init_policy: str | None = None
+    init_steps: int = 1000
 
     def __post_init__(self) -> None:
         if self.updates_per_step < 0 or self.random_trials < 1 or self.evaluate_every < 0 or self.buffer_size < 1:
             raise ValueError("updates_per_step and evaluate_every must be non-negative, random_trials and "
                              "buffer_size at least 1")
+        if self.init_steps < 0:
+            raise ValueError(f"init_steps must be non-negative, got {self.init_steps}")
 
 
 @dataclass
@@ -113,11 +125,13 @@ def split_params(params: dict, kind: type, where: str = "") -> tuple:
 
 
 class SACPolicy:
-    """One condition's Policy: `mode` "random" (uniform in the bounds), "sample" (drawn from the agent's
-    policy) or "mean"; draws from a generator seeded at every reset by (seed, resets so far)."""
+    """One condition's Policy: `mode` "random" (uniform in the bounds), "init" (the initial network
+    policy's mean, clipped to the bounds), "sample" (drawn from the agent's policy) or "mean"; draws
+    from a generator seeded at every reset by (seed, resets so far)."""
 
-    def __init__(self, agent: SACAgent, scale: ActionScale, features: np.ndarray, mode: str, seed: int):
-        self.agent, self.scale, self.features, self.mode, self.seed = agent, scale, features, mode, seed
+    def __init__(self, agent: SACAgent, scale: ActionScale, features: np.ndarray, mode: str, seed: int,
+                 init: MLPPolicy | None = None):
+        self.agent, self.scale, self.features, self.mode, self.seed, self.init = agent, scale, features, mode, seed, init
         self._resets = 0
         self.reset()
 
@@ -129,6 +143,9 @@ class SACPolicy:
     def act(self, x: np.ndarray, t: int) -> np.ndarray:
         if self.mode == "random":
             return self.scale.to_robot(self._rng.uniform(-1.0, 1.0, len(self.scale.mid)))
+        if self.mode == "init":
+            u = self.init.mean(np.asarray(x, dtype=np.float64), self.features if self.init.f else None)
+            return np.clip(u, self.scale.mid - self.scale.half, self.scale.mid + self.scale.half)
         z = np.concatenate([np.asarray(x, dtype=np.float64), self.features])[None]
         a = self.agent.sample(z, self._generator)[0] if self.mode == "sample" else self.agent.mean_action(z)
         return self.scale.to_robot(a[0].double().numpy())
@@ -150,19 +167,21 @@ class SACController:
         self.real = ReplayBuffer(params.buffer_size, spec.n + f, spec.m)
         self.generator = torch.Generator().manual_seed(task.seed)
         self.step_cost = step_cost
+        self.init = None if params.init_policy is None else load_init_policy(params.init_policy, spec, f, angles)
         self.trials_seen = 0
         self._runs = 0
+        self._init_fit: dict[str, float] = {}  # the initial policy's fit, for the update's diagnostics
 
     def mode(self) -> str:
         if self.trials_seen < self.params.random_trials:
-            return "random"
+            return "random" if self.init is None else "init"
         every = self.params.evaluate_every
         return "mean" if every and (self.trials_seen + 1) % every == 0 else "sample"
 
     def policy(self, condition: int) -> SACPolicy:
         self._runs += 1
         return SACPolicy(self.agent, self.scale, self.features[condition], self.mode(),
-                         self.task.seed * 1_000_003 + 1000 * self._runs + condition)
+                         self.task.seed * 1_000_003 + 1000 * self._runs + condition, self.init)
 
     def add_trials(self, trials: Sequence[Sequence[Trial]]) -> int:
         """Put the trials' transitions in the replay buffer; returns how many steps they had."""
@@ -178,6 +197,9 @@ class SACController:
                 steps += T
         if not self.agent.scaled and self.real.size:
             self.agent.set_scaling(self.real.x[: self.real.size].double().numpy())
+            if self.init is not None:  # the first trials acted with it: its actions are the buffer's
+                x, a = self.real.x[: self.real.size], self.real.a[: self.real.size]
+                self._init_fit = self.agent.imitate(x, a, self.params.init_steps, self.generator)
         return steps
 
     def batches(self, count: int) -> tuple[torch.Tensor, ...]:
@@ -201,7 +223,8 @@ class SACController:
         steps = self.add_trials(trials)
         self.trials_seen += sum(len(group) for group in trials)
         diagnostics = self.gradient_steps(self.params.updates_per_step * steps)
-        diagnostics.update(alpha=self.agent.alpha, real_transitions=float(self.real.size))
+        diagnostics.update(alpha=self.agent.alpha, real_transitions=float(self.real.size), **self._init_fit)
+        self._init_fit = {}
         return diagnostics
 
     def checkpoint_state(self) -> dict:
@@ -229,6 +252,18 @@ class SACController:
         path = Path(folder) / POLICY_FILE
         self.agent.export(self.scale, names).save(path)
         return [path]
+
+
+def load_init_policy(path: str, spec, f: int, angles: list[int]) -> MLPPolicy:
+    """`init_policy`: the saved network policy, checked against the robot, the features and the
+    angle states (ConfigError naming the key)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"init_policy: no such file {path}")
+    mlp = MLPPolicy.load(path)
+    if (mlp.n, mlp.m, mlp.f) != (spec.n, spec.m, f):
+        raise ConfigError(f"init_policy: {path} takes {mlp.n} states and {mlp.f} features to {mlp.m} actions; "
+                          f"here there are {spec.n} states, {f} features (`features`) and {spec.m} actions")
+    return mlp
 
 
 class StepCost:
@@ -351,8 +386,9 @@ class MBPOController(SACController):
         diagnostics.update(
             alpha=self.agent.alpha, rollout_length=float(k), rollout_s=rollout_s, imagined_transitions=float(added),
             real_transitions=float(self.real.size),
-            step_ms=1000.0 * (rollout_s + diagnostics["policy_update_s"]) / max(steps, 1),
+            step_ms=1000.0 * (rollout_s + diagnostics["policy_update_s"]) / max(steps, 1), **self._init_fit,
         )
+        self._init_fit = {}
         return diagnostics
 
 

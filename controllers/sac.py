@@ -306,6 +306,27 @@ class SACAgent:
             return {}
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "entropy": -logp.detach().mean()}
 
+    def imitate(self, x: torch.Tensor, a: torch.Tensor, steps: int, generator: torch.Generator) -> dict[str, float]:
+        """Fit the actor's mean tanh(mu(x)) to actions a (N, m) in [-1, 1] at inputs x (N, n + f) by
+        `steps` Adam steps on batches of batch_size (mean squared error; the log-std head is left
+        as it is): the actor starts as the policy that took them. Returns the loss before and after."""
+        z = self._z(torch.as_tensor(x, dtype=torch.float32))
+        a = torch.as_tensor(a, dtype=torch.float32)
+        optimiser = torch.optim.Adam(self.actor.parameters(), lr=self.config.lr)
+
+        def loss(rows) -> torch.Tensor:
+            return ((torch.tanh(self._heads(z[rows])[0]) - a[rows]) ** 2).mean()
+
+        with torch.no_grad():
+            start = float(loss(slice(None)))
+        for _ in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            loss(torch.randint(len(z), (self.config.batch_size,), generator=generator)).backward()
+            optimiser.step()
+        with torch.no_grad():
+            end = float(loss(slice(None)))
+        return {"init_loss_start": start, "init_loss_end": end}
+
     def state(self) -> dict:
         """What continues training where it stopped (plain data and tensors, for a run's checkpoint):
         the networks, the temperature, the optimiser's moments and step, the input scaling."""
