@@ -329,6 +329,7 @@ class MBPOController(SACController):
         buffer, each condition's share from its own states; returns the transitions added."""
         kernel = self.model.dynamics("ts1", "float32")
         sizes = np.array([sum(len(s) for s in states) for states in self._starts], dtype=np.float64)
+        mid, half = (torch.as_tensor(v, dtype=torch.float32) for v in (self.scale.mid, self.scale.half))
         added = 0
         for c, states in enumerate(self._starts):
             share = int(round(count * sizes[c] / sizes.sum()))
@@ -340,8 +341,8 @@ class MBPOController(SACController):
             f = torch.as_tensor(self.features[c], dtype=torch.float32).expand(share, -1)
             for _ in range(k):
                 z = torch.cat([x, f[: len(x)]], dim=1)
-                a, _ = self.agent.sample(z, self.generator)
-                u = torch.as_tensor(self.scale.mid, dtype=torch.float32) + torch.as_tensor(self.scale.half, dtype=torch.float32) * a
+                a, _ = self.agent.sample(z, self.generator, log_prob=False)
+                u = mid + half * a
                 x_next = kernel.rollout(x, u[:, None], self.generator)[:, 1]
                 cost = self.step_cost(c, x.double().numpy(), u.double().numpy(), x_next.double().numpy())
                 keep = torch.as_tensor(np.isfinite(cost)) & torch.isfinite(x_next).all(dim=1)

@@ -237,20 +237,24 @@ class SACAgent:
         mu, log_std = out[..., : self.m], out[..., self.m :]
         return mu, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
-    def _sample_z(self, z: torch.Tensor, generator: torch.Generator | None = None):
+    def _sample_z(self, z: torch.Tensor, generator: torch.Generator | None = None, log_prob: bool = True):
         mu, log_std = self._heads(z)
         noise = torch.randn(mu.shape, generator=generator)
         pre = mu + torch.exp(log_std) * noise
         a = torch.tanh(pre)
+        if not log_prob:
+            return a, None
         # log N(pre; mu, std) - sum log(1 - tanh(pre)^2), the latter as 2 (log 2 - pre - softplus(-2 pre)).
         log_prob = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prob = log_prob - (2 * (math.log(2.0) - pre - torch.nn.functional.softplus(-2 * pre))).sum(-1)
         return a, log_prob
 
     @torch.no_grad()
-    def sample(self, x, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions in [-1, 1] (B, m) drawn from the policy at inputs x (B, n + f), and their log-probability (B,)."""
-        return self._sample_z(self._z(torch.as_tensor(x, dtype=torch.float32)), generator)
+    def sample(self, x, generator: torch.Generator | None = None,
+               log_prob: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Actions in [-1, 1] (B, m) drawn from the policy at inputs x (B, n + f), and their
+        log-probability (B,) (None with log_prob=False: the same actions, for whoever needs only them)."""
+        return self._sample_z(self._z(torch.as_tensor(x, dtype=torch.float32)), generator, log_prob)
 
     @torch.no_grad()
     def mean_action(self, x) -> torch.Tensor:
