@@ -22,6 +22,11 @@ on every `evaluate_every`-th trial (0: never); else actions drawn from the polic
 All of them are experience. The trained policy is saved as RUN/models/nn_policy.pt, a network
 policy (controllers/nn_policy.py) that `deploy --policy RUN` and `controller: {type: nn_policy}` run.
 
+MB-MF fine-tuning (Nagabandi et al. 2018): `init_policy: PATH` names a saved network policy (a
+distilled planner's RUN/models/nn_policy.pt); it acts in the first `random_trials` trials instead
+of uniform random actions, and the actor's mean is fitted to its actions at those trials' states
+(`init_steps` Adam steps) before SAC's first update, which then goes on from there.
+
     controller:
       type: mbpo
       angle_states: [pole]        # states fed to the networks as (sin, cos)
@@ -45,10 +50,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from forethought.controllers.nn_policy import POLICY_FILE, condition_features
+from forethought.controllers.nn_policy import POLICY_FILE, MLPPolicy, condition_features
 from forethought.controllers.sac import ActionScale, ReplayBuffer, SACAgent, SACConfig
 from forethought.robots.config import ConfigError, from_mapping
 from forethought.robots.trial import Trial
+
+# Updates whose batches are drawn and gathered at once (bounds their memory: CHUNK x batch rows).
+CHUNK = 200
 
 
 @dataclass
@@ -56,7 +64,10 @@ class SACParams:
     """The loop's side of SAC: updates_per_step (G); random_trials: trials of uniform random actions
     first; evaluate_every: every such trial acts with the policy's mean (0: never); angle_states:
     state names fed as (sin, cos); features: condition keys appended to the policy's inputs;
-    buffer_size: real transitions kept."""
+    buffer_size: real transitions kept; init_policy: a saved network policy (nn_policy.pt, e.g. a
+    distilled planner's) that acts in the first random_trials trials instead of uniform random
+    actions and that the actor's mean is fitted to on their states before SAC's first update
+    (MB-MF fine-tuning); init_steps: gradient steps of that fit."""
 
     updates_per_step: int = 1
     random_trials: int = 1
@@ -64,11 +75,15 @@ class SACParams:
     angle_states: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     buffer_size: int = 1_000_000
+    init_policy: str | None = None
+    init_steps: int = 1000
 
     def __post_init__(self) -> None:
         if self.updates_per_step < 0 or self.random_trials < 1 or self.evaluate_every < 0 or self.buffer_size < 1:
             raise ValueError("updates_per_step and evaluate_every must be non-negative, random_trials and "
                              "buffer_size at least 1")
+        if self.init_steps < 0:
+            raise ValueError(f"init_steps must be non-negative, got {self.init_steps}")
 
 
 @dataclass
@@ -110,11 +125,13 @@ def split_params(params: dict, kind: type, where: str = "") -> tuple:
 
 
 class SACPolicy:
-    """One condition's Policy: `mode` "random" (uniform in the bounds), "sample" (drawn from the agent's
-    policy) or "mean"; draws from a generator seeded at every reset by (seed, resets so far)."""
+    """One condition's Policy: `mode` "random" (uniform in the bounds), "init" (the initial network
+    policy's mean, clipped to the bounds), "sample" (drawn from the agent's policy) or "mean"; draws
+    from a generator seeded at every reset by (seed, resets so far)."""
 
-    def __init__(self, agent: SACAgent, scale: ActionScale, features: np.ndarray, mode: str, seed: int):
-        self.agent, self.scale, self.features, self.mode, self.seed = agent, scale, features, mode, seed
+    def __init__(self, agent: SACAgent, scale: ActionScale, features: np.ndarray, mode: str, seed: int,
+                 init: MLPPolicy | None = None):
+        self.agent, self.scale, self.features, self.mode, self.seed, self.init = agent, scale, features, mode, seed, init
         self._resets = 0
         self.reset()
 
@@ -126,6 +143,9 @@ class SACPolicy:
     def act(self, x: np.ndarray, t: int) -> np.ndarray:
         if self.mode == "random":
             return self.scale.to_robot(self._rng.uniform(-1.0, 1.0, len(self.scale.mid)))
+        if self.mode == "init":
+            u = self.init.mean(np.asarray(x, dtype=np.float64), self.features if self.init.f else None)
+            return np.clip(u, self.scale.mid - self.scale.half, self.scale.mid + self.scale.half)
         z = np.concatenate([np.asarray(x, dtype=np.float64), self.features])[None]
         a = self.agent.sample(z, self._generator)[0] if self.mode == "sample" else self.agent.mean_action(z)
         return self.scale.to_robot(a[0].double().numpy())
@@ -147,19 +167,21 @@ class SACController:
         self.real = ReplayBuffer(params.buffer_size, spec.n + f, spec.m)
         self.generator = torch.Generator().manual_seed(task.seed)
         self.step_cost = step_cost
+        self.init = None if params.init_policy is None else load_init_policy(params.init_policy, spec, f, angles)
         self.trials_seen = 0
         self._runs = 0
+        self._init_fit: dict[str, float] = {}  # the initial policy's fit, for the update's diagnostics
 
     def mode(self) -> str:
         if self.trials_seen < self.params.random_trials:
-            return "random"
+            return "random" if self.init is None else "init"
         every = self.params.evaluate_every
         return "mean" if every and (self.trials_seen + 1) % every == 0 else "sample"
 
     def policy(self, condition: int) -> SACPolicy:
         self._runs += 1
         return SACPolicy(self.agent, self.scale, self.features[condition], self.mode(),
-                         self.task.seed * 1_000_003 + 1000 * self._runs + condition)
+                         self.task.seed * 1_000_003 + 1000 * self._runs + condition, self.init)
 
     def add_trials(self, trials: Sequence[Sequence[Trial]]) -> int:
         """Put the trials' transitions in the replay buffer; returns how many steps they had."""
@@ -175,17 +197,25 @@ class SACController:
                 steps += T
         if not self.agent.scaled and self.real.size:
             self.agent.set_scaling(self.real.x[: self.real.size].double().numpy())
+            if self.init is not None:  # the first trials acted with it: its actions are the buffer's
+                x, a = self.real.x[: self.real.size], self.real.a[: self.real.size]
+                self._init_fit = self.agent.imitate(x, a, self.params.init_steps, self.generator)
         return steps
 
-    def batch(self) -> tuple[torch.Tensor, ...]:
-        return self.real.sample(self.agent.config.batch_size, self.generator)
+    def batches(self, count: int) -> tuple[torch.Tensor, ...]:
+        """`count` batches from the real transitions, stacked: x, x_next (count, B, n + f), a (count,
+        B, m), r (count, B). One draw of count x B rows: the rows `count` draws of B in turn give."""
+        rows = self.real.draw(count * self.agent.config.batch_size, self.generator)
+        return self.real.take(rows.view(count, -1))
 
     def gradient_steps(self, count: int) -> dict[str, float]:
-        """`count` SAC updates on batches from `batch()`; the last one's losses and the time they took."""
+        """`count` SAC updates on batches from `batches()`; the last one's losses and the time they took.
+        The batches are drawn and gathered CHUNK at a time (their features made at once), the updates
+        then run in turn: the same steps as drawing each batch just before its update."""
         started = time.perf_counter()
         last: dict = {}
-        for _ in range(count):
-            last = self.agent.update(*self.batch())
+        for first in range(0, count, CHUNK):
+            last = self.agent.update_many(*self.batches(min(CHUNK, count - first)))
         return {**{k: float(v) for k, v in last.items()}, "policy_updates": float(count),
                 "policy_update_s": time.perf_counter() - started}
 
@@ -193,8 +223,25 @@ class SACController:
         steps = self.add_trials(trials)
         self.trials_seen += sum(len(group) for group in trials)
         diagnostics = self.gradient_steps(self.params.updates_per_step * steps)
-        diagnostics.update(alpha=self.agent.alpha, real_transitions=float(self.real.size))
+        diagnostics.update(alpha=self.agent.alpha, real_transitions=float(self.real.size), **self._init_fit)
+        self._init_fit = {}
         return diagnostics
+
+    def checkpoint_state(self) -> dict:
+        """What a run's checkpoint keeps (scripts/checkpoint.py), so that a resumed run goes on as the
+        uninterrupted one: the agent (networks, temperature, optimiser, scaling), the replay buffer,
+        the batch generator, the trials seen and the policies handed out (their seeds)."""
+        return {"agent": self.agent.state(), "real": self.real.state(), "generator": self.generator,
+                "trials_seen": self.trials_seen, "runs": self._runs}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        self.agent.load(state["agent"])
+        real = ReplayBuffer.from_state(state["real"])
+        if real.capacity != self.real.capacity:
+            raise ConfigError(f"checkpoint: its replay buffer holds {real.capacity} transitions, "
+                              f"buffer_size is {self.real.capacity}")
+        self.real, self.generator = real, state["generator"]
+        self.trials_seen, self._runs = int(state["trials_seen"]), int(state["runs"])
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write the policy's mean to folder/nn_policy.pt (`deploy --policy`, `controller: {type: nn_policy}`)."""
@@ -205,6 +252,18 @@ class SACController:
         path = Path(folder) / POLICY_FILE
         self.agent.export(self.scale, names).save(path)
         return [path]
+
+
+def load_init_policy(path: str, spec, f: int, angles: list[int]) -> MLPPolicy:
+    """`init_policy`: the saved network policy, checked against the robot, the features and the
+    angle states (ConfigError naming the key)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"init_policy: no such file {path}")
+    mlp = MLPPolicy.load(path)
+    if (mlp.n, mlp.m, mlp.f) != (spec.n, spec.m, f):
+        raise ConfigError(f"init_policy: {path} takes {mlp.n} states and {mlp.f} features to {mlp.m} actions; "
+                          f"here there are {spec.n} states, {f} features (`features`) and {spec.m} actions")
+    return mlp
 
 
 class StepCost:
@@ -238,6 +297,18 @@ class MBPOController(SACController):
         self.model_buffer: ReplayBuffer | None = None
         self._starts: list[list[np.ndarray]] = [[] for _ in task.conditions]  # real states per condition
 
+    def checkpoint_state(self) -> dict:
+        """SAC's state, the model buffer and the real states rollouts start from (the ensemble is the
+        run's model, which the checkpoint keeps on its own)."""
+        return {**super().checkpoint_state(), "starts": self._starts,
+                "model_buffer": None if self.model_buffer is None else self.model_buffer.state()}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        super().restore_checkpoint(state)
+        self._starts = [list(states) for states in state["starts"]]
+        saved = state["model_buffer"]
+        self.model_buffer = None if saved is None else ReplayBuffer.from_state(saved)
+
     def _model_capacity(self, steps: int, k: int) -> int:
         return max(1, self.params.rollout_batch * steps * k * self.params.retain_trials)
 
@@ -258,6 +329,7 @@ class MBPOController(SACController):
         buffer, each condition's share from its own states; returns the transitions added."""
         kernel = self.model.dynamics("ts1", "float32")
         sizes = np.array([sum(len(s) for s in states) for states in self._starts], dtype=np.float64)
+        mid, half = (torch.as_tensor(v, dtype=torch.float32) for v in (self.scale.mid, self.scale.half))
         added = 0
         for c, states in enumerate(self._starts):
             share = int(round(count * sizes[c] / sizes.sum()))
@@ -269,8 +341,8 @@ class MBPOController(SACController):
             f = torch.as_tensor(self.features[c], dtype=torch.float32).expand(share, -1)
             for _ in range(k):
                 z = torch.cat([x, f[: len(x)]], dim=1)
-                a, _ = self.agent.sample(z, self.generator)
-                u = torch.as_tensor(self.scale.mid, dtype=torch.float32) + torch.as_tensor(self.scale.half, dtype=torch.float32) * a
+                a, _ = self.agent.sample(z, self.generator, log_prob=False)
+                u = mid + half * a
                 x_next = kernel.rollout(x, u[:, None], self.generator)[:, 1]
                 cost = self.step_cost(c, x.double().numpy(), u.double().numpy(), x_next.double().numpy())
                 keep = torch.as_tensor(np.isfinite(cost)) & torch.isfinite(x_next).all(dim=1)
@@ -282,15 +354,22 @@ class MBPOController(SACController):
                     break
         return added
 
-    def batch(self) -> tuple[torch.Tensor, ...]:
+    def batches(self, count: int) -> tuple[torch.Tensor, ...]:
+        """`count` batches of `real_ratio` real rows and the rest imagined, stacked as SACController's.
+        The rows are drawn batch by batch, real then imagined (the generator's order of one batch at
+        a time), and gathered once per buffer."""
         size = self.agent.config.batch_size
         n_real = int(round(size * self.params.real_ratio))
         if self.model_buffer is None or self.model_buffer.size == 0:
             n_real = size
-        real = self.real.sample(n_real, self.generator) if n_real else None
-        imagined = self.model_buffer.sample(size - n_real, self.generator) if n_real < size else None
-        parts = [p for p in (real, imagined) if p is not None]
-        return tuple(torch.cat(columns) for columns in zip(*parts))
+        draws = [(self.real.draw(n_real, self.generator) if n_real else None,
+                  self.model_buffer.draw(size - n_real, self.generator) if n_real < size else None) for _ in range(count)]
+        parts = []
+        if n_real:
+            parts.append(self.real.take(torch.stack([real for real, _ in draws])))
+        if n_real < size:
+            parts.append(self.model_buffer.take(torch.stack([imagined for _, imagined in draws])))
+        return tuple(torch.cat(columns, dim=1) for columns in zip(*parts))
 
     def update(self, trials: Sequence[Sequence[Trial]]) -> dict[str, float]:
         for c, group in enumerate(trials):
@@ -308,8 +387,9 @@ class MBPOController(SACController):
         diagnostics.update(
             alpha=self.agent.alpha, rollout_length=float(k), rollout_s=rollout_s, imagined_transitions=float(added),
             real_transitions=float(self.real.size),
-            step_ms=1000.0 * (rollout_s + diagnostics["policy_update_s"]) / max(steps, 1),
+            step_ms=1000.0 * (rollout_s + diagnostics["policy_update_s"]) / max(steps, 1), **self._init_fit,
         )
+        self._init_fit = {}
         return diagnostics
 
 

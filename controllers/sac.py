@@ -104,14 +104,40 @@ class TwinQ(torch.nn.Module):
             self.weights.append(torch.nn.Parameter(torch.empty(copies, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(torch.nn.Parameter(torch.empty(copies, 1, fan_out).uniform_(-bound, bound)))
 
-    def forward(self, z: torch.Tensor, detached: bool = False) -> torch.Tensor:
-        """detached: through the weights' values only (no gradient reaches them; the actor's loss)."""
-        h = z.expand(self.weights[0].shape[0], *z.shape)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.detach(), h, w.detach()) if detached else torch.baddbmm(b, h, w)
-            if i < len(self.weights) - 1:
-                h = torch.relu(h)
-        return h.squeeze(-1)
+    def forward(self, z: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """layers: (weight, bias) pairs to use instead of the parameters (the actor's loss passes
+        `detached()`, so that no gradient reaches the critics from it)."""
+        return twin_q(z, self.layers() if layers is None else layers)
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (weight, bias) parameter pairs, per layer."""
+        return list(zip(self.weights, self.biases))
+
+    def detached(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (weight, bias) pairs detached: they share the parameters' storage, so they follow
+        every in-place optimiser step and can be made once."""
+        return [(w.detach(), b.detach()) for w, b in zip(self.weights, self.biases)]
+
+
+def twin_q(z: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """TwinQ's pass through (weight (copies, in, out), bias (copies, 1, out)) pairs: z (B, d) -> (copies, B)."""
+    h = z.expand(layers[0][0].shape[0], *z.shape)
+    for i, (w, b) in enumerate(layers):
+        h = torch.baddbmm(b, h, w)
+        if i < len(layers) - 1:
+            h = torch.relu(h)
+    return h.squeeze(-1)
+
+
+def tanh_mlp_pass(z: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """`tanh_mlp`'s forward from its (weight, bias) pairs: what the Sequential computes, without its
+    per-module Python (hooks, container look-ups), which at SAC's sizes is a sizeable part of a pass."""
+    h = z
+    for i, (w, b) in enumerate(layers):
+        h = torch.nn.functional.linear(h, w, b)
+        if i < len(layers) - 1:
+            h = torch.tanh(h)
+    return h
 
 
 def tanh_mlp(d_in: int, hidden: list[int], d_out: int) -> torch.nn.Sequential:
@@ -123,6 +149,37 @@ def tanh_mlp(d_in: int, hidden: list[int], d_out: int) -> torch.nn.Sequential:
         width = h
     layers.append(torch.nn.Linear(width, d_out))
     return torch.nn.Sequential(*layers)
+
+
+class FusedAdam:
+    """Adam over a fixed list of tensors, stepped with gradients handed in: torch's fused CPU kernel,
+    the one `torch.optim.Adam(fused=True)` runs, without that class's per-step Python (grouping,
+    state look-ups, zeroing .grad), which at SAC's sizes cost more than the kernel. The same
+    arithmetic, bit for bit. One step counter serves every tensor (they always step together).
+
+    State (`state()`, `load()`): the first and second moment per tensor and the step count."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = list(params), float(lr), betas, float(eps)
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.step_count = torch.zeros((), dtype=torch.float32)  # what torch.optim.Adam(fused=True) keeps
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> None:
+        self.step_count.add_(1)
+        torch._fused_adam_(self.params, list(grads), self.exp_avg, self.exp_avg_sq, [], [self.step_count] * len(self.params),
+                           amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+                           eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
+
+    def state(self) -> dict:
+        return {"exp_avg": [t.clone() for t in self.exp_avg], "exp_avg_sq": [t.clone() for t in self.exp_avg_sq],
+                "step": self.step_count.clone()}
+
+    def load(self, state: dict) -> None:
+        for mine, saved in zip([*self.exp_avg, *self.exp_avg_sq], [*state["exp_avg"], *state["exp_avg_sq"]]):
+            mine.copy_(saved)
+        self.step_count.copy_(state["step"])
 
 
 class SACAgent:
@@ -146,9 +203,13 @@ class SACAgent:
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), requires_grad=True)
         self.target_entropy = -float(m) if cfg.target_entropy is None else float(cfg.target_entropy)
         # One Adam over actor, critics and temperature (their losses do not share parameters).
-        self.optimiser = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters(), self.log_alpha],
-                                          lr=cfg.lr, fused=True)
+        self._params = [*self.actor.parameters(), *self.critic.parameters(), self.log_alpha]
+        self.optimiser = FusedAdam(self._params, lr=cfg.lr)
         self._critic_params, self._target_params = list(self.critic.parameters()), list(self.target.parameters())
+        # The networks' layers as (weight, bias) lists, made once: the passes read them directly.
+        self._actor_layers = [(layer.weight, layer.bias) for layer in self.actor if isinstance(layer, torch.nn.Linear)]
+        self._critic_layers, self._target_layers = self.critic.layers(), self.target.layers()
+        self._critic_detached = self.critic.detached()
         self.in_mean = torch.zeros(d)
         self.in_std = torch.ones(d)
         self.scaled = False  # whether the input statistics are frozen yet
@@ -172,24 +233,28 @@ class SACAgent:
         return (self.features(x) - self.in_mean) / self.in_std
 
     def _heads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.actor(z)
+        out = tanh_mlp_pass(z, self._actor_layers)
         mu, log_std = out[..., : self.m], out[..., self.m :]
         return mu, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
-    def _sample_z(self, z: torch.Tensor, generator: torch.Generator | None = None):
+    def _sample_z(self, z: torch.Tensor, generator: torch.Generator | None = None, log_prob: bool = True):
         mu, log_std = self._heads(z)
         noise = torch.randn(mu.shape, generator=generator)
         pre = mu + torch.exp(log_std) * noise
         a = torch.tanh(pre)
+        if not log_prob:
+            return a, None
         # log N(pre; mu, std) - sum log(1 - tanh(pre)^2), the latter as 2 (log 2 - pre - softplus(-2 pre)).
         log_prob = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prob = log_prob - (2 * (math.log(2.0) - pre - torch.nn.functional.softplus(-2 * pre))).sum(-1)
         return a, log_prob
 
     @torch.no_grad()
-    def sample(self, x, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions in [-1, 1] (B, m) drawn from the policy at inputs x (B, n + f), and their log-probability (B,)."""
-        return self._sample_z(self._z(torch.as_tensor(x, dtype=torch.float32)), generator)
+    def sample(self, x, generator: torch.Generator | None = None,
+               log_prob: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Actions in [-1, 1] (B, m) drawn from the policy at inputs x (B, n + f), and their
+        log-probability (B,) (None with log_prob=False: the same actions, for whoever needs only them)."""
+        return self._sample_z(self._z(torch.as_tensor(x, dtype=torch.float32)), generator, log_prob)
 
     @torch.no_grad()
     def mean_action(self, x) -> torch.Tensor:
@@ -203,33 +268,88 @@ class SACAgent:
     def update(self, x: torch.Tensor, a: torch.Tensor, r: torch.Tensor, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
         """One gradient step of critics, actor and temperature on a batch: inputs x, x_next (B, n + f),
         actions a (B, m) in [-1, 1], rewards r (B,) (already scaled), float32. Returns the losses and
-        the policy's entropy as 0-d tensors (reading them is left to whoever wants them).
+        the policy's entropy as 0-d tensors (reading them is left to whoever wants them)."""
+        return self._step(self._z(torch.cat([x, x_next])), a, r)
+
+    def update_many(self, x: torch.Tensor, a: torch.Tensor, r: torch.Tensor, x_next: torch.Tensor) -> dict[str, torch.Tensor]:
+        """U gradient steps, one per batch: x, x_next (U, B, n + f), a (U, B, m), r (U, B). The same
+        steps as U calls of `update`, bit for bit, with the inputs' features and standardisation
+        made for all U batches at once. Returns the last step's losses."""
+        z_all = self._z(torch.cat([x, x_next], dim=1))  # (U, 2B, d): each update's states, then next states
+        last: dict[str, torch.Tensor] = {}
+        for i in range(len(z_all)):
+            last = self._step(z_all[i], a[i], r[i], diagnostics=i == len(z_all) - 1)
+        return last
+
+    def _step(self, z_all: torch.Tensor, a: torch.Tensor, r: torch.Tensor, diagnostics: bool = True) -> dict[str, torch.Tensor]:
+        """One update from standardised inputs z_all (2B, d): the batch's states, then its next states.
 
         The three losses are taken at the same parameters and stepped together, as the original SAC
         (softlearning) runs its three training ops in one step: one backward pass and one fused Adam
         step instead of three, which is most of an update's time at these sizes. The actor's loss
         reads the critics through detached weights, so it moves the actor alone."""
         cfg = self.config
-        B = len(x)
-        z_all = self._z(torch.cat([x, x_next]))
+        B = len(a)
         a_all, logp_all = self._sample_z(z_all)  # one actor pass for both the policy's and the target's actions
         z, z_next, a_pi, logp = z_all[:B], z_all[B:], a_all[:B], logp_all[:B]
         alpha = self.log_alpha.exp().detach()
         with torch.no_grad():
-            q_next = self.target(torch.cat([z_next, a_all[B:]], dim=-1)).min(dim=0).values
+            q_next = twin_q(torch.cat([z_next, a_all[B:]], dim=-1), self._target_layers).min(dim=0).values
             y = r + cfg.gamma * (q_next - alpha * logp_all[B:])
-        q = self.critic(torch.cat([z, a], dim=-1))
+        q = twin_q(torch.cat([z, a], dim=-1), self._critic_layers)
         critic_loss = 0.5 * ((q - y) ** 2).mean(dim=1).sum()
-        q_pi = self.critic(torch.cat([z, a_pi], dim=-1), detached=True).min(dim=0).values
+        q_pi = twin_q(torch.cat([z, a_pi], dim=-1), self._critic_detached).min(dim=0).values
         actor_loss = (alpha * logp - q_pi).mean()
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy).mean())
-        self.optimiser.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss + alpha_loss).backward()
-        self.optimiser.step()
+        # The gradients straight to the optimiser (no .grad to zero and fill): the same numbers.
+        self.optimiser.step(torch.autograd.grad(critic_loss + actor_loss + alpha_loss, self._params))
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
         self.updates += 1
+        if not diagnostics:
+            return {}
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "entropy": -logp.detach().mean()}
+
+    def imitate(self, x: torch.Tensor, a: torch.Tensor, steps: int, generator: torch.Generator) -> dict[str, float]:
+        """Fit the actor's mean tanh(mu(x)) to actions a (N, m) in [-1, 1] at inputs x (N, n + f) by
+        `steps` Adam steps on batches of batch_size (mean squared error; the log-std head is left
+        as it is): the actor starts as the policy that took them. Returns the loss before and after."""
+        z = self._z(torch.as_tensor(x, dtype=torch.float32))
+        a = torch.as_tensor(a, dtype=torch.float32)
+        optimiser = torch.optim.Adam(self.actor.parameters(), lr=self.config.lr)
+
+        def loss(rows) -> torch.Tensor:
+            return ((torch.tanh(self._heads(z[rows])[0]) - a[rows]) ** 2).mean()
+
+        with torch.no_grad():
+            start = float(loss(slice(None)))
+        for _ in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            loss(torch.randint(len(z), (self.config.batch_size,), generator=generator)).backward()
+            optimiser.step()
+        with torch.no_grad():
+            end = float(loss(slice(None)))
+        return {"init_loss_start": start, "init_loss_end": end}
+
+    def state(self) -> dict:
+        """What continues training where it stopped (plain data and tensors, for a run's checkpoint):
+        the networks, the temperature, the optimiser's moments and step, the input scaling."""
+        return {"actor": dict(self.actor.state_dict()), "critic": dict(self.critic.state_dict()),
+                "target": dict(self.target.state_dict()), "log_alpha": self.log_alpha.detach().clone(),
+                "optimiser": self.optimiser.state(), "in_mean": self.in_mean.clone(), "in_std": self.in_std.clone(),
+                "scaled": self.scaled, "updates": self.updates}
+
+    def load(self, state: dict) -> None:
+        """Put back what `state()` gave, on an agent built with the same sizes and settings (in place:
+        the optimiser and the cached layer lists keep pointing at the same tensors)."""
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target.load_state_dict(state["target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.optimiser.load(state["optimiser"])
+        self.in_mean, self.in_std = state["in_mean"].clone(), state["in_std"].clone()
+        self.scaled, self.updates = bool(state["scaled"]), int(state["updates"])
 
     def export(self, scale: ActionScale, names: dict | None = None):
         """The actor's mean as an MLPPolicy (float64): u = mid + half * tanh(mean head), the same
@@ -274,9 +394,31 @@ class ReplayBuffer:
         self._next = (self._next + B) % self.capacity
         self.size = min(self.size + B, self.capacity)
 
-    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """`count` rows drawn uniformly (with replacement): x, a, r, x_next."""
+    def state(self) -> dict:
+        """The filled rows and the ring's position (a checkpoint's copy: the empty rows are not kept)."""
+        return {"capacity": self.capacity, "size": self.size, "next": self._next,
+                **{k: getattr(self, k)[: self.size].clone() for k in ("x", "a", "r", "x_next")}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ReplayBuffer":
+        """The buffer `state()` described, rows in the same places."""
+        buffer = cls(int(state["capacity"]), state["x"].shape[1], state["a"].shape[1])
+        size = int(state["size"])
+        for k in ("x", "a", "r", "x_next"):
+            getattr(buffer, k)[:size] = state[k]
+        buffer.size, buffer._next = size, int(state["next"])
+        return buffer
+
+    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` row indices drawn uniformly (with replacement) from the filled rows."""
         if self.size == 0:
             raise ValueError("the replay buffer is empty")
-        rows = torch.randint(self.size, (count,), generator=generator)
+        return torch.randint(self.size, (count,), generator=generator)
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows (any shape of indices, e.g. (U, B)) of x, a, r, x_next."""
         return self.x[rows], self.a[rows], self.r[rows], self.x_next[rows]
+
+    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """`count` rows drawn uniformly (with replacement): x, a, r, x_next."""
+        return self.take(self.draw(count, generator))

@@ -52,10 +52,64 @@ def _median(values) -> float | None:
     return statistics.median(values) if values else None
 
 
+def reference_gradient_steps(controller, agent, optimiser, count: int) -> None:
+    """`count` SAC updates as they ran before the batched path (commit ea648df): each batch drawn
+    just before its update (real rows, then imagined), its features made per update, the
+    critics' detached weights made per update, one backward pass into .grad and
+    `torch.optim.Adam(fused=True)`. The same arithmetic as `SACAgent.update_many`, kept to measure
+    that path against it in one process and to check that both give the same numbers.
+
+    agent: a copy of the controller's agent (so the controller's own is not moved); optimiser: a
+    torch.optim.Adam(fused=True) over agent._params."""
+    import math
+
+    import torch
+
+    from forethought.controllers.sac import LOG_STD_MAX, LOG_STD_MIN
+
+    cfg = agent.config
+    size = cfg.batch_size
+    n_real = int(round(size * controller.params.real_ratio)) if getattr(controller, "model_buffer", None) else size
+    for _ in range(count):
+        parts = [controller.real.sample(n_real, controller.generator)]
+        if n_real < size:
+            parts.append(controller.model_buffer.sample(size - n_real, controller.generator))
+        x, a, r, x_next = (torch.cat(columns) for columns in zip(*parts))
+        B = len(x)
+        z_all = agent._z(torch.cat([x, x_next]))
+        out = agent.actor(z_all)  # the Sequential, module by module
+        mu, log_std = out[..., : agent.m], torch.clamp(out[..., agent.m :], LOG_STD_MIN, LOG_STD_MAX)
+        noise = torch.randn(mu.shape)
+        pre = mu + torch.exp(log_std) * noise
+        a_all = torch.tanh(pre)
+        logp_all = (-0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        logp_all = logp_all - (2 * (math.log(2.0) - pre - torch.nn.functional.softplus(-2 * pre))).sum(-1)
+        z, z_next, a_pi, logp = z_all[:B], z_all[B:], a_all[:B], logp_all[:B]
+        alpha = agent.log_alpha.exp().detach()
+        with torch.no_grad():
+            q_next = agent.target(torch.cat([z_next, a_all[B:]], dim=-1)).min(dim=0).values
+            y = r + cfg.gamma * (q_next - alpha * logp_all[B:])
+        q = agent.critic(torch.cat([z, a], dim=-1))
+        critic_loss = 0.5 * ((q - y) ** 2).mean(dim=1).sum()
+        q_pi = agent.critic(torch.cat([z, a_pi], dim=-1), agent.critic.detached()).min(dim=0).values
+        actor_loss = (alpha * logp - q_pi).mean()
+        alpha_loss = -(agent.log_alpha * (logp.detach() + agent.target_entropy).mean())
+        optimiser.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss + alpha_loss).backward()
+        optimiser.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(agent._target_params, agent._critic_params, cfg.tau)
+
+
 def mbpo_step_time(updates: int = 20, repeats: int = 20) -> dict:
     """One MBPO real step at pendulum-swingup-mbpo's sizes after one random trial and a model fit:
     its share of branched rollouts (rollout_batch at the schedule's longest k) and `updates` SAC
-    updates, on one torch thread. Median wall and CPU milliseconds over `repeats` steps."""
+    updates, on one torch thread. Median wall and CPU milliseconds over `repeats` steps; the same
+    step with the updates as they ran before (`reference_gradient_steps`, "mbpo_step_before_"
+    keys) alternates with it, so that both see the same load; the load average beside them."""
+    import copy
+    import os
+
     import torch
 
     from forethought.models.torch_threads import one_torch_thread
@@ -72,17 +126,33 @@ def mbpo_step_time(updates: int = 20, repeats: int = 20) -> dict:
         parts.model.fit(trials)
         controller.update([trials])  # fills the buffers and sets the input scaling
         k = int(controller.params.rollout_schedule[3])
-        wall, cpu = [], []
-        for _ in range(repeats):
-            started, started_cpu = time.perf_counter(), time.thread_time()
+        before = copy.deepcopy(controller.agent)
+        optimiser = torch.optim.Adam(before._params, lr=before.config.lr, fused=True)
+
+        def now_step() -> None:
             controller.branch(controller.params.rollout_batch, k)
             controller.gradient_steps(updates)
-            wall.append(1000 * (time.perf_counter() - started))
-            cpu.append(1000 * (time.thread_time() - started_cpu))
+
+        def before_step() -> None:
+            controller.branch(controller.params.rollout_batch, k)
+            reference_gradient_steps(controller, before, optimiser, updates)
+
+        times: dict = {"now": ([], []), "before": ([], [])}
+        load = [os.getloadavg()[0]]
+        for i in range(2 * repeats + 2):
+            kind, step = ("now", now_step) if i % 2 else ("before", before_step)
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            step()
+            if i >= 2:  # the first of each warms up
+                times[kind][0].append(1000 * (time.perf_counter() - started))
+                times[kind][1].append(1000 * (time.thread_time() - started_cpu))
+        load.append(os.getloadavg()[0])
         robot.close()
         threads = torch.get_num_threads()
+    (wall, cpu), (wall_before, cpu_before) = times["now"], times["before"]
     return {"mbpo_step_ms": statistics.median(wall), "mbpo_step_cpu_ms": statistics.median(cpu),
-            "mbpo_step_updates": updates, "mbpo_step_rollouts": controller.params.rollout_batch,
+            "mbpo_step_before_ms": statistics.median(wall_before), "mbpo_step_before_cpu_ms": statistics.median(cpu_before),
+            "mbpo_step_load_average": load, "mbpo_step_updates": updates, "mbpo_step_rollouts": controller.params.rollout_batch,
             "mbpo_step_rollout_length": k, "mbpo_step_threads": threads}
 
 

@@ -8,7 +8,9 @@ torch.nn's (ALLOWED); anything else in the state is a bug, reported with where i
 
 What is saved of an object: the attributes its class names in `checkpoint_attributes` (a learning
 controller: its policies, iteration, history; not its model, costs or settings, which the
-experiment builds again), else all of its attributes (a model's). Trials are saved as their index
+experiment builds again), or what its `checkpoint_state()` gives where its state is not its
+attributes as they are (SAC's and MBPO's: networks, optimiser moments, buffers' filled rows), else
+all of its attributes (a model's). Trials are saved as their index
 in the run (the run's logged trials are read back). numpy and torch generators keep their state,
 so that a resumed run draws the very numbers the uninterrupted one draws.
 """
@@ -185,9 +187,10 @@ def restore(obj: Any, state: dict, trials: list[Trial]) -> None:
 
 def resumable(controller, model=None) -> str | None:
     """Why a run of this controller on this model cannot be resumed (None when it can): a controller
-    says what it keeps by `checkpoint_attributes` (empty for one that keeps nothing); a learned model
+    says what it keeps by `checkpoint_attributes` (empty for one that keeps nothing) or gives it by
+    `checkpoint_state()`/`restore_checkpoint()` (state that is not its attributes as they are); a learned model
     from outside the project keeps its state by `checkpoint_state()`/`restore_checkpoint()`."""
-    if getattr(type(controller), "checkpoint_attributes", None) is None:
+    if getattr(type(controller), "checkpoint_attributes", None) is None and not hasattr(controller, "checkpoint_state"):
         return f"the controller {type(controller).__name__} does not say what it keeps between iterations"
     if (getattr(model, "learned", False) and not hasattr(model, "checkpoint_state")
             and not type(model).__module__.startswith(ALLOWED)):

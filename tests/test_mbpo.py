@@ -192,3 +192,87 @@ def test_sac_alone_learns_from_each_trials_steps_and_acts_random_then_mean_then_
     assert np.array_equal(mean.act(x, 0), mean.act(x, 1))
     mean.mode = "sample"
     assert not np.array_equal(mean.act(x, 0), mean.act(x, 1))
+
+
+def _filled_mbpo(batch_size: int = 32):
+    """An MBPO controller on the pendulum with random real and imagined transitions in its buffers."""
+    from forethought.controllers.controller import Task
+    from forethought.controllers.mbpo import MBPOController
+    from forethought.sim.mujoco_robot import MujocoRobot
+
+    robot = MujocoRobot("pendulum")
+    spec = robot.spec
+    robot.close()
+    task = Task(horizon=10, cost={"terms": [{"type": "state", "weights": {"pole": 1.0}}]})
+    controller = MBPOController(MBPOParams(angle_states=["pole"], real_ratio=0.25),
+                                SACConfig(hidden=[16, 16], batch_size=batch_size), spec, task, None, None)
+    g = torch.Generator().manual_seed(0)
+    controller.real.add(torch.randn(300, 2, generator=g), torch.rand(300, 1, generator=g) * 2 - 1,
+                        torch.randn(300, generator=g), torch.randn(300, 2, generator=g))
+    controller._resize_model_buffer(1000)
+    controller.model_buffer.add(torch.randn(700, 2, generator=g), torch.rand(700, 1, generator=g) * 2 - 1,
+                                torch.randn(700, generator=g), torch.randn(700, 2, generator=g))
+    controller.agent.set_scaling(controller.real.x[:300].double().numpy())
+    return controller
+
+
+def test_batched_updates_take_the_steps_of_one_batch_at_a_time_bit_for_bit():
+    """gradient_steps (batches drawn and featurised at once, fused Adam fed the gradients directly)
+    against the updates as they ran before (each batch drawn before its update, .backward() and
+    torch.optim.Adam(fused=True)): the same parameters, temperature and targets to the bit."""
+    import copy
+
+    from forethought.scripts.bench_policies import reference_gradient_steps
+
+    controller = _filled_mbpo()
+    before = copy.deepcopy(controller.agent)
+    optimiser = torch.optim.Adam(before._params, lr=before.config.lr, fused=True)
+    drawn = controller.generator.get_state()
+    torch.manual_seed(7)
+    controller.gradient_steps(25)
+    controller.generator.set_state(drawn)
+    torch.manual_seed(7)
+    reference_gradient_steps(controller, before, optimiser, 25)
+    after = controller.agent
+    pairs = [*zip(after._params, before._params), *zip(after._target_params, before._target_params)]
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not torch.equal(after._critic_params[0], after._target_params[0])  # they did move
+
+
+def test_an_initial_network_policy_acts_first_and_the_actor_starts_as_it(tmp_path):
+    """MB-MF fine-tuning: with `init_policy` (a saved network policy, as a distillation run writes)
+    the first trial acts with that policy's mean, and before SAC's first update the actor's mean is
+    fitted to it on that trial's states: afterwards it acts within 0.1 N m of it there, where its
+    actions span 3.6 N m (the largest gap 0.05, 0.06, 0.02, 0.02 N m for agent seeds 0-3). A policy
+    for other features is refused in one line naming the key."""
+    from forethought.controllers.controller import Task
+    from forethought.controllers.costs import build_cost
+    from forethought.controllers.mbpo import build_sac
+    from forethought.robots.trial import rollout
+    from forethought.sim.mujoco_robot import MujocoRobot
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform([-np.pi, -6.0], [np.pi, 6.0], size=(500, 2))
+    u = 2.4 * np.tanh(2.0 * x[:, 1:] + 0.5)  # pushes along the velocity: the pole swings ever wider
+    mlp = MLPPolicy(2, 1, 0, names={"features": []}, angles=[0])
+    mlp.config.epochs = 30
+    mlp.fit(x, None, u, np.broadcast_to(np.eye(1), (500, 1, 1)))
+    mlp.save(tmp_path / "nn_policy.pt")
+
+    robot = MujocoRobot("pendulum")
+    task = Task(horizon=40, cost={"terms": [{"type": "state", "weights": {"pole": 1.0}}]})
+    controller = build_sac({"init_policy": str(tmp_path / "nn_policy.pt"), "init_steps": 1500, "lr": 0.001, "updates_per_step": 0,
+                            "hidden": [32, 32], "angle_states": ["pole"], "batch_size": 64}, robot, task)
+    policy = controller.policy(0)
+    assert policy.mode == "init"
+    trial = rollout(robot, policy, task.horizon, seed=0, cost=build_cost(task.cost, robot.spec))
+    assert np.allclose(trial.actions, np.clip(mlp.mean(trial.states[:-1]), -2.5, 2.5), atol=1e-9)
+    diagnostics = controller.update([[trial]])
+    assert diagnostics["init_loss_end"] < 0.1 * diagnostics["init_loss_start"]
+    states = trial.states[:-1]
+    learned = controller.scale.to_robot(controller.agent.mean_action(states).double().numpy())
+    assert np.max(np.abs(learned - np.clip(mlp.mean(states), -2.5, 2.5))) < 0.1
+    with pytest.raises(ConfigError, match="init_policy: .* takes 2 states and 0 features"):
+        build_sac({"init_policy": str(tmp_path / "nn_policy.pt"), "features": ["target"]}, robot,
+                  Task(horizon=5, cost=task.cost, conditions=[{"target": [1.0]}]))
+    robot.close()

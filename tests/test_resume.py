@@ -127,6 +127,13 @@ def stop_after_checkpoints(monkeypatch, count: int) -> None:
                         "model.min_steps": 20, "model.max_steps": 40, "model.max_epochs": 5,
                         "controller.horizon": 3, "controller.population": 16, "controller.elites": 4,
                         "controller.iterations": 1, "controller.particles": 2}),
+    # SAC and MBPO: networks, temperature, optimiser moments, replay (and model) buffer, generators.
+    ("pendulum-swingup-sac", {"task.horizon": 10, "loop.iterations": 3, "controller.hidden": [16, 16],
+                              "controller.batch_size": 32, "controller.updates_per_step": 2}),
+    ("pendulum-swingup-mbpo", {"task.horizon": 10, "loop.iterations": 4, "model.members": 2, "model.hidden": [16],
+                               "model.min_steps": 20, "model.max_steps": 40, "controller.hidden": [16, 16],
+                               "controller.batch_size": 32, "controller.updates_per_step": 2,
+                               "controller.rollout_batch": 5, "controller.rollout_schedule": [1, 3, 1, 3]}),
 ])
 def test_learning_runs_resume_in_process_to_the_same_trials(name, changes, tmp_path, monkeypatch):
     data = load_experiment(name).as_dict()
@@ -154,6 +161,11 @@ def test_learning_runs_resume_in_process_to_the_same_trials(name, changes, tmp_p
     finally:
         torch.set_num_threads(threads)
     assert_same_trials(whole.folder, tmp_path / "stopped")
+    if name.startswith("pendulum-swingup-"):  # and the policy the last update left, weight for weight
+        from forethought.controllers.nn_policy import POLICY_FILE, MLPPolicy
+
+        a, b = (MLPPolicy.load(f / "models" / POLICY_FILE).net.state_dict() for f in (whole.folder, tmp_path / "stopped"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_a_finished_run_and_a_folder_without_a_run(tmp_path, capsys):
