@@ -387,7 +387,12 @@ class ILQR:
         return X_new, U_new
 
     def _costs(self, Xs, Us) -> np.ndarray:
+        """Total cost of one trajectory X (T+1, n), U (T, m) as a float, or of a batch (B,); inf where
+        the cost or a state is not finite."""
         with np.errstate(all="ignore"):
+            if Xs.ndim == 2:  # one trajectory, once per line-search candidate: no arrays around a float
+                J = float(self.cost.trajectory_costs(Xs, Us))
+                return J if math.isfinite(J) and np.isfinite(Xs).all() else math.inf
             J = self.cost.trajectory_costs(Xs, Us)
             return np.where(np.isfinite(J) & np.all(np.isfinite(Xs), axis=(-2, -1)), J, np.inf)
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 import mujoco
 import numpy as np
+from numpy._core.umath import clip as _clip  # the ufunc np.clip calls, without its wrapper
 
 _S = mujoco.mjtState
 # What one period takes in, in mj_setState's order: time, qpos, qvel, qacc_warmstart, ctrl.
@@ -46,15 +47,6 @@ class PeriodStepper:
         self._u = self._in[1 + self.n + self.nv :]
         self._end = CLOCK_START + self.control_steps * model.opt.timestep
 
-    def _period(self, out: np.ndarray) -> bool:
-        """Step a period from the input vector, the next state into out (n,); False if unstable."""
-        model, data = self.model, self.data
-        mujoco.mj_setState(model, data, self._in, SET_SPEC)
-        for _ in range(self.control_steps):
-            mujoco.mj_step(model, data)
-        mujoco.mj_getState(model, data, out, GET_SPEC)
-        return abs(data.time - self._end) <= 1e-9 * self._end
-
     def closed_loop(self, x0: np.ndarray, U: np.ndarray, X_ref: np.ndarray | None = None, K: np.ndarray | None = None,
                     low: np.ndarray | None = None, high: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """States X (T+1, n) from x0 (n,) under u_t = clip(U_t + K_t (x_t - X_ref_t), low, high), and those
@@ -64,17 +56,34 @@ class PeriodStepper:
         X = np.full((T + 1, self.n), np.nan)
         U_out = np.array(U, dtype=np.float64)
         X[0] = x0
-        self._x[:] = x0
+        x, u_in = self._x, self._u
+        x[:] = x0
+        # The period's calls inlined and bound to locals, one ufunc clip in place of np.clip's
+        # wrapper: this loop runs once per step of every rollout and line-search candidate, where
+        # each Python-level call costs a tenth of the physics step.
+        model, data, spec_in, spec_out, state_in = self.model, self.data, SET_SPEC, GET_SPEC, self._in
+        set_state, get_state, step, steps = mujoco.mj_setState, mujoco.mj_getState, mujoco.mj_step, self.control_steps
+        end, tolerance = self._end, 1e-9 * self._end
+        feedback = K is not None
+        if feedback:
+            dx = np.empty(self.n)
+            du = np.empty(self.m)
+            subtract, matmul = np.subtract, np.matmul
         for t in range(T):
             u = U_out[t]
-            if K is not None:
-                u += K[t] @ (self._x - X_ref[t])
-                np.maximum(u, low, out=u)  # np.clip's result, without its Python wrapper
-                np.minimum(u, high, out=u)
-            self._u[:] = u
-            if not self._period(self._x):
+            if feedback:
+                subtract(x, X_ref[t], out=dx)
+                matmul(K[t], dx, out=du)
+                u += du
+                _clip(u, low, high, out=u)
+            u_in[:] = u
+            set_state(model, data, state_in, spec_in)
+            for _ in range(steps):
+                step(model, data)
+            get_state(model, data, x, spec_out)
+            if abs(data.time - end) > tolerance:
                 break
-            X[t + 1] = self._x
+            X[t + 1] = x
         return X, U_out
 
 
@@ -97,17 +106,21 @@ def jacobians_per_step(
     A_tan = np.empty((T, 2 * nv, 2 * nv))
     B_tan = np.empty((T, 2 * nv, m))
     x_next = np.empty_like(x)
+    set_size = mujoco.mj_stateSize(model, SET_SPEC)
 
     def chunk(rows: range) -> None:
         data = data_of_thread()
-        state = np.zeros(mujoco.mj_stateSize(model, SET_SPEC))
+        state = np.zeros(set_size)
+        warnings = data.warning.number  # a view into data's counters, taken once (a fresh one costs a microsecond)
         n = len(x[0])
+        x_in, u_in = state[1 : 1 + n], state[1 + n + nv :]
         A_s = np.empty((2 * nv, 2 * nv))
         B_s = np.empty((2 * nv, m))
         for t in rows:
-            state[1 : 1 + n], state[1 + n + nv :] = x[t], u[t]
+            x_in[:] = x[t]
+            u_in[:] = u[t]
             mujoco.mj_setState(model, data, state, SET_SPEC)
-            data.warning.number[:] = 0
+            warnings[:] = 0
             if control_steps == 1:
                 mujoco.mjd_transitionFD(model, data, epsilon, centred, A_tan[t], B_tan[t], None, None)
                 mujoco.mj_step(model, data)
@@ -120,7 +133,7 @@ def jacobians_per_step(
                     mujoco.mj_step(model, data)
                 A_tan[t], B_tan[t] = A_acc, B_acc
             mujoco.mj_getState(model, data, x_next[t], GET_SPEC)
-            if data.warning.number[UNSTABLE].any():
+            if warnings[UNSTABLE].any():
                 x_next[t] = np.nan
 
     threads = max(1, min(threads, T))

@@ -7,8 +7,9 @@ read takes the wire's time and the servos' return delays (`*_read_wire_ms`, `*_r
 `*_return_delay_added_ms` against `*_return_delay_expected_ms`); the loop
 period's mean, p50, p99 and max, its jitter, overruns, and the bus's retries. Then
 `forethought deploy arm-reach-ilqr` runs on each emulated arm: `ARM_ilqr_mpc_*` give the worst
-trial's loop period (mean, p99), the controller's p99 time per tick, and the worst final
-end-effector error in m. `ARM_silent_to_torque_off_ms`: how long after a servo stops answering
+trial's loop period (mean, p99), the controller's p50 and p99 time per tick, and the worst final
+end-effector error in m; `so101_ilqr_mpc_100hz_*` the same for `arm-reach-ilqr-100hz` (10 ms
+periods) with the loop at real-time priority. `ARM_silent_to_torque_off_ms`: how long after a servo stops answering
 torque is off on every servo (random actions, through an emulator in the bench's own process).
 """
 
@@ -74,6 +75,8 @@ def stop_emulator(process: subprocess.Popen) -> None:
 TIMEOUT_MARGIN_MS = 8.0
 # Deployed through the emulator as a user would: iLQR-MPC on the arm's own scene.
 MPC_EXPERIMENT = "arm-reach-ilqr"
+# The same at 100 Hz (10 ms periods), with the loop at real-time priority (`deploy --realtime`).
+MPC_100HZ_EXPERIMENT = "arm-reach-ilqr-100hz"
 
 
 def calibrate_through(process: subprocess.Popen, arm, port: str):
@@ -109,9 +112,10 @@ def loop_run(arm_name: str, steps: int, corrupt: float, dt: float = 0.02) -> dic
         stop_emulator(process)
 
 
-def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT) -> dict:
+def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT, realtime: bool = False) -> dict:
     """`forethought deploy EXPERIMENT` on the emulated arm, the run folder thrown away: the worst
-    trial's loop period (mean, p99) and the worst final end-effector error (m)."""
+    trial's loop period (mean, p99), the controller's time per tick (p50, p99) and the worst final
+    end-effector error (m). realtime: the loop at real-time priority (deploy --realtime)."""
     from forethought.scripts.deploy import deploy
     from forethought.scripts.experiment import load_experiment
 
@@ -121,12 +125,13 @@ def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT) -> dict:
         calibration = calibrate_through(process, arm, port)
         with tempfile.TemporaryDirectory() as out:
             result = deploy(load_experiment(experiment_name), arm, port, calibration, Path(out),
-                            timeout_margin_ms=TIMEOUT_MARGIN_MS, stream=io.StringIO())
+                            timeout_margin_ms=TIMEOUT_MARGIN_MS, stream=io.StringIO(), realtime=realtime)
     finally:
         stop_emulator(process)
     return {
         "period_mean_ms": max(stats["period_mean_ms"] for stats in result.loop),
         "period_p99_ms": max(stats["period_p99_ms"] for stats in result.loop),
+        "controller_p50_ms": max(stats["controller_p50_ms"] for stats in result.loop),
         "controller_p99_ms": max(stats["controller_p99_ms"] for stats in result.loop),
         "reach_error_m": max(result.reach_error_m),
     }
@@ -209,6 +214,9 @@ def run_bench_servo_loop(quick: bool = False) -> tuple[dict, dict]:
             metrics[f"{arm}_{name}"] = value
         for name, value in mpc_run(arm).items():
             metrics[f"{arm}_ilqr_mpc_{name}"] = value
+        if arm == "so101":
+            for name, value in mpc_run(arm, MPC_100HZ_EXPERIMENT, realtime=True).items():
+                metrics[f"{arm}_ilqr_mpc_100hz_{name}"] = value
         metrics.update({f"{arm}_{name}": value for name, value in silent_servo_run(arm).items()})
         for corrupt in (0.0, 0.02):
             stats = loop_run(arm, steps, corrupt)
@@ -219,5 +227,6 @@ def run_bench_servo_loop(quick: bool = False) -> tuple[dict, dict]:
     config = {
         "steps": steps, "control_dt_s": 0.02, "baudrate": 1_000_000, "emulator": "separate process, pty",
         "timeout_margin_ms": TIMEOUT_MARGIN_MS, "mpc_experiment": MPC_EXPERIMENT,
+        "mpc_100hz_experiment": MPC_100HZ_EXPERIMENT, "mpc_100hz_scheduling": "deploy --realtime",
     }
     return metrics, config
