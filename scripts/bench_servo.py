@@ -9,7 +9,8 @@ period's mean, p50, p99 and max, its jitter, overruns, and the bus's retries. Th
 `forethought deploy arm-reach-ilqr` runs on each emulated arm: `ARM_ilqr_mpc_*` give the worst
 trial's loop period (mean, p99), the controller's p50 and p99 time per tick, and the worst final
 end-effector error in m; `so101_ilqr_mpc_100hz_*` the same for `arm-reach-ilqr-100hz` (10 ms
-periods) with the loop at real-time priority. `ARM_silent_to_torque_off_ms`: how long after a servo stops answering
+periods). The loops run at real-time priority below the emulator's, the kernel's tty workers
+raised (robots/realtime.py), with the default timeouts. `ARM_silent_to_torque_off_ms`: how long after a servo stops answering
 torque is off on every servo (random actions, through an emulator in the bench's own process).
 """
 
@@ -27,7 +28,15 @@ import numpy as np
 
 from forethought.robots.arm_description import load_arm, make_bus
 from forethought.robots.calibration import measure_calibration
-from forethought.robots.realtime import EMULATOR_RT_PRIORITY, NICE_INSTEAD, raise_priority
+from forethought.robots.realtime import (
+    EMULATOR_RT_PRIORITY,
+    NICE_INSTEAD,
+    raise_priority,
+    realtime_thread,
+    tty_workers_realtime,
+)
+from forethought.robots.safety import exit_signals_raise
+from forethought.robots.servo_bus import DEFAULT_TIMEOUT_MARGIN_MS
 from forethought.robots.servo_arm import ServoArm
 
 EMULATE = (
@@ -70,12 +79,12 @@ def stop_emulator(process: subprocess.Popen) -> None:
         process.kill()
 
 
-# The emulator is a process on this machine, which a busy scheduler may hold back for a few ms:
-# wait that much longer for its status packets than for a real servo's.
-TIMEOUT_MARGIN_MS = 8.0
-# Deployed through the emulator as a user would: iLQR-MPC on the arm's own scene.
+# The default timeouts (from the wire, with DEFAULT_TIMEOUT_MARGIN_MS): the emulator, the loop
+# and the tty workers run at real-time priority, as a robot's host would run them.
+TIMEOUT_MARGIN_MS = DEFAULT_TIMEOUT_MARGIN_MS
+# Deployed through the emulator as a user would (`deploy --realtime`): iLQR-MPC on the arm's own scene.
 MPC_EXPERIMENT = "arm-reach-ilqr"
-# The same at 100 Hz (10 ms periods), with the loop at real-time priority (`deploy --realtime`).
+# The same at 100 Hz (10 ms periods).
 MPC_100HZ_EXPERIMENT = "arm-reach-ilqr-100hz"
 
 
@@ -103,8 +112,9 @@ def loop_run(arm_name: str, steps: int, corrupt: float, dt: float = 0.02) -> dic
             robot.reset()
             t = np.arange(steps) * dt
             amplitude = 0.25 * np.minimum(arm.upper - home, home - arm.lower)
-            for k in range(steps):
-                robot.step(home + amplitude * np.sin(2 * np.pi * 0.5 * t[k] + np.arange(len(home))))
+            with realtime_thread():
+                for k in range(steps):
+                    robot.step(home + amplitude * np.sin(2 * np.pi * 0.5 * t[k] + np.arange(len(home))))
             stats = robot.loop_stats()
             stats.update({f"bus_{key}": value for key, value in robot.bus.stats.items()})
         return stats
@@ -112,7 +122,7 @@ def loop_run(arm_name: str, steps: int, corrupt: float, dt: float = 0.02) -> dic
         stop_emulator(process)
 
 
-def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT, realtime: bool = False) -> dict:
+def mpc_run(arm_name: str, experiment_name: str = MPC_EXPERIMENT, realtime: bool = True) -> dict:
     """`forethought deploy EXPERIMENT` on the emulated arm, the run folder thrown away: the worst
     trial's loop period (mean, p99), the controller's time per tick (p50, p99) and the worst final
     end-effector error (m). realtime: the loop at real-time priority (deploy --realtime)."""
@@ -209,24 +219,31 @@ def wire_run(arm_name: str, reads: int = 30) -> dict:
 def run_bench_servo_loop(quick: bool = False) -> tuple[dict, dict]:
     steps = 250 if quick else 1500
     metrics = {}
-    for arm in ("so101", "koch"):
-        for name, value in wire_run(arm).items():
-            metrics[f"{arm}_{name}"] = value
-        for name, value in mpc_run(arm).items():
-            metrics[f"{arm}_ilqr_mpc_{name}"] = value
-        if arm == "so101":
-            for name, value in mpc_run(arm, MPC_100HZ_EXPERIMENT, realtime=True).items():
-                metrics[f"{arm}_ilqr_mpc_100hz_{name}"] = value
-        metrics.update({f"{arm}_{name}": value for name, value in silent_servo_run(arm).items()})
-        for corrupt in (0.0, 0.02):
-            stats = loop_run(arm, steps, corrupt)
-            key = f"{arm}{'_corrupt2pct' if corrupt else ''}"
-            for name in ("period_mean_ms", "period_p50_ms", "period_p99_ms", "period_max_ms", "jitter_ms", "overruns",
-                         "bus_read_p50_ms", "bus_read_p99_ms", "bus_retries", "bus_corrupt", "bus_timeouts"):
-                metrics[f"{key}_{name}"] = stats[name]
+    with exit_signals_raise(), tty_workers_realtime() as tty_workers:
+        for arm in ("so101", "koch"):
+            _arm_metrics(arm, steps, metrics)
     config = {
         "steps": steps, "control_dt_s": 0.02, "baudrate": 1_000_000, "emulator": "separate process, pty",
         "timeout_margin_ms": TIMEOUT_MARGIN_MS, "mpc_experiment": MPC_EXPERIMENT,
-        "mpc_100hz_experiment": MPC_100HZ_EXPERIMENT, "mpc_100hz_scheduling": "deploy --realtime",
+        "mpc_100hz_experiment": MPC_100HZ_EXPERIMENT, "scheduling": "loop and deploys at real-time priority",
+        "emulator_priority": emulator_priority(), "tty_workers": tty_workers,
     }
     return metrics, config
+
+
+def _arm_metrics(arm: str, steps: int, metrics: dict) -> None:
+    """The bench's measurements on one emulated arm, into metrics."""
+    for name, value in wire_run(arm).items():
+        metrics[f"{arm}_{name}"] = value
+    for name, value in mpc_run(arm).items():
+        metrics[f"{arm}_ilqr_mpc_{name}"] = value
+    if arm == "so101":
+        for name, value in mpc_run(arm, MPC_100HZ_EXPERIMENT).items():
+            metrics[f"{arm}_ilqr_mpc_100hz_{name}"] = value
+    metrics.update({f"{arm}_{name}": value for name, value in silent_servo_run(arm).items()})
+    for corrupt in (0.0, 0.02):
+        stats = loop_run(arm, steps, corrupt)
+        key = f"{arm}{'_corrupt2pct' if corrupt else ''}"
+        for name in ("period_mean_ms", "period_p50_ms", "period_p99_ms", "period_max_ms", "jitter_ms", "overruns",
+                     "bus_read_p50_ms", "bus_read_p99_ms", "bus_retries", "bus_corrupt", "bus_timeouts"):
+            metrics[f"{key}_{name}"] = stats[name]
