@@ -13,7 +13,7 @@ A serial port's bytes reach the reading process through the kernel's tty layer, 
 over in a kernel worker (an unbound `kworker/u*` thread) at ordinary priority: a loop and an
 emulator both at SCHED_FIFO still wait for that worker. On this project's 2-core machine at load
 7.5, 100-byte writes through a pseudo-terminal between two SCHED_FIFO processes took p99 12-18 ms
-(max 58); with the unbound workers at SCHED_FIFO 1, p99 0.19 ms (max 0.34). `tty_workers_realtime`
+(max 58); with the unbound workers at SCHED_FIFO, p99 0.19 ms (max 0.34). `tty_workers_realtime`
 raises them for a block (root only), as real-time robot hosts raise their interrupt threads.
 """
 
@@ -27,7 +27,10 @@ from typing import Iterator
 
 LOOP_RT_PRIORITY = 5  # the control loop: below the emulated servos, which answer it
 EMULATOR_RT_PRIORITY = 10
-TTY_WORKER_RT_PRIORITY = 1  # the lowest real-time priority: ahead of ordinary processes, behind every loop
+# Above the loop and below the emulator, as a real-time host runs its interrupt threads above its
+# control loops: with two loops busy on two cores, workers below them would hold a reply back
+# until one of the loops is done with its tick.
+TTY_WORKER_RT_PRIORITY = 7
 NICE_INSTEAD = -10
 
 
@@ -84,7 +87,7 @@ def unbound_kernel_workers(proc: Path = Path("/proc")) -> list[int]:
 def tty_workers_realtime(recheck_s: float = 0.5) -> Iterator[str]:
     """The kernel's unbound workers at SCHED_FIFO TTY_WORKER_RT_PRIORITY for the block, checked again
     every recheck_s s (the kernel starts and ends workers as its load changes) and put back as they
-    were after; yields what was achieved ("SCHED_FIFO 1", or "normal" without the privilege)."""
+    were after; yields what was achieved ("SCHED_FIFO 7", or "normal" without the privilege)."""
     if not hasattr(os, "sched_setscheduler"):
         yield "normal"
         return
