@@ -383,7 +383,12 @@ class ServoBus(ABC):
             all_in = received is not None and received.all_in
             self.retry_log.add(RetryEvent(sent_at, op, attempt, tuple(pending), tuple(missing), outcome, reasons,
                                           rejected, waited * 1e3, all_in=all_in))
-            if not all_in:  # replies of this try may still be on their way
+            # Replies of this try may still be on their way: drain them, so that they do not meet
+            # the retry. Not when only the last servo asked is missing and the others answered:
+            # then all that can still come is that servo's own reply, which answers the retry as
+            # well (a few ms older), and the SDK clears the input before the next request.
+            last_only = len(pending) > 1 and missing == [pending[-1]]
+            if not all_in and not last_only:
                 self.retry_log.drained(self._drain(missing, n))
             pending = [i for i in missing if tries[i] <= self.retries and (quiet_limit is None or quiet[i] < quiet_limit)]
             if pending:

@@ -198,7 +198,7 @@ def test_a_damaged_reply_among_whole_ones_is_retried_without_waiting_out_the_dea
 def test_a_lost_reply_is_waited_for_only_when_it_was_the_last_asked(scripted, protocol, lost):
     """Servo `lost`'s reply never comes in the first try. Before the last servo's turn (3 of 6) it
     is passed over once servo 6 has answered: the try ends there (no drain) and servo 3 alone is
-    asked again. The last servo's (6) is waited for to the deadline and the line drained."""
+    asked again. The last servo's (6) is waited for to the deadline."""
     state = feetech_state if protocol == "feetech" else dxl_state
     first = [True]
 
@@ -215,6 +215,39 @@ def test_a_lost_reply_is_waited_for_only_when_it_was_the_last_asked(scripted, pr
     assert event.missing == (lost,) and event.outcome == "timeout"
     assert event.all_in == (lost != 6)
     assert list(sync_read_ids(servo.requests[1], protocol)) == [lost]
+
+
+@pytest.mark.parametrize("protocol", ["feetech", "dynamixel"])
+def test_the_last_servos_late_reply_answers_its_retry_and_leaves_no_stale_bytes(scripted, protocol):
+    """Servo 6's reply to the first try comes after that try's deadline, while its retry waits (the
+    line is not drained before a retry that asks the last servo alone); the retry's own reply comes
+    after the read is done. Every read takes six replies, and none after the first needs a retry:
+    the SDK clears the input before each request."""
+    import time
+
+    state = feetech_state if protocol == "feetech" else dxl_state
+    requests = [0]
+
+    def respond(packet):
+        requests[0] += 1
+        ids = list(sync_read_ids(packet, protocol))
+        if requests[0] == 1:
+            # Half a millisecond past the try's deadline: where a drain would have dropped it.
+            deadline_s = bus._exchange_time(ids, bus._block[1], 2 * bus._ADDRESS_BYTES + len(ids))
+            threading.Timer(deadline_s + 0.5e-3, lambda: os.write(servo.master, state(6))).start()
+            return b"".join(state(i) for i in ids if i != 6)
+        if requests[0] == 2:
+            threading.Timer(0.03, lambda: os.write(servo.master, state(6))).start()
+            return b""
+        return b"".join(state(i) for i in ids)
+
+    servos = sts_servos(6) if protocol == "feetech" else xl_servos(6)
+    servo, bus = scripted(protocol, respond, servos)
+    for _ in range(3):
+        assert list(bus.read_state().position) == [2048] * 6
+        time.sleep(0.05)
+    (event,) = bus.retry_log
+    assert event.missing == (6,) and event.drained == 0 and not event.all_in
 
 
 def test_a_stray_byte_before_a_reply_costs_nothing(scripted):
