@@ -91,24 +91,26 @@ def tty_workers_realtime(recheck_s: float = 0.5) -> Iterator[str]:
     if not hasattr(os, "sched_setscheduler"):
         yield "normal"
         return
-    before: dict[int, tuple[int, int]] = {}
-    lock = threading.Lock()
+    before: dict[int, tuple[int, int]] = {}  # what this block raised: tid -> (policy, priority)
 
-    def raise_new() -> bool:
-        raised = False
+    def raise_new() -> None:
         for tid in unbound_kernel_workers():
-            with lock:
-                if tid in before:
-                    continue
-                try:
-                    state = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-                    if state[0] != os.SCHED_FIFO:
-                        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(TTY_WORKER_RT_PRIORITY))
-                        before[tid] = state
-                        raised = True
-                except (ProcessLookupError, PermissionError):
-                    continue
-        return raised
+            if tid in before:
+                continue
+            try:
+                state = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+                if state[0] != os.SCHED_FIFO:
+                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(TTY_WORKER_RT_PRIORITY))
+                    before[tid] = state
+            except (ProcessLookupError, PermissionError):
+                continue
+
+    def put_back() -> None:
+        for tid, (policy, priority) in before.items():
+            try:
+                os.sched_setscheduler(tid, policy, os.sched_param(priority))
+            except (ProcessLookupError, PermissionError):
+                pass
 
     raise_new()
     try:
@@ -117,6 +119,7 @@ def tty_workers_realtime(recheck_s: float = 0.5) -> Iterator[str]:
     except ProcessLookupError:  # a worker ended meanwhile: count what was raised
         raised = bool(before)
     if not raised:  # no privilege (or no such workers)
+        put_back()
         yield "normal"
         return
     stop = threading.Event()
@@ -132,8 +135,4 @@ def tty_workers_realtime(recheck_s: float = 0.5) -> Iterator[str]:
     finally:
         stop.set()
         watcher.join()
-        for tid, (policy, priority) in before.items():
-            try:
-                os.sched_setscheduler(tid, policy, os.sched_param(priority))
-            except (ProcessLookupError, PermissionError):
-                pass
+        put_back()
