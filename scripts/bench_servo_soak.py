@@ -7,10 +7,12 @@ would (`fault corrupt:RATE`, `fault drop:RATE`: replies corrupted, replies that 
 `forethought deploy arm-reach-ilqr --realtime` runs with the default timeouts for N minutes at 50 Hz
 (its three targets, one trial each, N / 3 minutes apiece; the loop at real-time priority where the
 OS allows it, below the emulator's, as a robot's host would run it; the kernel's tty workers, which
-hand the pseudo-terminal's bytes over, at SCHED_FIFO 7, between the two: robots/realtime.py). Reported per arm: ticks, lost-arm exits (and
-the message of the first), the bus's retries, corrupt and timed-out tries and servo replies
-given up on, stale ticks and the longest run of them, the histogram of stale runs, the period's
-p50/p99/max (worst trial) and overruns, the controller's p99, and the worst reach error.
+hand the pseudo-terminal's bytes over, at SCHED_FIFO 7, between the two: robots/realtime.py).
+Reported per arm: ticks, lost-arm exits (and the message of the first), the bus's retries, corrupt
+and timed-out tries and servo replies given up on, stale ticks and the longest run of them, the
+histogram of stale runs, the period's p50 and p99 over every period of the run (and each trial's
+p99 weighted by its ticks, the worst trial's p99, the max) and overruns, the controller's p99, and
+the worst reach error. SIGTERM or Ctrl-C stops it cleanly (exit 143 or 130).
 --quick: 1 minute.
 """
 
