@@ -11,7 +11,7 @@ needs; and each difference stays within one step's nonlinearity. For the RK4 int
 mjd_transitionFD does not support, the differences are taken over the whole period instead, every
 perturbation of every row in one batched rollout. Centred differences double the cost and are
 optional. Free and ball joints are handled by mapping MuJoCo's tangent-space
-Jacobians to and from the quaternion coordinates of qpos.
+Jacobians to and from the quaternion coordinates of qpos (models/tangent_space.py).
 
 A planning model may step more coarsely than the robot (`timestep`), as MPC on MuJoCo usually
 does: fewer physics steps per control period make prediction and linearisation proportionally
@@ -27,6 +27,8 @@ predicts NaN for that row, never a plausible state.
 
 `rollout` rolls a batch of whole action sequences through one `mujoco.rollout` call: the
 BatchedDynamics of the sampling planners (predictive sampling).
+
+An experiment's `model: {type: mujoco}` builds one through models/simulator_config.py.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import copy
 import json
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,9 +49,9 @@ from forethought.models.dynamics_model import as_batch
 from forethought.models.mujoco_steps import CLOCK_START as _CLOCK_START
 from forethought.models.mujoco_steps import UNSTABLE as _UNSTABLE
 from forethought.models.mujoco_steps import PeriodStepper, ThreadPools, jacobians_per_step
+from forethought.models.tangent_space import jacobians_over_period, quaternion_joints, to_qpos_coordinates
 from forethought.robots.config import ConfigError
 from forethought.sim.fixtures import SceneFixtures
-from forethought.sim.mujoco_robot import state_names
 from forethought.sim.scenes import scene_path
 
 if TYPE_CHECKING:  # torch is imported when rollout is called: iLQR on this model never needs it
@@ -82,20 +83,6 @@ def scene_delay(model: mujoco.MjModel) -> float:
 def _declared_control_steps(model: mujoco.MjModel) -> int:
     i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_NUMERIC, "forethought_control_steps")
     return int(model.numeric_data[model.numeric_adr[i]]) if i >= 0 else 1
-
-
-def _quat_left(q: np.ndarray) -> np.ndarray:
-    """(B, 4, 4) matrices L(q) with q * p = L(q) p for quaternions (w, x, y, z)."""
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    return np.stack(
-        [
-            np.stack([w, -x, -y, -z], axis=1),
-            np.stack([x, w, -z, y], axis=1),
-            np.stack([y, z, w, -x], axis=1),
-            np.stack([z, -y, x, w], axis=1),
-        ],
-        axis=1,
-    )
 
 
 class SimulatorModel:
@@ -171,13 +158,7 @@ class SimulatorModel:
         self._full_state[0] = _CLOCK_START
         self._template = template
         self.fixtures = SceneFixtures(model)
-        free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
-        # (qpos address, dof address) of every quaternion: a free joint's follows its position.
-        self._quat_joints = [
-            (int(model.jnt_qposadr[j]) + 3 * (kind == free), int(model.jnt_dofadr[j]) + 3 * (kind == free))
-            for j, kind in enumerate(int(k) for k in model.jnt_type)
-            if kind in (free, ball)
-        ]
+        self._quat_joints = quaternion_joints(model)
 
     # -- per-thread data ------------------------------------------------------------------------
     @property
@@ -379,11 +360,12 @@ class SimulatorModel:
         """x' ~ A x + B u + c about each row: A (B, n, n), B (B, n, m), c (B, n), Sigma (B, n, n) zero."""
         x, u, single = as_batch(x, u, self.n, self.m, "SimulatorModel")
         if self.model.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4:
-            A_tan, B_tan, x_next = self._tangent_jacobians_over_period(x, u)
+            A_tan, B_tan, x_next = jacobians_over_period(self.model, lambda x, u: self.predict(x, u)[0], x, u,
+                                                         self.epsilon, self.centred)
         else:
             A_tan, B_tan, x_next = self._tangent_jacobians_per_step(x, u)
         if self._quat_joints:
-            A, B = self._to_qpos_coordinates(A_tan, B_tan, x, x_next)
+            A, B = to_qpos_coordinates(A_tan, B_tan, x, x_next, self.nq, self.nv, self._quat_joints)
         else:
             A, B = A_tan, B_tan
         c = x_next - np.einsum("tij,tj->ti", A, x) - np.einsum("tij,tj->ti", B, u)
@@ -397,69 +379,6 @@ class SimulatorModel:
         the rows over `threads` threads; x' (T, n)."""
         return jacobians_per_step(self.model, lambda: self.data, self._pools.get(), self.threads, x, u,
                                   self.control_steps, self.epsilon, self.centred)
-
-    def _tangent_jacobians_over_period(self, x, u):
-        """Tangent-space A, B by differences over the whole period, all perturbations in one batch.
-
-        For integrators mjd_transitionFD does not support (RK4). Positions are perturbed with
-        mj_integratePos and compared with mj_differentiatePos, so quaternions stay on their manifold.
-        """
-        model = self.model
-        nq, nv, m, T, eps = self.nq, self.nv, self.m, len(x), self.epsilon
-        k = 2 * nv + m
-        signs = (1.0, -1.0) if self.centred else (1.0,)
-        S = len(signs)
-        rows_x = np.repeat(x[:, None, None, :], S, axis=1).repeat(k, axis=2)  # (T, S, k, n)
-        rows_u = np.repeat(u[:, None, None, :], S, axis=1).repeat(k, axis=2)
-        for side, sign in enumerate(signs):
-            for j in range(nv):
-                for t in range(T):
-                    mujoco.mj_integratePos(model, rows_x[t, side, j, :nq], np.eye(nv)[j], sign * eps)
-                rows_x[:, side, nv + j, nq + j] += sign * eps
-            for j in range(m):
-                rows_u[:, side, 2 * nv + j, j] += sign * eps
-        x_next = self.predict(x, u)[0]
-        out = self.predict(rows_x.reshape(-1, self.n), rows_u.reshape(-1, m))[0].reshape(T, S, k, self.n)
-        if not self.centred:  # compare with the unperturbed next state
-            out = np.concatenate([out, np.broadcast_to(x_next[:, None, None, :], (T, 1, k, self.n))], axis=1)
-        # d(tangent of the next state) / d(perturbation), one column per perturbation.
-        D = np.empty((T, 2 * nv, k))
-        velocity = np.empty(nv)
-        for t in range(T):
-            for j in range(k):
-                mujoco.mj_differentiatePos(model, velocity, 1.0, out[t, 1, j, :nq], out[t, 0, j, :nq])
-                D[t, :nv, j] = velocity
-            D[t, nv:] = (out[t, 0, :, nq:] - out[t, 1, :, nq:]).T
-        D /= eps * (2.0 if self.centred else 1.0)
-        return D[:, :, : 2 * nv], D[:, :, 2 * nv :], x_next
-
-    def _tangent_maps(self, x: np.ndarray):
-        """E_in (T, 2nv, n): d(tangent)/d(state) and E_out (T, n, 2nv): d(state)/d(tangent) at states x.
-
-        A quaternion q moves as q exp(w/2) for a local rotation w, so dq = L(q)[:, 1:] w / 2 and
-        w = 2 L(q)^T[1:] dq (the component of dq along q, a change of norm, is no motion).
-        """
-        T, nq, nv = len(x), self.nq, self.nv
-        E_in = np.zeros((T, 2 * nv, self.n))
-        E_out = np.zeros((T, self.n, 2 * nv))
-        E_in[:, nv:, nq:] = np.eye(nv)
-        E_out[:, nq:, nv:] = np.eye(nv)
-        quat_q = {q for qa, _ in self._quat_joints for q in range(qa, qa + 4)}
-        quat_v = {v for _, va in self._quat_joints for v in range(va, va + 3)}
-        plain_q = [i for i in range(nq) if i not in quat_q]
-        plain_v = [i for i in range(nv) if i not in quat_v]
-        E_in[:, plain_v, plain_q] = 1.0
-        E_out[:, plain_q, plain_v] = 1.0
-        for qa, va in self._quat_joints:
-            L = _quat_left(x[:, qa : qa + 4])
-            E_out[:, qa : qa + 4, va : va + 3] = 0.5 * L[:, :, 1:]
-            E_in[:, va : va + 3, qa : qa + 4] = 2.0 * np.swapaxes(L, 1, 2)[:, 1:, :]
-        return E_in, E_out
-
-    def _to_qpos_coordinates(self, A_tan, B_tan, x, x_next):
-        E_in, _ = self._tangent_maps(x)
-        _, E_out = self._tangent_maps(x_next)
-        return E_out @ A_tan @ E_in, E_out @ B_tan
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path) -> None:
@@ -503,91 +422,3 @@ class SimulatorModel:
             frictionloss=settings["frictionloss"],
             action_delay=settings.get("action_delay"),
         )
-
-
-# -- The model of an experiment's `model: {type: mujoco}` ---------------------------------------
-
-
-@dataclass
-class MujocoModelConfig:
-    """`model: {type: mujoco, ...}`: MuJoCo itself as the planning model.
-
-    scene: the MJCF scene to plan on (a name or path; default: the robot's own `scene`, e.g. an
-    identified scene for a robot that runs the nominal one); timestep: the model's physics step in
-    s (null: the scene's; the control period must be a whole number of them; coarser is cheaper);
-    frictionloss: keep the joints' dry friction (at rest it makes finite differences say the
-    actions do nothing, which stalls iLQR: planners on derivatives usually drop it, and the robot
-    keeps it); centred: centred differences in linearize; epsilon: their step; threads: MuJoCo
-    threads per batched rollout (null: torch's thread count, which `forethought run --threads` sets).
-    action_delay: s from a measured state to the moment the goal that answers it acts (null: the
-    scene's own, which an identified scene declares; 0 without); MPC on this model plans from the
-    state predicted over it (controllers.delay).
-    """
-
-    scene: str | None = None
-    timestep: float | None = None
-    frictionloss: bool = True
-    centred: bool = False
-    epsilon: float = 1e-6
-    threads: int | None = None
-    action_delay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.action_delay is not None and not 0 <= self.action_delay < 10:
-            raise ValueError(f"action_delay must be seconds in [0, 10), got {self.action_delay}")
-        if self.timestep is not None and not self.timestep > 0:
-            raise ValueError(f"timestep must be positive, got {self.timestep}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
-
-
-def build_scene_model(config: MujocoModelConfig, spec, scene: "str | mujoco.MjModel | None") -> "SimulatorModel":
-    """The planning model on `config.scene` (else the robot's `scene`: an MJCF scene, or the MjModel of
-    a dm_control task) with the robot's control period spec.dt; ConfigError when there is no scene or
-    it does not match the robot."""
-    scene = config.scene or scene
-    if scene is None:
-        raise ConfigError("model: a mujoco model plans on a MuJoCo scene: give model.scene, or use a robot with "
-                          "`scene` (or a dm_control robot with `state: physics`)")
-    threads = config.threads
-    if threads is None:
-        import torch
-
-        threads = torch.get_num_threads()
-    if isinstance(scene, mujoco.MjModel):
-        return _task_model(config, spec, scene, threads)
-    settings = dict(centred=config.centred, epsilon=config.epsilon, frictionloss=config.frictionloss, threads=threads,
-                    action_delay=config.action_delay)
-    if config.timestep is None:
-        model = SimulatorModel(scene, **settings)
-    else:
-        steps = spec.dt / config.timestep
-        if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
-            raise ConfigError(f"model.timestep: the control period {spec.dt} s is not a whole number of {config.timestep} s steps")
-        model = SimulatorModel(scene, control_steps=int(round(steps)), timestep=config.timestep, **settings)
-    if abs(model.dt - spec.dt) > 1e-9:
-        raise ConfigError(f"model: the planning model's control period {model.dt} s differs from the robot's {spec.dt} s")
-    if model.n != spec.n or model.m != spec.m:
-        raise ConfigError(f"model: the scene's model has n={model.n}, m={model.m}; the robot's n={spec.n}, m={spec.m}")
-    return model
-
-
-def _task_model(config: MujocoModelConfig, spec, model: mujoco.MjModel, threads: int) -> "SimulatorModel":
-    """The planning model on a dm_control task's own MjModel, shared rather than copied: each episode
-    may set things in it (the reacher's target), and the planner must see them. It has its own
-    MjData, steps the task's physics step and takes spec.dt / timestep steps per control period
-    (dm_control's n_sub_steps)."""
-    for key, value, kept in (("timestep", config.timestep, None), ("frictionloss", config.frictionloss, True)):
-        if value != kept:
-            raise ConfigError(f"model.{key}: a dm_control task's planning model shares the task's MjModel (to see "
-                              "what each episode sets in it) and keeps its physics as it is")
-    names = state_names(model)
-    if tuple(spec.state_names) != names:
-        raise ConfigError(f"model: a mujoco model plans on the task's physics state ({', '.join(names)}), and the "
-                          "robot's state is not it: set robot.state: physics")
-    steps = spec.dt / model.opt.timestep
-    if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
-        raise ConfigError(f"model: the control period {spec.dt} s is not a whole number of the task's "
-                          f"{model.opt.timestep} s physics steps")
-    return SimulatorModel(model, control_steps=int(round(steps)), centred=config.centred, epsilon=config.epsilon,
-                          threads=threads)

@@ -7,10 +7,11 @@ addresses of the STS3215, XL430 and XL330 (see `servo_bus.SERVO_MODELS`). A pseu
 ignores the baud rate, so replies are held back for the time the bytes would take on the wire
 (10 bits a byte at the arm's baud rate) plus each servo's return delay.
 
-The servos move the arm's MuJoCo scene, stepped in real time: a goal position written to the bus
-becomes the position actuator's target, present positions and velocities are the joints'. Torque
-off leaves a joint free but held by its gearbox's friction, the torque limit bounds the actuator's
-force, and the homing offset shifts what the servo reports, as on the real servos. Each servo is
+The servos move the arm's MuJoCo scene (`scene`, robots/servo_scene.py), stepped in real time: a
+goal position written to the bus becomes the position actuator's target, present positions and
+velocities are the joints'. Torque off leaves a joint free but held by its gearbox's friction, the
+torque limit bounds the actuator's force, and the homing offset shifts what the servo reports, as
+on the real servos. Each servo is
 mounted with an encoder offset and a direction (`ServoMount`), which is what calibration finds.
 
 A reality gap (`sim.reality.reality_emulator`, `forethought emulate --reality FILE`) changes the
@@ -47,6 +48,7 @@ import numpy as np
 from forethought.robots import servo_packets as sp
 from forethought.robots.arm_description import ArmDescription
 from forethought.robots.emulated_servo import AMBIENT_C, OVERHEAT_C, EmulatedServo, Fault, ServoMount, random_mounts
+from forethought.robots.servo_scene import ServoScene
 from forethought.robots.servo_wire import BITS_PER_BYTE, RETURN_DELAY_UNIT_S
 from forethought.robots.servo_models import ServoFault
 
@@ -81,38 +83,21 @@ class BusEmulator:
         encoder_noise: float = 0.0,
     ):
         self.arm = arm
-        if model is not None:
-            self.model = model
-        else:
-            try:
-                self.model = mujoco.MjModel.from_xml_path(str(scene_file))
-            except ValueError as err:
-                raise ValueError(f"{scene_file}: MuJoCo could not load the arm's scene: {err}") from None
-        self.data = mujoco.MjData(self.model)
-        home = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_KEY, "home")
-        if home >= 0:
-            mujoco.mj_resetDataKeyframe(self.model, self.data, home)
-        mujoco.mj_forward(self.model, self.data)
         mounts = list(mounts) if mounts is not None else random_mounts(len(arm.joints), seed)
         if len(mounts) != len(arm.joints):
             raise ValueError(f"{len(mounts)} mounts for the {len(arm.joints)} joints of {arm.name}")
         self._rng = np.random.default_rng(seed)
-        self._bind_joints()
+        # The physics behind the bus, and its lock: the protocol reads and moves the scene under it.
+        self.scene = ServoScene(arm, scene_file, model=model, goal_path=goal_path, encoder_noise=encoder_noise,
+                                seed=seed)
+        self._lock = self.scene.lock
         self._servos = [
-            EmulatedServo(j.servo_id, j.model, mount, j.name, arm.min_voltage, float(self.data.qpos[adr]))
-            for j, mount, adr in zip(arm.joints, mounts, self._qpos)
+            EmulatedServo(j.servo_id, j.model, mount, j.name, arm.min_voltage, self.scene.angle(i))
+            for i, (j, mount) in enumerate(zip(arm.joints, mounts))
         ]
         self._by_id = {s.servo_id: s for s in self._servos}
         for i, servo in enumerate(self._servos):
-            self.data.ctrl[self._act[i]] = self.data.qpos[self._qpos[i]]
             self._apply_torque(i, servo)
-        # The reality's physics beyond MuJoCo's (sim.reality.GoalPath: send, hold, target; the
-        # encoder's noise std in rad); None and 0: the scene itself.
-        self.goal_path = goal_path
-        self.encoder_noise = float(encoder_noise)
-        self._noise_rng = np.random.default_rng([int(seed), 7])
-        if goal_path is not None:
-            goal_path.reset(self.data.ctrl[self._act], phase=int(self._noise_rng.integers(goal_path.period_steps)))
         # Bounded: `forethought emulate` may serve for hours at 300 goal writes a second.
         self.goal_writes: deque[tuple[float, int, int]] = deque(maxlen=GOAL_WRITES_KEPT)
         self.voltage = arm.supply_voltage
@@ -124,14 +109,8 @@ class BusEmulator:
         self.superseded = 0  # replies not sent because the host had sent a newer instruction
         self._pending_faults: list[Fault] = []
         self._torque_first_on: float | None = None
-        # qpos when the last servo's torque went off: after it the arm creeps under its own weight.
-        self._qpos_at_torque_off: np.ndarray | None = None
         self.events: list[tuple[float, str, int | None, float | None]] = []
         self.replies = 0
-        self._hand: tuple[Callable[[float], np.ndarray], float, float] | None = None
-        self._lock = threading.RLock()
-        self._steps = 0
-        self._t0 = time.monotonic()
         for fault in faults:
             self.inject(fault)
         if arm.protocol == "feetech":
@@ -144,25 +123,13 @@ class BusEmulator:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def _bind_joints(self) -> None:
-        """Each joint's qpos and dof address and its actuator; the actuators' gains and the joints'
-        friction as the scene has them (with torque on)."""
-        model = self.model
-        self._qpos, self._dof, self._act = [], [], []
-        for name in self.arm.names:
-            joint = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
-            act = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, name)
-            if joint < 0 or act < 0:
-                raise ValueError(f"{self.arm.source}: the arm's scene has no joint and actuator named '{name}'")
-            self._qpos.append(model.jnt_qposadr[joint])
-            self._dof.append(model.jnt_dofadr[joint])
-            self._act.append(act)
-        self._gain = model.actuator_gainprm[self._act].copy()
-        self._bias = model.actuator_biasprm[self._act].copy()
-        self._friction = model.dof_frictionloss[self._dof].copy()
-        self._damping = model.dof_damping[self._dof].copy()
-        scene_limit = np.abs(model.actuator_forcerange[self._act]).min(axis=1)
-        self._force_limit = np.where(model.actuator_forcelimited[self._act] > 0, scene_limit, np.inf)
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self.scene.model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self.scene.data
 
     # -- running -------------------------------------------------------------------------------
     def __enter__(self) -> "BusEmulator":
@@ -198,7 +165,7 @@ class BusEmulator:
                 # Keep the scene at the wall clock while the bus is quiet, so that a request never
                 # waits for a long catch-up.
                 with self._lock:
-                    self._advance(time.monotonic())
+                    self.scene.advance(time.monotonic())
                 continue
             try:
                 chunk = os.read(self._master, 4096)
@@ -230,7 +197,7 @@ class BusEmulator:
     # -- the protocol --------------------------------------------------------------------------
     def _answer(self, packet: sp.Packet, n_bytes: int, arrived: float, superseded: bool = False) -> None:
         with self._lock:
-            self._advance(time.monotonic())
+            self.scene.advance(time.monotonic())
             replies = self._replies_to(packet)
         if superseded:
             self.superseded += len(replies)  # the host has sent a newer instruction: this one goes unanswered
@@ -343,29 +310,24 @@ class BusEmulator:
             if servo.torque_on and servo.faults & (ServoFault.OVERHEAT | ServoFault.OVERLOAD):
                 servo.set("torque_enable", 0)  # a servo in shutdown keeps its torque off
             else:
-                self.data.ctrl[self._act[i]] = servo.goal_angle()
-                if self.goal_path is not None:  # a servo holds its goal from the moment torque goes on
-                    self.goal_path.hold(i, servo.goal_angle())
+                self.scene.torque_switched(i, servo.goal_angle())  # a servo holds its goal from then on
                 self._apply_torque(i, servo)
                 self.events.append((time.monotonic(), "torque", servo.servo_id, float(servo.torque_on)))
                 if servo.torque_on and self._torque_first_on is None:
                     self._torque_first_on = time.monotonic()
                 if not any(s.torque_on for s in self._servos):
-                    self._qpos_at_torque_off = self.data.qpos.copy()
+                    self.scene.all_torque_off()
         if touched & set(range(regs["goal_position"].address, regs["goal_position"].address + regs["goal_position"].size)):
             self._take_goal(i, servo)
         if touched & {regs["torque_limit"].address, regs["torque_limit"].address + 1}:
             self._apply_torque(i, servo)
         return 0
 
-    # -- the servo's physics ---------------------------------------------------------------------
+    # -- the servos on the scene ---------------------------------------------------------------------
     def _take_goal(self, i: int, servo: EmulatedServo) -> None:
         """Servo i's goal position register changed: record it, and send it towards the actuator."""
         self.goal_writes.append((time.monotonic(), i, servo.get("goal_position")))
-        if self.goal_path is not None:
-            self.goal_path.send(servo.goal_angle(), self._steps, index=[i])
-        else:
-            self.data.ctrl[self._act[i]] = servo.goal_angle()
+        self.scene.send_goal(i, servo.goal_angle())
 
     def received_goals(self) -> np.ndarray:
         """(W, m) goal ticks of every sync write that set all servos' goals, in order (from `goal_writes`)."""
@@ -380,39 +342,17 @@ class BusEmulator:
         return np.array(rows, dtype=np.int64).reshape(-1, m)
 
     def _apply_torque(self, i: int, servo: EmulatedServo) -> None:
-        model, act, dof = self.model, self._act[i], self._dof[i]
-        stall = servo.model.stall_torque
-        if servo.torque_on:
-            model.actuator_gainprm[act] = self._gain[i]
-            model.actuator_biasprm[act] = self._bias[i]
-            model.dof_frictionloss[dof] = self._friction[i]
-            model.dof_damping[dof] = self._damping[i]
-            # The torque limit register scales the servo's stall torque; the scene's force limit
-            # (the stall torque at the arm's supply voltage) bounds it too.
-            fraction = servo.get("torque_limit") / servo.model.torque_limit_full_scale
-            limit = min(stall * fraction, self._force_limit[i])
-            model.actuator_forcelimited[act] = 1
-            model.actuator_forcerange[act] = (-limit, limit)
-        else:
-            # Free, but a geared servo does not backdrive under the arm's own weight. MuJoCo's
-            # friction loss is a soft constraint that lets a loaded joint creep; the gearbox's
-            # viscous drag (stall torque per 0.01 rad/s) holds it.
-            model.actuator_gainprm[act] = 0.0
-            model.actuator_biasprm[act] = 0.0
-            model.dof_frictionloss[dof] = max(self._friction[i], 0.5 * stall)
-            model.dof_damping[dof] = max(self._damping[i], 100.0 * stall)
+        # The torque limit register scales the servo's stall torque.
+        fraction = servo.get("torque_limit") / servo.model.torque_limit_full_scale
+        self.scene.set_torque(i, servo.torque_on, servo.model.stall_torque, fraction)
 
     def _refresh(self, servo: EmulatedServo) -> None:
         """Write the present_* registers and the status from the scene's current state."""
-        i = self._servos.index(servo)
+        q, qd, force = self.scene.reading(self._servos.index(servo))
         model = servo.model
-        q, qd = self.data.qpos[self._qpos[i]], self.data.qvel[self._dof[i]]
         direction = servo.mount.direction
-        if self.encoder_noise > 0:
-            q = q + self.encoder_noise * self._noise_rng.standard_normal()
         servo.set("present_position", servo.present_ticks(q))
         servo.set("present_velocity", int(round(direction * qd * servo.ticks_per_rad / model.velocity_unit)))
-        force = self.data.actuator_force[self._act[i]]
         servo.set("present_load", int(round(direction * force / model.stall_torque / model.load_unit)))
         servo.set("present_voltage", int(round(self.voltage / model.voltage_unit)))
         hot = ServoFault.OVERHEAT in servo.faults
@@ -421,57 +361,15 @@ class BusEmulator:
             servo.faults |= ServoFault.VOLTAGE
         servo.set("status", servo.status_bits())
 
-    def _advance(self, now: float) -> None:
-        """Step the scene up to wall-clock time `now` (at most half a second of catching up)."""
-        dt = self.model.opt.timestep
-        due = int((now - self._t0) / dt) - self._steps
-        max_catch_up = int(0.5 / dt)
-        if due > max_catch_up:
-            self._t0 += (due - max_catch_up) * dt
-            due = max_catch_up
-        for _ in range(max(due, 0)):
-            if self.goal_path is not None:
-                self.data.ctrl[self._act] = self.goal_path.target(self._steps)
-            if self._hand is not None:
-                self._follow_hand(self._t0 + (self._steps + 1) * dt)
-            else:
-                mujoco.mj_step(self.model, self.data)
-            self._steps += 1
-
-    def _follow_hand(self, t: float) -> None:
-        trajectory, t_start, t_end = self._hand
-        q = trajectory(min(t, t_end) - t_start)
-        for i, adr in enumerate(self._qpos):
-            self.data.qpos[adr] = q[i]
-        self.data.qvel[:] = 0.0
-        mujoco.mj_forward(self.model, self.data)
-        self.data.time += self.model.opt.timestep
-        if t >= t_end:
-            self._hand = None
-
     # -- the outside world: hands, faults ---------------------------------------------------------
     def joint_positions(self) -> np.ndarray:
         """(m,) the arm's true joint angles, rad."""
-        with self._lock:
-            self._advance(time.monotonic())
-            return np.array([self.data.qpos[a] for a in self._qpos])
+        return self.scene.joint_positions()
 
     def site_pos(self, name: str, at_torque_off: bool = False) -> np.ndarray | None:
         """(3,) world position of site `name`, m: now, or (at_torque_off) when the last servo's
         torque went off (None if it has not)."""
-        site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, name)
-        if site < 0:
-            raise ValueError(f"the arm's scene has no site named '{name}'")
-        with self._lock:
-            if not at_torque_off:
-                self._advance(time.monotonic())
-                return self.data.site_xpos[site].copy()
-            if self._qpos_at_torque_off is None:
-                return None
-            then = mujoco.MjData(self.model)
-            then.qpos[:] = self._qpos_at_torque_off
-            mujoco.mj_kinematics(self.model, then)
-            return then.site_xpos[site].copy()
+        return self.scene.site_pos(name, at_torque_off)
 
     def set_pose(self, pose: str | Sequence[float]) -> None:
         """Put the arm in a pose by hand at once: a calibration pose name or (m,) joint angles."""
@@ -481,33 +379,12 @@ class BusEmulator:
     def move_by_hand(self, trajectory: Callable[[float], np.ndarray], duration: float) -> None:
         """Move the arm along trajectory(t) -> (m,) rad for t in [0, duration] s, then let go."""
         with self._lock:
-            now = time.monotonic()
-            self._advance(now)
-            self._hand = (trajectory, now, now + duration)
-            self._follow_hand(now)
-            for i, servo in enumerate(self._servos):
-                if not servo.torque_on:
-                    self.data.ctrl[self._act[i]] = self.data.qpos[self._qpos[i]]
+            free = [i for i, servo in enumerate(self._servos) if not servo.torque_on]
+            self.scene.move_by_hand(trajectory, duration, free)
 
     def sweep(self, seconds_per_joint: float = 1.0) -> float:
         """Move each joint by hand through its described range, one after the other; returns the duration."""
-        start = self.joint_positions()
-        lower = self.arm.lower + 0.01
-        upper = self.arm.upper - 0.01
-        m = len(start)
-
-        def trajectory(t: float) -> np.ndarray:
-            q = start.copy()
-            j = min(int(t / seconds_per_joint), m - 1)
-            s = min(t / seconds_per_joint - j, 1.0)
-            # start -> lower, a pause there, -> upper, a pause there, -> start; piecewise linear
-            points = [start[j], lower[j], lower[j], upper[j], upper[j], start[j]]
-            x = 5.0 * s
-            k = min(int(x), 4)
-            q[j] = points[k] + (points[k + 1] - points[k]) * (x - k)
-            return q
-
-        duration = seconds_per_joint * m
+        trajectory, duration = self.scene.sweep_trajectory(seconds_per_joint)
         self.move_by_hand(trajectory, duration)
         return duration
 

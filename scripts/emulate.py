@@ -40,7 +40,8 @@ def emulate_main(args: argparse.Namespace) -> int:
     gap = f" with the reality gap of {args.reality}" if args.reality else ""
     print(emulator.port, flush=True)
     print(f"emulating {arm.name}{gap}: {len(arm.joints)} {arm.protocol} servos on {emulator.port} (Ctrl-C ends); "
-          "on a busy machine give deploy and calibrate --timeout-margin 8", file=sys.stderr)
+          "on a busy machine deploy with --realtime (docs/arms/deploy.md: the kernel's tty workers)",
+          file=sys.stderr)
     print(EMULATOR_COMMANDS, file=sys.stderr, flush=True)
     stop = threading.Event()
     threading.Thread(target=_emulator_commands, args=(emulator, stop), daemon=True).start()

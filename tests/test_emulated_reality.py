@@ -31,7 +31,7 @@ def reads(bus, count: int) -> np.ndarray:
 
 def test_without_a_reality_the_emulator_is_the_scene():
     with reality_emulator(ARM, ARM.scene, None, mounts=MOUNTS) as emulator:
-        assert emulator.goal_path is None and emulator.encoder_noise == 0.0
+        assert emulator.scene.goal_path is None and emulator.scene.encoder_noise == 0.0
         with make_bus(ARM, emulator.port, timeout_margin_ms=20.0) as bus:
             positions = reads(bus, 20)
     assert np.all(positions == positions[0])  # a resting arm reads the same ticks every time
@@ -53,7 +53,7 @@ def test_the_emulated_arm_has_the_realitys_servos_payload_and_noise():
     # 1 tick of encoder noise on an arm that holds still (the servos hold the pose they were given).
     spread = np.std(np.diff(positions, axis=0), axis=0) / np.sqrt(2)  # white noise: the difference has twice its variance
     assert np.all((spread > 0.6) & (spread < 1.6)), spread
-    assert emulator.goal_path.latency_steps == 5 and emulator.goal_path.period_steps == 2
+    assert emulator.scene.goal_path.latency_steps == 5 and emulator.scene.goal_path.period_steps == 2
 
 
 def test_a_goal_acts_after_the_realitys_latency(tmp_path):
@@ -70,7 +70,7 @@ def test_a_goal_acts_after_the_realitys_latency(tmp_path):
             goal = start + np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
             bus.write_goals(ticks(goal))
             sent = time.monotonic()
-            before = emulator.data.ctrl[emulator._act[0]]
+            before = emulator.data.ctrl[emulator.scene.act[0]]
             waited = time.monotonic() - sent
             time.sleep(0.9)
             after = emulator.joint_positions()

@@ -270,7 +270,7 @@ def test_cartpole_swingup_ilqr_swings_up_and_holds_within_bounds():
 def test_bad_controller_settings_name_the_key():
     from forethought.controllers.controller import Task
     from forethought.controllers.mpc import build_ilqr_mpc
-    from forethought.models.simulator import MujocoModelConfig, build_scene_model
+    from forethought.models.simulator_config import MujocoModelConfig, build_scene_model
     from forethought.robots.config import ConfigError
     from forethought.scripts.experiment import load_experiment
     from forethought.sim.mujoco_robot import MujocoRobot

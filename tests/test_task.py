@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from forethought.controllers.goals import Goal
-from forethought.models.simulator import MujocoModelConfig, build_scene_model
+from forethought.models.simulator_config import MujocoModelConfig, build_scene_model
 from forethought.robots.config import ConfigError
 from forethought.robots.trial import Trial
 from forethought.scripts.experiment import check_combination, combinations, load_experiment
