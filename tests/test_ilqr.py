@@ -8,7 +8,8 @@ import scipy.linalg
 
 from forethought.controllers.costs import CostDerivatives, build_cost
 from forethought.controllers import ilqr as ilqr_module
-from forethought.controllers.ilqr import ILQR, DivergenceError, ILQRConfig, box_qp, lqr_backward
+from forethought.controllers.box_qp import box_qp
+from forethought.controllers.ilqr import ILQR, DivergenceError, ILQRConfig, lqr_backward
 from forethought.controllers.linear_gaussian import LinearGaussianPolicy
 from forethought.models.dynamics_model import MissingCapability
 from forethought.robots.robot import RobotSpec
