@@ -292,19 +292,25 @@ class ILQR:
                 break  # the rest stays NaN: no point stepping a broken state
         return X
 
-    def _forward(self, X, U, back: BackwardPass, alpha: float):
-        """Closed-loop rollout u_t = clip(U_t + alpha k_t + K_t (x_t - X_t)): (T+1, n), (T, m)."""
+    def closed_loop_rollout(self, x0: np.ndarray, U: np.ndarray, X_ref: np.ndarray, K: np.ndarray):
+        """States X (T+1, n) from x0 (n,) under u_t = clip(U_t + K_t (x_t - X_ref_t)) (U (T, m), X_ref
+        (T+1 or T, n), K (T, m, n)), and those actions (T, m). NaN from the first state that is not
+        finite on (its action kept, the later ones U's)."""
         if self._closed_loop is not None:
-            return self._closed_loop(X[0], U + alpha * back.k, X, back.K, self.low, self.high)
-        X_new, U_new = np.full_like(X, np.nan), U.copy()
-        X_new[0] = x = X[0]
+            return self._closed_loop(x0, U, X_ref, K, self.low, self.high)
+        X_new, U_new = np.full((len(U) + 1, len(x0)), np.nan), np.array(U, dtype=np.float64)
+        X_new[0] = x = x0
         for t in range(len(U)):
-            u = np.clip(U[t] + alpha * back.k[t] + back.K[t] @ (x - X[t]), self.low, self.high)
+            u = np.clip(U[t] + K[t] @ (x - X_ref[t]), self.low, self.high)
             U_new[t] = u
             X_new[t + 1] = x = self._predict(x[None], u[None], t)[0]
             if not np.all(np.isfinite(x)):
-                break  # the rest stays NaN, and the step is rejected
+                break  # the rest stays NaN
         return X_new, U_new
+
+    def _forward(self, X, U, back: BackwardPass, alpha: float):
+        """The line search's rollout u_t = clip(U_t + alpha k_t + K_t (x_t - X_t)): (T+1, n), (T, m)."""
+        return self.closed_loop_rollout(X[0], U + alpha * back.k, X, back.K)
 
     def _costs(self, Xs, Us) -> np.ndarray:
         """Total cost of one trajectory X (T+1, n), U (T, m) as a float, or of a batch (B,); inf where
@@ -357,12 +363,14 @@ class ILQR:
         return None
 
     def solve(self, x0, U_init, max_iterations: int | None = None, time_budget_s: float | None = None,
-              t0: int = 0) -> ILQRResult:
+              t0: int = 0, X_init: np.ndarray | None = None) -> ILQRResult:
         """Optimise the actions (T, m) from x0 (n,), starting from U_init (clipped to the bounds).
 
         max_iterations overrides the config's cap; time_budget_s stops before an iteration that
         would overrun it (one iteration always runs); t0: the time step of x0 (for a time-varying
-        model). Raises DivergenceError when the initial rollout or its cost is not finite.
+        model); X_init: (T+1, n) the model's rollout of U_init (within the bounds) from x0 where the
+        caller has it already (MPC's closed-loop warm start), so that it is not rolled out again.
+        Raises DivergenceError when the initial rollout or its cost is not finite.
         """
         started = time.perf_counter()
         self._t0 = int(t0)
@@ -376,7 +384,12 @@ class ILQR:
             raise ValueError(f"iLQR: x0 must be ({self.cost.n},) and U_init (T, {self.cost.m}), got {x0.shape} and {U.shape}")
         if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(U))):
             raise DivergenceError("iLQR: x0 or U_init has NaN or infinite values")
-        X = self.rollout(x0, U)
+        if X_init is None:
+            X = self.rollout(x0, U)
+        else:
+            X = np.asarray(X_init, dtype=np.float64)
+            if X.shape != (len(U) + 1, self.cost.n):
+                raise ValueError(f"iLQR: X_init must be ({len(U) + 1}, {self.cost.n}), got {X.shape}")
         J = float(self._costs(X, U))
         if not math.isfinite(J):
             raise DivergenceError("iLQR: the initial rollout or its cost is NaN or infinite")

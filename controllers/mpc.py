@@ -231,9 +231,10 @@ class ILQRPlanner:
         self.last_result = None
         self._last_plan: tuple[int, Plan] | None = None
 
-    def _closed_loop(self, x0: np.ndarray, t: int) -> np.ndarray | None:
-        """Actions (H, m) of the last plan's feedback policy, shifted to tick t, rolled out on the
-        model from x0; None without a last plan with gains, or when the rollout is not finite."""
+    def _closed_loop(self, x0: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """States (H+1, n) and actions (H, m) of the last plan's feedback policy, shifted to tick t,
+        rolled out on the model from x0; None without a last plan with gains, or when the rollout is
+        not finite."""
         if self._last_plan is None or self._last_plan[0] >= t or self._last_plan[1].K is None:
             return None
         last_t, plan = self._last_plan
@@ -242,26 +243,25 @@ class ILQRPlanner:
         def shifted(a: np.ndarray) -> np.ndarray:
             return np.concatenate([a[shift:], np.repeat(a[-1:], shift, axis=0)])
 
-        X, U, K = shifted(plan.X[:-1]), shifted(plan.U), shifted(plan.K)
-        solver = self.solver
-        solver._t0 = int(t)  # a time-varying model is asked at this tick's steps
-        x, actions = np.asarray(x0, dtype=np.float64), np.empty_like(U)
-        for j in range(self.horizon):
-            actions[j] = np.clip(U[j] + K[j] @ (x - X[j]), solver.low, solver.high)
-            x = solver._predict(x[None], actions[j][None], j)[0]
-        return actions if np.all(np.isfinite(actions)) and np.all(np.isfinite(x)) else None
+        self.solver._t0 = int(t)  # a time-varying model is asked at this tick's steps
+        X, U = self.solver.closed_loop_rollout(np.asarray(x0, dtype=np.float64), shifted(plan.U),
+                                               shifted(plan.X[:-1]), shifted(plan.K))
+        return (X, U) if np.all(np.isfinite(U)) and np.all(np.isfinite(X)) else None
 
     def plan(self, x0, U_init, t: int = 0) -> Plan:
         first = t == 0
+        X_init = None
         if self.closed_loop_warm_start and not first:
             warm = self._closed_loop(x0, t)
-            U_init = U_init if warm is None else warm
+            if warm is not None:  # its states are the rollout of its actions: solve need not repeat it
+                X_init, U_init = warm
         result = self.solver.solve(
             x0,
             U_init,
             max_iterations=self.first_iterations if first else self.iterations,
             time_budget_s=None if first else self.time_budget_s,
             t0=t,
+            X_init=X_init,
         )
         self.last_result = result
         K = result.backward.K if result.backward is not None else None

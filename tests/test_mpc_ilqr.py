@@ -106,18 +106,19 @@ def test_closed_loop_warm_start_rolls_the_last_plans_feedback_policy_out_from_th
     model = Pendulum()
     shifted = np.concatenate([first.U[1:], first.U[-1:]])
     # On the plan's own next state the feedback adds nothing: the shifted actions, up to the clip.
-    np.testing.assert_allclose(planner._closed_loop(first.X[1], 1)[:-1], np.clip(shifted, -3, 3)[:-1], atol=1e-9)
+    np.testing.assert_allclose(planner._closed_loop(first.X[1], 1)[1][:-1], np.clip(shifted, -3, 3)[:-1], atol=1e-9)
     # Off it, the first action is corrected by the plan's gain, and the rest follow the model.
     x = first.X[1] + np.array([0.02, -0.05])
-    warm = planner._closed_loop(x, 1)
+    X_warm, warm = planner._closed_loop(x, 1)
     np.testing.assert_allclose(warm[0], np.clip(first.U[1] + first.K[1] @ (x - first.X[1]), -3, 3), atol=1e-12)
     assert np.abs(warm[0] - first.U[1]).max() > 1e-3
     x_next = model.predict(x[None], warm[:1])[0][0]
     np.testing.assert_allclose(warm[1], np.clip(first.U[2] + first.K[2] @ (x_next - first.X[2]), -3, 3), atol=1e-12)
-    # The solve at tick 1 starts from it (its first rollout), not from the warm start it is handed.
+    # Its states are the model's rollout of its actions, which the solve at tick 1 starts from (not
+    # from the warm start it is handed) without rolling them out again.
+    np.testing.assert_array_equal(X_warm, planner.solver.rollout(x, warm))
     planner.plan(x, np.zeros((10, 1)), 1)
-    assert planner.last_result.iterations[0]["cost"] <= planner.solver._costs(
-        planner.solver.rollout(x, warm), warm) + 1e-9
+    assert planner.last_result.iterations[0]["cost"] <= planner.solver._costs(X_warm, warm)
 
 
 def test_feedback_gains_act_between_replans():
