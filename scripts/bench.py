@@ -71,6 +71,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_steal_s() -> float | None:
+    """CPU seconds the hypervisor has taken from this virtual machine since it booted, over all its
+    cores (the steal column of Linux's /proc/stat); None where there is no such count."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def machine_info() -> dict:
     import numpy
     import torch
