@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / "bench"
 PAGE_MARKER = "<!-- bench results -->"
 
-# The numbers the README shows per benchmark: (metric, what it measures, unit scale, unit).
-HEADLINES: dict[str, list[tuple[str, str, float, str]]] = {
+# The numbers the README shows per benchmark: (metric, or a tuple of metrics shown side by side,
+# what it measures, unit scale, unit).
+HEADLINES: dict[str, list[tuple[str | tuple[str, ...], str, float, str]]] = {
     "sim": [("arm_steps_per_s", "arm scene, control steps per second (one core)", 1.0, "steps/s")],
     "ilqr": [("mpc_hz", "iLQR-MPC replans per second on arm-reach-ilqr", 1.0, "Hz"),
              ("reach_error_m", "iLQR-MPC final reach error, worst of 3 targets", 1000.0, "mm")],
@@ -35,8 +36,10 @@ HEADLINES: dict[str, list[tuple[str, str, float, str]]] = {
     "policies": [("pendulum_step_ratio", "MBPO's steps to swing the pendulum up over SAC's, median of 3 seeds", 1.0, ""),
                  ("arm_mbpo_trials", "MBPO trials of 2 s to reach within 1 cm on the arm", 1.0, "")],
     "sweep": [("ratio", "4 PILCO seeds, 2 at a time on Ray over one at a time, wall time", 1.0, "")],
-    "servo_soak": [("so101_lost_arm_exits", "lost-arm exits in an hour on the emulated SO-101, 2% corrupted and 0.5% lost replies",
-                    1.0, "")],
+    "servo_soak": [(("so101_lost_arm_exits", "koch_lost_arm_exits"),
+                    "lost-arm exits in an hour, emulated SO-101 and Koch, 2% corrupted and 0.5% lost replies", 1.0, ""),
+                   (("so101_period_p99_ms", "koch_period_p99_ms"), "control period p99 in that hour, SO-101 and Koch",
+                    1.0, "ms")],
     "servo_loop": [("so101_period_p99_ms", "SO-101 control period p99, emulated bus at 50 Hz", 1.0, "ms"),
                    ("so101_ilqr_mpc_reach_error_m", "iLQR-MPC deployed on the emulated SO-101, worst reach error",
                     1000.0, "mm")],
@@ -106,8 +109,10 @@ def readme_table(results: list[dict]) -> str:
         headlines = HEADLINES.get(result["name"]) or [
             (key, key, 1.0, "") for key, value in metrics.items() if isinstance(value, (int, float))][:2]
         for key, what, scale, unit in headlines:
-            if key in metrics:
-                rows.append(f"| {_cell(what)} (`{result['name']}`) | {_cell(_number(metrics[key], scale, unit))} | "
+            keys = key if isinstance(key, tuple) else (key,)
+            if all(k in metrics for k in keys):
+                value = metrics[keys[0]] if len(keys) == 1 else [metrics[k] for k in keys]
+                rows.append(f"| {_cell(what)} (`{result['name']}`) | {_cell(_number(value, scale, unit))} | "
                             f"{_cell(machine_line(result.get('machine', {})))} | `{_commit(result)}` |")
     return "\n".join(rows)
 
