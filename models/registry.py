@@ -42,7 +42,8 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {
-    "mujoco": ModelEntry("forethought.models.simulator_config:build_scene_model", "forethought.models.simulator_config:MujocoModelConfig", ".json"),
+    "mujoco": ModelEntry("forethought.models.simulator_config:build_scene_model",
+                         "forethought.models.simulator_config:MujocoModelConfig", ".json"),
     "tvlg": ModelEntry("forethought.models.tvlg:TVLGModel", "forethought.models.tvlg:TVLGConfig", ".npz"),
     "gp": ModelEntry("forethought.models.gp:GPModel", "forethought.models.gp:GPConfig", ".pt"),
     "ensemble": ModelEntry("forethought.models.ensemble:EnsembleModel", "forethought.models.ensemble:EnsembleConfig", ".pt"),

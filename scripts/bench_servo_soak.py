@@ -12,8 +12,9 @@ Reported per arm: ticks, lost-arm exits (and the message of the first), the bus'
 and timed-out tries and servo replies given up on, stale ticks and the longest run of them, the
 histogram of stale runs, the period's p50 and p99 over every period of the run (and each trial's
 p99 weighted by its ticks, the worst trial's p99, the max) and overruns, the controller's p99, the
-worst reach error, and the CPU seconds the hypervisor took from the machine meanwhile (`host_steal_s`,
-where Linux counts them: on a virtual machine, time no priority inside it can keep). SIGTERM or Ctrl-C stops it cleanly (exit 143 or 130).
+worst reach error, and the CPU seconds the hypervisor took from the machine meanwhile
+(`host_steal_s`, where Linux counts them: on a virtual machine, time no priority inside it can
+keep). SIGTERM or Ctrl-C stops it cleanly (exit 143 or 130).
 --quick: 1 minute.
 """
 
