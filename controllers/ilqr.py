@@ -1,7 +1,8 @@
 """iLQR / LQG on any model that can be linearised: the LQR backward pass, box-constrained DDP, the solver.
 
 `lqr_backward` is the Riccati recursion for a time-varying linear system with a quadratic cost
-expansion, as a pure function (guided policy search reuses it with its KL-augmented cost). Action
+expansion, as a pure function (guided policy search reuses it with its KL-augmented cost); its
+per-step loop is compiled (controllers/riccati_steps.py). Action
 bounds enter as in box-constrained DDP (Tassa, Mansard and Todorov 2014): at every step the
 feed-forward term solves the box-constrained QP on the Q-function (controllers/box_qp.py)
 and the feedback gains act on the free actions only, so the solution respects the bounds
@@ -25,12 +26,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf as _potrf
-from scipy.linalg.lapack import dtrtri as _trtri
 
 from forethought.controllers.box_qp import box_qp
 from forethought.controllers.costs import Cost, CostDerivatives
 from forethought.controllers.linear_gaussian import LinearGaussianPolicy
+from forethought.controllers.riccati_steps import NOT_POSITIVE_DEFINITE, OUTSIDE_BOUNDS, riccati_sweep, value_step
 from forethought.models.dynamics_model import require
 
 
@@ -112,73 +112,43 @@ def lqr_backward(
     L[:, p:, p:] = cost.l_uu[:T]
     L[:, :n, n] = L[:, n, :n] = cost.l_x[:T]
     L[:, p:, n] = L[:, n, p:] = cost.l_u[:T]
-    reg = regularization * np.eye(m)
-    F_T = np.ascontiguousarray(np.swapaxes(F, 1, 2))
     if bounded:
-        du_low, du_high = np.asarray(du_low, dtype=np.float64), np.asarray(du_high, dtype=np.float64)
+        # Copies: the compiled sweep takes writable C-ordered arrays (one compiled variant).
+        du_low = np.array(np.broadcast_to(du_low, (T, m)), dtype=np.float64)
+        du_high = np.array(np.broadcast_to(du_high, (T, m)), dtype=np.float64)
+    else:
+        du_low = du_high = np.empty((T, m))
 
     G_all = np.zeros((T, m, p))  # [K | k]
-    Q_all = np.empty((T, p + m, p + m))  # Q~ per step: R = [Q_ux | Q_u] and Q_uu are views into it
+    Q_all = np.empty((T, p + m, p + m))  # Q~ per step: R = [Q_ux | Q_u] and Q_uu are its blocks
     Q_uu_inv_all = np.empty((T, m, m))
     free_all = np.ones((T, m), dtype=bool)
     V = np.empty((T + 1, p, p))
     V[T, :n, :n], V[T, :n, n], V[T, n, :n], V[T, n, n] = cost.l_xx[T], cost.l_x[T], cost.l_x[T], 0.0
-    FV = np.empty((p + m, p))
-
-    def sweep(start: int, bound_checks: bool) -> int | None:
-        """Steps start, start-1, ..., 0 of the recursion; the step whose Q_uu + mu I is not positive
-        definite, or None. The loop runs on small matrices, so it keeps to few numpy calls (each
-        costs about as much as the arithmetic inside it) and writes into the outputs in place."""
-        for t in range(start, -1, -1):
-            Q = Q_all[t]
-            np.matmul(F_T[t], V[t + 1], out=FV)
-            np.matmul(FV, F[t], out=Q)
-            Q += L[t]
-            Q_uu, R = Q[p:, p:], Q[p:, :p]
-            Q_reg = Q_uu + reg if regularization else Q_uu
-            factor, info = _potrf(Q_reg, lower=1, clean=1)
-            if info != 0:
-                return t
-            factor_inv, info = _trtri(factor, lower=1)
-            if info != 0:
-                return t
-            Q_uu_inv = np.matmul(factor_inv.T, factor_inv, out=Q_uu_inv_all[t])
-            G = np.matmul(Q_uu_inv, R, out=G_all[t])
-            np.negative(G, out=G)
-            if bound_checks and ((G[:, n] < du_low[t]).any() or (G[:, n] > du_high[t]).any()):
-                box = box_qp(Q_reg, R[:, n], du_low[t], du_high[t], None if k_init is None else k_init[t])
-                G[:] = 0.0
-                G[:, n] = box.x
-                G[box.free, :n] = -box.H_free_inv @ R[box.free, :n]
-                free_all[t] = box.free
-            # V~ from the unregularised Q-function along the chosen gains (valid for any gains).
-            N = G.T @ R
-            Vt = Q[:p, :p] + G.T @ Q_uu @ G
-            Vt += N
-            Vt += N.T
-            Vt += Vt.T
-            np.multiply(Vt, 0.5, out=V[t])
-        return None
-
-    # Bounds rarely bind, so the first sweep leaves their checks out and checks all its steps at
-    # once after it; from the last step (the first the recursion met) whose feed-forward leaves its
-    # bounds on, the recursion is run again with the checks and the box QP. The steps after it are
-    # the same either way, so the result is the one checking every step gives.
-    failed = sweep(T - 1, bound_checks=False)
-    if bounded:
-        done = slice(0 if failed is None else failed + 1, T)
-        k_done = G_all[done, :, n]
-        outside = ((k_done < du_low[done]) | (k_done > du_high[done])).any(axis=1)
-        if outside.any():
-            failed = sweep(done.start + int(np.flatnonzero(outside)[-1]), bound_checks=True)
-    if failed is not None:
-        raise BackwardPassError(failed)
+    # The compiled sweep stops where a step needs Python: there the box QP gives the step's gains,
+    # the value goes on with them, and the sweep resumes one step earlier.
+    t = T - 1
+    while t >= 0:
+        t, status = riccati_sweep(F, L, V, Q_all, G_all, Q_uu_inv_all, float(regularization), t, du_low, du_high, bounded)
+        if status == NOT_POSITIVE_DEFINITE:
+            raise BackwardPassError(t)
+        if status == OUTSIDE_BOUNDS:
+            Q, G = Q_all[t], G_all[t]
+            R = Q[p:, :p]
+            box = box_qp(Q[p:, p:] + regularization * np.eye(m), R[:, n], du_low[t], du_high[t],
+                         None if k_init is None else k_init[t])
+            G[:] = 0.0
+            G[:, n] = box.x
+            G[box.free, :n] = -box.H_free_inv @ R[box.free, :n]
+            free_all[t] = box.free
+            value_step(Q, G, V[t])
+            t -= 1
     R_all = Q_all[:, p:, :p]
     Q_uu_all = Q_all[:, p:, p:].copy()
     K, k = G_all[:, :, :n], G_all[:, :, n]
     dV1 = float(np.einsum("tm,tm->", k, R_all[:, :, n]))
     dV2 = 0.5 * float(np.einsum("tm,tmj,tj->", k, Q_uu_all, k))
-    Q_uu_all += reg
+    Q_uu_all += regularization * np.eye(m)
     return BackwardPass(
         np.ascontiguousarray(K), np.ascontiguousarray(k), Q_uu_all, Q_uu_inv_all,
         V[:, :n, n].copy(), V[:, :n, :n].copy(), (dV1, dV2), free_all,

@@ -1,18 +1,17 @@
-"""MuJoCo one control period at a time with little Python per period, and per-step Jacobians over threads.
+"""MuJoCo one control period at a time with no Python per period, and per-step Jacobians over threads.
 
 `SimulatorModel.predict` on one row goes through shape checks, six assignments into MjData and a
 concatenation of the result: on the SO-101 arm that was twice the physics step itself. iLQR steps
 one row at a time in its rollouts and line search, so `PeriodStepper` sets a period's whole input
 (time, qpos, qvel, a zero warm start, ctrl) with one `mj_setState` and reads the result with one
-`mj_getState`. The physics is the same as `SimulatorModel._step`'s, bit for bit: the same fields
-are set (the clock, which nothing in the dynamics reads, starts at 1 s so that a reset shows).
+`mj_getState`, in a compiled loop over the periods (models/mujoco_native.py) that also forms the
+feedback and clips it. The physics is the same as `SimulatorModel._step`'s, bit for bit: the same
+fields are set (the clock, which nothing in the dynamics reads, starts at 1 s so that a reset shows).
 
 `jacobians_per_step` computes the per-physics-step `mjd_transitionFD` along a trajectory, the
-rows split into contiguous chunks, one per thread. MuJoCo's bindings release the GIL inside
-mjd_transitionFD and mj_step, so the chunks overlap when cores are free; the Python between the
-calls (a few microseconds a row) is serialised.
+rows split into contiguous chunks, one per thread, each chunk one compiled loop that holds no GIL,
+so the chunks run on as many cores as are free.
 """
-
 from __future__ import annotations
 
 import threading
@@ -22,6 +21,8 @@ from typing import Callable
 import mujoco
 import numpy as np
 
+from forethought.models.mujoco_native import addresses, closed_loop_periods, transition_jacobians
+
 _S = mujoco.mjtState
 # What one period takes in, in mj_setState's order: time, qpos, qvel, qacc_warmstart, ctrl.
 SET_SPEC = int(_S.mjSTATE_TIME | _S.mjSTATE_QPOS | _S.mjSTATE_QVEL | _S.mjSTATE_WARMSTART | _S.mjSTATE_CTRL)
@@ -29,6 +30,8 @@ GET_SPEC = int(_S.mjSTATE_QPOS | _S.mjSTATE_QVEL)
 # MuJoCo's warnings for a simulation it found unstable (and reset): bad qpos, qvel, qacc.
 UNSTABLE = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADQACC) + 1)
 CLOCK_START = 1.0
+_NO_GAINS = np.empty((0, 0, 0))  # what the compiled loop takes for K and the bounds in open loop
+_NO_BOUNDS = np.empty(0)
 
 
 class PeriodStepper:
@@ -42,8 +45,6 @@ class PeriodStepper:
         self.n, self.nv, self.m = model.nq + model.nv, model.nv, model.nu
         self._in = np.zeros(mujoco.mj_stateSize(model, SET_SPEC))
         self._in[0] = CLOCK_START
-        self._x = self._in[1 : 1 + self.n]  # views into the input vector: written in place
-        self._u = self._in[1 + self.n + self.nv :]
         self._end = CLOCK_START + self.control_steps * model.opt.timestep
 
     def closed_loop(self, x0: np.ndarray, U: np.ndarray, X_ref: np.ndarray | None = None, K: np.ndarray | None = None,
@@ -55,35 +56,16 @@ class PeriodStepper:
         X = np.full((T + 1, self.n), np.nan)
         U_out = np.array(U, dtype=np.float64)
         X[0] = x0
-        x, u_in = self._x, self._u
-        x[:] = x0
-        # The period's calls inlined and bound to locals, the clip as two ufuncs in place (np.clip's
-        # result without its wrapper): this loop runs once per step of every rollout and line-search
-        # candidate, where each Python-level call costs a tenth of the physics step.
-        model, data, spec_in, spec_out, state_in = self.model, self.data, SET_SPEC, GET_SPEC, self._in
-        set_state, get_state, step, steps = mujoco.mj_setState, mujoco.mj_getState, mujoco.mj_step, self.control_steps
-        end, tolerance = self._end, 1e-9 * self._end
         feedback = K is not None
         if feedback:
-            dx = np.empty(self.n)
-            du = np.empty(self.m)
-            subtract, matmul, maximum, minimum = np.subtract, np.matmul, np.maximum, np.minimum
-        for t in range(T):
-            u = U_out[t]
-            if feedback:
-                subtract(x, X_ref[t], out=dx)
-                matmul(K[t], dx, out=du)
-                u += du
-                maximum(u, low, out=u)
-                minimum(u, high, out=u)
-            u_in[:] = u
-            set_state(model, data, state_in, spec_in)
-            for _ in range(steps):
-                step(model, data)
-            get_state(model, data, x, spec_out)
-            if abs(data.time - end) > tolerance:
-                break
-            X[t + 1] = x
+            X_ref, K = np.ascontiguousarray(X_ref, dtype=np.float64), np.ascontiguousarray(K, dtype=np.float64)
+            low = np.full(self.m, -np.inf) if low is None else np.asarray(low, dtype=np.float64)
+            high = np.full(self.m, np.inf) if high is None else np.asarray(high, dtype=np.float64)
+        else:
+            X_ref, K, low, high = X, _NO_GAINS, _NO_BOUNDS, _NO_BOUNDS
+        m, d = addresses(self.model, self.data)
+        closed_loop_periods(m, d, self._in, SET_SPEC, GET_SPEC, 1, 1 + self.n + self.nv, self.control_steps,
+                            self._end, 1e-9 * self._end, X, U_out, X_ref, K, low, high, feedback)
         return X, U_out
 
 
@@ -107,34 +89,16 @@ def jacobians_per_step(
     B_tan = np.empty((T, 2 * nv, m))
     x_next = np.empty_like(x)
     set_size = mujoco.mj_stateSize(model, SET_SPEC)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    n = x.shape[1]
 
     def chunk(rows: range) -> None:
         data = data_of_thread()
-        state = np.zeros(set_size)
-        warnings = data.warning.number  # a view into data's counters, taken once (a fresh one costs a microsecond)
-        n = len(x[0])
-        x_in, u_in = state[1 : 1 + n], state[1 + n + nv :]
-        A_s = np.empty((2 * nv, 2 * nv))
-        B_s = np.empty((2 * nv, m))
-        for t in rows:
-            x_in[:] = x[t]
-            u_in[:] = u[t]
-            mujoco.mj_setState(model, data, state, SET_SPEC)
-            warnings[:] = 0
-            if control_steps == 1:
-                mujoco.mjd_transitionFD(model, data, epsilon, centred, A_tan[t], B_tan[t], None, None)
-                mujoco.mj_step(model, data)
-            else:
-                A_acc, B_acc = np.eye(2 * nv), np.zeros((2 * nv, m))
-                for _ in range(control_steps):
-                    mujoco.mjd_transitionFD(model, data, epsilon, centred, A_s, B_s, None, None)
-                    A_acc = A_s @ A_acc
-                    B_acc = A_s @ B_acc + B_s
-                    mujoco.mj_step(model, data)
-                A_tan[t], B_tan[t] = A_acc, B_acc
-            mujoco.mj_getState(model, data, x_next[t], GET_SPEC)
-            if warnings[UNSTABLE].any():
-                x_next[t] = np.nan
+        m_ptr, d_ptr = addresses(model, data)
+        transition_jacobians(m_ptr, d_ptr, np.zeros(set_size), SET_SPEC, GET_SPEC, 1, 1 + n + nv, x, u, rows.start,
+                             rows.stop, control_steps, epsilon, centred, data.warning.number, UNSTABLE.start,
+                             UNSTABLE.stop, A_tan, B_tan, x_next)
 
     threads = max(1, min(threads, T))
     if pool is None or threads == 1:

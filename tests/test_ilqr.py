@@ -90,6 +90,58 @@ def test_first_gain_equals_the_infinite_horizon_lqr_gain():
     np.testing.assert_allclose(back.Q_uu_inv[0] @ back.Q_uu[0], np.eye(m), atol=1e-12)
 
 
+def _riccati_reference(A, B, c, d: CostDerivatives, mu: float):
+    """The unbounded recursion in its textbook form (Q_x, Q_u, Q_xx, Q_uu, Q_ux per step), plainly."""
+    T, n, m = B.shape
+    V_x, V_xx = d.l_x[T].copy(), d.l_xx[T].copy()
+    K, k = np.empty((T, m, n)), np.empty((T, m))
+    for t in range(T - 1, -1, -1):
+        V_c = V_x + V_xx @ c[t]  # the affine term moves the expansion point of the value
+        Q_x, Q_u = d.l_x[t] + A[t].T @ V_c, d.l_u[t] + B[t].T @ V_c
+        Q_xx = d.l_xx[t] + A[t].T @ V_xx @ A[t]
+        Q_uu = d.l_uu[t] + B[t].T @ V_xx @ B[t]
+        Q_ux = d.l_ux[t] + B[t].T @ V_xx @ A[t]
+        H = Q_uu + mu * np.eye(m)
+        K[t], k[t] = -np.linalg.solve(H, Q_ux), -np.linalg.solve(H, Q_u)
+        V_x = Q_x + K[t].T @ Q_uu @ k[t] + K[t].T @ Q_u + Q_ux.T @ k[t]
+        V_xx = Q_xx + K[t].T @ Q_uu @ K[t] + K[t].T @ Q_ux + Q_ux.T @ K[t]
+        V_xx = 0.5 * (V_xx + V_xx.T)
+    return K, k, V_x, V_xx
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compiled_recursion_matches_the_textbook_one_with_affine_terms_and_cross_costs(seed):
+    rng = np.random.default_rng(seed)
+    T, n, m = 12, 5, 3
+    A = np.eye(n) + 0.1 * rng.normal(size=(T, n, n))
+    B = 0.3 * rng.normal(size=(T, n, m))
+    c = 0.1 * rng.normal(size=(T, n))
+    M = rng.normal(size=(T + 1, n, n))
+    l_xx = M @ np.swapaxes(M, 1, 2) + 0.1 * np.eye(n)
+    l_uu = np.tile(0.5 * np.eye(m), (T + 1, 1, 1))
+    d = CostDerivatives(np.zeros(T + 1), rng.normal(size=(T + 1, n)), rng.normal(size=(T + 1, m)),
+                        l_xx, l_uu, 0.05 * rng.normal(size=(T + 1, m, n)))
+    back = lqr_backward(A, B, d, c, regularization=0.2)
+    K, k, V_x0, V_xx0 = _riccati_reference(A, B, c, d, 0.2)
+    np.testing.assert_allclose(back.K, K, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(back.k, k, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(back.V_x[0], V_x0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(back.V_xx[0], V_xx0, rtol=1e-9, atol=1e-12)
+
+
+def test_an_indefinite_q_uu_names_its_step_and_regularisation_cures_it():
+    rng = np.random.default_rng(4)
+    T, n, m = 10, 3, 2
+    A, B = np.tile(np.eye(n), (T, 1, 1)), 0.1 * rng.normal(size=(T, n, m))
+    d = quadratic_derivatives(np.eye(n), np.eye(m), T)
+    d.l_uu[6] = np.diag([1.0, -0.5])  # Q_uu at step 6 has a negative eigenvalue (B^T V B is small)
+    with pytest.raises(ilqr_module.BackwardPassError) as failed:
+        lqr_backward(A, B, d, regularization=0.0)
+    assert failed.value.t == 6
+    back = lqr_backward(A, B, d, regularization=1.0)
+    assert np.all(np.linalg.eigvalsh(back.Q_uu) > 0)
+
+
 def test_box_qp_meets_the_kkt_conditions():
     rng = np.random.default_rng(0)
     for trial in range(50):

@@ -331,12 +331,11 @@ def test_closed_loop_applies_clipped_feedback_about_the_reference():
     K = rng.normal(scale=2.0, size=(T, model.m, model.n))
     low, high = -0.3 * np.ones(model.m), 0.3 * np.ones(model.m)
     X, U_out = model.closed_loop(x0, U, X_ref, K, low, high)
-    x = x0
-    for t in range(T):  # the feedback law, one predict call at a time
-        u = np.clip(U[t] + K[t] @ (x - X_ref[t]), low, high)
-        np.testing.assert_array_equal(U_out[t], u)
-        x = model.predict(x, u)[0]
-        np.testing.assert_array_equal(X[t + 1], x)
+    np.testing.assert_array_equal(X[0], x0)
+    for t in range(T):  # the feedback law (to rounding: its sum runs in another order), the physics exactly
+        u = np.clip(U[t] + K[t] @ (X[t] - X_ref[t]), low, high)
+        np.testing.assert_allclose(U_out[t], u, rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(X[t + 1], model.predict(X[t], U_out[t])[0])
     assert np.any(np.abs(U_out) == 0.3)  # the bounds were met
 
 
