@@ -85,12 +85,14 @@ def jacobians_per_step(
     states (T, n) (NaN where MuJoCo found a step unstable). The rows are split over `threads` threads:
     the calling one and pool's; data_of_thread() gives the MjData of the thread that calls it."""
     T, nv, m = len(x), model.nv, model.nu
+    if model.na:  # mjd_transitionFD's A would then be (2 nv + na) square: more than A_tan's rows hold
+        raise ValueError("jacobians_per_step: actuators with activations (na > 0) are not supported")
     A_tan = np.empty((T, 2 * nv, 2 * nv))
     B_tan = np.empty((T, 2 * nv, m))
-    x_next = np.empty_like(x)
     set_size = mujoco.mj_stateSize(model, SET_SPEC)
     x = np.ascontiguousarray(x, dtype=np.float64)
     u = np.ascontiguousarray(u, dtype=np.float64)
+    x_next = np.empty(x.shape)  # C order: the compiled loop writes each row through its address
     n = x.shape[1]
 
     def chunk(rows: range) -> None:
