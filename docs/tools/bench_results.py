@@ -42,7 +42,9 @@ HEADLINES: dict[str, list[tuple[str | tuple[str, ...], str, float, str]]] = {
                     1.0, "ms")],
     "servo_loop": [("so101_period_p99_ms", "SO-101 control period p99, emulated bus at 50 Hz", 1.0, "ms"),
                    ("so101_ilqr_mpc_reach_error_m", "iLQR-MPC deployed on the emulated SO-101, worst reach error",
-                    1000.0, "mm")],
+                    1000.0, "mm"),
+                   ("so101_ilqr_mpc_100hz_period_p99_ms", "iLQR-MPC deployed at 100 Hz on the emulated SO-101, period p99",
+                    1.0, "ms")],
 }
 MACHINE_KEYS = ("cpu_model", "cpu_count", "torch_threads", "cpu_kernels", "platform", "python", "numpy", "torch",
                 "mujoco")
