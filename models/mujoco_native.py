@@ -55,6 +55,15 @@ def addresses(model: mujoco.MjModel, data: mujoco.MjData) -> tuple[int, int]:
 
 
 @njit(nogil=True, cache=True)
+def _set_input(state_in: np.ndarray, x_at: int, x: np.ndarray, u_at: int, u: np.ndarray) -> None:
+    """Writes a state x (n,) at x_at and an action u (m,) at u_at of mj_setState's vector."""
+    for j in range(x.shape[0]):
+        state_in[x_at + j] = x[j]
+    for a in range(u.shape[0]):
+        state_in[u_at + a] = u[a]
+
+
+@njit(nogil=True, cache=True)
 def closed_loop_periods(m: int, d: int, state_in: np.ndarray, set_spec: int, get_spec: int, x_at: int, u_at: int,
                         steps: int, end: float, tolerance: float, X: np.ndarray, U_out: np.ndarray,
                         X_ref: np.ndarray, K: np.ndarray, low: np.ndarray, high: np.ndarray, feedback: bool) -> None:
@@ -84,10 +93,7 @@ def closed_loop_periods(m: int, d: int, state_in: np.ndarray, set_spec: int, get
                 elif v > high[a]:
                     v = high[a]
                 u[a] = v
-        for j in range(n):
-            state_in[x_at + j] = X[t, j]
-        for a in range(m_u):
-            state_in[u_at + a] = u[a]
+        _set_input(state_in, x_at, X[t], u_at, u)
         mj_setState(m, d, state_ptr, set_spec)
         for _ in range(steps):
             mj_step(m, d)
@@ -108,7 +114,7 @@ def transition_jacobians(m: int, d: int, state_in: np.ndarray, set_spec: int, ge
     x[t] (n,), u[t] (m,), composed from one mjd_transitionFD per physics step (A = A_k ... A_1,
     B = sum_s A_k ... A_{s+1} B_s), and x_next[t] (NaN where MuJoCo warned of instability:
     warnings[unstable_from:unstable_to], a view of mjData's warning counters, reset per row)."""
-    n, m_u = x.shape[1], u.shape[1]
+    m_u = u.shape[1]
     nx = A_tan.shape[1]
     state_ptr = state_in.ctypes.data
     A_s = np.empty((nx, nx))
@@ -117,10 +123,7 @@ def transition_jacobians(m: int, d: int, state_in: np.ndarray, set_spec: int, ge
     B_acc = np.empty((nx, m_u))
     flag = np.uint8(1 if centred else 0)
     for t in range(first, stop):
-        for j in range(n):
-            state_in[x_at + j] = x[t, j]
-        for a in range(m_u):
-            state_in[u_at + a] = u[t, a]
+        _set_input(state_in, x_at, x[t], u_at, u[t])
         mj_setState(m, d, state_ptr, set_spec)
         warnings[:] = 0
         if steps == 1:

@@ -12,6 +12,7 @@ fields are set (the clock, which nothing in the dynamics reads, starts at 1 s so
 rows split into contiguous chunks, one per thread, each chunk one compiled loop that holds no GIL,
 so the chunks run on as many cores as are free.
 """
+
 from __future__ import annotations
 
 import threading
