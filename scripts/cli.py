@@ -203,7 +203,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from forethought.scripts.bench import run_benchmark, write_result
 
     options = {key: getattr(args, key) for key in BENCH_OPTIONS if getattr(args, key) is not None}
-    write_result(run_benchmark(args.name, quick=args.quick, **options), Path(args.out) if args.out else None)
+    if args.against is not None:
+        from forethought.scripts.bench import BENCHMARKS
+        from forethought.scripts.bench_against import run_against
+
+        if args.name not in BENCHMARKS:
+            raise ConfigError(f"unknown benchmark '{args.name}' (known: {', '.join(sorted(BENCHMARKS))})")
+        result = run_against(args.name, args.quick, options, args.against, 3 if args.rounds is None else args.rounds)
+    elif args.rounds is not None:
+        raise ConfigError("--rounds: only with --against REV")
+    else:
+        result = run_benchmark(args.name, quick=args.quick, **options)
+    write_result(result, Path(args.out) if args.out else None)
     return 0
 
 
@@ -250,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", type=float, help="servo_soak: rate of replies that never come (default 0)")
     p.add_argument("--arm", help="servo_soak: one arm only (so101, koch)")
     p.add_argument("--packets", type=int, help="servo_fuzz: mutated packets (default 100,000)")
+    p.add_argument("--against", metavar="REV",
+                   help="run the same benchmark at git revision REV too, alternating, each in its own process; "
+                        "the JSON gets the medians and each number's ratio to REV's")
+    p.add_argument("--rounds", type=int, metavar="N", help="with --against: rounds of the two (default 3)")
     p.set_defaults(func=cmd_bench)
 
     for name, (module_name, add_arguments, main, help_text) in EXTERNAL_COMMANDS.items():

@@ -1,0 +1,64 @@
+"""`forethought bench NAME --against REV`: the revision's code really runs, and the result pairs
+the two sides' numbers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from forethought.robots.config import ConfigError
+from forethought.scripts.bench_against import (extract_revision, median_metrics, repository_root, resolve_commit,
+                                               run_against)
+from forethought.scripts.cli import main
+
+try:
+    ROOT = repository_root()
+except ConfigError:
+    ROOT = None
+needs_checkout = pytest.mark.skipif(ROOT is None, reason="the code is not in a git checkout")
+
+
+@needs_checkout
+def test_the_revision_is_imported_ahead_of_the_installed_package(tmp_path):
+    commit = resolve_commit("HEAD", ROOT)
+    path = extract_revision(commit, ROOT, tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(path))
+    where = subprocess.run([sys.executable, "-c", "import forethought.scripts.bench as b, forethought.models as m; "
+                            "print(b.__file__); print(m.__file__)"], env=env, capture_output=True, text=True, check=True)
+    files = where.stdout.split()
+    assert len(files) == 2 and all(f.startswith(str(tmp_path)) for f in files)
+    # The package's data travels with it: the shipped experiments and scenes are the revision's.
+    assert (path / "forethought" / "scripts" / "configs" / "arm-reach-ilqr.yaml").is_file()
+
+
+@needs_checkout
+def test_a_benchmark_beside_a_revision_gives_medians_and_ratios(capsys):
+    result = run_against("sim", quick=True, options={}, revision="HEAD", rounds=1)
+    against = result["against"]
+    assert against["commit"] == resolve_commit("HEAD", ROOT)[:12] and against["rounds"] == 1
+    assert set(against["metrics"]) == set(result["metrics"]) == {"arm_steps_per_s", "realtime_factor"}
+    ratio = against["ratio"]["arm_steps_per_s"]
+    assert ratio == pytest.approx(result["metrics"]["arm_steps_per_s"] / against["metrics"]["arm_steps_per_s"])
+    assert against["per_round"]["this"]["arm_steps_per_s"] == [result["metrics"]["arm_steps_per_s"]]
+    assert "round 1 of 1" in capsys.readouterr().err
+
+
+def test_medians_over_rounds_keep_what_is_not_a_number():
+    rounds = [{"hz": 100.0, "seeds": [1, 2], "ok": True}, {"hz": 300.0, "seeds": [3], "ok": False},
+              {"hz": 200.0, "seeds": [4], "ok": True}]
+    assert median_metrics(rounds) == {"hz": 200.0, "seeds": [4], "ok": True}
+
+
+@needs_checkout
+def test_bad_revisions_and_rounds_are_one_line_errors(capsys):
+    assert main(["bench", "sim", "--against", "no-such-revision"]) == 2
+    assert "--against: 'no-such-revision' is not a commit" in capsys.readouterr().err
+    assert main(["bench", "sim", "--against", "HEAD", "--rounds", "0"]) == 2
+    assert "--rounds: expected at least 1" in capsys.readouterr().err
+    assert main(["bench", "sim", "--rounds", "2"]) == 2
+    assert "--rounds: only with --against" in capsys.readouterr().err
+    assert main(["bench", "nonesuch", "--against", "HEAD"]) == 2
+    assert "unknown benchmark 'nonesuch'" in capsys.readouterr().err
