@@ -104,3 +104,16 @@ def test_howto_example_runs(example, tmp_path):
     done = subprocess.run([sys.executable, str(EXAMPLES / example)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_result_beside_a_revision_shows_its_ratio(tmp_path):
+    result = {"name": "ilqr", "metrics": {"mpc_hz": 250.0, "reach_error_m": 1e-4},
+              "against": {"commit": "e3f5c7243b6e", "rounds": 3, "metrics": {"mpc_hz": 100.0, "reach_error_m": 1e-4},
+                          "ratio": {"mpc_hz": 2.5, "reach_error_m": 1.0}, "per_round": {}},
+              "config": {}, "machine": {"commit": "98fb7f05b93c"}}
+    (tmp_path / "ilqr.json").write_text(json.dumps(result))
+    results, _ = bench_results.load_results(tmp_path)
+    row = next(line for line in bench_results.readme_table(results).splitlines() if "replans" in line)
+    assert "250 Hz (2.50x `e3f5c72`'s)" in row
+    page = bench_results.results_page(results, [])
+    assert "| `mpc_hz` | 250 | 100 | 2.5 |" in page and "3 alternating rounds beside commit `e3f5c7243b6e`" in page

@@ -100,6 +100,15 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _against(result: dict, keys: tuple[str, ...]) -> str:
+    """' (2.50x e3f5c72's)' where the result was run beside a revision (`bench --against`) and has
+    the ratio of a one-number headline; else ''."""
+    against = result.get("against")
+    if not against or len(keys) != 1 or keys[0] not in against.get("ratio", {}):
+        return ""
+    return f" ({against['ratio'][keys[0]]:.2f}x `{against['commit'][:7]}`'s)"
+
+
 def readme_table(results: list[dict]) -> str:
     """The README's table: per benchmark its headline numbers, with machine and commit."""
     if not results:
@@ -114,7 +123,8 @@ def readme_table(results: list[dict]) -> str:
             keys = key if isinstance(key, tuple) else (key,)
             if all(k in metrics for k in keys):
                 value = metrics[keys[0]] if len(keys) == 1 else [metrics[k] for k in keys]
-                rows.append(f"| {_cell(what)} (`{result['name']}`) | {_cell(_number(value, scale, unit))} | "
+                number = _number(value, scale, unit) + _against(result, keys)
+                rows.append(f"| {_cell(what)} (`{result['name']}`) | {_cell(number)} | "
                             f"{_cell(machine_line(result.get('machine', {})))} | `{_commit(result)}` |")
     return "\n".join(rows)
 
@@ -131,8 +141,16 @@ def results_page(results: list[dict], skipped: list[str]) -> str:
         machine = result.get("machine", {})
         out.append(f"## `{result['name']}`\n")
         out.append(f"From `bench/{result['file']}`, commit `{_commit(result)}`, on {machine_line(machine)}.\n")
-        out.append("| metric | value |\n| --- | --- |")
-        out += [f"| `{key}` | {_cell(_number(value))} |" for key, value in result["metrics"].items()]
+        against = result.get("against")
+        if against:
+            # Run beside an earlier revision (bench --against): medians of both sides and their ratio.
+            out.append(f"Medians of {against['rounds']} alternating rounds beside commit `{against['commit']}`.\n")
+            out.append(f"| metric | value | at `{against['commit'][:7]}` | ratio |\n| --- | --- | --- | --- |")
+            out += [f"| `{key}` | {_cell(_number(value))} | {_cell(_number(against['metrics'].get(key, '')))} | "
+                    f"{_cell(_number(against['ratio'].get(key, '')))} |" for key, value in result["metrics"].items()]
+        else:
+            out.append("| metric | value |\n| --- | --- |")
+            out += [f"| `{key}` | {_cell(_number(value))} |" for key, value in result["metrics"].items()]
         config = result.get("config") or {}
         if config:
             out.append("\n??? note \"settings\"\n\n    ```json\n" + "\n".join(
