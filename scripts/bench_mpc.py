@@ -12,6 +12,10 @@ thread reaches in a batched matrix product of the hidden layers' shape. No plann
 action faster than that with this network on this core; the gap (`*_over_floor`, time over floor)
 is activations, sampling and cost. `*_cpu_over_floor` sets the plan's CPU time against the floor
 in CPU time (the matrix-product rate per CPU second), which others' load does not swing.
+`*_activation_floor_ms` is the network's activations (one per hidden unit and particle-step) at
+the rate the activation reaches in place on a hidden layer, and `*_over_floor_with_activations`
+the time over both floors together: what is left above it is the first and last layers' and the
+sampling's own work, and the passes between them.
 """
 
 from __future__ import annotations
@@ -81,16 +85,41 @@ def matmul_rate(dynamics, rows: int = 1400, repeats: int = 20, cpu: bool = False
     return k * rows * width * out_width / best
 
 
-def network_floor_ms(planner, dynamics, state: np.ndarray, rate: float) -> float:
-    """The network's multiply-adds for one of the planner's actions from `state`, in ms at `rate`."""
+def activation_rate(dynamics, rows: int = 1400, repeats: int = 20, cpu: bool = False) -> float:
+    """Elements per second of the ensemble's activation, in place on a (k, rows, w) hidden layer in
+    its planning dtype on this thread (best of `repeats`; per CPU second with cpu=True)."""
+    clock = time.thread_time if cpu else time.perf_counter
+    k, _, width = dynamics.weights[1].shape
+    h = torch.randn(k, rows, width).to(dynamics.dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        x = h.clone()
+        start = clock()
+        dynamics.activation(x)
+        best = min(best, clock() - start)
+    return k * rows * width / best
+
+
+def particle_steps(planner, dynamics, state: np.ndarray) -> int:
+    """Rows x steps the planner rolls through the model for one action from `state`."""
     counting = CountingDynamics(dynamics)
     planner.dynamics = counting
     try:
         planner.plan(state, np.zeros((planner.config.horizon, planner.m)), 0)
     finally:
         planner.dynamics = dynamics
+    return counting.particle_steps
+
+
+def network_floor_ms(steps: int, dynamics, rate: float) -> float:
+    """The network's multiply-adds for `steps` particle-steps, in ms at `rate`."""
     per_step = sum(w.shape[1] * w.shape[2] for w in dynamics.weights)  # one row through one member
-    return 1e3 * counting.particle_steps * per_step / rate
+    return 1e3 * steps * per_step / rate
+
+
+def activation_floor_ms(steps: int, dynamics, rate: float) -> float:
+    """The network's activations (one per hidden unit) for `steps` particle-steps, in ms at `rate`."""
+    return 1e3 * steps * sum(w.shape[2] for w in dynamics.weights[:-1]) / rate
 
 
 def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
@@ -106,17 +135,23 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     dynamics = model.dynamics("tsinf")
     rate = matmul_rate(dynamics)
     cpu_rate = matmul_rate(dynamics, cpu=True)
+    act_rate = activation_rate(dynamics)
     metrics = {}
     for kind, settings in PLANNER_SETTINGS.items():
         planner = make_planner(kind, dynamics, cost, robot.spec.action_low, robot.spec.action_high,
                                **settings)
         metrics[f"{kind}_ms_per_action"] = time_per_action(planner, trial.states, repeats)
-        metrics[f"{kind}_network_floor_ms"] = network_floor_ms(planner, dynamics, trial.states[0], rate)
-        metrics[f"{kind}_over_floor"] = metrics[f"{kind}_ms_per_action"] / metrics[f"{kind}_network_floor_ms"]
+        steps = particle_steps(planner, dynamics, trial.states[0])
+        floor = metrics[f"{kind}_network_floor_ms"] = network_floor_ms(steps, dynamics, rate)
+        metrics[f"{kind}_over_floor"] = metrics[f"{kind}_ms_per_action"] / floor
         # The same in CPU time, which others' load on a shared machine does not stretch.
         metrics[f"{kind}_cpu_over_floor"] = (time_per_action(planner, trial.states, repeats, cpu=True)
-                                             / (metrics[f"{kind}_network_floor_ms"] * rate / cpu_rate))
-    config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate}
+                                             / (floor * rate / cpu_rate))
+        # The activations are the network's work too: the floor with them at their own best rate.
+        activations = metrics[f"{kind}_activation_floor_ms"] = activation_floor_ms(steps, dynamics, act_rate)
+        metrics[f"{kind}_over_floor_with_activations"] = metrics[f"{kind}_ms_per_action"] / (floor + activations)
+    config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate,
+              "activation_g_per_s": 1e-9 * act_rate}
     return metrics, config
 
 

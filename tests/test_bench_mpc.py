@@ -8,8 +8,7 @@ import torch
 
 from forethought.controllers.samplers import make_planner
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel
-from forethought.scripts.bench_mpc import network_floor_ms
-
+from forethought.scripts.bench_mpc import activation_floor_ms, network_floor_ms, particle_steps
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +28,13 @@ def cost(X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
 def test_the_floor_is_every_particle_step_through_one_member(dynamics):
     planner = make_planner("cem", dynamics, cost, [-1.0], [1.0],
                            horizon=4, population=10, particles=3, iterations=2, elites=2)
+    steps = particle_steps(planner, dynamics, np.zeros(2))
+    assert steps == 2 * 10 * 3 * 4  # iterations x population x particles x horizon
+    assert planner.dynamics is dynamics  # the counting wrapper is gone again
     rate = 1e6  # multiply-adds per second
-    floor = network_floor_ms(planner, dynamics, np.zeros(2), rate)
     # Features (p, v, f, 1) -> 16 -> 16 -> mean and log-variance of 2 states.
     per_step = 4 * 16 + 16 * 16 + 16 * 4
-    assert floor == pytest.approx(1e3 * (2 * 10 * 3 * 4) * per_step / rate)
-    assert planner.dynamics is dynamics  # the counting wrapper is gone again
+    assert network_floor_ms(steps, dynamics, rate) == pytest.approx(1e3 * steps * per_step / rate)
+    # One activation per hidden unit: 16 + 16 a particle-step.
+    assert activation_floor_ms(steps, dynamics, rate) == pytest.approx(1e3 * steps * 32 / rate)
+
