@@ -81,7 +81,10 @@ def host_steal_s() -> float | None:
         return None
 
 
-def machine_info() -> dict:
+def machine_info(steal_since: float | None = None) -> dict:
+    """What the benchmark ran on; with steal_since (host_steal_s() when it began) also
+    `host_steal_s`: the CPU seconds the hypervisor took from the machine while it ran, over all its
+    cores (a timing taken while it took some is the host's as much as the code's)."""
     import numpy
     import torch
 
@@ -97,6 +100,9 @@ def machine_info() -> dict:
         "cpu_kernels": cpu_kernels(),
         "commit": source_commit(),
     }
+    steal = host_steal_s()
+    if steal_since is not None and steal is not None:
+        info["host_steal_s"] = round(steal - steal_since, 2)
     try:
         import mujoco
 
@@ -125,8 +131,9 @@ def run_benchmark(name: str, quick: bool = False, **options) -> dict:
     for option in options:
         if option not in accepted:
             raise ConfigError(f"benchmark '{name}' takes no --{option.replace('_', '-')}")
+    steal_before = host_steal_s()
     metrics, config = function(quick=quick, **options)
-    return {"name": name, "metrics": metrics, "config": config, "machine": machine_info()}
+    return {"name": name, "metrics": metrics, "config": config, "machine": machine_info(steal_before)}
 
 
 def write_result(result: dict, path: Path | None) -> None:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from forethought.robots.config import ConfigError
+from forethought.scripts.bench import host_steal_s, machine_info
 
 PACKAGE = "forethought"
 
@@ -111,6 +112,7 @@ def run_against(name: str, quick: bool, options: dict, revision: str, rounds: in
     root = repository_root()
     commit = resolve_commit(revision, root)
     theirs, ours = [], []
+    steal_before = host_steal_s()
     with tempfile.TemporaryDirectory(prefix="forethought-against-") as scratch:
         pythonpath = extract_revision(commit, root, Path(scratch))
         for r in range(rounds):
@@ -122,6 +124,7 @@ def run_against(name: str, quick: bool, options: dict, revision: str, rounds: in
                 print(f"bench {name}: round {r + 1} of {rounds}, {side}: {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
     result = dict(ours[-1])
+    result["machine"] = machine_info(steal_before)  # the steal over every round of both sides
     result["metrics"] = median_metrics([o["metrics"] for o in ours])
     against = median_metrics([t["metrics"] for t in theirs])
     result["against"] = {
@@ -133,6 +136,8 @@ def run_against(name: str, quick: bool, options: dict, revision: str, rounds: in
         "per_round": {
             "this": {key: [o["metrics"].get(key) for o in ours] for key in result["metrics"]},
             "against": {key: [t["metrics"].get(key) for t in theirs] for key in against},
+            "host_steal_s": {"this": [o["machine"].get("host_steal_s") for o in ours],
+                             "against": [t["machine"].get("host_steal_s") for t in theirs]},
         },
     }
     return result

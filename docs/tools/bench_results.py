@@ -47,7 +47,7 @@ HEADLINES: dict[str, list[tuple[str | tuple[str, ...], str, float, str]]] = {
                     1.0, "ms")],
 }
 MACHINE_KEYS = ("cpu_model", "cpu_count", "torch_threads", "cpu_kernels", "platform", "python", "numpy", "torch",
-                "mujoco")
+                "mujoco", "host_steal_s")
 
 
 def load_results(bench_dir: Path = BENCH_DIR) -> tuple[list[dict], list[str]]:
