@@ -112,10 +112,9 @@ def machine_info(steal_since: float | None = None) -> dict:
     return info
 
 
-def run_benchmark(name: str, quick: bool = False, **options) -> dict:
-    """Run benchmark `name`; options go to the benchmarks that take them (seeds: how many seeds a
-    learning benchmark runs; minutes, corrupt, drop for servo_soak, ...), and one that does not take
-    an option given is refused with a ConfigError."""
+def check_benchmark(name: str, options: dict):
+    """The function of benchmark `name`, after a ConfigError for an unknown name or an option it
+    does not take."""
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{name}' (known: {', '.join(sorted(BENCHMARKS))})")
     module_name, function_name = BENCHMARKS[name].split(":")
@@ -131,6 +130,14 @@ def run_benchmark(name: str, quick: bool = False, **options) -> dict:
     for option in options:
         if option not in accepted:
             raise ConfigError(f"benchmark '{name}' takes no --{option.replace('_', '-')}")
+    return function
+
+
+def run_benchmark(name: str, quick: bool = False, **options) -> dict:
+    """Run benchmark `name`; options go to the benchmarks that take them (seeds: how many seeds a
+    learning benchmark runs; minutes, corrupt, drop for servo_soak, ...), and one that does not take
+    an option given is refused with a ConfigError."""
+    function = check_benchmark(name, options)
     steal_before = host_steal_s()
     metrics, config = function(quick=quick, **options)
     return {"name": name, "metrics": metrics, "config": config, "machine": machine_info(steal_before)}

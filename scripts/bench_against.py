@@ -2,11 +2,14 @@
 alternating rounds, so that both see the same machine in the same hour.
 
 Each round runs the revision's own `forethought bench NAME` (its source from `git archive`,
-imported ahead of the installed package) and then this checkout's, each in a fresh process; the
-result is this checkout's JSON with every number the median over the rounds, and `against`: the
-revision's commit, its medians, the ratio of each number to the revision's (this checkout's over
-the revision's) and every round's numbers on both sides. On a machine whose speed drifts (a shared
-or virtual one) the ratio is the number to read: a time or rate alone moves with the hour.
+imported ahead of the installed package, with the dependencies installed now) and this
+checkout's, each in a fresh process, the order swapped every round (revision first in odd rounds)
+and each side with its own empty numba cache, so that neither finds compiled code the other lacks.
+The result is this checkout's JSON with every metric that is a number in every round replaced by
+its median over the rounds (anything else: the last round's), and `against`: the revision's
+commit, its medians, the ratio of each such number to the revision's (this checkout's over the
+revision's) and every round's numbers on both sides. On a machine whose speed drifts (a shared or
+virtual one) the ratio is the number to read: a time or rate alone moves with the hour.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,9 +27,18 @@ import time
 from pathlib import Path
 
 from forethought.robots.config import ConfigError
-from forethought.scripts.bench import host_steal_s, machine_info
+from forethought.robots.safety import exit_signals_raise
+from forethought.scripts.bench import host_steal_s
 
 PACKAGE = "forethought"
+
+
+class BenchRunFailed(RuntimeError):
+    """This checkout's side of the comparison ended with a non-zero exit code (its own output says why)."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode if returncode > 0 else 1
 
 
 def repository_root() -> Path:
@@ -46,29 +59,46 @@ def resolve_commit(revision: str, root: Path) -> str:
     return found.stdout.strip()
 
 
+def _package_dirs(pyproject: Path) -> dict[str, str]:
+    """tool.setuptools.package-dir of a pyproject.toml ({} where it has none)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        return dict(tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-dir"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return {}
+
+
 def extract_revision(commit: str, root: Path, into: Path) -> Path:
     """The source of `commit` written under `into`, laid out as an importable package as its own
     pyproject.toml maps it (package-dir); returns the folder to put first on PYTHONPATH."""
     archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=root, capture_output=True, check=True)
     source = into / "source"
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(source, filter="data")
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        mapping = tomllib.loads((source / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        raise ConfigError(f"--against: {commit[:12]}'s pyproject.toml maps no package folders "
-                          "(tool.setuptools.package-dir)") from None
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(source, filter="data")
+        else:  # a Python without extraction filters; git archive writes no links out of the tree
+            tar.extractall(source)
+    mapping = _package_dirs(source / "pyproject.toml")
     path = into / "path"
+    if PACKAGE in mapping:  # the whole package in one folder
+        path.mkdir()
+        (path / PACKAGE).symlink_to(source / mapping[PACKAGE], target_is_directory=True)
+        return path
     package = path / PACKAGE
     package.mkdir(parents=True)
     (package / "__init__.py").touch()
+    linked = 0
     for name, folder in mapping.items():
-        if name.startswith(PACKAGE + ".") and "." not in name[len(PACKAGE) + 1:]:
-            (package / name[len(PACKAGE) + 1:]).symlink_to(source / folder, target_is_directory=True)
+        sub = name[len(PACKAGE) + 1:]
+        if name.startswith(PACKAGE + ".") and sub and "." not in sub:
+            (package / sub).symlink_to(source / folder, target_is_directory=True)
+            linked += 1
+    if not linked:
+        raise ConfigError(f"--against: {commit[:12]}'s pyproject.toml maps no {PACKAGE} package folders "
+                          "(tool.setuptools.package-dir)")
     return path
 
 
@@ -79,16 +109,20 @@ def bench_command(name: str, quick: bool, options: dict, out: Path) -> list[str]
             "bench", name, *(["--quick"] if quick else []), *flags, "--out", str(out)]
 
 
-def _run(command: list[str], pythonpath: Path | None, who: str) -> dict:
-    """One benchmark process (its progress on our stderr); its JSON result."""
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise ConfigError(f"--against: the benchmark of {who} ended with exit code {done.returncode} (above)")
-    return json.loads(Path(command[-1]).read_text())
+def _run(command: list[str], env: dict) -> int:
+    """Run one benchmark process to its end (its progress on our stderr); its exit code. Interrupted
+    or terminated, the child gets SIGTERM, time to put back what it changed, then SIGKILL."""
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        return child.wait()
+    except BaseException:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
 
 
 def _is_number(value) -> bool:
@@ -96,7 +130,7 @@ def _is_number(value) -> bool:
 
 
 def median_metrics(rounds: list[dict]) -> dict:
-    """Each metric's median over the rounds where it is a number in every round, else its last value."""
+    """The last round's metrics, each one that is a number in every round as its median over them."""
     merged = {}
     for key, value in rounds[-1].items():
         values = [r.get(key) for r in rounds]
@@ -105,27 +139,44 @@ def median_metrics(rounds: list[dict]) -> dict:
 
 
 def run_against(name: str, quick: bool, options: dict, revision: str, rounds: int) -> dict:
-    """This checkout's benchmark `name` and the same at `revision`, alternating over `rounds`
-    (the revision first in each); see the module docstring for the result."""
+    """This checkout's benchmark `name` and the same at `revision`, alternating over `rounds`; see
+    the module docstring for the result. ConfigError where the revision's side fails (the benchmark
+    or an option may not exist there), BenchRunFailed where this checkout's does."""
     if rounds < 1:
         raise ConfigError(f"--rounds: expected at least 1, got {rounds}")
     root = repository_root()
     commit = resolve_commit(revision, root)
-    theirs, ours = [], []
+    results: dict[str, list[dict]] = {"against": [], "this": []}
     steal_before = host_steal_s()
-    with tempfile.TemporaryDirectory(prefix="forethought-against-") as scratch:
-        pythonpath = extract_revision(commit, root, Path(scratch))
+    with exit_signals_raise(), tempfile.TemporaryDirectory(prefix="forethought-against-") as scratch:
+        scratch = Path(scratch)
+        revision_path = extract_revision(commit, root, scratch)
+        user_path = os.environ.get("PYTHONPATH")
+        paths = {"against": os.pathsep.join(filter(None, [str(revision_path), user_path])), "this": user_path}
+        labels = {"against": commit[:12], "this": "this checkout"}
         for r in range(rounds):
-            for side, path, results in ((commit[:12], pythonpath, theirs), ("this checkout", None, ours)):
+            for side in ("against", "this") if r % 2 == 0 else ("this", "against"):
+                env = dict(os.environ, NUMBA_CACHE_DIR=str(scratch / f"numba-{side}"))
+                env.pop("PYTHONPATH", None)
+                if paths[side]:
+                    env["PYTHONPATH"] = paths[side]
+                out = scratch / f"{side}-{r}.json"
+                print(f"bench {name}: round {r + 1} of {rounds}, {labels[side]}", file=sys.stderr, flush=True)
                 started = time.perf_counter()
-                print(f"bench {name}: round {r + 1} of {rounds}, {side}", file=sys.stderr, flush=True)
-                out = Path(scratch) / f"{len(theirs) + len(ours)}.json"
-                results.append(_run(bench_command(name, quick, options, out), path, side))
-                print(f"bench {name}: round {r + 1} of {rounds}, {side}: {time.perf_counter() - started:.0f} s",
-                      file=sys.stderr, flush=True)
+                code = _run(bench_command(name, quick, options, out), env)
+                if code != 0 and side == "against":
+                    raise ConfigError(f"--against: bench {name} at {commit[:12]} ended with exit code {code} (above)")
+                if code != 0:
+                    raise BenchRunFailed(f"bench {name} of this checkout ended with exit code {code} (above)", code)
+                results[side].append(json.loads(out.read_text()))
+                print(f"bench {name}: round {r + 1} of {rounds}, {labels[side]}: "
+                      f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    ours, theirs = results["this"], results["against"]
     result = dict(ours[-1])
-    result["machine"] = machine_info(steal_before)  # the steal over every round of both sides
     result["metrics"] = median_metrics([o["metrics"] for o in ours])
+    steal = host_steal_s()
+    if steal_before is not None and steal is not None:  # over every round of both sides
+        result["machine"] = dict(result["machine"], host_steal_s=round(steal - steal_before, 2))
     against = median_metrics([t["metrics"] for t in theirs])
     result["against"] = {
         "commit": commit[:12],

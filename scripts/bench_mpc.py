@@ -85,10 +85,10 @@ def matmul_rate(dynamics, rows: int = 1400, repeats: int = 20, cpu: bool = False
     return k * rows * width * out_width / best
 
 
-def activation_rate(dynamics, rows: int = 1400, repeats: int = 20, cpu: bool = False) -> float:
+def activation_rate(dynamics, rows: int = 1400, repeats: int = 20) -> float:
     """Elements per second of the ensemble's activation, in place on a (k, rows, w) hidden layer in
-    its planning dtype on this thread (best of `repeats`; per CPU second with cpu=True)."""
-    clock = time.thread_time if cpu else time.perf_counter
+    its planning dtype on this thread (best of `repeats`)."""
+    clock = time.perf_counter
     k, _, width = dynamics.weights[1].shape
     h = torch.randn(k, rows, width).to(dynamics.dtype)
     best = float("inf")
@@ -157,7 +157,8 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
 
 def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20,
                   seeds: int = 3) -> tuple[dict, dict]:
-    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms and _over_floor (and *_float32 variants when bfloat16 is native), and
+    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms, _over_floor, _cpu_over_floor,
+    _activation_floor_ms and _over_floor_with_activations (and *_float32 variants when bfloat16 is native), and
     unless quick (or learning=False) pets_trials_to_success for seeds 0 to seeds-1 (None: not within
     max_trials), run as a sweep (a local Ray, one CPU per seed), with its distribution over the seeds
     that succeeded (pets_trials_to_success_median, _quartiles, _ci95), pets_success_rate and
@@ -168,8 +169,9 @@ def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials:
         repeats = 3 if quick else 10
         metrics, config = planning_speed(repeats, "auto")
         if config["planning_dtype"] == "bfloat16" and not quick:
-            full, _ = planning_speed(repeats, "float32")
+            full, full_config = planning_speed(repeats, "float32")
             metrics.update({f"{key}_float32": value for key, value in full.items()})
+            config["float32"] = {key: full_config[key] for key in ("matmul_gflops", "activation_g_per_s")}
         if learning if learning is not None else not quick:
             results, setting = learning_over_seeds(EXPERIMENT, range(seeds), max_trials)
             metrics["pets_trials_to_success"] = [r.first_success for r in results]

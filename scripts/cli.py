@@ -204,12 +204,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     options = {key: getattr(args, key) for key in BENCH_OPTIONS if getattr(args, key) is not None}
     if args.against is not None:
-        from forethought.scripts.bench import BENCHMARKS
-        from forethought.scripts.bench_against import run_against
+        from forethought.scripts.bench import check_benchmark
+        from forethought.scripts.bench_against import BenchRunFailed, run_against
 
-        if args.name not in BENCHMARKS:
-            raise ConfigError(f"unknown benchmark '{args.name}' (known: {', '.join(sorted(BENCHMARKS))})")
-        result = run_against(args.name, args.quick, options, args.against, 3 if args.rounds is None else args.rounds)
+        check_benchmark(args.name, options)  # before the revision's first round, not after it
+        try:
+            result = run_against(args.name, args.quick, options, args.against,
+                                 3 if args.rounds is None else args.rounds)
+        except BenchRunFailed as err:
+            print(f"forethought bench: {err}", file=sys.stderr)
+            return err.returncode
     elif args.rounds is not None:
         raise ConfigError("--rounds: only with --against REV")
     else:

@@ -37,4 +37,3 @@ def test_the_floor_is_every_particle_step_through_one_member(dynamics):
     assert network_floor_ms(steps, dynamics, rate) == pytest.approx(1e3 * steps * per_step / rate)
     # One activation per hidden unit: 16 + 16 a particle-step.
     assert activation_floor_ms(steps, dynamics, rate) == pytest.approx(1e3 * steps * 32 / rate)
-
