@@ -14,6 +14,7 @@ import torch
 
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
+from forethought.models.ensemble.silu_bfloat16 import silu_bfloat16_
 
 if TYPE_CHECKING:
     from forethought.models.ensemble.model import EnsembleModel
@@ -41,6 +42,8 @@ class EnsembleDynamics:
         self.dtype = DTYPES[dtype]
         self.n, self.m = model.n, model.m
         self.activation = ACTIVATIONS_IN_PLACE[model.config.activation]
+        if model.config.activation == "silu" and self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            self.activation = silu_bfloat16_  # its arithmetic is a planning step's largest cost after the products
         self.activation_out_of_place = ACTIVATIONS[model.config.activation]
         net = model.network
         elites = torch.as_tensor(model.elites, device=self.device)
