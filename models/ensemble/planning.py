@@ -14,7 +14,7 @@ import torch
 
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
-from forethought.models.ensemble.silu_bfloat16 import silu_bfloat16_
+from forethought.models.ensemble.silu_bfloat16 import planning_silu_
 
 if TYPE_CHECKING:
     from forethought.models.ensemble.model import EnsembleModel
@@ -43,7 +43,7 @@ class EnsembleDynamics:
         self.n, self.m = model.n, model.m
         self.activation = ACTIVATIONS_IN_PLACE[model.config.activation]
         if model.config.activation == "silu" and self.dtype == torch.bfloat16 and self.device.type == "cpu":
-            self.activation = silu_bfloat16_  # its arithmetic is a planning step's largest cost after the products
+            self.activation = planning_silu_  # its arithmetic is a planning step's largest cost after the products
         self.activation_out_of_place = ACTIVATIONS[model.config.activation]
         net = model.network
         elites = torch.as_tensor(model.elites, device=self.device)
