@@ -26,6 +26,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 _LOG2E = np.float32(1.4426950408889634)
+_MAGIC = np.float32(1.5 * 2**23 + 127)  # integers up to 2^22 added to 1.5 * 2^23 land in its low mantissa bits
 # 2^f on [0, 1), least-squares degree 4 (relative error about 5e-6).
 _P4, _P3, _P2, _P1 = np.float32(1.3534167e-2), np.float32(5.2011464e-2), np.float32(2.4144275e-1), np.float32(6.9300383e-1)
 
@@ -44,7 +45,6 @@ def _bitcast(source, target):
 
 
 _u32_as_f32 = _bitcast(types.uint32, types.float32)
-_i32_as_f32 = _bitcast(types.int32, types.float32)
 _f32_as_u32 = _bitcast(types.float32, types.uint32)
 
 
@@ -56,15 +56,14 @@ def _silu_bits(bits: np.ndarray) -> None:
     for j in range(bits.size):
         x = _u32_as_f32(np.uint32(bits[j]) << np.uint32(16))
         # exp(-x) = 2^t; below -126 the 1 dominates, above 127 it overflows to inf (x / inf = -0).
-        # Compared so that a NaN t goes to a bound (x is NaN then, and so is y) rather than into
-        # the float-to-integer conversion, which LLVM leaves undefined for NaN.
-        t = x * -_LOG2E
-        t = t if t > np.float32(-126.0) else np.float32(-126.0)
-        t = t if t < np.float32(128.0) else np.float32(128.0)
+        t = min(max(x * -_LOG2E, np.float32(-126.0)), np.float32(128.0))
         whole = np.floor(t)
         f = t - whole
         p = (((_P4 * f + _P3) * f + _P2) * f + _P1) * f + np.float32(1.0)
-        y = x / (np.float32(1.0) + _i32_as_f32((np.int32(whole) + np.int32(127)) << np.int32(23)) * p)
+        # whole + 127 as an integer read from the mantissa of whole + 127 + 1.5 * 2^23, not by a
+        # float-to-integer conversion, which LLVM leaves undefined for NaN (x is NaN then, and y).
+        biased = _f32_as_u32(whole + _MAGIC) - np.uint32(0x4B400000)
+        y = x / (np.float32(1.0) + _u32_as_f32(biased << np.uint32(23)) * p)
         out = _f32_as_u32(y)
         # Round to nearest even, as torch narrows float32 to bfloat16. A NaN here carries a bfloat16
         # NaN's payload (low 16 bits zero), so the rounding cannot carry into its sign or exponent.
