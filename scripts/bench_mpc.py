@@ -88,15 +88,14 @@ def matmul_rate(dynamics, rows: int = 1400, repeats: int = 20, cpu: bool = False
 def activation_rate(dynamics, rows: int = 1400, repeats: int = 20) -> float:
     """Elements per second of the ensemble's activation, in place on a (k, rows, w) hidden layer in
     its planning dtype on this thread (best of `repeats`)."""
-    clock = time.perf_counter
     k, _, width = dynamics.weights[1].shape
     h = torch.randn(k, rows, width).to(dynamics.dtype)
     best = float("inf")
     for _ in range(repeats):
         x = h.clone()
-        start = clock()
+        start = time.perf_counter()
         dynamics.activation(x)
-        best = min(best, clock() - start)
+        best = min(best, time.perf_counter() - start)
     return k * rows * width / best
 
 
