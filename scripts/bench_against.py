@@ -150,16 +150,15 @@ def run_against(name: str, quick: bool, options: dict, revision: str, rounds: in
     steal_before = host_steal_s()
     with exit_signals_raise(), tempfile.TemporaryDirectory(prefix="forethought-against-") as scratch:
         scratch = Path(scratch)
-        revision_path = extract_revision(commit, root, scratch)
-        user_path = os.environ.get("PYTHONPATH")
-        paths = {"against": os.pathsep.join(filter(None, [str(revision_path), user_path])), "this": user_path}
+        # The revision's package goes ahead of whatever PYTHONPATH already holds, on its side only.
+        revision_path = os.pathsep.join(filter(None, [str(extract_revision(commit, root, scratch)),
+                                                      os.environ.get("PYTHONPATH")]))
         labels = {"against": commit[:12], "this": "this checkout"}
         for r in range(rounds):
             for side in ("against", "this") if r % 2 == 0 else ("this", "against"):
                 env = dict(os.environ, NUMBA_CACHE_DIR=str(scratch / f"numba-{side}"))
-                env.pop("PYTHONPATH", None)
-                if paths[side]:
-                    env["PYTHONPATH"] = paths[side]
+                if side == "against":
+                    env["PYTHONPATH"] = revision_path
                 out = scratch / f"{side}-{r}.json"
                 print(f"bench {name}: round {r + 1} of {rounds}, {labels[side]}", file=sys.stderr, flush=True)
                 started = time.perf_counter()
