@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
+from forethought.models.ensemble.bfloat16_bits import bits_of
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
+from forethought.models.ensemble.sampling_step import sample_next_states, write_features
 from forethought.models.ensemble.silu_bfloat16 import planning_silu_
 
 if TYPE_CHECKING:
@@ -70,11 +73,20 @@ class EnsembleDynamics:
         self.max_logvar = net.max_logvar.detach()[elites].float()
         self.log_std_scale = torch.log(out_std).float()
         self._buffers: dict[int, list[torch.Tensor]] = {}
+        # On CPU a step's work around the products runs as two numba passes (`_rollout_fused`); the
+        # torch steps stay for other devices, and as the reference the fused passes are tested against.
+        self.fused = self.device.type == "cpu"
         self._angle_idx = torch.as_tensor(model._angle_idx, device=self.device)
         self._plain_idx = torch.as_tensor(model._plain_idx, device=self.device)
         self._action_ref = torch.as_tensor(model._action_ref, device=self.device)
         self._action_rel = torch.as_tensor(model._action_rel, dtype=torch.float32, device=self.device)
         self._relative = bool(model._action_rel.any())
+        # The same, as the numba passes of `_rollout_fused` take them.
+        self._feature_layout = (model._plain_idx.astype(np.int64), model._angle_idx.astype(np.int64),
+                                model._action_ref.astype(np.int64), model._action_rel.astype(np.float32))
+        self._variance_bounds = tuple(np.ascontiguousarray(a.cpu().numpy().reshape(shape), dtype=np.float32) for a, shape in
+                                      ((self.min_logvar, (self.k, self.n)), (self.max_logvar, (self.k, self.n)),
+                                       (self.log_std_scale, (self.n,))))
 
     def _features(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """(x without angles, sin and cos of angles, u or u - x, 1) in the network's dtype."""
@@ -85,7 +97,8 @@ class EnsembleDynamics:
         return torch.cat([x[..., self._plain_idx], torch.sin(ang), torch.cos(ang), u, ones], dim=-1).to(self.dtype)
 
     def _workspace(self, R: int) -> list[torch.Tensor]:
-        """Hidden-layer buffers (k, R, width), reused across steps and calls.
+        """Buffers (k, R, width) for the input features and every layer's output, reused across steps
+        and calls.
 
         Allocating megabyte-sized activations afresh at every layer costs more than the layer's
         activation function on CPU (each new block is page-faulted in again).
@@ -93,18 +106,22 @@ class EnsembleDynamics:
         if R not in self._buffers:
             if len(self._buffers) >= 8:
                 self._buffers.clear()
-            self._buffers[R] = [
-                torch.empty(self.k, R, w.shape[-1], dtype=self.dtype, device=self.device) for w in self.weights[:-1]
-            ]
+            widths = [self.weights[0].shape[1]] + [w.shape[-1] for w in self.weights]
+            self._buffers[R] = [torch.empty(self.k, R, w, dtype=self.dtype, device=self.device) for w in widths]
         return self._buffers[R]
+
+    def _products(self, f: torch.Tensor) -> torch.Tensor:
+        """f (k, R, d+1) -> the last layer's output (k, R, 2n) in the kernel's dtype: delta mean in
+        target units, then the raw log-variance. Held in the workspace until the next call."""
+        buffers = self._workspace(f.shape[1])[1:]
+        h = self.activation(torch.bmm(f, self.weights[0], out=buffers[0]))
+        for w, b, out in zip(self.weights[1:-1], self.biases[:-1], buffers[1:-1]):
+            h = self.activation(torch.baddbmm(b, h, w, out=out))
+        return torch.baddbmm(self.biases[-1], h, self.weights[-1], out=buffers[-1])
 
     def _network(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f (k, R, d+1) -> delta mean (k, R, n), log std (k, R, n), float32."""
-        buffers = self._workspace(f.shape[1])
-        h = self.activation(torch.bmm(f, self.weights[0], out=buffers[0]))
-        for w, b, out in zip(self.weights[1:-1], self.biases[:-1], buffers[1:]):
-            h = self.activation(torch.baddbmm(b, h, w, out=out))
-        out = torch.baddbmm(self.biases[-1], h, self.weights[-1]).float()
+        out = self._products(f).float()
         logvar = soft_bound_logvar(out[..., self.n :], self.min_logvar, self.max_logvar)
         return out[..., : self.n], 0.5 * logvar + self.log_std_scale
 
@@ -152,8 +169,10 @@ class EnsembleDynamics:
                 delta, _ = self._network(f)
                 x = X[:, t + 1] = x + delta.mean(dim=0)
             return X
-        # Rows stay in member-major slot order between steps; TS1 deals them out afresh each step.
         order, inverse, R = self._assignment(B, generator)
+        if self.fused:
+            return self._rollout_fused(X, U, generator, order, inverse, R)
+        # Rows stay in member-major slot order between steps; TS1 deals them out afresh each step.
         xs, Us = x0[order], U[order]
         for t in range(H):
             if t > 0 and self.propagation == "ts1":
@@ -164,4 +183,27 @@ class EnsembleDynamics:
             noise = torch.randn(self.k, R, self.n, generator=generator, device=self.device)
             xs = xs + (delta + torch.exp(log_std) * noise).view(self.k * R, self.n)
             x = X[:, t + 1] = xs[inverse]
+        return X
+
+    def _rollout_fused(self, X: torch.Tensor, U: torch.Tensor, generator: torch.Generator, order: torch.Tensor,
+                       inverse: torch.Tensor, R: int) -> torch.Tensor:
+        """`rollout` on CPU with the work around the products in two numba passes (`sampling_step`):
+        the same draws from `generator` in the same order, the same arithmetic in float32.
+
+        X (B, H+1, n) float32 with X[:, 0] set, filled in place; U (B, H, m); order, inverse, R: the
+        first step's assignment (`_assignment`).
+        """
+        B, H, _ = U.shape
+        states, actions = X.numpy(), U.to(torch.float32).contiguous().numpy()
+        features = self._workspace(R)[0]
+        rows = bits_of(features).reshape(self.k * R, -1)
+        slots, keep = order.numpy(), inverse.numpy()
+        for t in range(H):
+            if t > 0 and self.propagation == "ts1":
+                order, inverse, R = self._assignment(B, generator)
+                slots, keep = order.numpy(), inverse.numpy()
+            write_features(states, actions, t, slots, *self._feature_layout, rows)
+            out = self._products(features)
+            noise = torch.randn(self.k, R, self.n, generator=generator, device=self.device)
+            sample_next_states(bits_of(out), noise.numpy(), *self._variance_bounds, slots, keep, states, t)
         return X

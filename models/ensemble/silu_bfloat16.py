@@ -22,30 +22,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
+
+from forethought.models.ensemble.bfloat16_bits import bits_of, f32_as_u32, round_bits, u32_as_f32, widen
 
 _LOG2E = np.float32(1.4426950408889634)
 _MAGIC = np.float32(1.5 * 2**23 + 127)  # integers up to 2^22 added to 1.5 * 2^23 land in its low mantissa bits
 # 2^f on [0, 1), least-squares degree 4 (relative error about 5e-6).
 _P4, _P3, _P2, _P1 = np.float32(1.3534167e-2), np.float32(5.2011464e-2), np.float32(2.4144275e-1), np.float32(6.9300383e-1)
-
-
-def _bitcast(source, target):
-    """An intrinsic reinterpreting a 32-bit value's bits as another 32-bit type."""
-
-    @intrinsic
-    def cast(typingctx, value):
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(target))
-
-        return target(source), codegen
-
-    return cast
-
-
-_u32_as_f32 = _bitcast(types.uint32, types.float32)
-_f32_as_u32 = _bitcast(types.float32, types.uint32)
 
 
 # No "nnan"/"ninf" in the fast-math flags: NaN and infinities pass through as IEEE arithmetic has them.
@@ -54,7 +38,7 @@ _f32_as_u32 = _bitcast(types.float32, types.uint32)
 def _silu_bits(bits: np.ndarray) -> None:
     """SiLU in place on bfloat16 values held as their bit patterns, bits (N,) uint16."""
     for j in range(bits.size):
-        x = _u32_as_f32(np.uint32(bits[j]) << np.uint32(16))
+        x = widen(bits[j])
         # exp(-x) = 2^t; below -126 the 1 dominates, above 127 it overflows to inf (x / inf = -0).
         t = min(max(x * -_LOG2E, np.float32(-126.0)), np.float32(128.0))
         whole = np.floor(t)
@@ -62,12 +46,12 @@ def _silu_bits(bits: np.ndarray) -> None:
         p = (((_P4 * f + _P3) * f + _P2) * f + _P1) * f + np.float32(1.0)
         # whole + 127 as an integer read from the mantissa of whole + 127 + 1.5 * 2^23, not by a
         # float-to-integer conversion, which LLVM leaves undefined for NaN (x is NaN then, and y).
-        biased = _f32_as_u32(whole + _MAGIC) - np.uint32(0x4B400000)
-        y = x / (np.float32(1.0) + _u32_as_f32(biased << np.uint32(23)) * p)
-        out = _f32_as_u32(y)
+        biased = f32_as_u32(whole + _MAGIC) - np.uint32(0x4B400000)
+        y = x / (np.float32(1.0) + u32_as_f32(biased << np.uint32(23)) * p)
+        out = f32_as_u32(y)
         # Round to nearest even, as torch narrows float32 to bfloat16. A NaN here carries a bfloat16
         # NaN's payload (low 16 bits zero), so the rounding cannot carry into its sign or exponent.
-        bits[j] = np.uint16((out + np.uint32(0x7FFF) + ((out >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+        bits[j] = round_bits(out)
 
 
 def silu_bfloat16_(h: torch.Tensor) -> torch.Tensor:
@@ -77,7 +61,7 @@ def silu_bfloat16_(h: torch.Tensor) -> torch.Tensor:
                          f"{'' if h.is_contiguous() else ', not contiguous'}")
     if h.requires_grad and torch.is_grad_enabled():
         raise ValueError("silu_bfloat16_ is not differentiable: call it under torch.no_grad()")
-    _silu_bits(h.view(torch.int16).numpy().view(np.uint16).reshape(-1))
+    _silu_bits(bits_of(h).reshape(-1))
     return h
 
 

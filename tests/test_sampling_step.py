@@ -1,0 +1,126 @@
+"""The ensemble's fused sampling step on CPU: its arithmetic against float64 and torch, and its
+rollouts against the torch steps it replaces (same draws, same rows, NaN kept to its row)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numba import njit
+
+from forethought.models.ensemble import EnsembleConfig, EnsembleModel
+from forethought.models.ensemble.bfloat16_bits import narrow
+from forethought.models.ensemble.sampling_step import _exp, _softplus
+
+
+@njit
+def _exp_all(x):
+    out = np.empty_like(x)
+    for j in range(x.size):
+        out[j] = _exp(x[j])
+    return out
+
+
+@njit
+def _softplus_all(x):
+    out = np.empty_like(x)
+    for j in range(x.size):
+        out[j] = _softplus(x[j])
+    return out
+
+
+@njit
+def _narrow_all(x):
+    out = np.empty(x.size, dtype=np.uint16)
+    for j in range(x.size):
+        out[j] = narrow(x[j])
+    return out
+
+
+def test_exp_and_softplus_are_within_a_few_ulp_and_keep_nan_and_the_infinities():
+    x = np.linspace(-87.0, 88.7, 400_001, dtype=np.float32)
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(_exp_all(x) / exact - 1.0)) < 3e-7  # float32's ulp is 6e-8 to 1.2e-7
+    z = np.linspace(-80.0, 80.0, 400_001, dtype=np.float32)
+    exact = np.logaddexp(0.0, z.astype(np.float64))
+    assert np.max(np.abs(_softplus_all(z) / exact - 1.0)) < 5e-7
+    special = np.array([np.nan, np.inf, -np.inf, 100.0, -100.0], dtype=np.float32)
+    e = _exp_all(special)
+    assert np.isnan(e[0]) and e[1] == np.inf and e[2] == 0.0 and e[3] == np.inf and e[4] == 0.0
+    s = _softplus_all(special)
+    assert np.isnan(s[0]) and s[1] == np.inf and s[2] == 0.0 and s[3] == 100.0 and 0.0 <= s[4] < 1e-40
+
+
+def test_narrowing_to_bfloat16_rounds_as_torch_does():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    # Ties (low half 0x8000) both ways, the largest finite values, the infinities and NaNs with payloads.
+    bits[:1000] = (bits[:1000] & 0xFFFF0000) | 0x8000
+    bits[1000:1004] = [0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000]
+    bits[1004:1008] = [0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC00000]
+    x = bits.view(np.float32)
+    ours = torch.from_numpy(_narrow_all(x).view(np.int16))
+    theirs = torch.from_numpy(x).to(torch.bfloat16)
+    nan = torch.isnan(theirs)
+    assert torch.equal(torch.isnan(ours.view(torch.bfloat16)), nan)
+    assert torch.equal(ours[~nan], theirs.view(torch.int16)[~nan])
+
+
+def pendulum_model(dtype: str, propagation: str) -> EnsembleModel:
+    """A small ensemble over (angle, velocity, position) with an angle state and an action fed
+    relative to the state of its name, so that every kind of input feature is in the step."""
+    rng = np.random.default_rng(0)
+    N = 600
+    x = np.stack([rng.uniform(-np.pi, np.pi, N), rng.normal(0, 1, N), rng.uniform(-1, 1, N)], axis=1)
+    u = rng.uniform(-1, 1, (N, 1))
+    d = np.stack([0.05 * x[:, 1], -0.1 * np.sin(x[:, 0]) + 0.05 * u[:, 0], 0.1 * (u[:, 0] - x[:, 2])], axis=1)
+    d += 0.01 * rng.standard_normal(d.shape)
+    config = EnsembleConfig(members=5, elites=3, hidden=[32, 32], max_epochs=15, min_steps=0, seed=0,
+                            planning_dtype=dtype, propagation=propagation, angle_states=["theta"],
+                            relative_actions=True)
+    model = EnsembleModel(["theta", "omega", "pos"], ["pos"], config)
+    model.fit_arrays(x, u, d)
+    return model
+
+
+@pytest.mark.parametrize("propagation", ["tsinf", "ts1"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_rollout_follows_the_torch_steps(dtype, propagation):
+    model = pendulum_model(dtype, propagation)
+    dynamics = model.dynamics(propagation, dtype)
+    assert dynamics.fused
+    rng = np.random.default_rng(1)
+    B, H = 14, 6  # 14 rows over 3 elites: one padding slot
+    x0 = torch.tensor(rng.uniform(-1, 1, (B, 3)), dtype=torch.float32)
+    U = torch.tensor(rng.uniform(-1, 1, (B, H, 1)), dtype=torch.float32)
+
+    def run(fused: bool, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+        dynamics.fused = fused
+        generator = torch.Generator().manual_seed(seed)
+        X = dynamics.rollout(x0, U, generator)
+        return X, torch.rand(4, generator=generator)
+
+    X, after = run(True)
+    reference, reference_after = run(False)
+    assert X.shape == (B, H + 1, 3) and X.dtype == torch.float32
+    # The same draws in the same order: the generator ends where the torch steps leave it.
+    assert torch.equal(after, reference_after)
+    # The same arithmetic up to the last bits of exp, log1p, sin and cos (float32), and the
+    # bfloat16 roundings those bits can tip (bfloat16).
+    step = (reference[:, 1:] - reference[:, :-1]).abs().mean()
+    tolerance = 1e-5 if dtype == "float32" else 0.02
+    assert torch.max(torch.abs(X - reference)) < tolerance * step
+    assert not torch.equal(X, run(True, seed=8)[0])
+
+
+def test_a_nan_state_stays_in_its_own_row():
+    model = pendulum_model("float32", "tsinf")
+    dynamics = model.dynamics("tsinf", "float32")
+    rng = np.random.default_rng(2)
+    x0 = torch.tensor(rng.uniform(-1, 1, (9, 3)), dtype=torch.float32)
+    U = torch.tensor(rng.uniform(-1, 1, (9, 4, 1)), dtype=torch.float32)
+    clean = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
+    x0[4, 0] = float("nan")
+    X = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
+    assert torch.isnan(X[4, 1:]).all(dim=1).any()  # the network's output is NaN from the first step
+    assert torch.equal(torch.cat([X[:4], X[5:]]), torch.cat([clean[:4], clean[5:]]))
