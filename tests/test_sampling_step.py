@@ -124,3 +124,35 @@ def test_a_nan_state_stays_in_its_own_row():
     X = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
     assert torch.isnan(X[4, 1:]).all(dim=1).any()  # the network's output is NaN from the first step
     assert torch.equal(torch.cat([X[:4], X[5:]]), torch.cat([clean[:4], clean[5:]]))
+
+
+def test_chunks_deal_rows_evenly_and_keep_every_row():
+    dynamics = pendulum_model("float32", "tsinf").dynamics("tsinf", "float32")
+    k = dynamics.k
+    order, inverse, C, q = dynamics._assignment(1805, torch.Generator().manual_seed(0), chunk=300)
+    assert (q, C) == (3, 201) and order.shape == (q * k * C,)
+    assert torch.equal(order[inverse], torch.arange(1805))
+    member = (inverse // C) % k
+    counts = torch.bincount(member, minlength=k)
+    assert counts.max() - counts.min() <= 1
+    # Without chunks: one member-major block of R rows each, as the torch steps lay them out.
+    order, inverse, R, q = dynamics._assignment(1805, torch.Generator().manual_seed(0))
+    assert q == 1 and R == 602 and torch.equal(order[inverse], torch.arange(1805))
+
+
+def test_chunked_rollouts_sample_what_one_chunk_samples(monkeypatch):
+    import forethought.models.ensemble.planning as planning
+
+    dynamics = pendulum_model("float32", "tsinf").dynamics("tsinf", "float32")
+    B, H = 3000, 5
+    x0 = torch.tensor([[0.4, -0.3, 0.2]]).expand(B, -1)
+    U = torch.full((B, H, 1), 0.3)
+    whole = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(planning, "CHUNK_ROWS", 7)
+    chunked = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
+    assert not torch.equal(whole, chunked)
+    # Every row starts from the same state under the same actions: the two populations are samples
+    # of one distribution, whose mean and spread agree within a few standard errors.
+    spread = whole[:, 1:].std(dim=0)
+    assert torch.all((whole[:, 1:].mean(dim=0) - chunked[:, 1:].mean(dim=0)).abs() < 5 * spread / B**0.5)
+    assert torch.all((chunked[:, 1:].std(dim=0) / spread - 1).abs() < 0.15)

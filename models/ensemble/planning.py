@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from forethought.models.ensemble.model import EnsembleModel
 
 
+CHUNK_ROWS = 300
+"""Rows a member in one pass of the network on CPU. A chunk's 200-wide bfloat16 layer for five
+members (600 kB) stays in a core's level-2 cache from one layer to the next, where the products run
+about a tenth faster than on thousands of rows and the narrow last layer reads its input from
+cache; MPPI at PETS's settings plans about a tenth faster with chunks of 300 than of 600, and
+slower with 1000 or 100 (docs/notes/floors.md)."""
+
+
 class EnsembleDynamics:
     """Rollouts of whole batches of action sequences through the elites (a BatchedDynamics), and the
     elites' mean next state as a differentiable function (`mean_step`).
@@ -140,22 +148,30 @@ class EnsembleDynamics:
         delta = torch.baddbmm(self.biases[-1][..., : self.n], h, self.weights[-1][..., : self.n])
         return x.to(self.dtype) + delta.mean(dim=0)
 
-    def _assignment(self, B: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """A random member for each of B rows, in near-equal shares (counts differ by at most one).
+    def _assignment(self, B: int, generator: torch.Generator,
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """A random member for each of B rows, in near-equal shares (counts differ by at most one),
+        laid out in q chunks of k member blocks of C slots (q = 1 without `chunk`, else the fewest
+        chunks with at most `chunk` slots a member).
 
-        Returns order (k*R,): the row in each member-major slot (member e owns slots e*R .. e*R+R-1;
-        a few slots repeat a row to pad), inverse (B,): the slot that holds each row's result, and R.
+        Returns order (q*k*C,): the row in each slot (member e owns slots (c*k + e)*C .. +C-1 of
+        chunk c; a few slots repeat a row to pad), inverse (B,): the slot that holds each row's
+        result, C and q.
         """
         k = self.k
-        R = math.ceil(B / k)
+        q = 1 if chunk is None else max(1, math.ceil(B / (k * chunk)))
+        C = math.ceil(B / (k * q))
         perm = torch.randperm(B, generator=generator, device=self.device)
-        # Deal the shuffled rows out to the members like cards: row perm[s] goes to member s % k.
-        dealt = torch.cat([perm, perm[: k * R - B]]).view(R, k)
-        order = dealt.t().reshape(-1)
-        s = torch.arange(B, device=self.device)
+        # Deal the shuffled rows out to the members like cards: the j-th goes to member j % k, as
+        # that member's (j // k)-th row.
+        j = torch.arange(q * k * C, device=self.device)
+        i = j // k
+        slot = ((i // C) * k + j % k) * C + i % C
+        order = torch.empty_like(j)
+        order[slot] = torch.cat([perm, perm[: q * k * C - B]])
         inverse = torch.empty_like(perm)
-        inverse[perm] = (s % k) * R + s // k
-        return order, inverse, R
+        inverse[perm] = slot[:B]
+        return order, inverse, C, q
 
     @torch.no_grad()
     def rollout(self, x0: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -169,14 +185,14 @@ class EnsembleDynamics:
                 delta, _ = self._network(f)
                 x = X[:, t + 1] = x + delta.mean(dim=0)
             return X
-        order, inverse, R = self._assignment(B, generator)
         if self.fused:
-            return self._rollout_fused(X, U, generator, order, inverse, R)
+            return self._rollout_fused(X, U, generator)
+        order, inverse, R, _ = self._assignment(B, generator)
         # Rows stay in member-major slot order between steps; TS1 deals them out afresh each step.
         xs, Us = x0[order], U[order]
         for t in range(H):
             if t > 0 and self.propagation == "ts1":
-                order, inverse, R = self._assignment(B, generator)
+                order, inverse, R, _ = self._assignment(B, generator)
                 xs, Us = x[order], U[order]
             f = self._features(xs, Us[:, t]).view(self.k, R, -1)
             delta, log_std = self._network(f)
@@ -185,25 +201,39 @@ class EnsembleDynamics:
             x = X[:, t + 1] = xs[inverse]
         return X
 
-    def _rollout_fused(self, X: torch.Tensor, U: torch.Tensor, generator: torch.Generator, order: torch.Tensor,
-                       inverse: torch.Tensor, R: int) -> torch.Tensor:
-        """`rollout` on CPU with the work around the products in two numba passes (`sampling_step`):
-        the same draws from `generator` in the same order, the same arithmetic in float32.
+    def _rollout_fused(self, X: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`rollout` on CPU: the work around the products in two numba passes (`sampling_step`), the
+        network run on chunks of at most `CHUNK_ROWS` rows a member.
 
-        X (B, H+1, n) float32 with X[:, 0] set, filled in place; U (B, H, m); order, inverse, R: the
-        first step's assignment (`_assignment`).
+        X (B, H+1, n) float32 with X[:, 0] set, filled; U (B, H, m). The states are kept in slot
+        order, a contiguous block a step, and put into row order once at the end (TSinf) or before
+        each new assignment (TS1): read through the rows' indices at every step, a population of
+        thousands of rows costs a cache miss per row and step. With one chunk (up to k *
+        CHUNK_ROWS rows) the draws from `generator` are the torch steps' own, in the same order.
         """
         B, H, _ = U.shape
-        states, actions = X.numpy(), U.to(torch.float32).contiguous().numpy()
-        features = self._workspace(R)[0]
-        rows = bits_of(features).reshape(self.k * R, -1)
-        slots, keep = order.numpy(), inverse.numpy()
+        order, inverse, C, q = self._assignment(B, generator, CHUNK_ROWS)
+        width = self.k * C  # slots in a chunk
+        slots = torch.empty(H + 1, q * width, self.n)
+        slots[0] = X[:, 0][order]
+        actions = U.to(torch.float32)[order]
+        features = self._workspace(C)[0]
+        rows = bits_of(features).reshape(width, -1)
+        states = slots.numpy()
+        done = 1  # columns of X up to here are filled
         for t in range(H):
             if t > 0 and self.propagation == "ts1":
-                order, inverse, R = self._assignment(B, generator)
-                slots, keep = order.numpy(), inverse.numpy()
-            write_features(states, actions, t, slots, *self._feature_layout, rows)
-            out = self._products(features)
-            noise = torch.randn(self.k, R, self.n, generator=generator, device=self.device)
-            sample_next_states(bits_of(out), noise.numpy(), *self._variance_bounds, slots, keep, states, t)
+                X[:, done : t + 1] = slots[done : t + 1].index_select(1, inverse).transpose(0, 1)
+                done = t + 1
+                order, inverse, C, q = self._assignment(B, generator, CHUNK_ROWS)
+                slots[t] = X[:, t][order]
+                actions = U.to(torch.float32)[order]
+            noise = torch.randn(q, self.k, C, self.n, generator=generator, device=self.device).numpy()
+            x, x_next, u = states[t], states[t + 1], actions[:, t].numpy()
+            for c in range(q):
+                part = slice(c * width, (c + 1) * width)
+                write_features(x[part], u[part], *self._feature_layout, rows)
+                out = self._products(features)
+                sample_next_states(bits_of(out), noise[c], *self._variance_bounds, x[part], x_next[part])
+        X[:, done:] = slots[done:].index_select(1, inverse).transpose(0, 1)
         return X

@@ -6,10 +6,12 @@ they are some twenty small calls a step, each dearer in dispatch than in arithme
 of a plan at the PETS settings, docs/notes/floors.md). Here they are two passes over the particles:
 
 - `write_features`: each member-major slot's input row (state without angles, sin and cos of the
-  angles, action or action minus its state, a constant 1) read straight from the row-ordered
-  trajectories through the slot's row index, so nothing is gathered or copied first;
+  angles, action or action minus its state, a constant 1) in the network's dtype;
 - `sample_next_states`: the log-variance bounded as the network bounds it (PETS' two softplus),
-  the next state x + delta + exp(log std) * noise written to the trajectories' next column.
+  and the next state x + delta + exp(log std) * noise.
+
+The states stay in slot order, one contiguous (slots, n) block a step, so that both passes read
+and write memory in order however large the population (`EnsembleDynamics._rollout_fused`).
 
 Both take float32 arrays or bfloat16 bit arrays for the network's side (`bfloat16_bits`), and do
 their arithmetic in float32 as the torch version (`EnsembleDynamics` on other devices) does.
@@ -67,43 +69,39 @@ def _softplus(z: np.float32) -> np.float32:
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy", cache=True)
-def write_features(X: np.ndarray, U: np.ndarray, t: int, order: np.ndarray, plain: np.ndarray,
-                   angles: np.ndarray, action_ref: np.ndarray, action_rel: np.ndarray,
-                   features: np.ndarray) -> None:
-    """features[s] = the network input of row order[s] at step t.
+def write_features(x: np.ndarray, u: np.ndarray, plain: np.ndarray, angles: np.ndarray, action_ref: np.ndarray,
+                   action_rel: np.ndarray, features: np.ndarray) -> None:
+    """features[s] = the network input of state x[s] and action u[s].
 
-    X (B, H+1, n) float32 states, U (B, H, m) float32 actions, order (S,) int64 the row of each slot;
-    plain (p,), angles (a,) state indices; action_ref (m,) the state an action is taken relative to
-    where action_rel (m,) is 1; features (S, p + 2a + m + 1) float32 or bfloat16 bits, written.
+    x (S, n) float32 states, u (S, m) float32 actions; plain (p,), angles (a,) state indices;
+    action_ref (m,) the state an action is taken relative to where action_rel (m,) is 1;
+    features (S, p + 2a + m + 1) float32 or bfloat16 bits, written.
     """
     p, a, m = plain.size, angles.size, action_ref.size
-    for s in range(order.size):
-        row = order[s]
+    for s in range(x.shape[0]):
         for i in range(p):
-            features[s, i] = stored(X[row, t, plain[i]], features)
+            features[s, i] = stored(x[s, plain[i]], features)
         for i in range(a):
-            angle = X[row, t, angles[i]]
+            angle = x[s, angles[i]]
             features[s, p + i] = stored(np.sin(angle), features)
             features[s, p + a + i] = stored(np.cos(angle), features)
         for i in range(m):
-            u = U[row, t, i]
+            value = u[s, i]
             if action_rel[i] != 0.0:
-                u = u - action_rel[i] * X[row, t, action_ref[i]]
-            features[s, p + 2 * a + i] = stored(u, features)
+                value = value - action_rel[i] * x[s, action_ref[i]]
+            features[s, p + 2 * a + i] = stored(value, features)
         features[s, p + 2 * a + m] = stored(1.0, features)
 
 
 @njit(nogil=True, boundscheck=False, error_model="numpy", cache=True)
 def sample_next_states(out: np.ndarray, noise: np.ndarray, min_logvar: np.ndarray, max_logvar: np.ndarray,
-                       log_std_scale: np.ndarray, order: np.ndarray, inverse: np.ndarray, X: np.ndarray,
-                       t: int) -> None:
-    """X[row, t+1] = X[row, t] + delta + exp(log std) * noise for the slot that holds each row.
+                       log_std_scale: np.ndarray, x: np.ndarray, x_next: np.ndarray) -> None:
+    """x_next = x + delta + exp(log std) * noise, slot by slot.
 
     out (k, R, 2n) the network's output per member-major slot: delta (target units), then the raw
     log-variance (normalised units), float32 or bfloat16 bits; noise (k, R, n) standard normal;
     min_logvar, max_logvar (k, n) the members' bounds; log_std_scale (n,) log of the targets' std;
-    order (k*R,) the row of each slot, inverse (B,) the slot whose result a row keeps (padding
-    slots, which repeat a row, are skipped); X (B, H+1, n) float32, column t+1 written.
+    x, x_next (k*R, n) float32 states of the slots, x_next written.
     """
     k, R, width = out.shape
     n = width // 2
@@ -124,7 +122,5 @@ def sample_next_states(out: np.ndarray, noise: np.ndarray, min_logvar: np.ndarra
     for e in range(k):
         for r in range(R):
             s = e * R + r
-            row = order[s]
-            if inverse[row] == s:
-                for i in range(n):
-                    X[row, t + 1, i] = X[row, t, i] + (as_float32(out[e, r, i]) + std[e, i, r] * noise[e, r, i])
+            for i in range(n):
+                x_next[s, i] = x[s, i] + (as_float32(out[e, r, i]) + std[e, i, r] * noise[e, r, i])
