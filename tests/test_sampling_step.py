@@ -14,27 +14,22 @@ from forethought.models.ensemble.sampling_step import _exp, _softplus
 
 
 @njit
+def _each(function, x, out):
+    for j in range(x.size):
+        out[j] = function(x[j])
+    return out
+
+
 def _exp_all(x):
-    out = np.empty_like(x)
-    for j in range(x.size):
-        out[j] = _exp(x[j])
-    return out
+    return _each(_exp, x, np.empty_like(x))
 
 
-@njit
 def _softplus_all(x):
-    out = np.empty_like(x)
-    for j in range(x.size):
-        out[j] = _softplus(x[j])
-    return out
+    return _each(_softplus, x, np.empty_like(x))
 
 
-@njit
 def _narrow_all(x):
-    out = np.empty(x.size, dtype=np.uint16)
-    for j in range(x.size):
-        out[j] = narrow(x[j])
-    return out
+    return _each(narrow, x, np.empty(x.size, dtype=np.uint16))
 
 
 def test_exp_and_softplus_are_within_a_few_ulp_and_keep_nan_and_the_infinities():
