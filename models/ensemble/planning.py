@@ -92,9 +92,10 @@ class EnsembleDynamics:
         # The same, as the numba passes of `_rollout_fused` take them.
         self._feature_layout = (model._plain_idx.astype(np.int64), model._angle_idx.astype(np.int64),
                                 model._action_ref.astype(np.int64), model._action_rel.astype(np.float32))
-        self._variance_bounds = tuple(np.ascontiguousarray(a.cpu().numpy().reshape(shape), dtype=np.float32) for a, shape in
-                                      ((self.min_logvar, (self.k, self.n)), (self.max_logvar, (self.k, self.n)),
-                                       (self.log_std_scale, (self.n,))))
+        k, n = self.k, self.n
+        bounds = ((self.min_logvar, (k, n)), (self.max_logvar, (k, n)), (self.log_std_scale, (n,)))
+        self._variance_bounds = tuple(np.ascontiguousarray(a.cpu().numpy().reshape(shape), dtype=np.float32)
+                                      for a, shape in bounds)
 
     def _features(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """(x without angles, sin and cos of angles, u or u - x, 1) in the network's dtype."""

@@ -25,7 +25,8 @@ from numba import njit
 from forethought.models.ensemble.bfloat16_bits import as_float32, f32_as_u32, stored, u32_as_f32
 
 _LOG2E = np.float32(1.4426950408889634)
-_LN2_HI, _LN2_LO = np.float32(0.693145751953125), np.float32(1.428606765330187e-06)  # ln 2 = hi + lo, hi exact in 16 bits
+# ln 2 = hi + lo, hi with few enough bits that k * hi is exact for the k that occur.
+_LN2_HI, _LN2_LO = np.float32(0.693145751953125), np.float32(1.428606765330187e-06)
 _MAGIC = np.float32(1.5 * 2**23)  # an integer-valued float added to it lands in the low mantissa bits
 
 
