@@ -135,15 +135,15 @@ def test_chunks_deal_rows_evenly_and_keep_every_row():
     assert q == 1 and R == 602 and torch.equal(order[inverse], torch.arange(1805))
 
 
-def test_chunked_rollouts_sample_what_one_chunk_samples(monkeypatch):
-    import forethought.models.ensemble.planning as planning
-
+def test_chunked_rollouts_sample_what_one_chunk_samples():
     dynamics = pendulum_model("float32", "tsinf").dynamics("tsinf", "float32")
+    # 32-wide float32 layers of 3 members: chunks of 600 kB hold 1562 rows a member.
+    assert dynamics.chunk_rows == 600_000 // (3 * 32 * 4)
     B, H = 3000, 5
     x0 = torch.tensor([[0.4, -0.3, 0.2]]).expand(B, -1)
     U = torch.full((B, H, 1), 0.3)
     whole = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
-    monkeypatch.setattr(planning, "CHUNK_ROWS", 7)
+    dynamics.chunk_rows = 7
     chunked = dynamics.rollout(x0, U, torch.Generator().manual_seed(0))
     assert not torch.equal(whole, chunked)
     # Every row starts from the same state under the same actions: the two populations are samples

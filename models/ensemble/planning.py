@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from forethought.models.ensemble.model import EnsembleModel
 
 
-CHUNK_ROWS = 300
-"""Rows a member in one pass of the network on CPU. A chunk's 200-wide bfloat16 layer for five
-members (600 kB) stays in a core's level-2 cache from one layer to the next, where the products run
-about a tenth faster than on thousands of rows and the narrow last layer reads its input from
-cache; MPPI at PETS's settings plans about a tenth faster with chunks of 300 than of 600, and
-slower with 1000 or 100 (docs/notes/floors.md)."""
+CHUNK_BYTES = 600_000
+"""The size of one hidden layer's activations, all members together, in one pass of the network on
+CPU: 300 rows a member of five 200-wide bfloat16 layers, 150 in float32. A chunk stays in a
+core's level-2 cache from one layer to the next, where the products run about a tenth faster than
+on thousands of rows and the narrow last layer reads its input from cache. At PETS's settings
+MPPI plans in 0.90x the time with bfloat16 chunks of 300 rows against 600, and slower with 1000
+or 100; in float32, iCEM and MPPI in 0.86x and 0.93x with chunks of 150 rows against none
+(docs/notes/floors.md)."""
 
 
 class EnsembleDynamics:
@@ -81,6 +83,8 @@ class EnsembleDynamics:
         self.max_logvar = net.max_logvar.detach()[elites].float()
         self.log_std_scale = torch.log(out_std).float()
         self._buffers: dict[int, list[torch.Tensor]] = {}
+        widest = max(w.shape[-1] for w in self.weights[:-1])
+        self.chunk_rows = max(1, CHUNK_BYTES // (self.k * widest * self.weights[0].element_size()))
         # On CPU a step's work around the products runs as two numba passes (`_rollout_fused`); the
         # torch steps stay for other devices, and as the reference the fused passes are tested against.
         self.fused = self.device.type == "cpu"
@@ -204,16 +208,16 @@ class EnsembleDynamics:
 
     def _rollout_fused(self, X: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """`rollout` on CPU: the work around the products in two numba passes (`sampling_step`), the
-        network run on chunks of at most `CHUNK_ROWS` rows a member.
+        network run on chunks of at most `chunk_rows` rows a member (`CHUNK_BYTES`).
 
         X (B, H+1, n) float32 with X[:, 0] set, filled; U (B, H, m). The states are kept in slot
         order, a contiguous block a step, and put into row order once at the end (TSinf) or before
         each new assignment (TS1): read through the rows' indices at every step, a population of
         thousands of rows costs a cache miss per row and step. With one chunk (up to k *
-        CHUNK_ROWS rows) the draws from `generator` are the torch steps' own, in the same order.
+        chunk_rows rows) the draws from `generator` are the torch steps' own, in the same order.
         """
         B, H, _ = U.shape
-        order, inverse, C, q = self._assignment(B, generator, CHUNK_ROWS)
+        order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
         width = self.k * C  # slots in a chunk
         slots = torch.empty(H + 1, q * width, self.n)
         slots[0] = X[:, 0][order]
@@ -226,7 +230,7 @@ class EnsembleDynamics:
             if t > 0 and self.propagation == "ts1":
                 X[:, done : t + 1] = slots[done : t + 1].index_select(1, inverse).transpose(0, 1)
                 done = t + 1
-                order, inverse, C, q = self._assignment(B, generator, CHUNK_ROWS)
+                order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
                 slots[t] = X[:, t][order]
                 actions = U.to(torch.float32)[order]
             noise = torch.randn(q, self.k, C, self.n, generator=generator, device=self.device).numpy()
