@@ -221,7 +221,8 @@ class EnsembleDynamics:
         width = self.k * C  # slots in a chunk
         slots = torch.empty(H + 1, q * width, self.n)
         slots[0] = X[:, 0][order]
-        actions = U.to(torch.float32)[order]
+        U = U.to(torch.float32)
+        actions = U[order]
         features = self._workspace(C)[0]
         rows = bits_of(features).reshape(width, -1)
         states = slots.numpy()
@@ -232,7 +233,7 @@ class EnsembleDynamics:
                 done = t + 1
                 order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
                 slots[t] = X[:, t][order]
-                actions = U.to(torch.float32)[order]
+                actions = U[order]
             noise = torch.randn(q, self.k, C, self.n, generator=generator, device=self.device).numpy()
             x, x_next, u = states[t], states[t + 1], actions[:, t].numpy()
             for c in range(q):

@@ -2,8 +2,8 @@
 
 Between one step's products and the next there is only a few numbers per particle: the delta and
 log-variance heads, the sampled next state and the next step's input features. As torch operations
-they are some twenty small calls a step, each dearer in dispatch than in arithmetic (about a fifth
-of a plan at the PETS settings, docs/notes/floors.md). Here they are two passes over the particles:
+they are some twenty small calls a step, each dearer in dispatch than in arithmetic (about 15% of
+an iCEM plan at the PETS settings, docs/notes/floors.md). Here they are two passes over the particles:
 
 - `write_features`: each member-major slot's input row (state without angles, sin and cos of the
   angles, action or action minus its state, a constant 1) in the network's dtype;
