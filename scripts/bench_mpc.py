@@ -9,7 +9,7 @@ The ensemble is fitted on a random cart-pole trial so that its normalisation is 
 Next to each time stands its floor: the network's multiply-adds for one action (particle-steps
 counted during a plan, times the multiply-adds of one step through one member) at the rate this
 thread reaches in a batched matrix product of the hidden layers' shape, the best over a few row
-counts (`ROWS`). No planner can choose an
+counts (`ROWS`) and over torch's product and the compiled kernel's (`network_kernel`). No planner can choose an
 action faster than that with this network on this core; the gap (`*_over_floor`, time over floor)
 is activations, sampling and cost. `*_cpu_over_floor` sets the plan's CPU time against the floor
 in CPU time (the matrix-product rate per CPU second), which others' load does not swing.
@@ -30,7 +30,7 @@ import torch
 from forethought.controllers.costs import build_planning_cost
 from forethought.controllers.policy import RandomPolicy
 from forethought.controllers.samplers import make_planner
-from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bfloat16
+from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bfloat16, network_kernel
 from forethought.robots.trial import rollout
 from forethought.scripts.bench_learning import distribution_metrics, learning_over_seeds
 from forethought.scripts.experiment import load_experiment, make_robot, make_task
@@ -76,22 +76,29 @@ runs fastest where a layer stays in the level-2 cache)."""
 
 
 def matmul_rate(dynamics, rows: tuple[int, ...] = ROWS, repeats: int = 20, cpu: bool = False) -> float:
-    """Multiply-adds per second of torch.bmm at the ensemble's hidden-layer shape, (k, r, w) x
+    """Multiply-adds per second of a product at the ensemble's hidden-layer shape, (k, r, w) x
     (k, w, w) for r in `rows`, in its planning dtype on this thread: the best of `repeats` at each,
-    the best over `rows` (per CPU second with cpu=True)."""
+    the best over `rows` and over the products this core has for it (torch.bmm, and the compiled
+    kernel's product without activation where planning runs the kernel), per CPU second with cpu=True.
+    """
     clock = time.thread_time if cpu else time.perf_counter
     weight = dynamics.weights[1]
     k, width, out_width = weight.shape
+    products = {"torch": lambda h, out: torch.bmm(h, weight, out=out)}
+    if getattr(dynamics, "kernel", None) is not None:
+        bare = network_kernel.PackedNetwork([weight], [None])  # one layer: no activation, float32 out
+        products["kernel"] = lambda h, out: bare.forward(h, out)
     rate = 0.0
-    for r in rows:
-        h = torch.randn(k, r, width).to(weight.dtype)
-        out = torch.empty(k, r, out_width, dtype=weight.dtype)
-        best = float("inf")
-        for _ in range(repeats):
-            start = clock()
-            torch.bmm(h, weight, out=out)
-            best = min(best, clock() - start)
-        rate = max(rate, k * r * width * out_width / best)
+    for name, product in products.items():
+        for r in rows:
+            h = torch.randn(k, r, width).to(weight.dtype)
+            out = torch.empty(k, r, out_width, dtype=weight.dtype if name == "torch" else torch.float32)
+            best = float("inf")
+            for _ in range(repeats):
+                start = clock()
+                product(h, out)
+                best = min(best, clock() - start)
+            rate = max(rate, k * r * width * out_width / best)
     return rate
 
 
@@ -164,7 +171,7 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
         activations = metrics[f"{kind}_activation_floor_ms"] = activation_floor_ms(steps, dynamics, act_rate)
         metrics[f"{kind}_over_floor_with_activations"] = metrics[f"{kind}_ms_per_action"] / (floor + activations)
     config = {"planning_dtype": str(dynamics.dtype).replace("torch.", ""), "matmul_gflops": 2e-9 * rate,
-              "activation_g_per_s": 1e-9 * act_rate}
+              "activation_g_per_s": 1e-9 * act_rate, "network_kernel": dynamics.kernel is not None}
     return metrics, config
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from forethought.models.ensemble.bfloat16_bits import bits_of
+from forethought.models.ensemble import network_kernel
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
 from forethought.models.ensemble.sampling_step import sample_next_states, write_features
@@ -88,6 +89,12 @@ class EnsembleDynamics:
         # On CPU a step's work around the products runs as two numba passes (`_rollout_fused`); the
         # torch steps stay for other devices, and as the reference the fused passes are tested against.
         self.fused = self.device.type == "cpu"
+        # The SiLU network in bfloat16 runs as one compiled pass where the CPU has AVX512-BF16
+        # (`network_kernel`), on one torch thread as the planners run in sweeps and benchmarks.
+        self.kernel = None
+        if (self.fused and self.dtype == torch.bfloat16 and model.config.activation == "silu"
+                and network_kernel.available()):
+            self.kernel = network_kernel.PackedNetwork(self.weights, [None, *self.biases])
         self._angle_idx = torch.as_tensor(model._angle_idx, device=self.device)
         self._plain_idx = torch.as_tensor(model._plain_idx, device=self.device)
         self._action_ref = torch.as_tensor(model._action_ref, device=self.device)
@@ -122,6 +129,17 @@ class EnsembleDynamics:
             widths = [self.weights[0].shape[1]] + [w.shape[-1] for w in self.weights]
             self._buffers[R] = [torch.empty(self.k, R, w, dtype=self.dtype, device=self.device) for w in widths]
         return self._buffers[R]
+
+    def _kernel_workspace(self, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled kernel's input features (k, C, even width) bfloat16, zeros past the features,
+        and its output (k, C, 2n) float32, reused across steps and calls."""
+        key = -C  # beside `_workspace`'s buffers, keyed apart
+        if key not in self._buffers:
+            if len(self._buffers) >= 8:
+                self._buffers.clear()
+            self._buffers[key] = [torch.zeros(self.k, C, self.kernel.input_width, dtype=torch.bfloat16),
+                                  torch.empty(self.k, C, self.kernel.output_width)]
+        return tuple(self._buffers[key])
 
     def _products(self, f: torch.Tensor) -> torch.Tensor:
         """f (k, R, d+1) -> the last layer's output (k, R, 2n) in the kernel's dtype: delta mean in
@@ -223,7 +241,12 @@ class EnsembleDynamics:
         slots[0] = X[:, 0][order]
         U = U.to(torch.float32)
         actions = U[order]
-        features = self._workspace(C)[0]
+        kernel = self.kernel if torch.get_num_threads() == 1 else None
+        if kernel is not None:
+            features, out = self._kernel_workspace(C)
+            products = out.numpy()
+        else:
+            features = self._workspace(C)[0]
         rows = bits_of(features).reshape(width, -1)
         states = slots.numpy()
         done = 1  # columns of X up to here are filled
@@ -239,7 +262,10 @@ class EnsembleDynamics:
             for c in range(q):
                 part = slice(c * width, (c + 1) * width)
                 write_features(x[part], u[part], *self._feature_layout, rows)
-                out = self._products(features)
-                sample_next_states(bits_of(out), noise[c], *self._variance_bounds, x[part], x_next[part])
+                if kernel is not None:
+                    kernel.forward(features, out)
+                else:
+                    products = bits_of(self._products(features))
+                sample_next_states(products, noise[c], *self._variance_bounds, x[part], x_next[part])
         X[:, done:] = slots[done:].index_select(1, inverse).transpose(0, 1)
         return X

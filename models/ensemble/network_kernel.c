@@ -1,0 +1,263 @@
+/* The ensemble's network on bfloat16 for CPU planning: each layer's product, bias and SiLU in one
+ * pass over its output, the layers chained member by member while a member's activations stay in
+ * the level-2 cache.
+ *
+ * A layer out = act(h W + b) takes h (R, K) bfloat16 rows and W as bfloat16 pairs: w[p][j] holds
+ * W[2p][j] in its low and W[2p+1][j] in its high 16 bits (the operand of AVX512-BF16's VDPBF16PS,
+ * which adds a pair of products to each float32 lane). A tile keeps MR rows x NV*16 columns of
+ * float32 sums in registers across all K; the bias is their start and SiLU their epilogue, so the
+ * pre-activation is rounded to bfloat16 once, after the activation, not before and after as a
+ * product, an activation and a narrowing done apart would.
+ *
+ * Only the kernel functions use AVX-512 (by target attributes), so the module loads on any x86-64
+ * CPU and `supported()` says whether this one runs them. Python side: network_kernel.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_KERNEL 1
+#include <immintrin.h>
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#define INLINE static inline __attribute__((always_inline)) TARGET
+#else
+#define HAVE_KERNEL 0
+#endif
+
+#if HAVE_KERNEL
+
+/* x sigmoid(x) = x / (1 + 2^t), t = -x log2(e): 2^t as 2^n (by scalef) times a degree-3 polynomial
+ * of f = t - n, n = round(t), |f| <= 1/2 (relative error 7.6e-5), over 1 + 2^t by its reciprocal to
+ * 2^-14: within 1.4e-4 of SiLU, a fourteenth of bfloat16's half ulp (2^-9), the precision the result
+ * is stored in. 11 operations a vector, as few as the sums' epilogue can take: it is a tenth of a
+ * 200-wide layer's time. Edge cases as torch's SiLU: t is kept above -150 so that x = inf gives
+ * inf; x = -inf gives NaN (f is inf - inf), a large negative x gives -0 (x / inf), NaN stays NaN
+ * (max returns its second operand for NaN, and x carries the NaN). */
+#define SILU_BODY(V, S)                                                                                 \
+  __m##V t = S##_max_ps(S##_mul_ps(x, S##_set1_ps(-1.4426950408889634f)), S##_set1_ps(-150.0f));    \
+  __m##V n = S##_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                     \
+  __m##V f = S##_sub_ps(t, n);                                                                         \
+  __m##V p = S##_fmadd_ps(S##_set1_ps(0.05514396f), f, S##_set1_ps(0.24260892f));                    \
+  p = S##_fmadd_ps(p, f, S##_set1_ps(0.6932661f));                                                     \
+  p = S##_fmadd_ps(p, f, S##_set1_ps(0.99992836f));                                                    \
+  return S##_mul_ps(x, S##_rcp14_ps(S##_add_ps(S##_scalef_ps(p, n), S##_set1_ps(1.0f))));
+
+INLINE __m512 silu16(__m512 x) { SILU_BODY(512, _mm512) }
+INLINE __m256 silu8(__m256 x) { SILU_BODY(256, _mm256) }
+
+/* One layer's operands and where its output goes. */
+typedef struct {
+  const uint16_t *h; /* (R, 2 * pairs) bfloat16 bits, rows ldh apart */
+  long ldh;
+  const uint32_t *w; /* (pairs, ldw) bfloat16 pairs, ldw a multiple of 16 (zero columns past N) */
+  long ldw;
+  const float *bias; /* (ldw,) */
+  void *out;         /* (R, N) bfloat16 bits or float32, rows ldo apart */
+  long ldo;
+  long pairs;
+  int silu;
+  int f32;
+} Layer;
+
+/* Rows r0.. r0+MR, columns j.. j+16*NV, all 16 wide (mask: the last vector's columns to store). */
+#define DEF_TILE16(MR, NV)                                                                              \
+  static TARGET void tile16_##MR##_##NV(const Layer *L, long r0, long j, __mmask16 last) {              \
+    __m512 acc[MR][NV];                                                                                 \
+    for (int v = 0; v < NV; v++) {                                                                      \
+      __m512 b = _mm512_loadu_ps(L->bias + j + 16 * v);                                                 \
+      for (int r = 0; r < MR; r++) acc[r][v] = b;                                                       \
+    }                                                                                                   \
+    const uint16_t *h = L->h + r0 * L->ldh;                                                             \
+    const uint32_t *w = L->w + j;                                                                       \
+    for (long p = 0; p < L->pairs; p++) {                                                               \
+      __m512bh b[NV];                                                                                   \
+      for (int v = 0; v < NV; v++) b[v] = (__m512bh)_mm512_loadu_si512(w + p * L->ldw + 16 * v);       \
+      for (int r = 0; r < MR; r++) {                                                                    \
+        __m512bh a = (__m512bh)_mm512_set1_epi32(*(const int32_t *)(h + r * L->ldh + 2 * p));          \
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);                  \
+      }                                                                                                 \
+    }                                                                                                   \
+    for (int r = 0; r < MR; r++) {                                                                      \
+      long at = (r0 + r) * L->ldo + j;                                                                  \
+      __m512 x[NV];                                                                                     \
+      for (int v = 0; v < NV; v++) x[v] = L->silu ? silu16(acc[r][v]) : acc[r][v];                    \
+      if (L->f32) {                                                                                     \
+        for (int v = 0; v < NV - 1; v++) _mm512_storeu_ps((float *)L->out + at + 16 * v, x[v]);        \
+        _mm512_mask_storeu_ps((float *)L->out + at + 16 * (NV - 1), last, x[NV - 1]);                   \
+      } else if (NV % 2 == 0 && last == (__mmask16)0xFFFF) {                                            \
+        /* two vectors narrowed by one instruction into 32 bfloat16 */                                  \
+        for (int v = 0; v < NV; v += 2)                                                                 \
+          _mm512_storeu_si512((uint16_t *)L->out + at + 16 * v,                                        \
+                              (__m512i)_mm512_cvtne2ps_pbh(x[(v + 1) % NV], x[v]));                     \
+      } else {                                                                                          \
+        for (int v = 0; v < NV; v++)                                                                    \
+          _mm256_mask_storeu_epi16((uint16_t *)L->out + at + 16 * v, v == NV - 1 ? last : (__mmask16)0xFFFF, \
+                                   (__m256i)_mm512_cvtneps_pbh(x[v]));                                  \
+      }                                                                                                 \
+    }                                                                                                   \
+  }
+
+/* Rows r0.. r0+MR, columns j.. j+8 (mask: the columns to store), in 256-bit registers. */
+#define DEF_TILE8(MR)                                                                                   \
+  static TARGET void tile8_##MR(const Layer *L, long r0, long j, __mmask8 last) {                       \
+    __m256 acc[MR];                                                                                     \
+    __m256 b0 = _mm256_loadu_ps(L->bias + j);                                                           \
+    for (int r = 0; r < MR; r++) acc[r] = b0;                                                           \
+    const uint16_t *h = L->h + r0 * L->ldh;                                                             \
+    const uint32_t *w = L->w + j;                                                                       \
+    for (long p = 0; p < L->pairs; p++) {                                                               \
+      __m256bh b = (__m256bh)_mm256_loadu_si256((const __m256i *)(w + p * L->ldw));                    \
+      for (int r = 0; r < MR; r++) {                                                                    \
+        __m256bh a = (__m256bh)_mm256_set1_epi32(*(const int32_t *)(h + r * L->ldh + 2 * p));          \
+        acc[r] = _mm256_dpbf16_ps(acc[r], a, b);                                                        \
+      }                                                                                                 \
+    }                                                                                                   \
+    for (int r = 0; r < MR; r++) {                                                                      \
+      __m256 x = L->silu ? silu8(acc[r]) : acc[r];                                                     \
+      long at = (r0 + r) * L->ldo + j;                                                                  \
+      if (L->f32)                                                                                       \
+        _mm256_mask_storeu_ps((float *)L->out + at, last, x);                                           \
+      else                                                                                              \
+        _mm_mask_storeu_epi16((uint16_t *)L->out + at, last, (__m128i)_mm256_cvtneps_pbh(x));          \
+    }                                                                                                   \
+  }
+
+/* Main tiles: 6 rows x 64 columns (24 sums, 4 weight vectors and a broadcast in 32 registers,
+ * the fastest of 8x48, 6x64, 4x96 and 12x32 here); the last columns 16 or 8 at a time. */
+#define MAIN_ROWS 6
+#define NARROW_ROWS 12
+DEF_TILE16(1, 4) DEF_TILE16(2, 4) DEF_TILE16(3, 4) DEF_TILE16(4, 4) DEF_TILE16(5, 4) DEF_TILE16(6, 4)
+DEF_TILE16(1, 1) DEF_TILE16(2, 1) DEF_TILE16(3, 1) DEF_TILE16(4, 1) DEF_TILE16(5, 1) DEF_TILE16(6, 1)
+DEF_TILE8(1) DEF_TILE8(2) DEF_TILE8(3) DEF_TILE8(4) DEF_TILE8(5) DEF_TILE8(6)
+DEF_TILE8(7) DEF_TILE8(8) DEF_TILE8(9) DEF_TILE8(10) DEF_TILE8(11) DEF_TILE8(12)
+
+typedef void (*Tile16)(const Layer *, long, long, __mmask16);
+typedef void (*Tile8)(const Layer *, long, long, __mmask8);
+static const Tile16 WIDE[MAIN_ROWS + 1] = {0, tile16_1_4, tile16_2_4, tile16_3_4, tile16_4_4, tile16_5_4, tile16_6_4};
+static const Tile16 ONE[MAIN_ROWS + 1] = {0, tile16_1_1, tile16_2_1, tile16_3_1, tile16_4_1, tile16_5_1, tile16_6_1};
+static const Tile8 HALF[NARROW_ROWS + 1] = {0, tile8_1, tile8_2, tile8_3, tile8_4, tile8_5, tile8_6,
+                                            tile8_7, tile8_8, tile8_9, tile8_10, tile8_11, tile8_12};
+
+/* out (R, N) = act(h W + b). A column block runs over all rows before the next, so its weights
+ * (pairs x 64 x 4 bytes, 51 kB at K = 200) stay near while the rows stream past. */
+static TARGET void run_layer(const Layer *L, long R, long N) {
+  long j = 0;
+  for (; j + 64 <= N; j += 64)
+    for (long r = 0; r < R; r += MAIN_ROWS) {
+      long mr = R - r < MAIN_ROWS ? R - r : MAIN_ROWS;
+      WIDE[mr](L, r, j, (__mmask16)0xFFFF);
+    }
+  for (; N - j > 8; j += 16) {
+    __mmask16 last = N - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - j)) - 1);
+    for (long r = 0; r < R; r += MAIN_ROWS) {
+      long mr = R - r < MAIN_ROWS ? R - r : MAIN_ROWS;
+      ONE[mr](L, r, j, last);
+    }
+  }
+  if (j < N) {
+    __mmask8 last = (__mmask8)((1u << (N - j)) - 1);
+    for (long r = 0; r < R; r += NARROW_ROWS) {
+      long mr = R - r < NARROW_ROWS ? R - r : NARROW_ROWS;
+      HALF[mr](L, r, j, last);
+    }
+  }
+}
+
+static int cpu_supported(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
+}
+
+#else
+static int cpu_supported(void) { return 0; }
+#endif
+
+static int supported_cached = -1;
+
+static int check_supported(void) {
+  if (supported_cached < 0) supported_cached = cpu_supported();
+  if (!supported_cached) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX512-BF16");
+  return supported_cached;
+}
+
+static PyObject *py_supported(PyObject *self, PyObject *args) {
+  (void)self; (void)args;
+  if (supported_cached < 0) supported_cached = cpu_supported();
+  return PyBool_FromLong(supported_cached);
+}
+
+/* layer(h, ldh, w, ldw, bias, out, ldo, rows, pairs, columns, silu, f32): one layer, addresses as
+ * integers; the Python side (network_kernel.py) owns the shapes and checks them. */
+static PyObject *py_layer(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long h, w, bias, out;
+  long ldh, ldw, ldo, rows, pairs, columns;
+  int silu, f32;
+  if (!PyArg_ParseTuple(args, "KlKlKKllllii", &h, &ldh, &w, &ldw, &bias, &out, &ldo, &rows, &pairs, &columns,
+                        &silu, &f32))
+    return NULL;
+  if (!check_supported()) return NULL;
+#if HAVE_KERNEL
+  Layer L = {(const uint16_t *)h, ldh, (const uint32_t *)w, ldw, (const float *)bias, (void *)out, ldo, pairs,
+             silu, f32};
+  Py_BEGIN_ALLOW_THREADS
+  run_layer(&L, rows, columns);
+  Py_END_ALLOW_THREADS
+#endif
+  Py_RETURN_NONE;
+}
+
+/* forward(h0, members, rows, plan, scratch, ldscratch, out): the whole network on `members` blocks of
+ * `rows` rows, one member after another. plan: the address of an int64 array of 6 numbers a layer
+ * (weights, ldw, bias, member stride of the weights in pairs, pairs, columns), the first layer's
+ * input h0 (members, rows, 2 * pairs0) bfloat16, the hidden layers (SiLU) ping-ponging through
+ * scratch (2, rows, ldscratch) bfloat16, the last (no activation) into out (members, rows, columns)
+ * float32. */
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long h0, plan_at, scratch, out;
+  long members, rows, layers, ldscratch;
+  if (!PyArg_ParseTuple(args, "KllKlKlK", &h0, &members, &rows, &plan_at, &layers, &scratch, &ldscratch, &out))
+    return NULL;
+  if (!check_supported()) return NULL;
+#if HAVE_KERNEL
+  const int64_t *plan = (const int64_t *)plan_at;
+  Py_BEGIN_ALLOW_THREADS
+  for (long e = 0; e < members; e++) {
+    const uint16_t *h = (const uint16_t *)h0 + e * rows * 2 * plan[4];
+    long ldh = 2 * plan[4];
+    for (long l = 0; l < layers; l++) {
+      const int64_t *q = plan + 6 * l;
+      int last = l == layers - 1;
+      uint16_t *buffer = (uint16_t *)scratch + (l % 2) * rows * ldscratch;
+      long columns = q[5];
+      Layer L = {h, ldh, (const uint32_t *)q[0] + e * q[3], q[1], (const float *)q[2] + e * q[1],
+                 last ? (void *)((float *)out + e * rows * columns) : (void *)buffer, last ? columns : ldscratch,
+                 q[4], !last, last};
+      run_layer(&L, rows, columns);
+      if (!last && columns % 2) /* an odd width: the next layer's last pair reads a zero */
+        for (long r = 0; r < rows; r++) buffer[r * ldscratch + columns] = 0;
+      h = buffer;
+      ldh = ldscratch;
+    }
+  }
+  Py_END_ALLOW_THREADS
+#endif
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernels (AVX512-BF16)."},
+    {"layer", py_layer, METH_VARARGS, "One layer act(h W + b) on raw addresses (network_kernel.py)."},
+    {"forward", py_forward, METH_VARARGS, "The whole network, member by member (network_kernel.py)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_network_kernel",
+                                    "The ensemble's bfloat16 network on AVX512-BF16 (network_kernel.py).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__network_kernel(void) { return PyModule_Create(&module); }
