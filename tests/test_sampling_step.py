@@ -10,7 +10,7 @@ from numba import njit
 
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel
 from forethought.models.ensemble.bfloat16_bits import narrow
-from forethought.models.ensemble.sampling_step import _exp, _softplus
+from forethought.models.ensemble.sampling_step import _exp, _sincos, _softplus
 
 
 @njit
@@ -26,6 +26,14 @@ def _exp_all(x):
 
 def _softplus_all(x):
     return _each(_softplus, x, np.empty_like(x))
+
+
+@njit
+def _sincos_all(x):
+    sin, cos = np.empty_like(x), np.empty_like(x)
+    for j in range(x.size):
+        sin[j], cos[j] = _sincos(x[j])
+    return sin, cos
 
 
 def _narrow_all(x):
@@ -44,6 +52,15 @@ def test_exp_and_softplus_are_within_a_few_ulp_and_keep_nan_and_the_infinities()
     assert np.isnan(e[0]) and e[1] == np.inf and e[2] == 0.0 and e[3] == np.inf and e[4] == 0.0
     s = _softplus_all(special)
     assert np.isnan(s[0]) and s[1] == np.inf and s[2] == 0.0 and s[3] == 100.0 and 0.0 <= s[4] < 1e-40
+
+
+def test_sine_and_cosine_are_within_1e7_and_nan_where_libm_has_nan():
+    x = np.linspace(-1000.0, 1000.0, 2_000_001, dtype=np.float32)
+    sin, cos = _sincos_all(x)
+    assert np.max(np.abs(sin - np.sin(x.astype(np.float64)))) < 1e-7
+    assert np.max(np.abs(cos - np.cos(x.astype(np.float64)))) < 1e-7
+    sin, cos = _sincos_all(np.array([np.nan, np.inf, -np.inf], dtype=np.float32))
+    assert np.isnan(sin).all() and np.isnan(cos).all()
 
 
 def test_narrowing_to_bfloat16_rounds_as_torch_does():

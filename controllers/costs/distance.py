@@ -32,21 +32,36 @@ class WeightedDistance(TensorParameters):
         self.target = np.asarray(target, dtype=np.float64)
         self.angle = np.asarray(angle, dtype=bool)
         self._any_angle = bool(self.angle.any())
+        # d2 as (e * e) @ w with the angle entries' weights zeroed, plus their chords: three passes
+        # over a sampling planner's whole batch of trajectories, not a cos and a select over all of
+        # e. A non-finite entry still makes d2 NaN (inf * 0 is NaN).
+        self.square_weights = np.where(self.angle, 0.0, self.weights)
+        self.chord_weights = 2.0 * self.weights[self.angle]
+        self.angle_positions = np.flatnonzero(self.angle)
 
     def evaluate(self, x: torch.Tensor, derivatives: bool = False):
         """d2 (...) of x (..., n); with derivatives also its gradient (..., k) and its (diagonal)
         Hessian (..., k) with respect to x[..., index]; else None for both."""
-        w, target, angle = self.tensors(x, "weights", "target", "angle")
-        e = self.take(x, "index") - target
-        sq = torch.where(angle, 2.0 * (1.0 - torch.cos(e)), e * e) if self._any_angle else e * e
-        d2 = sq @ w
+        d2 = self._value(x)
         if not derivatives:
             return d2, None, None
+        w, target, angle = self.tensors(x, "weights", "target", "angle")
+        e = self.take(x, "index") - target
         if not self._any_angle:
             return d2, 2.0 * e * w, (2.0 * w).expand_as(e)
         g = torch.where(angle, 2.0 * torch.sin(e), 2.0 * e) * w
         h = torch.where(angle, 2.0 * torch.cos(e), torch.full_like(e, 2.0)) * w
         return d2, g, h
+
+    def _value(self, x: torch.Tensor) -> torch.Tensor:
+        """d2 (...) of x (..., n)."""
+        w, target = self.tensors(x, "square_weights", "target")
+        e = self.take(x, "index") - target
+        d2 = (e * e) @ w
+        if self._any_angle:
+            (w,) = self.tensors(x, "chord_weights")
+            d2 = d2 + (1.0 - torch.cos(self.take(e, "angle_positions"))) @ w
+        return d2
 
     @classmethod
     def from_config(cls, r: TermReader) -> "WeightedDistance":

@@ -101,13 +101,16 @@ class PackedNetwork:
         self._scratch: dict[int, torch.Tensor] = {}
 
     def forward(self, h0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """h0 (k, R, input_width) bfloat16, contiguous -> out (k, R, output_width) float32, written;
-        returns out."""
-        k, R = self.k, h0.shape[1]
-        if (h0.dtype != torch.bfloat16 or tuple(h0.shape) != (k, R, self.input_width) or not h0.is_contiguous()
-                or out.dtype != torch.float32 or tuple(out.shape) != (k, R, self.output_width)
+        """h0 (k, R, input_width) or (q, k, R, input_width) bfloat16 -> out (k, R, output_width) or
+        (q, k, R, output_width) float32, written; returns out. With q chunks each member runs through
+        all of them in turn, so that its weights are read into the cache once."""
+        k, R = self.k, h0.shape[-2]
+        q = h0.shape[0] if h0.dim() == 4 else 1
+        lead = (q, k) if h0.dim() == 4 else (k,)
+        if (h0.dtype != torch.bfloat16 or tuple(h0.shape) != (*lead, R, self.input_width) or not h0.is_contiguous()
+                or out.dtype != torch.float32 or tuple(out.shape) != (*lead, R, self.output_width)
                 or not out.is_contiguous()):
-            raise ValueError(f"forward takes h0 ({k}, R, {self.input_width}) bfloat16 and out ({k}, R, "
+            raise ValueError(f"forward takes h0 ([q,] {k}, R, {self.input_width}) bfloat16 and out ([q,] {k}, R, "
                              f"{self.output_width}) float32, contiguous; got {tuple(h0.shape)} {h0.dtype}, "
                              f"{tuple(out.shape)} {out.dtype}")
         scratch = self._scratch.get(R)
@@ -116,6 +119,6 @@ class PackedNetwork:
                 self._scratch.clear()
             # Zeros: an odd width's padding column is read (times a zero weight) before it is written.
             scratch = self._scratch[R] = torch.zeros(2, R, self.hidden_stride, dtype=torch.bfloat16)
-        _network_kernel.forward(h0.data_ptr(), k, R, self._plan.ctypes.data, len(self._pairs), scratch.data_ptr(),
+        _network_kernel.forward(h0.data_ptr(), q, k, R, self._plan.ctypes.data, len(self._pairs), scratch.data_ptr(),
                                 self.hidden_stride, out.data_ptr())
         return out

@@ -84,6 +84,7 @@ class EnsembleDynamics:
         self.max_logvar = net.max_logvar.detach()[elites].float()
         self.log_std_scale = torch.log(out_std).float()
         self._buffers: dict[int, list[torch.Tensor]] = {}
+        self._kernel_buffers: dict[tuple[int, int], tuple] = {}
         widest = max(w.shape[-1] for w in self.weights[:-1])
         self.chunk_rows = max(1, CHUNK_BYTES // (self.k * widest * self.weights[0].element_size()))
         # On CPU a step's work around the products runs as two numba passes (`_rollout_fused`); the
@@ -130,16 +131,20 @@ class EnsembleDynamics:
             self._buffers[R] = [torch.empty(self.k, R, w, dtype=self.dtype, device=self.device) for w in widths]
         return self._buffers[R]
 
-    def _kernel_workspace(self, C: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The compiled kernel's input features (k, C, even width) bfloat16, zeros past the features,
-        and its output (k, C, 2n) float32, reused across steps and calls."""
-        key = -C  # beside `_workspace`'s buffers, keyed apart
-        if key not in self._buffers:
-            if len(self._buffers) >= 8:
-                self._buffers.clear()
-            self._buffers[key] = [torch.zeros(self.k, C, self.kernel.input_width, dtype=torch.bfloat16),
-                                  torch.empty(self.k, C, self.kernel.output_width)]
-        return tuple(self._buffers[key])
+    def _kernel_workspace(self, q: int, C: int) -> tuple[torch.Tensor, torch.Tensor, tuple[np.ndarray, ...]]:
+        """For the compiled kernel on q chunks of C slots a member: its input features (q, k, C, even
+        width) bfloat16, zeros past the features, its output (q, k, C, 2n) float32, and the variance
+        bounds for the q*k blocks (member e's in block c*k + e), reused across steps and calls."""
+        key = (q, C)
+        if key not in self._kernel_buffers:
+            if len(self._kernel_buffers) >= 8:
+                self._kernel_buffers.clear()
+            lower, upper, scale = self._variance_bounds
+            self._kernel_buffers[key] = (
+                torch.zeros(q, self.k, C, self.kernel.input_width, dtype=torch.bfloat16),
+                torch.empty(q, self.k, C, self.kernel.output_width),
+                (np.tile(lower, (q, 1)), np.tile(upper, (q, 1)), scale))
+        return self._kernel_buffers[key]
 
     def _products(self, f: torch.Tensor) -> torch.Tensor:
         """f (k, R, d+1) -> the last layer's output (k, R, 2n) in the kernel's dtype: delta mean in
@@ -226,7 +231,8 @@ class EnsembleDynamics:
 
     def _rollout_fused(self, X: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """`rollout` on CPU: the work around the products in two numba passes (`sampling_step`), the
-        network run on chunks of at most `chunk_rows` rows a member (`CHUNK_BYTES`).
+        network run on chunks of at most `chunk_rows` rows a member (`CHUNK_BYTES`): through torch's
+        products chunk by chunk, or through the compiled kernel (`network_kernel`) all chunks at once.
 
         X (B, H+1, n) float32 with X[:, 0] set, filled; U (B, H, m). The states are kept in slot
         order, a contiguous block a step, and put into row order once at the end (TSinf) or before
@@ -239,15 +245,18 @@ class EnsembleDynamics:
         width = self.k * C  # slots in a chunk
         slots = torch.empty(H + 1, q * width, self.n)
         slots[0] = X[:, 0][order]
-        U = U.to(torch.float32)
-        actions = U[order]
+        # Time-major (H, slots, m): a step's actions are one contiguous block, not one value every
+        # H*m floats (a cache line a row at thousands of rows).
+        U = U.to(torch.float32).transpose(0, 1)
+        actions = U[:, order].contiguous()
         kernel = self.kernel if torch.get_num_threads() == 1 else None
         if kernel is not None:
-            features, out = self._kernel_workspace(C)
-            products = out.numpy()
+            # All chunks in one call each: the kernel keeps a member's weights in cache across them.
+            features, out, bounds = self._kernel_workspace(q, C)
+            outputs = out.numpy().reshape(q * self.k, C, -1)
         else:
             features = self._workspace(C)[0]
-        rows = bits_of(features).reshape(width, -1)
+        rows = bits_of(features).reshape(-1, features.shape[-1])
         states = slots.numpy()
         done = 1  # columns of X up to here are filled
         for t in range(H):
@@ -256,16 +265,18 @@ class EnsembleDynamics:
                 done = t + 1
                 order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
                 slots[t] = X[:, t][order]
-                actions = U[order]
+                actions = U[:, order].contiguous()
             noise = torch.randn(q, self.k, C, self.n, generator=generator, device=self.device).numpy()
-            x, x_next, u = states[t], states[t + 1], actions[:, t].numpy()
+            x, x_next, u = states[t], states[t + 1], actions[t].numpy()
+            if kernel is not None:
+                write_features(x, u, *self._feature_layout, rows)
+                kernel.forward(features, out)
+                sample_next_states(outputs, noise.reshape(q * self.k, C, -1), *bounds, x, x_next)
+                continue
             for c in range(q):
                 part = slice(c * width, (c + 1) * width)
                 write_features(x[part], u[part], *self._feature_layout, rows)
-                if kernel is not None:
-                    kernel.forward(features, out)
-                else:
-                    products = bits_of(self._products(features))
-                sample_next_states(products, noise[c], *self._variance_bounds, x[part], x_next[part])
+                products = self._products(features)
+                sample_next_states(bits_of(products), noise[c], *self._variance_bounds, x[part], x_next[part])
         X[:, done:] = slots[done:].index_select(1, inverse).transpose(0, 1)
         return X
