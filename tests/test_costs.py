@@ -478,3 +478,17 @@ def test_a_registered_term_type_is_read_differentiated_and_planned_with(toy_term
         build_cost({"terms": [{"type": "test_quartic", "sigma": 1.0}]}, SPEC)
     with pytest.raises(ValueError, match="registered twice"):
         register("test_quartic")(toy_term_type)
+
+
+def test_the_distance_takes_chords_for_angles_and_squares_for_the_rest():
+    from forethought.controllers.costs.distance import WeightedDistance
+
+    # Entries 0 and 2 plain, 1 and 3 angles (not consecutive: the in-place write goes by index).
+    distance = WeightedDistance([0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0], [0.5, np.pi, 0.0, 0.0], [False, True, False, True])
+    x = torch.tensor([[1.5, -np.pi, 2.0, 0.3], [0.5, 1e20, 0.0, 0.0]], dtype=torch.float32)
+    d2, _, _ = distance.evaluate(x)
+    expected = 1.0 * 1.0 + 2.0 * 2 * (1 - np.cos(-2 * np.pi)) + 3.0 * 4.0 + 4.0 * 2 * (1 - np.cos(0.3))
+    assert float(d2[0]) == pytest.approx(expected, rel=1e-6)
+    # A huge but finite angle error is a bounded chord, not a square that overflows float32.
+    assert torch.isfinite(d2[1]) and float(d2[1]) <= 2.0 * 2 * 2 + 1e-6
+    assert torch.isnan(distance.evaluate(torch.tensor([[0.0, float("inf"), 0.0, 0.0]]))[0]).all()

@@ -143,3 +143,30 @@ def test_planning_rollouts_through_the_kernel_are_nearer_float32_than_torch_bflo
     # torch's bfloat16 products round before and after it.
     assert torch.isfinite(kernel).all()
     assert (kernel - float32).abs().mean() < (torch_bfloat16 - float32).abs().mean()
+
+
+def test_chunks_in_one_call_are_the_chunks_one_by_one_and_planning_uses_them():
+    network, _, _ = packed([7, 40, 40, 6], k=3, seed=4)
+    g = torch.Generator().manual_seed(5)
+    h0 = torch.zeros(4, 3, 9, network.input_width, dtype=torch.bfloat16)
+    h0[..., :7] = torch.randn(4, 3, 9, 7, generator=g)
+    together = network.forward(h0, torch.empty(4, 3, 9, 6))
+    for c in range(4):
+        assert torch.equal(together[c], network.forward(h0[c].contiguous(), torch.empty(3, 9, 6)))
+
+    from tests.test_sampling_step import pendulum_model
+
+    model = pendulum_model("bfloat16", "ts1")
+    dynamics = model.dynamics("ts1", "bfloat16")
+    dynamics.chunk_rows = 4  # 30 rows over 3 elites: 3 chunks of up to 4 slots a member
+    lower, upper, _ = dynamics._variance_bounds
+    upper[:] = np.array([[-1.0], [-4.0], [-7.0]], dtype=np.float32)  # each member's own noise, to tell them apart
+    rng = np.random.default_rng(4)
+    x0 = torch.tensor(rng.uniform(-1, 1, (30, 3)), dtype=torch.float32)
+    U = torch.tensor(rng.uniform(-1, 1, (30, 5, 1)), dtype=torch.float32)
+    X = dynamics.rollout(x0, U, torch.Generator().manual_seed(1))
+    kernel, dynamics.kernel = dynamics.kernel, None
+    torch_products = dynamics.rollout(x0, U, torch.Generator().manual_seed(1))  # same chunks, same draws
+    dynamics.kernel = kernel
+    step = (torch_products[:, 1:] - torch_products[:, :-1]).abs().mean()
+    assert torch.max(torch.abs(X - torch_products)) < 0.1 * step  # bfloat16 roundings; a wrong block is a step off

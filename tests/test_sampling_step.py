@@ -61,6 +61,9 @@ def test_sine_and_cosine_are_within_1e7_and_nan_where_libm_has_nan():
     assert np.max(np.abs(cos - np.cos(x.astype(np.float64)))) < 1e-7
     sin, cos = _sincos_all(np.array([np.nan, np.inf, -np.inf], dtype=np.float32))
     assert np.isnan(sin).all() and np.isnan(cos).all()
+    huge = np.array([1e7, -3e9, 3.4e38, -1e30], dtype=np.float32)  # a diverged particle's angles
+    sin, cos = _sincos_all(huge)
+    assert np.all(np.abs(sin) <= 1.0) and np.all(np.abs(cos) <= 1.0)  # finite, as libm's
 
 
 def test_narrowing_to_bfloat16_rounds_as_torch_does():

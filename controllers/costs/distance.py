@@ -32,11 +32,8 @@ class WeightedDistance(TensorParameters):
         self.target = np.asarray(target, dtype=np.float64)
         self.angle = np.asarray(angle, dtype=bool)
         self._any_angle = bool(self.angle.any())
-        # d2 as (e * e) @ w with the angle entries' weights zeroed, plus their chords: three passes
-        # over a sampling planner's whole batch of trajectories, not a cos and a select over all of
-        # e. A non-finite entry still makes d2 NaN (inf * 0 is NaN).
-        self.square_weights = np.where(self.angle, 0.0, self.weights)
-        self.chord_weights = 2.0 * self.weights[self.angle]
+        # The angle entries' positions in e, to overwrite their squares with their chords in place:
+        # no cos over every entry and no select over both forms (a sampling planner's whole batch).
         self.angle_positions = np.flatnonzero(self.angle)
 
     def evaluate(self, x: torch.Tensor, derivatives: bool = False):
@@ -54,14 +51,13 @@ class WeightedDistance(TensorParameters):
         return d2, g, h
 
     def _value(self, x: torch.Tensor) -> torch.Tensor:
-        """d2 (...) of x (..., n)."""
-        w, target = self.tensors(x, "square_weights", "target")
+        """d2 (...) of x (..., n): e * e, with the angle entries' replaced by 2 (1 - cos e)."""
+        w, target = self.tensors(x, "weights", "target")
         e = self.take(x, "index") - target
-        d2 = (e * e) @ w
+        sq = e * e
         if self._any_angle:
-            (w,) = self.tensors(x, "chord_weights")
-            d2 = d2 + (1.0 - torch.cos(self.take(e, "angle_positions"))) @ w
-        return d2
+            self.put(sq, "angle_positions", 2.0 * (1.0 - torch.cos(self.take(e, "angle_positions"))))
+        return sq @ w
 
     @classmethod
     def from_config(cls, r: TermReader) -> "WeightedDistance":

@@ -45,6 +45,14 @@ class TensorParameters:
     def take(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x[..., index] for the integer parameter `name` (k,): a view when the indices run
         consecutively (a state's joints usually do), else a gather."""
+        return x[..., self._index(x, name)]
+
+    def put(self, x: torch.Tensor, name: str, value: torch.Tensor) -> None:
+        """x[..., index] = value in place, for the integer parameter `name` (k,) as `take` reads it."""
+        x[..., self._index(x, name)] = value
+
+    def _index(self, x: torch.Tensor, name: str):
+        """The integer parameter `name` as an index of x's last axis: a slice when consecutive."""
         cache = self.__dict__.setdefault("_tensors", {})
         key = ("take", name, x.device)
         found = cache.get(key)
@@ -52,7 +60,7 @@ class TensorParameters:
             index = np.asarray(getattr(self, name))
             consecutive = len(index) > 0 and np.array_equal(index, np.arange(index[0], index[0] + len(index)))
             found = cache[key] = slice(int(index[0]), int(index[0]) + len(index)) if consecutive else _as_tensor(index, x)
-        return x[..., found]
+        return found
 
 
 def _as_tensor(value, like: torch.Tensor):

@@ -47,6 +47,13 @@
 INLINE __m512 silu16(__m512 x) { SILU_BODY(512, _mm512) }
 INLINE __m256 silu8(__m256 x) { SILU_BODY(256, _mm256) }
 
+/* Two bfloat16 values as one 32-bit word, read without breaking C's aliasing rules (a broadcast load). */
+INLINE int32_t pair_at(const uint16_t *at) {
+  int32_t word;
+  memcpy(&word, at, sizeof word);
+  return word;
+}
+
 /* One layer's operands and where its output goes. */
 typedef struct {
   const uint16_t *h; /* (R, 2 * pairs) bfloat16 bits, rows ldh apart */
@@ -75,7 +82,7 @@ typedef struct {
       __m512bh b[NV];                                                                                   \
       for (int v = 0; v < NV; v++) b[v] = (__m512bh)_mm512_loadu_si512(w + p * L->ldw + 16 * v);       \
       for (int r = 0; r < MR; r++) {                                                                    \
-        __m512bh a = (__m512bh)_mm512_set1_epi32(*(const int32_t *)(h + r * L->ldh + 2 * p));          \
+        __m512bh a = (__m512bh)_mm512_set1_epi32(pair_at(h + r * L->ldh + 2 * p));                      \
         for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);                  \
       }                                                                                                 \
     }                                                                                                   \
@@ -110,7 +117,7 @@ typedef struct {
     for (long p = 0; p < L->pairs; p++) {                                                               \
       __m256bh b = (__m256bh)_mm256_loadu_si256((const __m256i *)(w + p * L->ldw));                    \
       for (int r = 0; r < MR; r++) {                                                                    \
-        __m256bh a = (__m256bh)_mm256_set1_epi32(*(const int32_t *)(h + r * L->ldh + 2 * p));          \
+        __m256bh a = (__m256bh)_mm256_set1_epi32(pair_at(h + r * L->ldh + 2 * p));                      \
         acc[r] = _mm256_dpbf16_ps(acc[r], a, b);                                                        \
       }                                                                                                 \
     }                                                                                                   \

@@ -49,14 +49,15 @@ def _padded_bias(b: torch.Tensor | None, k: int, N: int) -> torch.Tensor:
 
 
 def layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool, out_dtype: torch.dtype) -> torch.Tensor:
-    """act(h w + b) for h (k, R, K) bfloat16, w (k, K, N), b (k, 1, N) or None: (k, R, N) in
+    """act(h w + b) for h (k, R, K) bfloat16 on CPU, w (k, K, N), b (k, 1, N) or None: (k, R, N) in
     out_dtype (bfloat16 or float32); act is SiLU with silu, else none. The sums are float32, the
     result rounded once. For tests and benchmarks; planning calls `PackedNetwork.forward`."""
     if not available():
         raise RuntimeError("the compiled network kernel is not available here (network_kernel.available())")
-    if h.dtype != torch.bfloat16 or h.dim() != 3 or w.dim() != 3 or h.shape[0] != w.shape[0] or h.shape[2] != w.shape[1]:
-        raise ValueError(f"layer takes h (k, R, K) bfloat16 and w (k, K, N), got {tuple(h.shape)} {h.dtype} "
-                         f"and {tuple(w.shape)}")
+    if (h.dtype != torch.bfloat16 or h.device.type != "cpu" or h.dim() != 3 or w.dim() != 3
+            or h.shape[0] != w.shape[0] or h.shape[2] != w.shape[1]):
+        raise ValueError(f"layer takes h (k, R, K) bfloat16 on CPU and w (k, K, N), got {tuple(h.shape)} {h.dtype} "
+                         f"on {h.device} and {tuple(w.shape)}")
     if out_dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"out_dtype is bfloat16 or float32, not {out_dtype}")
     k, R, K = h.shape
@@ -102,17 +103,18 @@ class PackedNetwork:
 
     def forward(self, h0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """h0 (k, R, input_width) or (q, k, R, input_width) bfloat16 -> out (k, R, output_width) or
-        (q, k, R, output_width) float32, written; returns out. With q chunks each member runs through
-        all of them in turn, so that its weights are read into the cache once."""
+        (q, k, R, output_width) float32, written; returns out. Both contiguous on CPU; h0's column past
+        an odd input width must be zero (a zero weight times NaN is NaN). With q chunks each member
+        runs through all of them in turn, so that its weights are read into the cache once."""
         k, R = self.k, h0.shape[-2]
         q = h0.shape[0] if h0.dim() == 4 else 1
         lead = (q, k) if h0.dim() == 4 else (k,)
         if (h0.dtype != torch.bfloat16 or tuple(h0.shape) != (*lead, R, self.input_width) or not h0.is_contiguous()
                 or out.dtype != torch.float32 or tuple(out.shape) != (*lead, R, self.output_width)
-                or not out.is_contiguous()):
+                or not out.is_contiguous() or h0.device.type != "cpu" or out.device.type != "cpu"):
             raise ValueError(f"forward takes h0 ([q,] {k}, R, {self.input_width}) bfloat16 and out ([q,] {k}, R, "
-                             f"{self.output_width}) float32, contiguous; got {tuple(h0.shape)} {h0.dtype}, "
-                             f"{tuple(out.shape)} {out.dtype}")
+                             f"{self.output_width}) float32, contiguous on CPU; got {tuple(h0.shape)} {h0.dtype} "
+                             f"on {h0.device}, {tuple(out.shape)} {out.dtype} on {out.device}")
         scratch = self._scratch.get(R)
         if scratch is None:
             if len(self._scratch) >= 8:
