@@ -39,25 +39,25 @@ class WeightedDistance(TensorParameters):
     def evaluate(self, x: torch.Tensor, derivatives: bool = False):
         """d2 (...) of x (..., n); with derivatives also its gradient (..., k) and its (diagonal)
         Hessian (..., k) with respect to x[..., index]; else None for both."""
-        d2 = self._value(x)
+        d2, e = self._value(x)
         if not derivatives:
             return d2, None, None
-        w, target, angle = self.tensors(x, "weights", "target", "angle")
-        e = self.take(x, "index") - target
+        w, angle = self.tensors(x, "weights", "angle")
         if not self._any_angle:
             return d2, 2.0 * e * w, (2.0 * w).expand_as(e)
         g = torch.where(angle, 2.0 * torch.sin(e), 2.0 * e) * w
         h = torch.where(angle, 2.0 * torch.cos(e), torch.full_like(e, 2.0)) * w
         return d2, g, h
 
-    def _value(self, x: torch.Tensor) -> torch.Tensor:
-        """d2 (...) of x (..., n): e * e, with the angle entries' replaced by 2 (1 - cos e)."""
+    def _value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """d2 (...) of x (..., n) as e * e @ w, the angle entries' squares replaced by 2 (1 - cos e),
+        and e (..., k)."""
         w, target = self.tensors(x, "weights", "target")
         e = self.take(x, "index") - target
         sq = e * e
         if self._any_angle:
             self.put(sq, "angle_positions", 2.0 * (1.0 - torch.cos(self.take(e, "angle_positions"))))
-        return sq @ w
+        return sq @ w, e
 
     @classmethod
     def from_config(cls, r: TermReader) -> "WeightedDistance":
