@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from forethought.models.ensemble.bfloat16_bits import bits_of
 from forethought.models.ensemble import network_kernel
+from forethought.models.ensemble.bfloat16_bits import bits_of
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
 from forethought.models.ensemble.sampling_step import sample_next_states, write_features
