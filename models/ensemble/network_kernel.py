@@ -29,12 +29,17 @@ def available() -> bool:
     return _network_kernel is not None and _network_kernel.supported()
 
 
+def _columns(N: int) -> int:
+    """N rounded up to a multiple of 16: the packed weights' and biases' row length (whole vectors)."""
+    return -(-N // 16) * 16
+
+
 def pack_pairs(w: torch.Tensor) -> torch.Tensor:
     """w (k, K, N) -> (k, ceil(K/2), N16) int32 in bfloat16: element [e, p, j] holds w[e, 2p, j] in its
     low and w[e, 2p+1, j] in its high 16 bits; rows past K and columns past N (up to N16, the next
     multiple of 16) are zeros."""
     k, K, N = w.shape
-    padded = torch.zeros(k, K + K % 2, -(-N // 16) * 16, dtype=torch.bfloat16)
+    padded = torch.zeros(k, K + K % 2, _columns(N), dtype=torch.bfloat16)
     padded[:, :K, :N] = w.to(torch.bfloat16)
     bits = padded.view(torch.int16).to(torch.int32) & 0xFFFF
     return (bits[:, 0::2] | (bits[:, 1::2] << 16)).contiguous()
@@ -42,7 +47,7 @@ def pack_pairs(w: torch.Tensor) -> torch.Tensor:
 
 def _padded_bias(b: torch.Tensor | None, k: int, N: int) -> torch.Tensor:
     """b (k, 1, N) or None (zeros) -> (k, N16) float32, zeros past N."""
-    out = torch.zeros(k, -(-N // 16) * 16)
+    out = torch.zeros(k, _columns(N))
     if b is not None:
         out[:, :N] = b.reshape(k, N).float()
     return out

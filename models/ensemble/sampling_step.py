@@ -84,8 +84,9 @@ def _sincos(x: np.float32) -> tuple[np.float32, np.float32]:
     in 1.0 us against libm's 6.8), within [-1, 1] for any x; NaN for NaN and the infinities."""
     k = (x * _2_OVER_PI + _MAGIC) - _MAGIC  # round to nearest
     r = ((x - k * _PIO2_1) - k * _PIO2_2) - k * _PIO2_3
-    # |r| <= pi/4 where the reduction is exact; far beyond |x| ~ 1e7 it is not, and r is held to
-    # [-1, 1] so that the polynomials stay finite.
+    # |r| <= pi/4 where the reduction is exact. Far beyond |x| ~ 1e7 it is not (nor does float32
+    # resolve the angle there): r is held to [-1, 1], where both polynomials stay within [-1, 1], so
+    # that a diverged particle's features stay bounded (NaN passes: comparisons with it are false).
     r = np.float32(-1.0) if r < np.float32(-1.0) else (np.float32(1.0) if r > np.float32(1.0) else r)
     r2 = r * r
     s = r + r * r2 * (np.float32(-1.6666654611e-1) + r2 * (np.float32(8.3321608736e-3) + r2 * np.float32(-1.9515295891e-4)))
@@ -97,11 +98,6 @@ def _sincos(x: np.float32) -> tuple[np.float32, np.float32]:
     cos = s if quadrant & np.uint32(1) else c
     sin = -sin if quadrant & np.uint32(2) else sin
     cos = -cos if (quadrant + np.uint32(1)) & np.uint32(2) else cos
-    # Past |x| ~ 1e7 the quadrant is lost too (float32 no longer resolves the angle there either):
-    # the results are kept within [-1, 1], so that a diverged particle's features stay bounded
-    # (NaN passes: comparisons with it are false).
-    sin = np.float32(-1.0) if sin < np.float32(-1.0) else (np.float32(1.0) if sin > np.float32(1.0) else sin)
-    cos = np.float32(-1.0) if cos < np.float32(-1.0) else (np.float32(1.0) if cos > np.float32(1.0) else cos)
     return sin, cos
 
 
