@@ -16,8 +16,8 @@ setup: $(STAMP) osmesa
 # torch from the other indexes and find-links pip is configured with (a local wheel of the CPU
 # build); TORCH_INDEX= names another index.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-# setup.py builds the one compiled part (models/ensemble/network_kernel.c); an edit to it rebuilds.
-$(STAMP): pyproject.toml setup.py models/ensemble/network_kernel.c
+# setup.py builds the compiled parts (models/ensemble/*.c); an edit to one rebuilds.
+$(STAMP): pyproject.toml setup.py models/ensemble/network_kernel.c models/ensemble/sampling_kernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --retries 1 torch==2.13.0 --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple
 	$(PY) -m pip install --quiet -e '.[test,docs]'

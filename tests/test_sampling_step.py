@@ -107,6 +107,7 @@ def test_fused_rollout_follows_the_torch_steps(dtype, propagation):
     # The numba passes around torch's products, as the torch steps have them (the compiled network,
     # which rounds differently, is held to float32 in test_network_kernel.py).
     dynamics.kernel = None
+    dynamics.draws = "torch"
     rng = np.random.default_rng(1)
     B, H = 14, 6  # 14 rows over 3 elites: one padding slot
     x0 = torch.tensor(rng.uniform(-1, 1, (B, 3)), dtype=torch.float32)

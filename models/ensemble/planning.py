@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from forethought.models.ensemble import network_kernel
+from forethought.models.ensemble import network_kernel, sampling_kernel
 from forethought.models.ensemble.bfloat16_bits import bits_of
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
-from forethought.models.ensemble.sampling_step import sample_next_states, write_features
+from forethought.models.ensemble.sampling_step import sample_next_states, to_row_order, write_features
 from forethought.models.ensemble.silu_bfloat16 import planning_silu_
 
 if TYPE_CHECKING:
@@ -96,6 +96,9 @@ class EnsembleDynamics:
         if (self.fused and self.dtype == torch.bfloat16 and model.config.activation == "silu"
                 and network_kernel.available()):
             self.kernel = network_kernel.PackedNetwork(self.weights, [None, *self.biases])
+        # The fused steps' noise: Philox on AVX-512 (`sampling_kernel`, a key a rollout from the planner's
+        # generator), else torch's generator, whose draws the torch steps make in the same order.
+        self.draws = "philox" if self.fused and sampling_kernel.available() else "torch"
         self._angle_idx = torch.as_tensor(model._angle_idx, device=self.device)
         self._plain_idx = torch.as_tensor(model._plain_idx, device=self.device)
         self._action_ref = torch.as_tensor(model._action_ref, device=self.device)
@@ -108,6 +111,12 @@ class EnsembleDynamics:
         bounds = ((self.min_logvar, (k, n)), (self.max_logvar, (k, n)), (self.log_std_scale, (n,)))
         self._variance_bounds = tuple(np.ascontiguousarray(a.cpu().numpy().reshape(shape), dtype=np.float32)
                                       for a, shape in bounds)
+        # With the compiled network, the features and the sampling compiled too, Philox's draws made
+        # where they are used (`sampling_kernel`), where the model's rows fit its vectors.
+        self.step_kernel = None
+        if (self.kernel is not None and sampling_kernel.available()
+                and sampling_kernel.fits(n, self.m, self.kernel.input_width)):
+            self.step_kernel = sampling_kernel.StepKernel(n, self.m, *self._feature_layout, *self._variance_bounds)
 
     def _features(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """(x without angles, sin and cos of angles, u or u - x, 1) in the network's dtype."""
@@ -230,15 +239,17 @@ class EnsembleDynamics:
         return X
 
     def _rollout_fused(self, X: torch.Tensor, U: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """`rollout` on CPU: the work around the products in two numba passes (`sampling_step`), the
-        network run on chunks of at most `chunk_rows` rows a member (`CHUNK_BYTES`): through torch's
-        products chunk by chunk, or through the compiled kernel (`network_kernel`) all chunks at once.
+        """`rollout` on CPU: the network run on chunks of at most `chunk_rows` rows a member
+        (`CHUNK_BYTES`), through torch's products chunk by chunk or through the compiled kernel
+        (`network_kernel`) all chunks at once; the work around it in two passes a step, compiled with
+        the compiled network (`sampling_kernel`), numba's otherwise (`sampling_step`).
 
         X (B, H+1, n) float32 with X[:, 0] set, filled; U (B, H, m). The states are kept in slot
         order, a contiguous block a step, and put into row order once at the end (TSinf) or before
         each new assignment (TS1): read through the rows' indices at every step, a population of
-        thousands of rows costs a cache miss per row and step. With one chunk (up to k *
-        chunk_rows rows) the draws from `generator` are the torch steps' own, in the same order.
+        thousands of rows costs a cache miss per row and step. The noise is Philox's (`draws`); with
+        torch's draws and one chunk (up to k * chunk_rows rows) they are the torch steps' own, in the
+        same order.
         """
         B, H, _ = U.shape
         order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
@@ -258,16 +269,28 @@ class EnsembleDynamics:
             features = self._workspace(C)[0]
         rows = bits_of(features).reshape(-1, features.shape[-1])
         states = slots.numpy()
+        steps = actions.numpy()  # a step's actions by numpy's indexing: torch's costs tens of us between kernels
+        key = sampling_kernel.key_from(generator) if self.draws == "philox" else None
+        compiled = kernel is not None and key is not None and self.step_kernel is not None
         done = 1  # columns of X up to here are filled
         for t in range(H):
             if t > 0 and self.propagation == "ts1":
-                X[:, done : t + 1] = slots[done : t + 1].index_select(1, inverse).transpose(0, 1)
+                to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, t + 1)
                 done = t + 1
                 order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
                 slots[t] = X[:, t][order]
                 actions = U[:, order].contiguous()
-            noise = torch.randn(q, self.k, C, self.n, generator=generator, device=self.device).numpy()
-            x, x_next, u = states[t], states[t + 1], actions[t].numpy()
+                steps = actions.numpy()
+            x, x_next, u = states[t], states[t + 1], steps[t]
+            if compiled:
+                self.step_kernel.write_features(x, u, rows)
+                kernel.forward(features, out)
+                self.step_kernel.sample_next_states(outputs, x, x_next, key, t)
+                continue
+            if key is None:
+                noise = torch.randn(q, self.k, C, self.n, generator=generator, device=self.device).numpy()
+            else:  # stream t: each step's draws apart from every other's
+                noise = sampling_kernel.fill(np.empty((q, self.k, C, self.n), dtype=np.float32), key, t)
             if kernel is not None:
                 write_features(x, u, *self._feature_layout, rows)
                 kernel.forward(features, out)
@@ -278,5 +301,5 @@ class EnsembleDynamics:
                 write_features(x[part], u[part], *self._feature_layout, rows)
                 products = self._products(features)
                 sample_next_states(bits_of(products), noise[c], *self._variance_bounds, x[part], x_next[part])
-        X[:, done:] = slots[done:].index_select(1, inverse).transpose(0, 1)
+        to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, H + 1)
         return X

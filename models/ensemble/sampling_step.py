@@ -161,3 +161,22 @@ def sample_next_states(out: np.ndarray, noise: np.ndarray, min_logvar: np.ndarra
             s = e * R + r
             for i in range(n):
                 x_next[s, i] = x[s, i] + (as_float32(out[e, r, i]) + std[e, i, r] * noise[e, r, i])
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def to_row_order(slots: np.ndarray, order: np.ndarray, inverse: np.ndarray, X: np.ndarray, start: int, stop: int) -> None:
+    """X[b, t] = slots[t, inverse[b]] for t in [start, stop): the states of steps start .. stop - 1
+    put back from slot order into row order.
+
+    slots (T, S, n) float32; order (S,) the row in each slot, inverse (B,) the slot whose states a
+    row takes (a padding slot repeats a row; only inverse's are read); X (B, >= stop, n) float32.
+    Slot by slot: the reads go in order and each row's writes are one contiguous run (through the
+    rows' slots, every read is a cache miss at thousands of rows; 2.3 times faster at MPPI's 20,000).
+    """
+    for s in range(slots.shape[1]):
+        b = order[s]
+        if inverse[b] != s:
+            continue
+        for t in range(start, stop):
+            for i in range(slots.shape[2]):
+                X[b, t, i] = slots[t, s, i]

@@ -1,0 +1,132 @@
+"""A trajectory-sampling step's work around the network on AVX-512 (`sampling_kernel.c`): the normal
+draws, the next states and the next step's input features.
+
+At PETS' settings that work took about a tenth of a CEM or MPPI plan as the numba passes of
+`sampling_step` and torch's normal generator (docs/notes/floors.md): the passes go a row at a time,
+and the draws (two million floats a CEM plan, at 300 million a second) went through memory that
+the network's weights push out of the level-2 cache every step. Here the rows go sixteen lanes at
+a time, and the draws are Philox4x32-10's, made where they are used. The arithmetic is the numba
+passes', operation for operation, and gives their numbers bit for bit.
+
+Philox is counter-based: a draw is a function of (key, stream, index). A rollout takes one key from
+the planner's torch generator (`key_from`), and its steps are streams, so the draws are reproducible
+from the generator as torch's are.
+
+Where the extension did not build or the CPU lacks AVX-512, `available()` is false and rollouts run
+the numba passes with torch's draws (`EnsembleDynamics`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    from forethought.models.ensemble import _sampling_kernel
+except ImportError:  # built optionally (setup.py): no C compiler where the package was installed
+    _sampling_kernel = None
+
+LANES = 16
+"""The widest state, action and feature row the kernels take (one vector of float32)."""
+
+
+def available() -> bool:
+    """Whether the compiled kernels are installed and this CPU runs them."""
+    return _sampling_kernel is not None and _sampling_kernel.supported()
+
+
+def fits(n: int, m: int, width: int) -> bool:
+    """Whether states of n, actions of m and feature rows of `width` numbers fit the kernels' vectors."""
+    return max(n, m, width) <= LANES
+
+
+def key_from(generator: torch.Generator) -> int:
+    """A 64-bit key drawn from `generator` (one draw: the generator moves on as with any other)."""
+    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64, generator=generator)) & (2**64 - 1)
+
+
+def _check(name: str, a: np.ndarray, dtype, shape: tuple) -> None:
+    if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+        raise ValueError(f"{name}: a C-contiguous {np.dtype(dtype)} array of shape {shape} is wanted, got {a.dtype} "
+                         f"{a.shape}{'' if a.flags.c_contiguous else ' not contiguous'}")
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError("the compiled sampling kernels are not available here (sampling_kernel.available())")
+
+
+def fill(out: np.ndarray, key: int, stream: int, start: int = 0) -> np.ndarray:
+    """out (any shape) float32, filled with the standard normals start, start + 1, ... of (key,
+    stream) in order; returns out. Streams are independent of each other for a key; key and stream
+    are taken modulo 2^64."""
+    _require()
+    _check("out", out, np.float32, out.shape)
+    if not out.flags.writeable or start < 0:
+        raise ValueError("fill takes a writeable array and a start >= 0")
+    _sampling_kernel.fill(out.ctypes.data, start, out.size, key & (2**64 - 1), stream & (2**64 - 1))
+    return out
+
+
+class StepKernel:
+    """A step's work around the network for one model's layout, as the numba passes of
+    `sampling_step` do it: the layout and the variance bounds are checked once here, the arrays of
+    each step cheaply.
+
+    n states, m actions; plain (p,), angles (a,) int64 state indices; action_ref (m,) int64 and
+    action_rel (m,) float32 (an action is taken relative to its reference state where action_rel is
+    nonzero); min_logvar, max_logvar (members, n) the members' bounds, log_std_scale (n,) the log of
+    the targets' std, float32.
+    """
+
+    def __init__(self, n: int, m: int, plain: np.ndarray, angles: np.ndarray, action_ref: np.ndarray,
+                 action_rel: np.ndarray, min_logvar: np.ndarray, max_logvar: np.ndarray, log_std_scale: np.ndarray):
+        _require()
+        self.n, self.m, self.members = n, m, min_logvar.shape[0]
+        self.width = len(plain) + 2 * len(angles) + m + 1
+        if not fits(n, m, self.width):
+            raise ValueError(f"states of {n}, actions of {m} and feature rows of {self.width}: each at most {LANES}")
+        self._layout = tuple(np.ascontiguousarray(a, dtype=dtype) for a, dtype in
+                             ((plain, np.int64), (angles, np.int64), (action_ref, np.int64), (action_rel, np.float32)))
+        if len(self._layout[2]) != m or len(self._layout[3]) != m or any(
+                len(i) and (i.min() < 0 or i.max() >= n) for i in self._layout[:3]):
+            raise ValueError(f"state indices in [0, {n}), and one reference state an action ({m})")
+        self._bounds = tuple(np.ascontiguousarray(a, dtype=np.float32) for a in (min_logvar, max_logvar, log_std_scale))
+        for name, a, shape in zip(("min_logvar", "max_logvar", "log_std_scale"), self._bounds,
+                                  ((self.members, n), (self.members, n), (n,))):
+            _check(name, a, np.float32, shape)
+        plain, angles, ref, rel = self._layout
+        self._layout_args = (plain.ctypes.data, len(plain), angles.ctypes.data, len(angles), ref.ctypes.data,
+                             rel.ctypes.data)
+        self._bound_args = tuple(a.ctypes.data for a in self._bounds)
+        self._noise: dict[int, np.ndarray] = {}
+
+    def write_features(self, x: np.ndarray, u: np.ndarray, features: np.ndarray) -> None:
+        """features[s] = the network input of state x[s] and action u[s] (as
+        `sampling_step.write_features`), then zeros to the row's end. x (S, n), u (S, m) float32;
+        features (S, F) float32 or bfloat16 bits (uint16), width <= F <= 16, written."""
+        S = x.shape[0]
+        _check("x", x, np.float32, (S, self.n))
+        _check("u", u, np.float32, (S, self.m))
+        if (features.ndim != 2 or features.shape[0] != S or not self.width <= features.shape[1] <= LANES
+                or features.dtype not in (np.float32, np.uint16) or not features.flags.c_contiguous):
+            raise ValueError(f"features: C-contiguous float32 or bfloat16 bits (uint16) of shape ({S}, F), "
+                             f"{self.width} <= F <= {LANES}, got {features.dtype} {features.shape}")
+        _sampling_kernel.features(x.ctypes.data, u.ctypes.data, S, self.n, self.m, *self._layout_args,
+                                  features.ctypes.data, features.shape[1], int(features.dtype == np.uint16))
+
+    def sample_next_states(self, out: np.ndarray, x: np.ndarray, x_next: np.ndarray, key: int, stream: int) -> None:
+        """x_next = x + delta + exp(log std) * noise (as `sampling_step.sample_next_states`), noise
+        (blocks, R, n) the normals of (key, stream) (`fill`). out (blocks, R, 2n) float32, block b of
+        member b % members: delta, then the raw log-variance; x, x_next (blocks * R, n) float32."""
+        blocks, R, _ = out.shape
+        _check("out", out, np.float32, (blocks, R, 2 * self.n))
+        _check("x", x, np.float32, (blocks * R, self.n))
+        _check("x_next", x_next, np.float32, (blocks * R, self.n))
+        if blocks % self.members:
+            raise ValueError(f"{blocks} blocks do not divide among {self.members} members")
+        noise = self._noise.get(R)
+        if noise is None:  # one block's draws at a time: a few kB, in cache
+            noise = self._noise[R] = np.empty(R * self.n, dtype=np.float32)
+        _sampling_kernel.sample(out.ctypes.data, blocks, R, self.n, self.members, *self._bound_args, x.ctypes.data,
+                                x_next.ctypes.data, key & (2**64 - 1), stream & (2**64 - 1), noise.ctypes.data)
