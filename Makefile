@@ -17,7 +17,7 @@ setup: $(STAMP) osmesa
 # build); TORCH_INDEX= names another index.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # setup.py builds the compiled parts (models/ensemble/*.c); an edit to one rebuilds.
-$(STAMP): pyproject.toml setup.py models/ensemble/network_kernel.c models/ensemble/sampling_kernel.c
+$(STAMP): pyproject.toml setup.py $(wildcard models/ensemble/*.c models/ensemble/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --retries 1 torch==2.13.0 --index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple
 	$(PY) -m pip install --quiet -e '.[test,docs]'
@@ -59,4 +59,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
-	rm -f models/ensemble/_network_kernel*.so
+	rm -f models/ensemble/_*.so

@@ -185,3 +185,28 @@ def test_planning_rollouts_on_philox_sample_what_torch_draws_sample():
     spread = torch_rollout[:, 1:].std(dim=0)
     assert torch.all((philox_rollout[:, 1:].mean(dim=0) - torch_rollout[:, 1:].mean(dim=0)).abs() < 5 * spread / B**0.5)
     assert torch.all((philox_rollout[:, 1:].std(dim=0) / spread - 1).abs() < 5 / (2 * B) ** 0.5)
+
+
+def test_member_by_member_rollouts_are_the_step_by_step_ones_bit_for_bit():
+    from forethought.models.ensemble import network_kernel
+    from tests.test_sampling_step import pendulum_model
+
+    if not network_kernel.available():
+        pytest.skip("needs AVX512-BF16")
+    dynamics = pendulum_model("bfloat16", "tsinf").dynamics("tsinf", "bfloat16")
+    assert dynamics.step_kernel is not None and dynamics.member_by_member
+    rng = np.random.default_rng(5)
+    x0 = torch.tensor(rng.uniform(-1, 1, (41, 3)), dtype=torch.float32)
+    U = torch.tensor(rng.uniform(-1, 1, (41, 6, 1)), dtype=torch.float32)
+    for chunk_rows in (dynamics.chunk_rows, 4):  # one chunk, and several a member with a short last block
+        dynamics.chunk_rows = chunk_rows
+        calls = []
+        rollout = dynamics.step_kernel.rollout
+        dynamics.step_kernel.rollout = lambda *a: calls.append(a) or rollout(*a)
+        members = dynamics.rollout(x0, U, torch.Generator().manual_seed(2))
+        dynamics.step_kernel.rollout = rollout
+        assert len(calls) == 1
+        dynamics.member_by_member = False
+        steps = dynamics.rollout(x0, U, torch.Generator().manual_seed(2))
+        dynamics.member_by_member = True
+        assert torch.isfinite(members).all() and torch.equal(members, steps)

@@ -9,25 +9,16 @@
  * pre-activation is rounded to bfloat16 once, after the activation, not before and after as a
  * product, an activation and a narrowing done apart would.
  *
- * Only the kernel functions use AVX-512 (by target attributes), so the module loads on any x86-64
- * CPU and `supported()` says whether this one runs them. Python side: network_kernel.py.
+ * Python side: network_kernel.py; the module: planning_kernels.h.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "planning_kernels.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_KERNEL 1
-#include <immintrin.h>
+#if HAVE_KERNEL
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 #define INLINE static inline __attribute__((always_inline)) TARGET
-/* A tile's loops over its rows and vectors fully unrolled, so that its sums live in registers: left
- * rolled, GCC keeps them in an array on the stack and stores and reloads all of them around the
- * products (a quarter of a narrow layer's time, 5% of a 200-wide one's). */
-#define UNROLL _Pragma("GCC unroll 16")
-#else
-#define HAVE_KERNEL 0
+/* A tile's loops over its rows and vectors are fully unrolled (UNROLL), so that its sums live in
+ * registers: left rolled, GCC keeps them in an array on the stack and stores and reloads all of them
+ * around the products (a quarter of a narrow layer's time, 5% of a 200-wide one's). */
 #endif
 
 #if HAVE_KERNEL
@@ -176,15 +167,36 @@ static TARGET void run_layer(const Layer *L, long R, long N) {
   }
 }
 
-/* Member e's weights and biases on their way to the level-2 cache while the member before it runs:
- * read from memory as its first chunk needs them, they stall it (a twentieth of a step at a chunk a
- * member). plan as py_forward's. */
-static void prefetch_member(const int64_t *plan, long layers, long e) {
+/* Member e's weights and biases on their way to the level-2 cache, issued while the member before it
+ * runs: read from memory as its first chunk needs them, they stall it (a twentieth of a step at a
+ * chunk a member). */
+void network_prefetch(const int64_t *plan, long layers, long e) {
   for (long l = 0; l < layers; l++) {
     const int64_t *q = plan + 6 * l;
     const char *w = (const char *)((const uint32_t *)q[0] + e * q[3]), *b = (const char *)((const float *)q[2] + e * q[1]);
     for (long at = 0; at < q[3] * 4; at += 64) _mm_prefetch(w + at, _MM_HINT_T1);
     for (long at = 0; at < q[1] * 4; at += 64) _mm_prefetch(b + at, _MM_HINT_T1);
+  }
+}
+
+void network_member(const uint16_t *h0, long ldh0, long in_stride, long chunks, long e, long rows,
+                    const int64_t *plan, long layers, uint16_t *scratch, long ldscratch, float *out, long out_stride) {
+  for (long c = 0; c < chunks; c++) {
+    const uint16_t *h = h0 + c * in_stride;
+    long ldh = ldh0;
+    for (long l = 0; l < layers; l++) {
+      const int64_t *q = plan + 6 * l;
+      int last = l == layers - 1;
+      uint16_t *buffer = scratch + (l % 2) * rows * ldscratch;
+      long columns = q[5];
+      Layer L = {h, ldh, (const uint32_t *)q[0] + e * q[3], q[1], (const float *)q[2] + e * q[1],
+                 last ? (void *)(out + c * out_stride) : (void *)buffer, last ? columns : ldscratch, q[4], !last, last};
+      run_layer(&L, rows, columns);
+      if (!last && columns % 2) /* an odd width: the next layer's last pair reads a zero */
+        for (long r = 0; r < rows; r++) buffer[r * ldscratch + columns] = 0;
+      h = buffer;
+      ldh = ldscratch;
+    }
   }
 }
 
@@ -201,21 +213,24 @@ static int cpu_supported(void) { return 0; }
 
 static int supported_cached = -1;
 
-static int check_supported(void) {
+int network_supported(void) {
   if (supported_cached < 0) supported_cached = cpu_supported();
-  if (!supported_cached) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX512-BF16");
   return supported_cached;
 }
 
-static PyObject *py_supported(PyObject *self, PyObject *args) {
+static int check_supported(void) {
+  if (!network_supported()) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX512-BF16");
+  return network_supported();
+}
+
+PyObject *py_network_supported(PyObject *self, PyObject *args) {
   (void)self; (void)args;
-  if (supported_cached < 0) supported_cached = cpu_supported();
-  return PyBool_FromLong(supported_cached);
+  return PyBool_FromLong(network_supported());
 }
 
 /* layer(h, ldh, w, ldw, bias, out, ldo, rows, pairs, columns, silu, f32): one layer, addresses as
  * integers; the Python side (network_kernel.py) owns the shapes and checks them. */
-static PyObject *py_layer(PyObject *self, PyObject *args) {
+PyObject *py_layer(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long h, w, bias, out;
   long ldh, ldw, ldo, rows, pairs, columns;
@@ -235,13 +250,13 @@ static PyObject *py_layer(PyObject *self, PyObject *args) {
 }
 
 /* forward(h0, chunks, members, rows, plan, layers, scratch, ldscratch, out): the whole network on
- * chunks x members blocks of `rows` rows. plan: the address of an int64 array of 6 numbers a layer
- * (weights, ldw, bias, member stride of the weights in pairs, pairs, columns); the first layer's
- * input h0 (chunks, members, rows, 2 * pairs0) bfloat16, the hidden layers (SiLU) ping-ponging
- * through scratch (2, rows, ldscratch) bfloat16, the last (no activation) into out (chunks,
- * members, rows, columns) float32. Member by member, each through every chunk: a member's weights
- * (170 kB at 200 wide) are read into the level-2 cache once a call, not once a chunk. */
-static PyObject *py_forward(PyObject *self, PyObject *args) {
+ * chunks x members blocks of `rows` rows. plan: the address of the layers' int64 plan
+ * (planning_kernels.h); the first layer's input h0 (chunks, members, rows, 2 * pairs0) bfloat16,
+ * the hidden layers (SiLU) ping-ponging through scratch (2, rows, ldscratch) bfloat16, the last (no
+ * activation) into out (chunks, members, rows, columns) float32. Member by member, each through
+ * every chunk: a member's weights (170 kB at 200 wide) are read into the level-2 cache once a call,
+ * not once a chunk. */
+PyObject *py_forward(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long h0, plan_at, scratch, out;
   long chunks, members, rows, layers, ldscratch;
@@ -254,40 +269,11 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
   long ldh0 = 2 * plan[4], columns_out = plan[6 * (layers - 1) + 5];
   Py_BEGIN_ALLOW_THREADS
   for (long e = 0; e < members; e++) {
-    if (e + 1 < members) prefetch_member(plan, layers, e + 1);
-    for (long c = 0; c < chunks; c++) {
-      long block = c * members + e; /* this chunk's block of this member's rows */
-      const uint16_t *h = (const uint16_t *)h0 + block * rows * ldh0;
-      long ldh = ldh0;
-      for (long l = 0; l < layers; l++) {
-        const int64_t *q = plan + 6 * l;
-        int last = l == layers - 1;
-        uint16_t *buffer = (uint16_t *)scratch + (l % 2) * rows * ldscratch;
-        long columns = q[5];
-        Layer L = {h, ldh, (const uint32_t *)q[0] + e * q[3], q[1], (const float *)q[2] + e * q[1],
-                   last ? (void *)((float *)out + block * rows * columns_out) : (void *)buffer,
-                   last ? columns : ldscratch, q[4], !last, last};
-        run_layer(&L, rows, columns);
-        if (!last && columns % 2) /* an odd width: the next layer's last pair reads a zero */
-          for (long r = 0; r < rows; r++) buffer[r * ldscratch + columns] = 0;
-        h = buffer;
-        ldh = ldscratch;
-      }
-    }
+    if (e + 1 < members) network_prefetch(plan, layers, e + 1);
+    network_member((const uint16_t *)h0 + e * rows * ldh0, ldh0, members * rows * ldh0, chunks, e, rows, plan, layers,
+                   (uint16_t *)scratch, ldscratch, (float *)out + e * rows * columns_out, members * rows * columns_out);
   }
   Py_END_ALLOW_THREADS
 #endif
   Py_RETURN_NONE;
 }
-
-static PyMethodDef methods[] = {
-    {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernels (AVX512-BF16)."},
-    {"layer", py_layer, METH_VARARGS, "One layer act(h W + b) on raw addresses (network_kernel.py)."},
-    {"forward", py_forward, METH_VARARGS, "The whole network on chunks of rows, member by member (network_kernel.py)."},
-    {NULL, NULL, 0, NULL}};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_network_kernel",
-                                    "The ensemble's bfloat16 network on AVX512-BF16 (network_kernel.py).", -1,
-                                    methods};
-
-PyMODINIT_FUNC PyInit__network_kernel(void) { return PyModule_Create(&module); }

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 try:
-    from forethought.models.ensemble import _network_kernel
+    from forethought.models.ensemble import _planning_kernels
 except ImportError:  # built optionally (setup.py): no C compiler where the package was installed
-    _network_kernel = None
+    _planning_kernels = None
 
 
 def available() -> bool:
     """Whether the compiled kernel is installed and this CPU runs it."""
-    return _network_kernel is not None and _network_kernel.supported()
+    return _planning_kernels is not None and _planning_kernels.network_supported()
 
 
 def _columns(N: int) -> int:
@@ -74,7 +74,7 @@ def layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool, 
     bias = _padded_bias(b, k, N)
     out = torch.empty(k, R, N, dtype=out_dtype)
     for e in range(k):
-        _network_kernel.layer(h[e].data_ptr(), h.shape[2], pairs[e].data_ptr(), pairs.shape[2], bias[e].data_ptr(),
+        _planning_kernels.layer(h[e].data_ptr(), h.shape[2], pairs[e].data_ptr(), pairs.shape[2], bias[e].data_ptr(),
                               out[e].data_ptr(), N, R, pairs.shape[1], N, int(silu), int(out_dtype == torch.float32))
     return out
 
@@ -120,12 +120,16 @@ class PackedNetwork:
             raise ValueError(f"forward takes h0 ([q,] {k}, R, {self.input_width}) bfloat16 and out ([q,] {k}, R, "
                              f"{self.output_width}) float32, contiguous on CPU; got {tuple(h0.shape)} {h0.dtype} "
                              f"on {h0.device}, {tuple(out.shape)} {out.dtype} on {out.device}")
-        scratch = self._scratch.get(R)
+        _planning_kernels.forward(h0.data_ptr(), q, k, R, *self.raw(R), out.data_ptr())
+        return out
+
+    def raw(self, rows: int) -> tuple[int, int, int, int]:
+        """(plan address, layers, scratch address, scratch row length) for the compiled functions that
+        run this network on blocks of `rows` rows (`forward`, sampling_kernel.StepKernel.rollout)."""
+        scratch = self._scratch.get(rows)
         if scratch is None:
             if len(self._scratch) >= 8:
                 self._scratch.clear()
             # Zeros: an odd width's padding column is read (times a zero weight) before it is written.
-            scratch = self._scratch[R] = torch.zeros(2, R, self.hidden_stride, dtype=torch.bfloat16)
-        _network_kernel.forward(h0.data_ptr(), q, k, R, self._plan.ctypes.data, len(self._pairs), scratch.data_ptr(),
-                                self.hidden_stride, out.data_ptr())
-        return out
+            scratch = self._scratch[rows] = torch.zeros(2, rows, self.hidden_stride, dtype=torch.bfloat16)
+        return self._plan.ctypes.data, len(self._pairs), scratch.data_ptr(), self.hidden_stride

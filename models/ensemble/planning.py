@@ -117,6 +117,9 @@ class EnsembleDynamics:
         if (self.kernel is not None and sampling_kernel.available()
                 and sampling_kernel.fits(n, self.m, self.kernel.input_width)):
             self.step_kernel = sampling_kernel.StepKernel(n, self.m, *self._feature_layout, *self._variance_bounds)
+        # TSinf through the compiled kernels goes member by member, all steps in one call
+        # (`StepKernel.rollout`); the same states as step by step.
+        self.member_by_member = True
 
     def _features(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """(x without angles, sin and cos of angles, u or u - x, 1) in the network's dtype."""
@@ -273,6 +276,10 @@ class EnsembleDynamics:
         key = sampling_kernel.key_from(generator) if self.draws == "philox" else None
         compiled = kernel is not None and key is not None and self.step_kernel is not None
         done = 1  # columns of X up to here are filled
+        if compiled and self.propagation == "tsinf" and self.member_by_member:
+            self.step_kernel.rollout(kernel, states, steps, q, C, key)
+            to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, H + 1)
+            return X
         for t in range(H):
             if t > 0 and self.propagation == "ts1":
                 to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, t + 1)

@@ -11,21 +11,13 @@
  * generator once a rollout and numbers the steps as streams, so a rollout's draws are reproducible
  * from the generator and every step's are independent of every other's.
  *
- * Only the kernel functions use AVX-512 (by target attributes), so the module loads on any x86-64
- * CPU and `supported()` says whether this one runs them. Python side: sampling_kernel.py.
+ * Python side: sampling_kernel.py; the module: planning_kernels.h.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "planning_kernels.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_KERNEL 1
-#include <immintrin.h>
+#if HAVE_KERNEL
 #define TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
 #define INLINE static inline __attribute__((always_inline)) TARGET
-#else
-#define HAVE_KERNEL 0
 #endif
 
 #if HAVE_KERNEL
@@ -120,7 +112,6 @@ static TARGET void fill_normals(float *out, long start, long count, uint64_t key
  * WAYS vectors go through each operation side by side, so that the core overlaps their chains. */
 #define WAYS 4
 #define EACH(i) UNROLL for (int i = 0; i < WAYS; i++)
-#define UNROLL _Pragma("GCC unroll 16")
 
 /* y = e^x as sampling_step._exp: x = k ln 2 + r, e^r by its Taylor polynomial to r^7, 2^k written
  * into the exponent bits (2^(k-1) doubled for k = 128); 0 below -87.3, inf above 89, NaN for NaN. */
@@ -164,19 +155,19 @@ INLINE void softplus_ways(__m512 y[WAYS], const __m512 z[WAYS]) {
                                _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(2.0f), s[i]), q[i]));
 }
 
-/* Rows a block at most in `sample_next`'s passes: their vectors' scratch stays in the level-1 cache. */
+/* Rows a block at most in `sampling_block`'s passes: their vectors' scratch stays in the level-1 cache. */
 #define PASS_VECTORS 64
 
-/* x_next = x + delta + exp(log std) * noise for the rows of `blocks` blocks of C slots (member of
- * block b: b % k), as sampling_step.sample_next_states with noise (blocks, C, n) the normals of
- * (key, stream). out (blocks, C, 2n) float32: delta, then the raw log-variance; lower, upper (k, n);
- * scale (n,); x, x_next (blocks * C, n); noise: scratch for C * n floats. n <= 16. A group of
- * g = 16 / n rows fills a vector. The bounds and the exp go in three short passes over up to
- * PASS_VECTORS vectors, as the numba version's three loops: one long loop's body falls out of the
- * core's decoded-operation cache (a third slower). */
-static TARGET void sample_next(const float *out, long blocks, long C, long n, long k, const float *lower,
-                               const float *upper, const float *scale, const float *x, float *x_next, uint64_t key,
-                               uint64_t stream, float *noise) {
+/* x_next = x + delta + exp(log std) * noise for one block of C slots of one member, as
+ * sampling_step.sample_next_states, noise the normals of (key, stream) from element `first` on.
+ * out (C, 2n) float32: delta, then the raw log-variance; lower, upper, scale (n,); x, x_next (C, n);
+ * noise: scratch for C * n floats. n <= 16. A group of g = 16 / n rows fills a vector. The bounds
+ * and the exp go in three short passes over up to PASS_VECTORS vectors, as the numba version's
+ * three loops: one long loop's body falls out of the core's decoded-operation cache (a third
+ * slower). */
+TARGET void sampling_block(const float *out, long C, long n, const float *lower, const float *upper,
+                           const float *scale, const float *x, float *x_next, uint64_t key, uint64_t stream,
+                           long first, float *noise) {
   long g = 16 / n, lanes = g * n;
   int32_t delta_at[16] = {0}, column[16] = {0};
   for (long j = 0; j < lanes; j++) delta_at[j] = (int32_t)((j / n) * 2 * n + j % n), column[j] = (int32_t)(j % n);
@@ -184,50 +175,47 @@ static TARGET void sample_next(const float *out, long blocks, long C, long n, lo
   const __m512i logvar_index = _mm512_add_epi32(delta_index, _mm512_set1_epi32((int)n));
   const __mmask16 row_mask = (__mmask16)((1u << n) - 1);
   const __m512 log_std_scale = _mm512_permutexvar_ps(cols, _mm512_maskz_loadu_ps(row_mask, scale));
+  const __m512 hi = _mm512_permutexvar_ps(cols, _mm512_maskz_loadu_ps(row_mask, upper));
+  const __m512 lo = _mm512_permutexvar_ps(cols, _mm512_maskz_loadu_ps(row_mask, lower));
   __m512 std[PASS_VECTORS + WAYS];
-  for (long b = 0; b < blocks; b++) {
-    long e = b % k;
-    const __m512 hi = _mm512_permutexvar_ps(cols, _mm512_maskz_loadu_ps(row_mask, upper + e * n));
-    const __m512 lo = _mm512_permutexvar_ps(cols, _mm512_maskz_loadu_ps(row_mask, lower + e * n));
-    fill_normals(noise, b * C * n, C * n, key, stream);
-    for (long p0 = 0; p0 < C; p0 += PASS_VECTORS * g) { /* rows p0 .. p0 + PASS_VECTORS g */
-      long vectors = (C - p0 + g - 1) / g < PASS_VECTORS ? (C - p0 + g - 1) / g : PASS_VECTORS;
-      for (long v = 0; v < vectors; v++) { /* the log-variances (a group past C reads nothing) */
-        long rows = C - p0 - v * g < g ? C - p0 - v * g : g;
-        uint32_t read = rows * 2 * n >= 32 ? 0xFFFFFFFFu : (1u << (rows * 2 * n)) - 1;
-        const float *o = out + (b * C + p0 + v * g) * 2 * n;
-        std[v] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), logvar_index,
-                                        _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
-      }
-      for (long v = vectors; v < vectors + WAYS; v++) std[v] = _mm512_setzero_ps();
-      for (long v = 0; v < vectors; v += WAYS) {
-        __m512 t[WAYS];
-        EACH(i) t[i] = _mm512_sub_ps(hi, std[v + i]);
-        softplus_ways(t, t);
-        EACH(i) std[v + i] = _mm512_sub_ps(hi, t[i]);
-      }
-      for (long v = 0; v < vectors; v += WAYS) {
-        __m512 t[WAYS];
-        EACH(i) t[i] = _mm512_sub_ps(std[v + i], lo);
-        softplus_ways(t, t);
-        EACH(i) std[v + i] = _mm512_add_ps(lo, t[i]);
-      }
-      for (long v = 0; v < vectors; v += WAYS) {
-        __m512 t[WAYS];
-        EACH(i) t[i] = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), std[v + i]), log_std_scale);
-        exp_ways(t, t);
-        EACH(i) std[v + i] = t[i];
-      }
-      for (long v = 0; v < vectors; v++) {
-        long r = p0 + v * g, rows = C - r < g ? C - r : g, at = (b * C + r) * n;
-        __mmask16 m = (__mmask16)((1u << (rows * n)) - 1);
-        uint32_t read = rows * 2 * n >= 32 ? 0xFFFFFFFFu : (1u << (rows * 2 * n)) - 1;
-        const float *o = out + (b * C + r) * 2 * n;
-        __m512 delta = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), delta_index,
-                                              _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
-        __m512 step = _mm512_add_ps(delta, _mm512_mul_ps(std[v], _mm512_maskz_loadu_ps(m, noise + r * n)));
-        _mm512_mask_storeu_ps(x_next + at, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + at), step));
-      }
+  fill_normals(noise, first, C * n, key, stream);
+  for (long p0 = 0; p0 < C; p0 += PASS_VECTORS * g) { /* rows p0 .. p0 + PASS_VECTORS g */
+    long vectors = (C - p0 + g - 1) / g < PASS_VECTORS ? (C - p0 + g - 1) / g : PASS_VECTORS;
+    for (long v = 0; v < vectors; v++) { /* the log-variances */
+      long rows = C - p0 - v * g < g ? C - p0 - v * g : g;
+      uint32_t read = rows * 2 * n >= 32 ? 0xFFFFFFFFu : (1u << (rows * 2 * n)) - 1;
+      const float *o = out + (p0 + v * g) * 2 * n;
+      std[v] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), logvar_index,
+                                      _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
+    }
+    for (long v = vectors; v < vectors + WAYS; v++) std[v] = _mm512_setzero_ps();
+    for (long v = 0; v < vectors; v += WAYS) {
+      __m512 t[WAYS];
+      EACH(i) t[i] = _mm512_sub_ps(hi, std[v + i]);
+      softplus_ways(t, t);
+      EACH(i) std[v + i] = _mm512_sub_ps(hi, t[i]);
+    }
+    for (long v = 0; v < vectors; v += WAYS) {
+      __m512 t[WAYS];
+      EACH(i) t[i] = _mm512_sub_ps(std[v + i], lo);
+      softplus_ways(t, t);
+      EACH(i) std[v + i] = _mm512_add_ps(lo, t[i]);
+    }
+    for (long v = 0; v < vectors; v += WAYS) {
+      __m512 t[WAYS];
+      EACH(i) t[i] = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), std[v + i]), log_std_scale);
+      exp_ways(t, t);
+      EACH(i) std[v + i] = t[i];
+    }
+    for (long v = 0; v < vectors; v++) {
+      long r = p0 + v * g, rows = C - r < g ? C - r : g;
+      __mmask16 m = (__mmask16)((1u << (rows * n)) - 1);
+      uint32_t read = rows * 2 * n >= 32 ? 0xFFFFFFFFu : (1u << (rows * 2 * n)) - 1;
+      const float *o = out + r * 2 * n;
+      __m512 delta = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), delta_index,
+                                            _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
+      __m512 step = _mm512_add_ps(delta, _mm512_mul_ps(std[v], _mm512_maskz_loadu_ps(m, noise + r * n)));
+      _mm512_mask_storeu_ps(x_next + r * n, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + r * n), step));
     }
   }
 }
@@ -272,7 +260,7 @@ INLINE __m256i narrow16(__m512 x) {
  * of the angles, actions less action_rel times their reference state, 1), then zeros to the row's
  * end. x (S, n), u (S, m) float32; features (S, ldf) bfloat16 bits (bf16) or float32, p + 2a + m + 1
  * <= ldf <= 16. g = 16 / max(ldf, n, m) rows fill a vector, WAYS vectors side by side. */
-static TARGET void write_rows(const float *x, const float *u, long S, long n, long m, const int64_t *plain, long p,
+TARGET void sampling_features(const float *x, const float *u, long S, long n, long m, const int64_t *plain, long p,
                               const int64_t *angles, long a, const int64_t *action_ref, const float *action_rel,
                               void *features, long ldf, int bf16) {
   long width = p + 2 * a + m + 1, widest = ldf > n ? (ldf > m ? ldf : m) : (n > m ? n : m), g = 16 / widest;
@@ -338,23 +326,26 @@ static int cpu_supported(void) { return 0; }
 
 static int supported_cached = -1;
 
-static PyObject *py_supported(PyObject *self, PyObject *args) {
-  (void)self; (void)args;
+int sampling_supported(void) {
   if (supported_cached < 0) supported_cached = cpu_supported();
-  return PyBool_FromLong(supported_cached);
+  return supported_cached;
+}
+
+PyObject *py_sampling_supported(PyObject *self, PyObject *args) {
+  (void)self; (void)args;
+  return PyBool_FromLong(sampling_supported());
 }
 
 static int check_supported(void) {
-  if (supported_cached < 0) supported_cached = cpu_supported();
-  if (!supported_cached) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512");
-  return supported_cached;
+  if (!sampling_supported()) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512");
+  return sampling_supported();
 }
 
 /* The functions take addresses as integers; the Python side (sampling_kernel.py) owns the shapes
  * and checks them. */
 
 /* fill(out, start, count, key, stream): the normals start .. start + count of (key, stream). */
-static PyObject *py_fill(PyObject *self, PyObject *args) {
+PyObject *py_fill(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long out, key, stream;
   long start, count;
@@ -368,9 +359,10 @@ static PyObject *py_fill(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-/* sample(out, blocks, rows, n, members, lower, upper, scale, x, x_next, key, stream, noise): noise a
- * scratch of rows * n floats. */
-static PyObject *py_sample(PyObject *self, PyObject *args) {
+/* sample(out, blocks, rows, n, members, lower, upper, scale, x, x_next, key, stream, noise): blocks
+ * of `rows` slots, block b of member b % members, its draws from element b * rows * n of (key,
+ * stream) on; noise a scratch of rows * n floats. */
+PyObject *py_sample(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long out, lower, upper, scale, x, x_next, key, stream, noise;
   long blocks, rows, n, members;
@@ -380,15 +372,19 @@ static PyObject *py_sample(PyObject *self, PyObject *args) {
   if (!check_supported()) return NULL;
 #if HAVE_KERNEL
   Py_BEGIN_ALLOW_THREADS
-  sample_next((const float *)out, blocks, rows, n, members, (const float *)lower, (const float *)upper,
-              (const float *)scale, (const float *)x, (float *)x_next, key, stream, (float *)noise);
+  for (long b = 0; b < blocks; b++) { /* block b: member b % members */
+    long e = b % members;
+    sampling_block((const float *)out + b * rows * 2 * n, rows, n, (const float *)lower + e * n,
+                   (const float *)upper + e * n, (const float *)scale, (const float *)x + b * rows * n,
+                   (float *)x_next + b * rows * n, key, stream, b * rows * n, (float *)noise);
+  }
   Py_END_ALLOW_THREADS
 #endif
   Py_RETURN_NONE;
 }
 
 /* features(x, u, rows, n, m, plain, p, angles, a, action_ref, action_rel, out, ldf, bf16) */
-static PyObject *py_features(PyObject *self, PyObject *args) {
+PyObject *py_features(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long x, u, plain, angles, action_ref, action_rel, out;
   long rows, n, m, p, a, ldf;
@@ -399,22 +395,10 @@ static PyObject *py_features(PyObject *self, PyObject *args) {
   if (!check_supported()) return NULL;
 #if HAVE_KERNEL
   Py_BEGIN_ALLOW_THREADS
-  write_rows((const float *)x, (const float *)u, rows, n, m, (const int64_t *)plain, p, (const int64_t *)angles, a,
+  sampling_features((const float *)x, (const float *)u, rows, n, m, (const int64_t *)plain, p, (const int64_t *)angles, a,
              (const int64_t *)action_ref, (const float *)action_rel, (void *)out, ldf, bf16);
   Py_END_ALLOW_THREADS
 #endif
   Py_RETURN_NONE;
 }
 
-static PyMethodDef methods[] = {
-    {"supported", py_supported, METH_NOARGS, "Whether this CPU runs the kernels (AVX-512)."},
-    {"fill", py_fill, METH_VARARGS, "Standard normals of (key, stream) at a raw address (sampling_kernel.py)."},
-    {"sample", py_sample, METH_VARARGS, "Next states from the network's output (sampling_kernel.py)."},
-    {"features", py_features, METH_VARARGS, "The network's input rows (sampling_kernel.py)."},
-    {NULL, NULL, 0, NULL}};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sampling_kernel",
-                                    "A sampling step's work around the network on AVX-512 (sampling_kernel.py).", -1,
-                                    methods};
-
-PyMODINIT_FUNC PyInit__sampling_kernel(void) { return PyModule_Create(&module); }

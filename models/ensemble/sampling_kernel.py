@@ -18,13 +18,18 @@ the numba passes with torch's draws (`EnsembleDynamics`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from forethought.models.ensemble.network_kernel import PackedNetwork
+
 try:
-    from forethought.models.ensemble import _sampling_kernel
+    from forethought.models.ensemble import _planning_kernels
 except ImportError:  # built optionally (setup.py): no C compiler where the package was installed
-    _sampling_kernel = None
+    _planning_kernels = None
 
 LANES = 16
 """The widest state, action and feature row the kernels take (one vector of float32)."""
@@ -32,7 +37,7 @@ LANES = 16
 
 def available() -> bool:
     """Whether the compiled kernels are installed and this CPU runs them."""
-    return _sampling_kernel is not None and _sampling_kernel.supported()
+    return _planning_kernels is not None and _planning_kernels.sampling_supported()
 
 
 def fits(n: int, m: int, width: int) -> bool:
@@ -64,7 +69,7 @@ def fill(out: np.ndarray, key: int, stream: int, start: int = 0) -> np.ndarray:
     _check("out", out, np.float32, out.shape)
     if not out.flags.writeable or start < 0:
         raise ValueError("fill takes a writeable array and a start >= 0")
-    _sampling_kernel.fill(out.ctypes.data, start, out.size, key & (2**64 - 1), stream & (2**64 - 1))
+    _planning_kernels.fill(out.ctypes.data, start, out.size, key & (2**64 - 1), stream & (2**64 - 1))
     return out
 
 
@@ -100,6 +105,7 @@ class StepKernel:
                              rel.ctypes.data)
         self._bound_args = tuple(a.ctypes.data for a in self._bounds)
         self._noise: dict[int, np.ndarray] = {}
+        self._rollout_scratch: dict[tuple, tuple] = {}
 
     def write_features(self, x: np.ndarray, u: np.ndarray, features: np.ndarray) -> None:
         """features[s] = the network input of state x[s] and action u[s] (as
@@ -112,7 +118,7 @@ class StepKernel:
                 or features.dtype not in (np.float32, np.uint16) or not features.flags.c_contiguous):
             raise ValueError(f"features: C-contiguous float32 or bfloat16 bits (uint16) of shape ({S}, F), "
                              f"{self.width} <= F <= {LANES}, got {features.dtype} {features.shape}")
-        _sampling_kernel.features(x.ctypes.data, u.ctypes.data, S, self.n, self.m, *self._layout_args,
+        _planning_kernels.features(x.ctypes.data, u.ctypes.data, S, self.n, self.m, *self._layout_args,
                                   features.ctypes.data, features.shape[1], int(features.dtype == np.uint16))
 
     def sample_next_states(self, out: np.ndarray, x: np.ndarray, x_next: np.ndarray, key: int, stream: int) -> None:
@@ -128,5 +134,36 @@ class StepKernel:
         noise = self._noise.get(R)
         if noise is None:  # one block's draws at a time: a few kB, in cache
             noise = self._noise[R] = np.empty(R * self.n, dtype=np.float32)
-        _sampling_kernel.sample(out.ctypes.data, blocks, R, self.n, self.members, *self._bound_args, x.ctypes.data,
+        _planning_kernels.sample(out.ctypes.data, blocks, R, self.n, self.members, *self._bound_args, x.ctypes.data,
                                 x_next.ctypes.data, key & (2**64 - 1), stream & (2**64 - 1), noise.ctypes.data)
+
+    def rollout(self, network: "PackedNetwork", slots: np.ndarray, actions: np.ndarray, chunks: int, rows: int,
+                key: int) -> None:
+        """TSinf rollouts through `network`, member by member, each through every step
+        (planning_kernels.c): its weights stay in the level-2 cache for the whole rollout. The same
+        states as `write_features`, the network's forward and `sample_next_states` step by step
+        with stream t for step t, bit for bit.
+
+        slots (H+1, chunks * members * rows, n) float32, step 0 set, the rest written; actions (H,
+        chunks * members * rows, m) float32; slot block c * members + e belongs to member e.
+        """
+        H = actions.shape[0]
+        S = chunks * self.members * rows
+        _check("slots", slots, np.float32, (H + 1, S, self.n))
+        _check("actions", actions, np.float32, (H, S, self.m))
+        if network.k != self.members or network.output_width != 2 * self.n or network.input_width > LANES:
+            raise ValueError(f"a network of {self.members} members from {LANES} inputs at most to {2 * self.n} outputs "
+                             f"is wanted, got {network.k} from {network.input_width} to {network.output_width}")
+        key_ = (chunks, rows, network.input_width)
+        scratch = self._rollout_scratch.get(key_)
+        if scratch is None:
+            if len(self._rollout_scratch) >= 8:
+                self._rollout_scratch.clear()
+            # features zeroed past the model's width: an odd width's padding column must read zero
+            scratch = self._rollout_scratch[key_] = (np.zeros((chunks, rows, network.input_width), dtype=np.uint16),
+                                                     np.empty((chunks, rows, 2 * self.n), dtype=np.float32),
+                                                     np.empty(rows * self.n, dtype=np.float32))
+        features, out, noise = scratch
+        _planning_kernels.rollout(slots.ctypes.data, actions.ctypes.data, H, chunks, self.members, rows, self.n, self.m,
+                                  *network.raw(rows), features.ctypes.data, network.input_width, out.ctypes.data,
+                                  *self._layout_args, *self._bound_args, key & (2**64 - 1), noise.ctypes.data)

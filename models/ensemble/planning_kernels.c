@@ -1,0 +1,79 @@
+/* Whole TSinf rollouts through the compiled network and sampling step, and the module's table
+ * (planning_kernels.h).
+ *
+ * Under TSinf a particle keeps its member for the whole rollout, so the rollout can go member by
+ * member, each through every step: its weights (170 kB at 200 wide) stay in the level-2 cache for
+ * the H steps, instead of all members' (850 kB, more than the cache with the activations) passing
+ * through it every step, and no Python runs between the kernels. The draws are counter-based, so
+ * the order changes nothing: the states are those of the step-by-step loop, bit for bit.
+ */
+#include "planning_kernels.h"
+
+/* rollout(slots, actions, steps, chunks, members, rows, n, m, plan, layers, scratch, ldscratch, features,
+ *         ldf, out, plain, p, angles, a, action_ref, action_rel, lower, upper, scale, key, noise):
+ * slots (steps + 1, chunks * members * rows, n) float32 with step 0 set, the rest written; actions
+ * (steps, chunks * members * rows, m) float32; slot block c * members + e of member e. The network's
+ * plan, layers and scratch (2, rows, ldscratch) as forward's (network_kernel.c); features (chunks,
+ * rows, ldf) bfloat16 and out (chunks, rows, 2n) float32 one member's scratch; the layout and the
+ * bounds (members, n) as sampling_kernel.c's; noise a scratch of rows * n floats. Step t's draws are
+ * stream t of key. */
+static PyObject *py_rollout(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long slots_at, actions_at, plan_at, scratch, features, out, plain, angles, action_ref, action_rel,
+      lower, upper, scale, key, noise;
+  long steps, chunks, members, rows, n, m, layers, ldscratch, ldf, p, a;
+  if (!PyArg_ParseTuple(args, "KKllllllKlKlKlKKlKlKKKKKKK", &slots_at, &actions_at, &steps, &chunks, &members, &rows,
+                        &n, &m, &plan_at, &layers, &scratch, &ldscratch, &features, &ldf, &out, &plain, &p, &angles, &a,
+                        &action_ref, &action_rel, &lower, &upper, &scale, &key, &noise))
+    return NULL;
+  if (!network_supported() || !sampling_supported()) {
+    PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX512-BF16");
+    return NULL;
+  }
+#if HAVE_KERNEL
+  const int64_t *plan = (const int64_t *)plan_at;
+  long S = chunks * members * rows, width = 2 * n;
+  float *slots = (float *)slots_at;
+  const float *actions = (const float *)actions_at;
+  Py_BEGIN_ALLOW_THREADS
+  for (long e = 0; e < members; e++) {
+    if (e + 1 < members) network_prefetch(plan, layers, e + 1);
+    for (long t = 0; t < steps; t++) {
+      const float *x = slots + t * S * n, *u = actions + t * S * m;
+      float *x_next = slots + (t + 1) * S * n;
+      for (long c = 0; c < chunks; c++) {
+        long first = (c * members + e) * rows; /* this block's first slot */
+        sampling_features(x + first * n, u + first * m, rows, n, m, (const int64_t *)plain, p, (const int64_t *)angles,
+                          a, (const int64_t *)action_ref, (const float *)action_rel,
+                          (uint16_t *)features + c * rows * ldf, ldf, 1);
+      }
+      network_member((const uint16_t *)features, ldf, rows * ldf, chunks, e, rows, plan, layers, (uint16_t *)scratch,
+                     ldscratch, (float *)out, rows * width);
+      for (long c = 0; c < chunks; c++) {
+        long first = (c * members + e) * rows;
+        sampling_block((const float *)out + c * rows * width, rows, n, (const float *)lower + e * n,
+                       (const float *)upper + e * n, (const float *)scale, x + first * n, x_next + first * n, key,
+                       (uint64_t)t, first * n, (float *)noise);
+      }
+    }
+  }
+  Py_END_ALLOW_THREADS
+#endif
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"network_supported", py_network_supported, METH_NOARGS, "Whether this CPU runs the network (AVX512-BF16)."},
+    {"layer", py_layer, METH_VARARGS, "One layer act(h W + b) on raw addresses (network_kernel.py)."},
+    {"forward", py_forward, METH_VARARGS, "The whole network on chunks of rows, member by member (network_kernel.py)."},
+    {"sampling_supported", py_sampling_supported, METH_NOARGS, "Whether this CPU runs the sampling step (AVX-512)."},
+    {"fill", py_fill, METH_VARARGS, "Standard normals of (key, stream) at a raw address (sampling_kernel.py)."},
+    {"sample", py_sample, METH_VARARGS, "Next states from the network's output (sampling_kernel.py)."},
+    {"features", py_features, METH_VARARGS, "The network's input rows (sampling_kernel.py)."},
+    {"rollout", py_rollout, METH_VARARGS, "Whole TSinf rollouts, member by member (sampling_kernel.py)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_planning_kernels",
+                                    "The ensemble's CPU planning on AVX-512 (planning_kernels.h).", -1, methods};
+
+PyMODINIT_FUNC PyInit__planning_kernels(void) { return PyModule_Create(&module); }
