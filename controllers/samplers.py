@@ -245,7 +245,10 @@ class SamplingPlanner:
             X = self.dynamics.rollout(x0.expand(N * P, -1), Up, self.generator)
         with torch.no_grad():
             c = torch.as_tensor(self.cost(X, Up), device=X.device).view(N, P).mean(dim=1)
-        finite = torch.isfinite(c) & torch.isfinite(X).view(N, -1).all(dim=1)
+        # A row's largest and smallest entries are finite only if all are (both carry a NaN): two
+        # reductions, where an isfinite mask and its all() cost 1% of an MPPI plan.
+        states = X.view(N, -1)
+        finite = torch.isfinite(c) & torch.isfinite(states.amax(dim=1)) & torch.isfinite(states.amin(dim=1))
         c = torch.where(finite, c, torch.full_like(c, math.inf))
         return c, X.view(N, P, *X.shape[1:])
 

@@ -4,6 +4,7 @@ the planners' float32 (and bfloat16) against float64, ramps, terminal costs, YAM
 from __future__ import annotations
 
 import functools
+import math
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,17 @@ def test_angle_distance_wraps_around():
     cost = build_cost({"terms": [TERMS["saturating"]]}, SPEC)
     x = np.array([0.0, 3.14159 + 0.2, 0.0, 0.0])
     assert cost(x, None) == pytest.approx(cost(x - np.array([0, 2 * np.pi, 0, 0]), None), rel=1e-12)
+
+
+def test_a_saturating_term_far_from_its_target_is_one_and_its_closeness_stays_normal():
+    term = build_cost({"terms": [TERMS["saturating"]]}, SPEC).terms[0].term
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [30.0, 0.0, 0.0, 0.0], [1e6, 0.0, 0.0, 0.0]], dtype=torch.float32)
+    value = term.value(x, torch.zeros(3, 2))
+    assert value[1:].tolist() == [1.0, 1.0]  # exactly, as the unclamped exp's 0 or subnormal gives
+    d2 = term.distance.evaluate(x)[0]
+    assert torch.all(term._closeness(d2) >= torch.finfo(torch.float32).tiny)  # no subnormal: exp's slow path
+    far = torch.tensor([[20.0, 0.0, 0.0, 0.0]], dtype=torch.float64)  # float64's normal range reaches exp(-708)
+    assert term._closeness(term.distance.evaluate(far)[0]).item() == pytest.approx(math.exp(-400 / (2 * 0.6**2)), rel=1e-12)
 
 
 def test_ramps_scale_running_weights_over_the_horizon():

@@ -17,7 +17,7 @@ from forethought.models.ensemble import network_kernel, sampling_kernel
 from forethought.models.ensemble.bfloat16_bits import bits_of
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
-from forethought.models.ensemble.sampling_step import sample_next_states, to_row_order, write_features
+from forethought.models.ensemble.sampling_step import sample_next_states, to_row_order, to_slot_order, write_features
 from forethought.models.ensemble.silu_bfloat16 import planning_silu_
 
 if TYPE_CHECKING:
@@ -258,11 +258,11 @@ class EnsembleDynamics:
         order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
         width = self.k * C  # slots in a chunk
         slots = torch.empty(H + 1, q * width, self.n)
-        slots[0] = X[:, 0][order]
         # Time-major (H, slots, m): a step's actions are one contiguous block, not one value every
         # H*m floats (a cache line a row at thousands of rows).
-        U = U.to(torch.float32).transpose(0, 1)
-        actions = U[:, order].contiguous()
+        U = U.to(torch.float32)
+        actions = torch.empty(H, q * width, self.m)
+        to_slot_order(X.numpy(), U.numpy(), order.numpy(), slots[0].numpy(), actions.numpy())
         kernel = self.kernel if torch.get_num_threads() == 1 else None
         if kernel is not None:
             # All chunks in one call each: the kernel keeps a member's weights in cache across them.
@@ -286,7 +286,7 @@ class EnsembleDynamics:
                 done = t + 1
                 order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
                 slots[t] = X[:, t][order]
-                actions = U[:, order].contiguous()
+                actions = U.transpose(0, 1)[:, order].contiguous()
                 steps = actions.numpy()
             x, x_next, u = states[t], states[t + 1], steps[t]
             if compiled:

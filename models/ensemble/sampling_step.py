@@ -180,3 +180,21 @@ def to_row_order(slots: np.ndarray, order: np.ndarray, inverse: np.ndarray, X: n
         for t in range(start, stop):
             for i in range(slots.shape[2]):
                 X[b, t, i] = slots[t, s, i]
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def to_slot_order(X: np.ndarray, U: np.ndarray, order: np.ndarray, slots: np.ndarray, actions: np.ndarray) -> None:
+    """slots[s] = X[order[s], 0] and actions[t, s] = U[order[s], t]: a rollout's start states and
+    actions dealt out to the slots, time-major (`to_row_order` puts the states back).
+
+    X (B, >= 1, n), U (B, H, m) float32; order (S,); slots (S, n), actions (H, S, m) float32, written.
+    One pass, each row's actions read as one run (torch's gathers took two passes and 4 ms at
+    MPPI's 20,000 rows).
+    """
+    for s in range(order.size):
+        b = order[s]
+        for i in range(X.shape[2]):
+            slots[s, i] = X[b, 0, i]
+        for t in range(U.shape[1]):
+            for i in range(U.shape[2]):
+                actions[t, s, i] = U[b, t, i]
