@@ -31,12 +31,12 @@
  * layer's time. Edge cases as torch's SiLU: x = inf gives f = 0 and 2^-inf = 0, so inf; x = -inf
  * gives NaN (inf times the reciprocal of inf, 0); a large negative x gives -0 (x / inf); NaN stays
  * NaN. */
-#define SILU_BODY(V, S)                                                                                 \
-  __m##V t = S##_mul_ps(x, S##_set1_ps(-1.4426950408889634f));                                         \
-  __m##V f = S##_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);                              \
-  __m##V p = S##_fmadd_ps(S##_set1_ps(0.07802452f), f, S##_set1_ps(0.22606716f));                      \
-  p = S##_fmadd_ps(p, f, S##_set1_ps(0.69583354f));                                                    \
-  p = S##_fmadd_ps(p, f, S##_set1_ps(0.99992522f));                                                    \
+#define SILU_BODY(V, S)                                                                                             \
+  __m##V t = S##_mul_ps(x, S##_set1_ps(-1.4426950408889634f));                                                      \
+  __m##V f = S##_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);                                           \
+  __m##V p = S##_fmadd_ps(S##_set1_ps(0.07802452f), f, S##_set1_ps(0.22606716f));                                   \
+  p = S##_fmadd_ps(p, f, S##_set1_ps(0.69583354f));                                                                 \
+  p = S##_fmadd_ps(p, f, S##_set1_ps(0.99992522f));                                                                 \
   return S##_mul_ps(x, S##_rcp14_ps(S##_add_ps(S##_scalef_ps(p, t), S##_set1_ps(1.0f))));
 
 INLINE __m512 silu16(__m512 x) { SILU_BODY(512, _mm512) }
@@ -64,66 +64,66 @@ typedef struct {
 } Layer;
 
 /* Rows r0.. r0+MR, columns j.. j+16*NV, all 16 wide (mask: the last vector's columns to store). */
-#define DEF_TILE16(MR, NV)                                                                              \
-  static TARGET void tile16_##MR##_##NV(const Layer *L, long r0, long j, __mmask16 last) {              \
-    __m512 acc[MR][NV];                                                                                 \
-    UNROLL for (int v = 0; v < NV; v++) {                                                                      \
-      __m512 b = _mm512_loadu_ps(L->bias + j + 16 * v);                                                 \
-      UNROLL for (int r = 0; r < MR; r++) acc[r][v] = b;                                                       \
-    }                                                                                                   \
-    const uint16_t *h = L->h + r0 * L->ldh;                                                             \
-    const uint32_t *w = L->w + j;                                                                       \
-    for (long p = 0; p < L->pairs; p++) {                                                               \
-      __m512bh b[NV];                                                                                   \
-      UNROLL for (int v = 0; v < NV; v++) b[v] = (__m512bh)_mm512_loadu_si512(w + p * L->ldw + 16 * v);       \
-      UNROLL for (int r = 0; r < MR; r++) {                                                                    \
-        __m512bh a = (__m512bh)_mm512_set1_epi32(pair_at(h + r * L->ldh + 2 * p));                      \
-        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);                  \
-      }                                                                                                 \
-    }                                                                                                   \
-    UNROLL for (int r = 0; r < MR; r++) {                                                                      \
-      long at = (r0 + r) * L->ldo + j;                                                                  \
-      __m512 x[NV];                                                                                     \
-      UNROLL for (int v = 0; v < NV; v++) x[v] = L->silu ? silu16(acc[r][v]) : acc[r][v];                    \
-      if (L->f32) {                                                                                     \
-        UNROLL for (int v = 0; v < NV - 1; v++) _mm512_storeu_ps((float *)L->out + at + 16 * v, x[v]);        \
-        _mm512_mask_storeu_ps((float *)L->out + at + 16 * (NV - 1), last, x[NV - 1]);                   \
-      } else if (NV % 2 == 0 && last == (__mmask16)0xFFFF) {                                            \
-        /* two vectors narrowed by one instruction into 32 bfloat16 */                                  \
-        UNROLL for (int v = 0; v < NV; v += 2)                                                                 \
-          _mm512_storeu_si512((uint16_t *)L->out + at + 16 * v,                                        \
-                              (__m512i)_mm512_cvtne2ps_pbh(x[(v + 1) % NV], x[v]));                     \
-      } else {                                                                                          \
-        UNROLL for (int v = 0; v < NV; v++)                                                                    \
-          _mm256_mask_storeu_epi16((uint16_t *)L->out + at + 16 * v, v == NV - 1 ? last : (__mmask16)0xFFFF, \
-                                   (__m256i)_mm512_cvtneps_pbh(x[v]));                                  \
-      }                                                                                                 \
-    }                                                                                                   \
+#define DEF_TILE16(MR, NV)                                                                                          \
+  static TARGET void tile16_##MR##_##NV(const Layer *L, long r0, long j, __mmask16 last) {                          \
+    __m512 acc[MR][NV];                                                                                             \
+    UNROLL for (int v = 0; v < NV; v++) {                                                                           \
+      __m512 b = _mm512_loadu_ps(L->bias + j + 16 * v);                                                             \
+      UNROLL for (int r = 0; r < MR; r++) acc[r][v] = b;                                                            \
+    }                                                                                                               \
+    const uint16_t *h = L->h + r0 * L->ldh;                                                                         \
+    const uint32_t *w = L->w + j;                                                                                   \
+    for (long p = 0; p < L->pairs; p++) {                                                                           \
+      __m512bh b[NV];                                                                                               \
+      UNROLL for (int v = 0; v < NV; v++) b[v] = (__m512bh)_mm512_loadu_si512(w + p * L->ldw + 16 * v);             \
+      UNROLL for (int r = 0; r < MR; r++) {                                                                         \
+        __m512bh a = (__m512bh)_mm512_set1_epi32(pair_at(h + r * L->ldh + 2 * p));                                  \
+        UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);                       \
+      }                                                                                                             \
+    }                                                                                                               \
+    UNROLL for (int r = 0; r < MR; r++) {                                                                           \
+      long at = (r0 + r) * L->ldo + j;                                                                              \
+      __m512 x[NV];                                                                                                 \
+      UNROLL for (int v = 0; v < NV; v++) x[v] = L->silu ? silu16(acc[r][v]) : acc[r][v];                           \
+      if (L->f32) {                                                                                                 \
+        UNROLL for (int v = 0; v < NV - 1; v++) _mm512_storeu_ps((float *)L->out + at + 16 * v, x[v]);              \
+        _mm512_mask_storeu_ps((float *)L->out + at + 16 * (NV - 1), last, x[NV - 1]);                               \
+      } else if (NV % 2 == 0 && last == (__mmask16)0xFFFF) {                                                        \
+        /* two vectors narrowed by one instruction into 32 bfloat16 */                                              \
+        UNROLL for (int v = 0; v < NV; v += 2)                                                                      \
+          _mm512_storeu_si512((uint16_t *)L->out + at + 16 * v,                                                     \
+                              (__m512i)_mm512_cvtne2ps_pbh(x[(v + 1) % NV], x[v]));                                 \
+      } else {                                                                                                      \
+        UNROLL for (int v = 0; v < NV; v++)                                                                         \
+          _mm256_mask_storeu_epi16((uint16_t *)L->out + at + 16 * v, v == NV - 1 ? last : (__mmask16)0xFFFF,        \
+                                   (__m256i)_mm512_cvtneps_pbh(x[v]));                                              \
+      }                                                                                                             \
+    }                                                                                                               \
   }
 
 /* Rows r0.. r0+MR, columns j.. j+8 (mask: the columns to store), in 256-bit registers. */
-#define DEF_TILE8(MR)                                                                                   \
-  static TARGET void tile8_##MR(const Layer *L, long r0, long j, __mmask8 last) {                       \
-    __m256 acc[MR];                                                                                     \
-    __m256 b0 = _mm256_loadu_ps(L->bias + j);                                                           \
-    UNROLL for (int r = 0; r < MR; r++) acc[r] = b0;                                                           \
-    const uint16_t *h = L->h + r0 * L->ldh;                                                             \
-    const uint32_t *w = L->w + j;                                                                       \
-    for (long p = 0; p < L->pairs; p++) {                                                               \
-      __m256bh b = (__m256bh)_mm256_loadu_si256((const __m256i *)(w + p * L->ldw));                    \
-      UNROLL for (int r = 0; r < MR; r++) {                                                                    \
-        __m256bh a = (__m256bh)_mm256_set1_epi32(pair_at(h + r * L->ldh + 2 * p));                      \
-        acc[r] = _mm256_dpbf16_ps(acc[r], a, b);                                                        \
-      }                                                                                                 \
-    }                                                                                                   \
-    UNROLL for (int r = 0; r < MR; r++) {                                                                      \
-      __m256 x = L->silu ? silu8(acc[r]) : acc[r];                                                     \
-      long at = (r0 + r) * L->ldo + j;                                                                  \
-      if (L->f32)                                                                                       \
-        _mm256_mask_storeu_ps((float *)L->out + at, last, x);                                           \
-      else                                                                                              \
-        _mm_mask_storeu_epi16((uint16_t *)L->out + at, last, (__m128i)_mm256_cvtneps_pbh(x));          \
-    }                                                                                                   \
+#define DEF_TILE8(MR)                                                                                               \
+  static TARGET void tile8_##MR(const Layer *L, long r0, long j, __mmask8 last) {                                   \
+    __m256 acc[MR];                                                                                                 \
+    __m256 b0 = _mm256_loadu_ps(L->bias + j);                                                                       \
+    UNROLL for (int r = 0; r < MR; r++) acc[r] = b0;                                                                \
+    const uint16_t *h = L->h + r0 * L->ldh;                                                                         \
+    const uint32_t *w = L->w + j;                                                                                   \
+    for (long p = 0; p < L->pairs; p++) {                                                                           \
+      __m256bh b = (__m256bh)_mm256_loadu_si256((const __m256i *)(w + p * L->ldw));                                 \
+      UNROLL for (int r = 0; r < MR; r++) {                                                                         \
+        __m256bh a = (__m256bh)_mm256_set1_epi32(pair_at(h + r * L->ldh + 2 * p));                                  \
+        acc[r] = _mm256_dpbf16_ps(acc[r], a, b);                                                                    \
+      }                                                                                                             \
+    }                                                                                                               \
+    UNROLL for (int r = 0; r < MR; r++) {                                                                           \
+      __m256 x = L->silu ? silu8(acc[r]) : acc[r];                                                                  \
+      long at = (r0 + r) * L->ldo + j;                                                                              \
+      if (L->f32)                                                                                                   \
+        _mm256_mask_storeu_ps((float *)L->out + at, last, x);                                                       \
+      else                                                                                                          \
+        _mm_mask_storeu_epi16((uint16_t *)L->out + at, last, (__m128i)_mm256_cvtneps_pbh(x));                       \
+    }                                                                                                               \
   }
 
 /* Main tiles: 6 rows x 64 columns (24 sums, 4 weight vectors and a broadcast in 32 registers,
