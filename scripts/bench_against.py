@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -71,9 +72,39 @@ def _package_dirs(pyproject: Path) -> dict[str, str]:
         return {}
 
 
+def _compiled_sources(tree: Path, folders) -> dict[str, bytes]:
+    """setup.py and the C sources and headers under the package folders of a tree, by relative path."""
+    files = [tree / "setup.py"] + [f for folder in folders for pattern in ("*.c", "*.h")
+                                   for f in sorted((tree / folder).rglob(pattern))]
+    return {str(f.relative_to(tree)): f.read_bytes() for f in files if f.is_file()}
+
+
+def build_extensions(source: Path, root: Path, folders) -> None:
+    """The revision's compiled modules (its setup.py's ext_modules) built into its source, so that
+    its side runs its own kernels, not the fallbacks it has without them. Where its setup.py and C
+    files are this checkout's, this checkout's built modules are copied instead. A build that
+    fails is reported and the revision runs without it, as an install without a compiler would."""
+    if not (source / "setup.py").is_file():
+        return
+    if _compiled_sources(source, folders) == _compiled_sources(root, folders):
+        for folder in folders:
+            for built in (root / folder).rglob("*.so"):
+                target = source / built.relative_to(root)
+                if target.parent.is_dir():
+                    shutil.copy2(built, target)
+        return
+    print(f"--against: building {source.name}'s compiled modules", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"], cwd=source,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"--against: the revision's compiled modules did not build; it runs without them:\n{done.stderr[-2000:]}",
+              file=sys.stderr, flush=True)
+
+
 def extract_revision(commit: str, root: Path, into: Path) -> Path:
     """The source of `commit` written under `into`, laid out as an importable package as its own
-    pyproject.toml maps it (package-dir); returns the folder to put first on PYTHONPATH."""
+    pyproject.toml maps it (package-dir), its compiled modules built (`build_extensions`); returns
+    the folder to put first on PYTHONPATH."""
     archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=root, capture_output=True, check=True)
     source = into / "source"
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
@@ -82,6 +113,7 @@ def extract_revision(commit: str, root: Path, into: Path) -> Path:
         else:  # a Python without extraction filters; git archive writes no links out of the tree
             tar.extractall(source)
     mapping = _package_dirs(source / "pyproject.toml")
+    build_extensions(source, root, sorted(set(mapping.values())))
     path = into / "path"
     if PACKAGE in mapping:  # the whole package in one folder
         path.mkdir()

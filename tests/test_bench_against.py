@@ -33,6 +33,33 @@ def test_the_revision_is_imported_ahead_of_the_installed_package(tmp_path):
     assert len(files) == 2 and all(f.startswith(str(tmp_path)) for f in files)
     # The package's data travels with it: the shipped experiments and scenes are the revision's.
     assert (path / "forethought" / "scripts" / "configs" / "arm-reach-ilqr.yaml").is_file()
+    # So do its compiled modules (here this checkout's, copied: the same sources).
+    from forethought.models.ensemble import network_kernel
+    if network_kernel._planning_kernels is not None:
+        where = subprocess.run([sys.executable, "-c", "from forethought.models.ensemble import network_kernel as k; "
+                                "print(k._planning_kernels.__file__)"], env=env, capture_output=True, text=True, check=True)
+        assert where.stdout.strip().startswith(str(tmp_path))
+
+
+def test_a_revision_with_other_c_sources_gets_its_own_modules_built(tmp_path):
+    from forethought.scripts.bench_against import build_extensions
+
+    revision, here = tmp_path / "revision", tmp_path / "here"
+    for tree, value in ((revision, 7), (here, 8)):
+        (tree / "pkg").mkdir(parents=True)
+        (tree / "pkg" / "__init__.py").touch()
+        (tree / "setup.py").write_text('from setuptools import Extension, setup\n'
+                                       'setup(name="t", packages=["pkg"], ext_modules=[Extension("pkg._m", ["pkg/m.c"])])\n')
+        (tree / "pkg" / "m.c").write_text(
+            '#include <Python.h>\n'
+            f'static PyObject *value(PyObject *s, PyObject *a) {{ return PyLong_FromLong({value}); }}\n'
+            'static PyMethodDef methods[] = {{"value", value, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};\n'
+            'static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_m", "", -1, methods};\n'
+            'PyMODINIT_FUNC PyInit__m(void) { return PyModule_Create(&module); }\n')
+    build_extensions(revision, here, ["pkg"])
+    value = subprocess.run([sys.executable, "-c", "import pkg._m as m; print(m.value())"], cwd=revision,
+                           capture_output=True, text=True)
+    assert value.stdout.strip() == "7", value.stderr
 
 
 @needs_checkout
