@@ -52,8 +52,8 @@ class WeightedDistance(TensorParameters):
     def _value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """d2 (...) of x (..., n) as e * e @ w, the angle entries' squares replaced by 2 (1 - cos e),
         and e (..., k)."""
-        w, target = self.tensors(x, "weights", "target")
-        e = self.take(x, "index") - target
+        (w,) = self.tensors(x, "weights")
+        e = self.difference(self.take(x, "index"), "target")
         sq = e * e
         if self._any_angle:
             self.put(sq, "angle_positions", 2.0 * (1.0 - torch.cos(self.take(e, "angle_positions"))))

@@ -47,6 +47,22 @@ class TensorParameters:
         consecutively (a state's joints usually do), else a gather."""
         return x[..., self._index(x, name)]
 
+    def difference(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """x - the floating parameter `name` (k,) along x's last axis (..., k). Over a batch of
+        trajectories (..., T+1, k) the subtraction runs on the last two axes as one, against the
+        parameter tiled T+1 times: torch's loop over a 4-wide broadcast axis is six times slower than
+        over a 64-wide one (a fifth of a sampling planner's cost). The same numbers either way."""
+        (p,) = self.tensors(x, name)
+        if x.dim() < 2 or x.shape[-2] < 2:
+            return x - p
+        cache = self.__dict__["_tensors"]
+        key = ("tiled", name, x.shape[-2], x.dtype, x.device)
+        tiled = cache.get(key)
+        if tiled is None:
+            with torch.inference_mode(False):
+                tiled = cache[key] = p.repeat(x.shape[-2])
+        return (x.reshape(*x.shape[:-2], -1) - tiled).reshape(x.shape)
+
     def put(self, x: torch.Tensor, name: str, value: torch.Tensor) -> None:
         """x[..., index] = value in place, for the integer parameter `name` (k,) as `take` reads it."""
         x[..., self._index(x, name)] = value
