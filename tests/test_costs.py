@@ -504,3 +504,24 @@ def test_the_distance_takes_chords_for_angles_and_squares_for_the_rest():
     # A huge but finite angle error is a bounded chord, not a square that overflows float32.
     assert torch.isfinite(d2[1]) and float(d2[1]) <= 2.0 * 2 * 2 + 1e-6
     assert torch.isnan(distance.evaluate(torch.tensor([[0.0, float("inf"), 0.0, 0.0]]))[0]).all()
+
+
+def test_a_parameter_subtracted_over_a_batch_is_the_plain_subtraction_bit_for_bit():
+    from forethought.controllers.costs.distance import WeightedDistance
+
+    distance = WeightedDistance([0, 2, 3], [1.0, 1.0, 1.0], [0.3, -1.7, 2.9], [False, False, True])
+    g = torch.Generator().manual_seed(0)
+    for shape in [(4,), (5, 4), (1, 4), (3, 7, 4), (2, 3, 6, 4)]:
+        x = torch.randn(*shape, generator=g) * 10
+        taken = distance.take(x, "index")  # a gather: the entries are not consecutive
+        (target,) = distance.tensors(x, "target")
+        assert torch.equal(distance.difference(taken, "target"), taken - target)
+        view = x[..., 1:4]  # a strided view
+        assert torch.equal(distance.difference(view, "target"), view - target)
+    # The tiled target is kept per number of rows, and the derivatives (autograd, vmap) go through it.
+    x = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    d2, _ = distance._value(x)
+    (gradient,) = torch.autograd.grad(d2.sum(), x)
+    e = (x.detach()[:, [0, 2, 3]] - torch.tensor([0.3, -1.7, 2.9], dtype=torch.float64))
+    expected = torch.stack([2 * e[:, 0], 2 * e[:, 1], 2 * torch.sin(e[:, 2])], dim=1)
+    assert torch.allclose(gradient[:, [0, 2, 3]], expected) and not gradient[:, 1].any()
