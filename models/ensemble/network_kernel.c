@@ -200,33 +200,7 @@ void network_member(const uint16_t *h0, long ldh0, long in_stride, long chunks, 
   }
 }
 
-static int cpu_supported(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
-}
-
-#else
-static int cpu_supported(void) { return 0; }
 #endif
-
-static int supported_cached = -1;
-
-int network_supported(void) {
-  if (supported_cached < 0) supported_cached = cpu_supported();
-  return supported_cached;
-}
-
-static int check_supported(void) {
-  if (!network_supported()) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX512-BF16");
-  return network_supported();
-}
-
-PyObject *py_network_supported(PyObject *self, PyObject *args) {
-  (void)self; (void)args;
-  return PyBool_FromLong(network_supported());
-}
 
 /* layer(h, ldh, w, ldw, bias, out, ldo, rows, pairs, columns, silu, f32): one layer, addresses as
  * integers; the Python side (network_kernel.py) owns the shapes and checks them. */
@@ -238,7 +212,7 @@ PyObject *py_layer(PyObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "KlKlKKllllii", &h, &ldh, &w, &ldw, &bias, &out, &ldo, &rows, &pairs, &columns,
                         &silu, &f32))
     return NULL;
-  if (!check_supported()) return NULL;
+  if (!require_cpu(1)) return NULL;
 #if HAVE_KERNEL
   Layer L = {(const uint16_t *)h, ldh, (const uint32_t *)w, ldw, (const float *)bias, (void *)out, ldo, pairs,
              silu, f32};
@@ -263,7 +237,7 @@ PyObject *py_forward(PyObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "KlllKlKlK", &h0, &chunks, &members, &rows, &plan_at, &layers, &scratch, &ldscratch,
                         &out))
     return NULL;
-  if (!check_supported()) return NULL;
+  if (!require_cpu(1)) return NULL;
 #if HAVE_KERNEL
   const int64_t *plan = (const int64_t *)plan_at;
   long ldh0 = 2 * plan[4], columns_out = plan[6 * (layers - 1) + 5];

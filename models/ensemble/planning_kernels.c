@@ -9,6 +9,50 @@
  */
 #include "planning_kernels.h"
 
+/* What this CPU runs, asked once: the sampling step AVX-512 (F, DQ, BW, VL) with FMA, the network
+ * AVX512-BF16 besides. */
+int sampling_supported(void) {
+  static int cached = -1;
+  if (cached < 0) {
+#if HAVE_KERNEL
+    __builtin_cpu_init();
+    cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+#else
+    cached = 0;
+#endif
+  }
+  return cached;
+}
+
+int network_supported(void) {
+  static int cached = -1;
+  if (cached < 0) {
+#if HAVE_KERNEL
+    cached = sampling_supported() && __builtin_cpu_supports("avx512bf16");
+#else
+    cached = 0;
+#endif
+  }
+  return cached;
+}
+
+int require_cpu(int network) {
+  if (network ? network_supported() : sampling_supported()) return 1;
+  PyErr_SetString(PyExc_RuntimeError, network ? "this CPU lacks AVX512-BF16" : "this CPU lacks AVX-512");
+  return 0;
+}
+
+static PyObject *py_network_supported(PyObject *self, PyObject *args) {
+  (void)self; (void)args;
+  return PyBool_FromLong(network_supported());
+}
+
+static PyObject *py_sampling_supported(PyObject *self, PyObject *args) {
+  (void)self; (void)args;
+  return PyBool_FromLong(sampling_supported());
+}
+
 /* rollout(slots, actions, steps, chunks, members, rows, n, m, plan, layers, scratch, ldscratch, features,
  *         ldf, out, plain, p, angles, a, action_ref, action_rel, lower, upper, scale, key, noise):
  * slots (steps + 1, chunks * members * rows, n) float32 with step 0 set, the rest written; actions
@@ -26,10 +70,7 @@ static PyObject *py_rollout(PyObject *self, PyObject *args) {
                         &n, &m, &plan_at, &layers, &scratch, &ldscratch, &features, &ldf, &out, &plain, &p, &angles, &a,
                         &action_ref, &action_rel, &lower, &upper, &scale, &key, &noise))
     return NULL;
-  if (!network_supported() || !sampling_supported()) {
-    PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX512-BF16");
-    return NULL;
-  }
+  if (!require_cpu(1)) return NULL; /* the network's needs include the sampling step's */
 #if HAVE_KERNEL
   const int64_t *plan = (const int64_t *)plan_at;
   long S = chunks * members * rows, width = 2 * n;

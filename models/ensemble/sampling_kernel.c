@@ -314,32 +314,7 @@ TARGET void sampling_features(const float *x, const float *u, long S, long n, lo
   }
 }
 
-static int cpu_supported(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
-}
-
-#else
-static int cpu_supported(void) { return 0; }
 #endif
-
-static int supported_cached = -1;
-
-int sampling_supported(void) {
-  if (supported_cached < 0) supported_cached = cpu_supported();
-  return supported_cached;
-}
-
-PyObject *py_sampling_supported(PyObject *self, PyObject *args) {
-  (void)self; (void)args;
-  return PyBool_FromLong(sampling_supported());
-}
-
-static int check_supported(void) {
-  if (!sampling_supported()) PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512");
-  return sampling_supported();
-}
 
 /* The functions take addresses as integers; the Python side (sampling_kernel.py) owns the shapes
  * and checks them. */
@@ -350,7 +325,7 @@ PyObject *py_fill(PyObject *self, PyObject *args) {
   unsigned long long out, key, stream;
   long start, count;
   if (!PyArg_ParseTuple(args, "KllKK", &out, &start, &count, &key, &stream)) return NULL;
-  if (!check_supported()) return NULL;
+  if (!require_cpu(0)) return NULL;
 #if HAVE_KERNEL
   Py_BEGIN_ALLOW_THREADS
   fill_normals((float *)out, start, count, key, stream);
@@ -369,7 +344,7 @@ PyObject *py_sample(PyObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "KllllKKKKKKKK", &out, &blocks, &rows, &n, &members, &lower, &upper, &scale, &x,
                         &x_next, &key, &stream, &noise))
     return NULL;
-  if (!check_supported()) return NULL;
+  if (!require_cpu(0)) return NULL;
 #if HAVE_KERNEL
   Py_BEGIN_ALLOW_THREADS
   for (long b = 0; b < blocks; b++) { /* block b: member b % members */
@@ -392,7 +367,7 @@ PyObject *py_features(PyObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "KKlllKlKlKKKli", &x, &u, &rows, &n, &m, &plain, &p, &angles, &a, &action_ref,
                         &action_rel, &out, &ldf, &bf16))
     return NULL;
-  if (!check_supported()) return NULL;
+  if (!require_cpu(0)) return NULL;
 #if HAVE_KERNEL
   Py_BEGIN_ALLOW_THREADS
   sampling_features((const float *)x, (const float *)u, rows, n, m, (const int64_t *)plain, p, (const int64_t *)angles, a,
