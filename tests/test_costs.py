@@ -511,7 +511,7 @@ def test_a_parameter_subtracted_over_a_batch_is_the_plain_subtraction_bit_for_bi
 
     distance = WeightedDistance([0, 2, 3], [1.0, 1.0, 1.0], [0.3, -1.7, 2.9], [False, False, True])
     g = torch.Generator().manual_seed(0)
-    for shape in [(4,), (5, 4), (1, 4), (3, 7, 4), (2, 3, 6, 4)]:
+    for shape in [(4,), (5, 4), (1, 4), (3, 7, 4), (2, 3, 6, 4), (0, 7, 4)]:  # an empty batch too
         x = torch.randn(*shape, generator=g) * 10
         taken = distance.take(x, "index")  # a gather: the entries are not consecutive
         (target,) = distance.tensors(x, "target")

@@ -23,7 +23,8 @@ from forethought.controllers.costs.term import Term, TermDerivatives, register
 
 @register("saturating", keys=("weights", "target", "angles", "sigma"))
 class SaturatingCost(Term):
-    """1 - exp(-d^2 / (2 sigma^2)) with d^2 a WeightedDistance. Derivatives analytic and exact."""
+    """1 - exp(-d^2 / (2 sigma^2)) with d^2 a WeightedDistance. Derivatives analytic, exact but where
+    the closeness is held at twice the smallest normal number (`_closeness`)."""
 
     def __init__(self, distance: WeightedDistance, sigma: float):
         self.distance, self.sigma = distance, float(sigma)

@@ -53,7 +53,7 @@ class TensorParameters:
         parameter tiled T+1 times: torch's loop over a 4-wide broadcast axis is six times slower than
         over a 64-wide one (a fifth of a sampling planner's cost). The same numbers either way."""
         (p,) = self.tensors(x, name)
-        if x.dim() < 2 or x.shape[-2] < 2:
+        if x.dim() < 3 or x.shape[-2] < 2:  # states (B, k), not trajectories: one tiling a batch size
             return x - p
         cache = self.__dict__["_tensors"]
         key = ("tiled", name, x.shape[-2], x.dtype, x.device)
@@ -61,7 +61,7 @@ class TensorParameters:
         if tiled is None:
             with torch.inference_mode(False):
                 tiled = cache[key] = p.repeat(x.shape[-2])
-        return (x.reshape(*x.shape[:-2], -1) - tiled).reshape(x.shape)
+        return (x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1]) - tiled).reshape(x.shape)
 
     def put(self, x: torch.Tensor, name: str, value: torch.Tensor) -> None:
         """x[..., index] = value in place, for the integer parameter `name` (k,) as `take` reads it."""

@@ -260,7 +260,7 @@ class EnsembleDynamics:
         slots = torch.empty(H + 1, q * width, self.n)
         # Time-major (H, slots, m): a step's actions are one contiguous block, not one value every
         # H*m floats (a cache line a row at thousands of rows).
-        U = U.to(torch.float32)
+        U = U.detach().to(torch.float32)
         actions = torch.empty(H, q * width, self.m)
         to_slot_order(X.numpy(), U.numpy(), order.numpy(), slots[0].numpy(), actions.numpy())
         kernel = self.kernel if torch.get_num_threads() == 1 else None
@@ -285,9 +285,7 @@ class EnsembleDynamics:
                 to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, t + 1)
                 done = t + 1
                 order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
-                slots[t] = X[:, t][order]
-                actions = U.transpose(0, 1)[:, order].contiguous()
-                steps = actions.numpy()
+                to_slot_order(X[:, t:].numpy(), U[:, t:].numpy(), order.numpy(), states[t], steps[t:])
             x, x_next, u = states[t], states[t + 1], steps[t]
             if compiled:
                 self.step_kernel.write_features(x, u, rows)

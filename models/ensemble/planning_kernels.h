@@ -41,12 +41,12 @@ PyObject *py_layer(PyObject *self, PyObject *args);
 PyObject *py_forward(PyObject *self, PyObject *args);
 
 /* sampling_kernel.c */
-/* The network input of S rows (sampling_kernel.c, write_rows). */
+/* The network input of S rows (sampling_kernel.c). */
 void sampling_features(const float *x, const float *u, long S, long n, long m, const int64_t *plain, long p,
                        const int64_t *angles, long a, const int64_t *action_ref, const float *action_rel,
                        void *features, long ldf, int bf16);
 /* The next states of one block of C slots of one member, its draws from element `first` of
- * (key, stream) on (sampling_kernel.c, sample_block). */
+ * (key, stream) on (sampling_kernel.c). */
 void sampling_block(const float *out, long C, long n, const float *lower, const float *upper, const float *scale,
                     const float *x, float *x_next, uint64_t key, uint64_t stream, long first, float *noise);
 PyObject *py_fill(PyObject *self, PyObject *args);

@@ -38,7 +38,8 @@ INLINE void philox8(__m512i c[4], uint32_t key0, uint32_t key1) {
   }
 }
 
-/* Uniform in (0, 1) from a word's top 24 bits, never 0 (log) nor 1. */
+/* Uniform in (0, 1] from a word's top 24 bits: never 0 (its log); the largest word rounds to 1, a
+ * zero radius, one draw in 2^24. */
 INLINE __m512 open_unit(__m512i bits) {
   return _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 8)), _mm512_set1_ps(0.5f)),
                        _mm512_set1_ps(0x1p-24f));

@@ -151,9 +151,10 @@ class StepKernel:
         S = chunks * self.members * rows
         _check("slots", slots, np.float32, (H + 1, S, self.n))
         _check("actions", actions, np.float32, (H, S, self.m))
-        if network.k != self.members or network.output_width != 2 * self.n or network.input_width > LANES:
-            raise ValueError(f"a network of {self.members} members from {LANES} inputs at most to {2 * self.n} outputs "
-                             f"is wanted, got {network.k} from {network.input_width} to {network.output_width}")
+        if (network.k != self.members or network.output_width != 2 * self.n
+                or not self.width <= network.input_width <= LANES):
+            raise ValueError(f"a network of {self.members} members from {self.width} to {LANES} inputs to {2 * self.n} "
+                             f"outputs is wanted, got {network.k} from {network.input_width} to {network.output_width}")
         key_ = (chunks, rows, network.input_width)
         scratch = self._rollout_scratch.get(key_)
         if scratch is None:
