@@ -22,6 +22,14 @@
 
 #if HAVE_KERNEL
 
+/* fdlibm's float32 kernels for sin and cos on [-pi/4, pi/4], used by the draws and the features. */
+#define SIN3 (-1.6666654611e-1f)
+#define SIN5 8.3321608736e-3f
+#define SIN7 (-1.9515295891e-4f)
+#define COS4 4.166664568298827e-2f
+#define COS6 (-1.388731625493765e-3f)
+#define COS8 2.443315711809948e-5f
+
 /* Philox4x32-10 on eight counters at once, one in each 64-bit lane's low half (the products
  * 32 x 32 -> 64 bits are VPMULUDQ's). The high halves carry junk between rounds: VPMULUDQ reads only
  * the low halves, and the words are masked once at the end. */
@@ -68,11 +76,11 @@ INLINE void box_muller(__m512i radius_bits, __m512i angle_bits, float *out) {
   __m512 phi = _mm512_mul_ps(_mm512_sub_ps(open_unit(angle_bits), _mm512_set1_ps(0.5f)),
                              _mm512_set1_ps(1.5707963267948966f));
   __m512 p2 = _mm512_mul_ps(phi, phi);
-  __m512 sp = _mm512_fmadd_ps(_mm512_set1_ps(-1.9515295891e-4f), p2, _mm512_set1_ps(8.3321608736e-3f));
-  sp = _mm512_fmadd_ps(sp, p2, _mm512_set1_ps(-1.6666654611e-1f));
+  __m512 sp = _mm512_fmadd_ps(_mm512_set1_ps(SIN7), p2, _mm512_set1_ps(SIN5));
+  sp = _mm512_fmadd_ps(sp, p2, _mm512_set1_ps(SIN3));
   sp = _mm512_fmadd_ps(_mm512_mul_ps(sp, p2), phi, phi);
-  __m512 cp = _mm512_fmadd_ps(_mm512_set1_ps(2.443315711809948e-5f), p2, _mm512_set1_ps(-1.388731625493765e-3f));
-  cp = _mm512_fmadd_ps(cp, p2, _mm512_set1_ps(4.166664568298827e-2f));
+  __m512 cp = _mm512_fmadd_ps(_mm512_set1_ps(COS8), p2, _mm512_set1_ps(COS6));
+  cp = _mm512_fmadd_ps(cp, p2, _mm512_set1_ps(COS4));
   cp = _mm512_fmadd_ps(cp, p2, _mm512_set1_ps(-0.5f));
   cp = _mm512_fmadd_ps(cp, p2, _mm512_set1_ps(1.0f));
   /* cos(phi + pi/4) = (c - s) / sqrt 2, sin(phi + pi/4) = (c + s) / sqrt 2 */
@@ -156,6 +164,14 @@ INLINE void softplus_ways(__m512 y[WAYS], const __m512 z[WAYS]) {
                                _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(2.0f), s[i]), q[i]));
 }
 
+/* The lanes `index` picks from the first `count` <= 32 floats at o (two masked loads: nothing past
+ * them is read): a group of rows' deltas or log-variances, one per lane. */
+INLINE __m512 output_lanes(const float *o, long count, __m512i index) {
+  uint32_t read = count >= 32 ? 0xFFFFFFFFu : (1u << count) - 1;
+  return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), index,
+                                _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
+}
+
 /* Rows a block at most in `sampling_block`'s passes: their vectors' scratch stays in the level-1 cache. */
 #define PASS_VECTORS 64
 
@@ -184,10 +200,7 @@ TARGET void sampling_block(const float *out, long C, long n, const float *lower,
     long vectors = (C - p0 + g - 1) / g < PASS_VECTORS ? (C - p0 + g - 1) / g : PASS_VECTORS;
     for (long v = 0; v < vectors; v++) { /* the log-variances */
       long rows = C - p0 - v * g < g ? C - p0 - v * g : g;
-      uint32_t read = rows * 2 * n >= 32 ? 0xFFFFFFFFu : (1u << (rows * 2 * n)) - 1;
-      const float *o = out + (p0 + v * g) * 2 * n;
-      std[v] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), logvar_index,
-                                      _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
+      std[v] = output_lanes(out + (p0 + v * g) * 2 * n, rows * 2 * n, logvar_index);
     }
     for (long v = vectors; v < vectors + WAYS; v++) std[v] = _mm512_setzero_ps();
     for (long v = 0; v < vectors; v += WAYS) {
@@ -211,10 +224,7 @@ TARGET void sampling_block(const float *out, long C, long n, const float *lower,
     for (long v = 0; v < vectors; v++) {
       long r = p0 + v * g, rows = C - r < g ? C - r : g;
       __mmask16 m = (__mmask16)((1u << (rows * n)) - 1);
-      uint32_t read = rows * 2 * n >= 32 ? 0xFFFFFFFFu : (1u << (rows * 2 * n)) - 1;
-      const float *o = out + r * 2 * n;
-      __m512 delta = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps((__mmask16)read, o), delta_index,
-                                            _mm512_maskz_loadu_ps((__mmask16)(read >> 16), o + 16));
+      __m512 delta = output_lanes(out + r * 2 * n, rows * 2 * n, delta_index);
       __m512 step = _mm512_add_ps(delta, _mm512_mul_ps(std[v], _mm512_maskz_loadu_ps(m, noise + r * n)));
       _mm512_mask_storeu_ps(x_next + r * n, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + r * n), step));
     }
@@ -231,11 +241,11 @@ INLINE void sincos16(__m512 x, __m512 *sin, __m512 *cos) {
                            _mm512_mul_ps(k, _mm512_set1_ps(7.5497899548918822e-08f)));
   r = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), r)); /* NaN passes */
   __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 s = _mm512_add_ps(_mm512_set1_ps(8.3321608736e-3f), _mm512_mul_ps(r2, _mm512_set1_ps(-1.9515295891e-4f)));
-  s = _mm512_add_ps(_mm512_set1_ps(-1.6666654611e-1f), _mm512_mul_ps(r2, s));
+  __m512 s = _mm512_add_ps(_mm512_set1_ps(SIN5), _mm512_mul_ps(r2, _mm512_set1_ps(SIN7)));
+  s = _mm512_add_ps(_mm512_set1_ps(SIN3), _mm512_mul_ps(r2, s));
   s = _mm512_add_ps(r, _mm512_mul_ps(_mm512_mul_ps(r, r2), s));
-  __m512 c = _mm512_add_ps(_mm512_set1_ps(-1.388731625493765e-3f), _mm512_mul_ps(r2, _mm512_set1_ps(2.443315711809948e-5f)));
-  c = _mm512_add_ps(_mm512_set1_ps(4.166664568298827e-2f), _mm512_mul_ps(r2, c));
+  __m512 c = _mm512_add_ps(_mm512_set1_ps(COS6), _mm512_mul_ps(r2, _mm512_set1_ps(COS8)));
+  c = _mm512_add_ps(_mm512_set1_ps(COS4), _mm512_mul_ps(r2, c));
   c = _mm512_add_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(_mm512_set1_ps(0.5f), r2)),
                     _mm512_mul_ps(_mm512_mul_ps(r2, r2), c));
   __m512i quadrant = _mm512_and_si512(_mm512_castps_si512(_mm512_add_ps(k, magic)), _mm512_set1_epi32(3));

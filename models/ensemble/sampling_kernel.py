@@ -35,6 +35,11 @@ LANES = 16
 """The widest state, action and feature row the kernels take (one vector of float32)."""
 
 
+def _word(value: int) -> int:
+    """A key or stream as the unsigned 64-bit word the kernels take (modulo 2^64)."""
+    return value & (2**64 - 1)
+
+
 def available() -> bool:
     """Whether the compiled kernels are installed and this CPU runs them."""
     return _planning_kernels is not None and _planning_kernels.sampling_supported()
@@ -47,7 +52,7 @@ def fits(n: int, m: int, width: int) -> bool:
 
 def key_from(generator: torch.Generator) -> int:
     """A 64-bit key drawn from `generator` (one draw: the generator moves on as with any other)."""
-    return int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64, generator=generator)) & (2**64 - 1)
+    return _word(int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64, generator=generator)))
 
 
 def _check(name: str, a: np.ndarray, dtype, shape: tuple) -> None:
@@ -69,7 +74,7 @@ def fill(out: np.ndarray, key: int, stream: int, start: int = 0) -> np.ndarray:
     _check("out", out, np.float32, out.shape)
     if not out.flags.writeable or start < 0:
         raise ValueError("fill takes a writeable array and a start >= 0")
-    _planning_kernels.fill(out.ctypes.data, start, out.size, key & (2**64 - 1), stream & (2**64 - 1))
+    _planning_kernels.fill(out.ctypes.data, start, out.size, _word(key), _word(stream))
     return out
 
 
@@ -135,7 +140,7 @@ class StepKernel:
         if noise is None:  # one block's draws at a time: a few kB, in cache
             noise = self._noise[R] = np.empty(R * self.n, dtype=np.float32)
         _planning_kernels.sample(out.ctypes.data, blocks, R, self.n, self.members, *self._bound_args, x.ctypes.data,
-                                x_next.ctypes.data, key & (2**64 - 1), stream & (2**64 - 1), noise.ctypes.data)
+                                x_next.ctypes.data, _word(key), _word(stream), noise.ctypes.data)
 
     def rollout(self, network: "PackedNetwork", slots: np.ndarray, actions: np.ndarray, chunks: int, rows: int,
                 key: int) -> None:
@@ -167,4 +172,4 @@ class StepKernel:
         features, out, noise = scratch
         _planning_kernels.rollout(slots.ctypes.data, actions.ctypes.data, H, chunks, self.members, rows, self.n, self.m,
                                   *network.raw(rows), features.ctypes.data, network.input_width, out.ctypes.data,
-                                  *self._layout_args, *self._bound_args, key & (2**64 - 1), noise.ctypes.data)
+                                  *self._layout_args, *self._bound_args, _word(key), noise.ctypes.data)
