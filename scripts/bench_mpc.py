@@ -12,7 +12,11 @@ thread reaches in a batched matrix product of the hidden layers' shape, the best
 counts (`ROWS`), over torch's product and the compiled kernel's (`network_kernel`), and over
 readings before the planners and after each (`matmul_gflops_readings`). No planner can choose an
 action faster than that with this network on this core; the gap (`*_over_floor`, time over floor)
-is activations, sampling and cost. `*_cpu_over_floor` sets the plan's CPU time against the floor
+is activations, sampling and cost. `*_over_floor` is the median over the plans of each plan's time
+over the floor at the peak read right before and after it (the better reading), as `bench ilqr`
+does for its iterations: the machine's speed moves between minutes, and the peak moves with it.
+`*_over_best_floor` sets the median time against the floor at the best reading of the whole run
+(`*_network_floor_ms`) instead. `*_cpu_over_floor` sets the plan's CPU time against the floor
 in CPU time (the matrix-product rate per CPU second), which others' load does not swing.
 `*_activation_floor_ms` is the network's activations (one per hidden unit and particle-step) at
 the rate the activation reaches in place on a hidden layer, and `*_over_floor_with_activations`
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,20 +49,33 @@ PLANNER_SETTINGS = {
 }
 
 
-def time_per_action(planner, states: np.ndarray, repeats: int, cpu: bool = False) -> float:
-    """Median wall time in ms of planner.plan over consecutive ticks from the given states (its CPU
-    time with cpu=True)."""
+def plan_times(planner, states: np.ndarray, repeats: int, cpu: bool = False,
+               probe: Callable[[], float] | None = None) -> tuple[list[float], list[float]]:
+    """Seconds of wall time (CPU time with cpu=True) of planner.plan over consecutive ticks from the
+    given states, and with `probe` the core's peak rate read right before and right after each plan,
+    the better of the two (else no rates)."""
     H, m = planner.config.horizon, planner.m
     U = np.zeros((H, m))
     plan = planner.plan(states[0], U, 0)  # warm-up: allocations, caches
     clock = time.process_time if cpu else time.perf_counter
-    times = []
+    times, rates = [], []
+    before = probe() if probe else None
     for t in range(repeats):
         U = np.concatenate([plan.U[1:], plan.U[-1:]])
         start = clock()
         plan = planner.plan(states[(t + 1) % len(states)], U, t + 1)
         times.append(clock() - start)
-    return 1e3 * statistics.median(times)
+        if probe:
+            after = probe()
+            rates.append(max(before, after))
+            before = after
+    return times, rates
+
+
+def time_per_action(planner, states: np.ndarray, repeats: int, cpu: bool = False) -> float:
+    """Median wall time in ms of planner.plan over consecutive ticks from the given states (its CPU
+    time with cpu=True)."""
+    return 1e3 * statistics.median(plan_times(planner, states, repeats, cpu)[0])
 
 
 class CountingDynamics:
@@ -74,7 +92,6 @@ class CountingDynamics:
 ROWS = (300, 600, 1400)
 """Rows a member at which the rates are measured: the best of them is the core's peak (the product
 runs fastest where a layer stays in the level-2 cache)."""
-
 
 def matmul_rate(dynamics, rows: tuple[int, ...] = ROWS, repeats: int = 20, cpu: bool = False) -> float:
     """Multiply-adds per second of a product at the ensemble's hidden-layer shape, (k, r, w) x
@@ -164,18 +181,24 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     for kind, settings in PLANNER_SETTINGS.items():
         planner = make_planner(kind, dynamics, cost, robot.spec.action_low, robot.spec.action_high,
                                **settings)
-        # CPU time beside wall time: others' load on a shared machine does not stretch it.
-        timed[kind] = (time_per_action(planner, trial.states, repeats),
-                       time_per_action(planner, trial.states, repeats, cpu=True),
+        # Each plan beside the peak read (the same reading, 0.2 s) right before and after it, as
+        # `bench ilqr` sets each iteration against the floor read after it: this machine's speed
+        # moves by a fifth from one minute to the next, and a plan in a slow one set against the best
+        # minute's peak reads as slow code. CPU time beside wall time: others' load on a shared
+        # machine does not stretch it.
+        times, beside = plan_times(planner, trial.states, repeats, probe=lambda: matmul_rate(dynamics))
+        timed[kind] = (times, beside, time_per_action(planner, trial.states, repeats, cpu=True),
                        particle_steps(planner, dynamics, trial.states[0]))
         rates.append(matmul_rate(dynamics))
         cpu_rates.append(matmul_rate(dynamics, cpu=True))
     rate, cpu_rate = max(rates), max(cpu_rates)
     metrics = {}
-    for kind, (ms, cpu_ms, steps) in timed.items():
-        metrics[f"{kind}_ms_per_action"] = ms
+    for kind, (times, beside, cpu_ms, steps) in timed.items():
+        ms = metrics[f"{kind}_ms_per_action"] = 1e3 * statistics.median(times)
         floor = metrics[f"{kind}_network_floor_ms"] = network_floor_ms(steps, dynamics, rate)
-        metrics[f"{kind}_over_floor"] = ms / floor
+        metrics[f"{kind}_over_floor"] = statistics.median(
+            1e3 * t / network_floor_ms(steps, dynamics, r) for t, r in zip(times, beside))
+        metrics[f"{kind}_over_best_floor"] = ms / floor
         metrics[f"{kind}_cpu_over_floor"] = cpu_ms / (floor * rate / cpu_rate)
         # The activations are the network's work too: the floor with them at their own best rate.
         activations = metrics[f"{kind}_activation_floor_ms"] = activation_floor_ms(steps, dynamics, act_rate)
@@ -188,7 +211,7 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
 
 def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20,
                   seeds: int = 3) -> tuple[dict, dict]:
-    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms, _over_floor, _cpu_over_floor,
+    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms, _over_floor, _over_best_floor, _cpu_over_floor,
     _activation_floor_ms and _over_floor_with_activations (and *_float32 variants when bfloat16 is native), and
     unless quick (or learning=False) pets_trials_to_success for seeds 0 to seeds-1 (None: not within
     max_trials), run as a sweep (a local Ray, one CPU per seed), with its distribution over the seeds

@@ -67,6 +67,21 @@ def test_silu_matches_torch_over_every_bfloat16_value():
     assert (ours[normal & (theirs.abs() > 1e-30)] == exact[normal & (theirs.abs() > 1e-30)]).double().mean() > 0.95
 
 
+@pytest.mark.parametrize("k,R,K,N", SHAPES[:3])
+def test_a_prescaled_layer_passes_on_log2e_times_silu(k, R, K, N):
+    h, w, b = random_layer(k, R, K, N, seed=K * N)
+    exact = torch.baddbmm(b.double(), h.double(), w.double())
+    # Weights and bias times -log2(e), rounded to float32 sums of bfloat16 products as any layer's.
+    ws, bs = network_kernel.prescaled([w, w], [b, None])
+    ours = network_kernel.layer(h, ws[0], bs[0], silu=True, prescaled=True, out_dtype=torch.float32).double()
+    target = -network_kernel.LOG2E * F.silu(exact)
+    scale = torch.bmm(h.double().abs(), w.double().abs()) + b.double().abs()
+    # The activation's 1.4e-4 and bfloat16's rounding of the rescaled weights (2^-9 of each product).
+    assert torch.all((ours - target).abs() <= 2e-4 * target.abs() + 2.0**-8 * scale)
+    # Mostly much closer than that bound: the rescaled weights' roundings mostly cancel.
+    assert torch.median((ours - target).abs() / (target.abs() + 1e-30)) < 2e-3
+
+
 def packed(dims: list[int], k: int, seed: int) -> tuple[network_kernel.PackedNetwork, list, list]:
     g = torch.Generator().manual_seed(seed)
     weights = [(torch.randn(k, a, b, generator=g) / a**0.5).bfloat16() for a, b in zip(dims[:-1], dims[1:])]
@@ -82,12 +97,13 @@ def test_the_network_chains_its_layers_member_by_member(dims, R):
     h0 = torch.zeros(k, R, network.input_width, dtype=torch.bfloat16)
     h0[..., : dims[0]] = torch.randn(k, R, dims[0], generator=g)
     out = network.forward(h0, torch.empty(k, R, dims[-1]))
-    # The same layers one at a time through `layer`: the chaining, the scratch buffers and an
-    # odd width's padding change nothing.
+    # The same layers one at a time through `layer`, their sums prescaled as the network packs them:
+    # the chaining, the scratch buffers and an odd width's padding change nothing.
     h = h0[..., : dims[0]]
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, (w, b) in enumerate(zip(*network_kernel.prescaled(weights, biases))):
         last = i == len(weights) - 1
-        h = network_kernel.layer(h, w, b, silu=not last, out_dtype=torch.float32 if last else torch.bfloat16)
+        h = network_kernel.layer(h, w, b, silu=not last, prescaled=not last,
+                                 out_dtype=torch.float32 if last else torch.bfloat16)
     assert torch.equal(out, h)
     # And near the float64 network on the same inputs (bfloat16 activations: a few ulp after layers).
     x = h0[..., : dims[0]].double()

@@ -152,9 +152,11 @@ def test_next_states_are_the_numba_pass_on_the_same_draws_bit_for_bit(blocks, me
     assert np.isnan(ours[2]).any() and np.isfinite(ours[3:]).all()
 
 
-def test_states_go_back_to_row_order():
+@pytest.mark.parametrize("B", [50, 60_000])  # row by row in cache, slot by slot past it (ROW_ORDER_BYTES)
+def test_states_go_back_to_row_order(B):
     rng = np.random.default_rng(3)
-    B, S, T, n = 50, 54, 6, 3
+    S, T, n = B + 4, 6, 3
+    assert (T * S * n * 4 <= sampling_step.ROW_ORDER_BYTES) == (B == 50)
     perm = rng.permutation(B)
     order = np.concatenate([perm, perm[: S - B]])  # four padding slots repeat rows
     inverse = np.empty(B, np.int64)

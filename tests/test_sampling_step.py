@@ -10,7 +10,8 @@ from numba import njit
 
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel
 from forethought.models.ensemble.bfloat16_bits import narrow
-from forethought.models.ensemble.sampling_step import _exp, _sincos, _softplus
+from forethought.models.ensemble.planning import deal_slots_torch
+from forethought.models.ensemble.sampling_step import _exp, _sincos, _softplus, deal_slots
 
 
 @njit
@@ -157,6 +158,15 @@ def test_chunks_deal_rows_evenly_and_keep_every_row():
     # Without chunks: one member-major block of R rows each, as the torch steps lay them out.
     order, inverse, R, q = dynamics._assignment(1805, torch.Generator().manual_seed(0))
     assert q == 1 and R == 602 and torch.equal(order[inverse], torch.arange(1805))
+
+
+@pytest.mark.parametrize("B,k,C,q", [(1805, 3, 201, 3), (1805, 3, 602, 1), (7, 5, 2, 1), (20, 5, 1, 4), (1, 2, 1, 1)])
+def test_the_compiled_deal_is_torch_s_for_other_devices(B, k, C, q):
+    perm = torch.randperm(B, generator=torch.Generator().manual_seed(B))
+    order, inverse = torch.empty(q * k * C, dtype=torch.int64), torch.empty(B, dtype=torch.int64)
+    deal_slots(perm.numpy(), k, C, q, order.numpy(), inverse.numpy())
+    expected = deal_slots_torch(perm, k, C, q)
+    assert torch.equal(order, expected[0]) and torch.equal(inverse, expected[1])
 
 
 def test_chunked_rollouts_sample_what_one_chunk_samples():

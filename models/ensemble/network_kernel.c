@@ -7,7 +7,8 @@
  * which adds a pair of products to each float32 lane). A tile keeps MR rows x NV*16 columns of
  * float32 sums in registers across all K; the bias is their start and SiLU their epilogue, so the
  * pre-activation is rounded to bfloat16 once, after the activation, not before and after as a
- * product, an activation and a narrowing done apart would.
+ * product, an activation and a narrowing done apart would. In a network (network_member) each hidden
+ * layer's sums come prescaled by -log2(e), which saves the activation a product (PRESCALED_SILU).
  *
  * Python side: network_kernel.py; the module: planning_kernels.h.
  */
@@ -30,17 +31,29 @@
  * them on the multiply pipes the products use (the others overlap them): a tenth of a 200-wide
  * layer's time. Edge cases as torch's SiLU: x = inf gives f = 0 and 2^-inf = 0, so inf; x = -inf
  * gives NaN (inf times the reciprocal of inf, 0); a large negative x gives -0 (x / inf); NaN stays
- * NaN. */
-#define SILU_BODY(V, S)                                                                                             \
-  __m##V t = S##_mul_ps(x, S##_set1_ps(-1.4426950408889634f));                                                      \
+ * NaN.
+ *
+ * PRESCALED: x is already t, a sum whose weights and bias were multiplied by -log2(e)
+ * (network_kernel.prescaled), and the result t / (1 + 2^t) is -log2(e) SiLU(z): the first product
+ * saved, 5 operations on the multiply pipes (1.5% of the network). The next layer's weights take
+ * the factor back. */
+#define SILU_BODY(V, S, PRESCALED)                                                                                  \
+  __m##V t = PRESCALED ? x : S##_mul_ps(x, S##_set1_ps(-1.4426950408889634f));                                      \
   __m##V f = S##_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);                                           \
   __m##V p = S##_fmadd_ps(S##_set1_ps(0.07802452f), f, S##_set1_ps(0.22606716f));                                   \
   p = S##_fmadd_ps(p, f, S##_set1_ps(0.69583354f));                                                                 \
   p = S##_fmadd_ps(p, f, S##_set1_ps(0.99992522f));                                                                 \
   return S##_mul_ps(x, S##_rcp14_ps(S##_add_ps(S##_scalef_ps(p, t), S##_set1_ps(1.0f))));
 
-INLINE __m512 silu16(__m512 x) { SILU_BODY(512, _mm512) }
-INLINE __m256 silu8(__m256 x) { SILU_BODY(256, _mm256) }
+INLINE __m512 silu16(__m512 x) { SILU_BODY(512, _mm512, 0) }
+INLINE __m256 silu8(__m256 x) { SILU_BODY(256, _mm256, 0) }
+INLINE __m512 prescaled_silu16(__m512 x) { SILU_BODY(512, _mm512, 1) }
+INLINE __m256 prescaled_silu8(__m256 x) { SILU_BODY(256, _mm256, 1) }
+
+/* The activation: none (0), SiLU (SILU), SiLU of a prescaled sum (PRESCALED_SILU). */
+enum { SILU = 1, PRESCALED_SILU = 2 };
+#define ACT16(act, x) ((act) == PRESCALED_SILU ? prescaled_silu16(x) : (act) == SILU ? silu16(x) : (x))
+#define ACT8(act, x) ((act) == PRESCALED_SILU ? prescaled_silu8(x) : (act) == SILU ? silu8(x) : (x))
 
 /* Two bfloat16 values as one 32-bit word, read without breaking C's aliasing rules (a broadcast load). */
 INLINE int32_t pair_at(const uint16_t *at) {
@@ -59,7 +72,7 @@ typedef struct {
   void *out;         /* (R, N) bfloat16 bits or float32, rows ldo apart */
   long ldo;
   long pairs;
-  int silu;
+  int act; /* 0, SILU or PRESCALED_SILU */
   int f32;
 } Layer;
 
@@ -84,7 +97,7 @@ typedef struct {
     UNROLL for (int r = 0; r < MR; r++) {                                                                           \
       long at = (r0 + r) * L->ldo + j;                                                                              \
       __m512 x[NV];                                                                                                 \
-      UNROLL for (int v = 0; v < NV; v++) x[v] = L->silu ? silu16(acc[r][v]) : acc[r][v];                           \
+      UNROLL for (int v = 0; v < NV; v++) x[v] = ACT16(L->act, acc[r][v]);                                           \
       if (L->f32) {                                                                                                 \
         UNROLL for (int v = 0; v < NV - 1; v++) _mm512_storeu_ps((float *)L->out + at + 16 * v, x[v]);              \
         _mm512_mask_storeu_ps((float *)L->out + at + 16 * (NV - 1), last, x[NV - 1]);                               \
@@ -117,7 +130,7 @@ typedef struct {
       }                                                                                                             \
     }                                                                                                               \
     UNROLL for (int r = 0; r < MR; r++) {                                                                           \
-      __m256 x = L->silu ? silu8(acc[r]) : acc[r];                                                                  \
+      __m256 x = ACT8(L->act, acc[r]);                                                                               \
       long at = (r0 + r) * L->ldo + j;                                                                              \
       if (L->f32)                                                                                                   \
         _mm256_mask_storeu_ps((float *)L->out + at, last, x);                                                       \
@@ -190,7 +203,7 @@ void network_member(const uint16_t *h0, long ldh0, long in_stride, long chunks, 
       uint16_t *buffer = scratch + (l % 2) * rows * ldscratch;
       long columns = q[5];
       Layer L = {h, ldh, (const uint32_t *)q[0] + e * q[3], q[1], (const float *)q[2] + e * q[1],
-                 last ? (void *)(out + c * out_stride) : (void *)buffer, last ? columns : ldscratch, q[4], !last, last};
+                 last ? (void *)(out + c * out_stride) : (void *)buffer, last ? columns : ldscratch, q[4], last ? 0 : PRESCALED_SILU, last};
       run_layer(&L, rows, columns);
       if (!last && columns % 2) /* an odd width: the next layer's last pair reads a zero */
         for (long r = 0; r < rows; r++) buffer[r * ldscratch + columns] = 0;
@@ -202,20 +215,20 @@ void network_member(const uint16_t *h0, long ldh0, long in_stride, long chunks, 
 
 #endif
 
-/* layer(h, ldh, w, ldw, bias, out, ldo, rows, pairs, columns, silu, f32): one layer, addresses as
- * integers; the Python side (network_kernel.py) owns the shapes and checks them. */
+/* layer(h, ldh, w, ldw, bias, out, ldo, rows, pairs, columns, act, f32): one layer (act 0, SILU or
+ * PRESCALED_SILU), addresses as integers; the Python side (network_kernel.py) owns the shapes and checks them. */
 PyObject *py_layer(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long h, w, bias, out;
   long ldh, ldw, ldo, rows, pairs, columns;
-  int silu, f32;
+  int act, f32;
   if (!PyArg_ParseTuple(args, "KlKlKKllllii", &h, &ldh, &w, &ldw, &bias, &out, &ldo, &rows, &pairs, &columns,
-                        &silu, &f32))
+                        &act, &f32))
     return NULL;
   if (!require_cpu(1)) return NULL;
 #if HAVE_KERNEL
   Layer L = {(const uint16_t *)h, ldh, (const uint32_t *)w, ldw, (const float *)bias, (void *)out, ldo, pairs,
-             silu, f32};
+             act, f32};
   Py_BEGIN_ALLOW_THREADS
   run_layer(&L, rows, columns);
   Py_END_ALLOW_THREADS

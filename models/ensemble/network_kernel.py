@@ -5,7 +5,8 @@ each hidden layer is a product, a bias pass and an activation pass over memory, 
 alone ran at about the core's matrix-product peak. Here each output tile's float32 sums stay in
 registers from the bias through the products to the SiLU, and are narrowed to bfloat16 once; the
 layers run member by member, so that a member's activations (300 rows of 200 in bfloat16, 120 kB)
-stay in the level-2 cache from one layer to the next.
+stay in the level-2 cache from one layer to the next. Its hidden layers' weights and biases are
+packed times -log2(e) (`prescaled`): the SiLU starts from the sum it would first multiply by that.
 
 Where the extension did not build or the CPU lacks AVX512-BF16, `available()` is false and planning
 runs the network through torch as before (`EnsembleDynamics._products`).
@@ -53,10 +54,13 @@ def _padded_bias(b: torch.Tensor | None, k: int, N: int) -> torch.Tensor:
     return out
 
 
-def layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool, out_dtype: torch.dtype) -> torch.Tensor:
+def layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool, out_dtype: torch.dtype,
+          prescaled: bool = False) -> torch.Tensor:
     """act(h w + b) for h (k, R, K) bfloat16 on CPU, w (k, K, N), b (k, 1, N) or None: (k, R, N) in
-    out_dtype (bfloat16 or float32); act is SiLU with silu, else none. The sums are float32, the
-    result rounded once. For tests and benchmarks; planning calls `PackedNetwork.forward`."""
+    out_dtype (bfloat16 or float32); act is SiLU with silu, else none. With prescaled (and silu), w
+    and b are -log2(e) times a layer's (`prescaled`) and the result is -log2(e) SiLU of its sum, as
+    the network's hidden layers compute it. The sums are float32, the result rounded once. For tests
+    and benchmarks; planning calls `PackedNetwork.forward`."""
     if not available():
         raise RuntimeError("the compiled network kernel is not available here (network_kernel.available())")
     if (h.dtype != torch.bfloat16 or h.device.type != "cpu" or h.dim() != 3 or w.dim() != 3
@@ -75,8 +79,28 @@ def layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool, 
     out = torch.empty(k, R, N, dtype=out_dtype)
     for e in range(k):
         _planning_kernels.layer(h[e].data_ptr(), h.shape[2], pairs[e].data_ptr(), pairs.shape[2], bias[e].data_ptr(),
-                              out[e].data_ptr(), N, R, pairs.shape[1], N, int(silu), int(out_dtype == torch.float32))
+                              out[e].data_ptr(), N, R, pairs.shape[1], N, (2 if prescaled else 1) if silu else 0,
+                                int(out_dtype == torch.float32))
     return out
+
+
+LOG2E = 1.4426950408889634
+
+
+def prescaled(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]) -> tuple[list, list]:
+    """The same network with its SiLUs' sums times -log2(e), in float64: each hidden layer's bias
+    times -log2(e), the first layer's weights too, the last layer's weights over -log2(e). A hidden
+    layer then computes t = -log2(e) z and passes on t / (1 + 2^t) = -log2(e) SiLU(z), whose factor
+    the next layer's weights (unchanged) carry over into its own t, and the last layer's take back.
+    The output is the same function; the rescaled weights are rounded to bfloat16 after the scaling
+    (from float64 where they are given so, as planning gives them)."""
+    weights = [w.double() for w in weights]
+    biases = [None if b is None else b.double() for b in biases]
+    if len(weights) > 1:
+        weights[0] = weights[0] * -LOG2E
+        weights[-1] = weights[-1] / -LOG2E
+        biases[:-1] = [None if b is None else b * -LOG2E for b in biases[:-1]]
+    return weights, biases
 
 
 class PackedNetwork:
@@ -100,8 +124,9 @@ class PackedNetwork:
         self.input_width = weights[0].shape[1] + weights[0].shape[1] % 2
         self.output_width = weights[-1].shape[2]
         self.hidden_stride = max(w.shape[2] + w.shape[2] % 2 for w in weights[:-1]) if len(weights) > 1 else 2
-        self._pairs = [pack_pairs(w) for w in weights]
-        self._biases = [_padded_bias(b, self.k, w.shape[2]) for w, b in zip(weights, biases)]
+        scaled, scaled_biases = prescaled(weights, biases)
+        self._pairs = [pack_pairs(w) for w in scaled]
+        self._biases = [_padded_bias(b, self.k, w.shape[2]) for w, b in zip(scaled, scaled_biases)]
         self._plan = np.array([[p.data_ptr(), p.shape[2], b.data_ptr(), p.shape[1] * p.shape[2], p.shape[1], w.shape[2]]
                                for p, b, w in zip(self._pairs, self._biases, weights)], dtype=np.int64)
         self._scratch: dict[int, torch.Tensor] = {}

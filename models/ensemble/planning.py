@@ -17,7 +17,8 @@ from forethought.models.ensemble import network_kernel, sampling_kernel
 from forethought.models.ensemble.bfloat16_bits import bits_of
 from forethought.models.ensemble.config import DTYPES, PROPAGATIONS
 from forethought.models.ensemble.network import ACTIVATIONS, ACTIVATIONS_IN_PLACE, soft_bound_logvar
-from forethought.models.ensemble.sampling_step import sample_next_states, to_row_order, to_slot_order, write_features
+from forethought.models.ensemble.sampling_step import (deal_slots, sample_next_states, to_row_order, to_slot_order,
+                                                       write_features)
 from forethought.models.ensemble.silu_bfloat16 import planning_silu_
 
 if TYPE_CHECKING:
@@ -32,6 +33,21 @@ on thousands of rows and the narrow last layer reads its input from cache. At PE
 MPPI plans in 0.90x the time with bfloat16 chunks of 300 rows against 600, and slower with 1000
 or 100; in float32, iCEM and MPPI in 0.86x and 0.93x with chunks of 150 rows against none
 (docs/notes/floors.md)."""
+
+
+def deal_slots_torch(perm: torch.Tensor, k: int, C: int, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sampling_step.deal_slots` in torch's operations, for devices other than the CPU: the
+    shuffled rows perm (B,) dealt out to k members like cards (the j-th goes to member j % k as its
+    (j // k)-th slot), in q chunks of k blocks of C slots. Returns order (q*k*C,), inverse (B,)."""
+    B = perm.numel()
+    j = torch.arange(q * k * C, device=perm.device)
+    i = j // k
+    slot = ((i // C) * k + j % k) * C + i % C
+    order = torch.empty_like(j)
+    order[slot] = torch.cat([perm, perm[: q * k * C - B]])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = slot[:B]
+    return order, inverse
 
 
 class EnsembleDynamics:
@@ -95,7 +111,8 @@ class EnsembleDynamics:
         self.kernel = None
         if (self.fused and self.dtype == torch.bfloat16 and model.config.activation == "silu"
                 and network_kernel.available()):
-            self.kernel = network_kernel.PackedNetwork(self.weights, [None, *self.biases])
+            # From float64: the first and last layers' weights are rescaled there (`network_kernel.prescaled`).
+            self.kernel = network_kernel.PackedNetwork(weights, [None, *biases[1:]])
         # The fused steps' noise: Philox on AVX-512 (`sampling_kernel`, a key a rollout from the planner's
         # generator), else torch's generator, whose draws the torch steps make in the same order.
         self.draws = "philox" if self.fused and sampling_kernel.available() else "torch"
@@ -202,15 +219,10 @@ class EnsembleDynamics:
         q = 1 if chunk is None else max(1, math.ceil(B / (k * chunk)))
         C = math.ceil(B / (k * q))
         perm = torch.randperm(B, generator=generator, device=self.device)
-        # Deal the shuffled rows out to the members like cards: the j-th goes to member j % k, as
-        # that member's (j // k)-th row.
-        j = torch.arange(q * k * C, device=self.device)
-        i = j // k
-        slot = ((i // C) * k + j % k) * C + i % C
-        order = torch.empty_like(j)
-        order[slot] = torch.cat([perm, perm[: q * k * C - B]])
-        inverse = torch.empty_like(perm)
-        inverse[perm] = slot[:B]
+        if self.device.type != "cpu":
+            return (*deal_slots_torch(perm, k, C, q), C, q)
+        order, inverse = torch.empty(q * k * C, dtype=torch.int64), torch.empty(B, dtype=torch.int64)
+        deal_slots(perm.numpy(), k, C, q, order.numpy(), inverse.numpy())  # one compiled pass
         return order, inverse, C, q
 
     @torch.no_grad()
@@ -257,13 +269,22 @@ class EnsembleDynamics:
         B, H, _ = U.shape
         order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
         width = self.k * C  # slots in a chunk
-        slots = torch.empty(H + 1, q * width, self.n)
+        # numpy's arrays between the kernels: each torch call there costs more in dispatch than in work.
+        Xs, Us = X.numpy(), U.detach().to(torch.float32).numpy()
+        # torch's allocations: 64-byte aligned, as the compiled passes' vectors are (numpy's large ones
+        # start 16 bytes into a page, and each vector would straddle two cache lines).
+        states = torch.empty(H + 1, q * width, self.n).numpy()
         # Time-major (H, slots, m): a step's actions are one contiguous block, not one value every
         # H*m floats (a cache line a row at thousands of rows).
-        U = U.detach().to(torch.float32)
-        actions = torch.empty(H, q * width, self.m)
-        to_slot_order(X.numpy(), U.numpy(), order.numpy(), slots[0].numpy(), actions.numpy())
+        steps = torch.empty(H, q * width, self.m).numpy()
+        to_slot_order(Xs, Us, order.numpy(), states[0], steps)
         kernel = self.kernel if torch.get_num_threads() == 1 else None
+        key = sampling_kernel.key_from(generator) if self.draws == "philox" else None
+        compiled = kernel is not None and key is not None and self.step_kernel is not None
+        if compiled and self.propagation == "tsinf" and self.member_by_member:
+            self.step_kernel.rollout(kernel, states, steps, q, C, key)
+            to_row_order(states, order.numpy(), inverse.numpy(), Xs, 1, H + 1)
+            return X
         if kernel is not None:
             # All chunks in one call each: the kernel keeps a member's weights in cache across them.
             features, out, bounds = self._kernel_workspace(q, C)
@@ -271,21 +292,13 @@ class EnsembleDynamics:
         else:
             features = self._workspace(C)[0]
         rows = bits_of(features).reshape(-1, features.shape[-1])
-        states = slots.numpy()
-        steps = actions.numpy()  # a step's actions by numpy's indexing: torch's costs tens of us between kernels
-        key = sampling_kernel.key_from(generator) if self.draws == "philox" else None
-        compiled = kernel is not None and key is not None and self.step_kernel is not None
         done = 1  # columns of X up to here are filled
-        if compiled and self.propagation == "tsinf" and self.member_by_member:
-            self.step_kernel.rollout(kernel, states, steps, q, C, key)
-            to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, H + 1)
-            return X
         for t in range(H):
             if t > 0 and self.propagation == "ts1":
-                to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, t + 1)
+                to_row_order(states, order.numpy(), inverse.numpy(), Xs, done, t + 1)
                 done = t + 1
                 order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
-                to_slot_order(X[:, t:].numpy(), U[:, t:].numpy(), order.numpy(), states[t], steps[t:])
+                to_slot_order(Xs[:, t:], Us[:, t:], order.numpy(), states[t], steps[t:])
             x, x_next, u = states[t], states[t + 1], steps[t]
             if compiled:
                 self.step_kernel.write_features(x, u, rows)
@@ -306,5 +319,5 @@ class EnsembleDynamics:
                 write_features(x[part], u[part], *self._feature_layout, rows)
                 products = self._products(features)
                 sample_next_states(bits_of(products), noise[c], *self._variance_bounds, x[part], x_next[part])
-        to_row_order(states, order.numpy(), inverse.numpy(), X.numpy(), done, H + 1)
+        to_row_order(states, order.numpy(), inverse.numpy(), Xs, done, H + 1)
         return X

@@ -163,6 +163,12 @@ def sample_next_states(out: np.ndarray, noise: np.ndarray, min_logvar: np.ndarra
                 x_next[s, i] = x[s, i] + (as_float32(out[e, r, i]) + std[e, i, r] * noise[e, r, i])
 
 
+ROW_ORDER_BYTES = 1_000_000
+"""States up to this size are put back into row order row by row (`to_row_order`): they are still in
+the level-2 cache from the rollout (1 MB a core on the machines measured; 0.22 against 0.11 ms at
+2,000 rows of 16 steps, equal at 7,000)."""
+
+
 @njit(nogil=True, boundscheck=False, cache=True)
 def to_row_order(slots: np.ndarray, order: np.ndarray, inverse: np.ndarray, X: np.ndarray, start: int, stop: int) -> None:
     """X[b, t] = slots[t, inverse[b]] for t in [start, stop): the states of steps start .. stop - 1
@@ -170,9 +176,18 @@ def to_row_order(slots: np.ndarray, order: np.ndarray, inverse: np.ndarray, X: n
 
     slots (T, S, n) float32; order (S,) the row in each slot, inverse (B,) the slot whose states a
     row takes (a padding slot repeats a row; only inverse's are read); X (B, >= stop, n) float32.
-    Slot by slot: the reads go in order and each row's writes are one contiguous run (through the
-    rows' slots, every read is a cache miss at thousands of rows; 2.3 times faster at MPPI's 20,000).
+    Slot by slot where the states outgrow the level-2 cache: the reads go in order and each row's
+    writes are one contiguous run (through the rows' slots, every read is a cache miss at thousands
+    of rows; 2.3 times faster at MPPI's 20,000). Row by row where they fit (`ROW_ORDER_BYTES`): the
+    reads hit the cache and the writes go in order (twice as fast at iCEM's 2,000).
     """
+    if slots.size * 4 <= ROW_ORDER_BYTES:
+        for b in range(X.shape[0]):
+            s = inverse[b]
+            for t in range(start, stop):
+                for i in range(slots.shape[2]):
+                    X[b, t, i] = slots[t, s, i]
+        return
     for s in range(slots.shape[1]):
         b = order[s]
         if inverse[b] != s:
@@ -198,3 +213,20 @@ def to_slot_order(X: np.ndarray, U: np.ndarray, order: np.ndarray, slots: np.nda
         for t in range(U.shape[1]):
             for i in range(U.shape[2]):
                 actions[t, s, i] = U[b, t, i]
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def deal_slots(perm: np.ndarray, k: int, C: int, q: int, order: np.ndarray, inverse: np.ndarray) -> None:
+    """The shuffled rows perm (B,) dealt out to k members like cards, in q chunks of k member blocks
+    of C slots: the j-th goes to member j % k as its (j // k)-th slot, rows from the start of perm
+    again where q * k * C > B (padding). order (q*k*C,) the row in each slot, inverse (B,) each
+    row's slot, int64, written (`EnsembleDynamics._assignment`: one pass, where torch's index
+    arithmetic took a dozen calls a rollout)."""
+    B = perm.size
+    for j in range(q * k * C):
+        i = j // k
+        slot = ((i // C) * k + j % k) * C + i % C
+        row = perm[j] if j < B else perm[j - B]
+        order[slot] = row
+        if j < B:
+            inverse[row] = slot
