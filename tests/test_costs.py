@@ -506,6 +506,21 @@ def test_the_distance_takes_chords_for_angles_and_squares_for_the_rest():
     assert torch.isnan(distance.evaluate(torch.tensor([[0.0, float("inf"), 0.0, 0.0]]))[0]).all()
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_value_without_autograd_is_the_value_with_it_bit_for_bit(name):
+    # Without autograd (a planner's batches) the distance and the saturating closeness run in place.
+    cost, spec = case_cost(name)
+    x, u = case_points(spec, 2000, seed=3)
+    x, u = torch.tensor(x, dtype=torch.float32).view(50, 40, -1), torch.tensor(u, dtype=torch.float32).view(50, 40, -1)
+    x[0, 0, 0] = float("nan")
+    for w in cost.terms:
+        with torch.no_grad():
+            planned = w.term.value(x, u)
+        tracked = w.term.value(x.clone().requires_grad_(), u)
+        same = (planned == tracked.detach()) | (torch.isnan(planned) & torch.isnan(tracked.detach()))
+        assert same.all(), name
+
+
 def test_a_parameter_subtracted_over_a_batch_is_the_plain_subtraction_bit_for_bit():
     from forethought.controllers.costs.distance import WeightedDistance
 
