@@ -25,6 +25,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from numba import njit
 
 from forethought.controllers.mpc import Plan
 from forethought.models.dynamics_model import MissingCapability
@@ -241,7 +242,8 @@ class SamplingPlanner:
         return x, self.clip(U)
 
     def clip(self, U: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(torch.minimum(U, self.high), self.low)
+        """U within the action bounds (NaN stays NaN)."""
+        return torch.clamp(U, self.low, self.high)
 
     def evaluate(self, x0: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cost over particles (N,), inf where any state or cost is not finite; states (N, P, H+1, n)."""
@@ -253,9 +255,12 @@ class SamplingPlanner:
             X = self.dynamics.rollout(x0.expand(N * P, -1), Up, self.generator)
         with torch.no_grad():
             c = torch.as_tensor(self.cost(X, Up), device=X.device).view(N, P).mean(dim=1)
+        states = X.view(N, -1)
+        if c.device.type == "cpu" and c.dtype == states.dtype == torch.float32 and not states.requires_grad:
+            _worst_where_not_finite(c.numpy(), states.numpy())  # one compiled pass, not seven calls
+            return c, X.view(N, P, *X.shape[1:])
         # A row's largest and smallest entries are finite only if all are (both carry a NaN): two
         # reductions, where an isfinite mask and its all() cost 1% of an MPPI plan.
-        states = X.view(N, -1)
         finite = torch.isfinite(c) & torch.isfinite(states.amax(dim=1)) & torch.isfinite(states.amin(dim=1))
         c = torch.where(finite, c, torch.full_like(c, math.inf))
         return c, X.view(N, P, *X.shape[1:])
@@ -267,6 +272,21 @@ class SamplingPlanner:
     def _result(self, U: torch.Tensor, X: torch.Tensor | None, cost: float) -> Plan:
         Xn = None if X is None else X.mean(dim=0).double().cpu().numpy()
         return Plan(U=U.double().cpu().numpy(), X=Xn, K=None, cost=float(cost))
+
+
+@njit(nogil=True, boundscheck=False, cache=True)
+def _worst_where_not_finite(costs: np.ndarray, states: np.ndarray) -> None:
+    """costs[i] = inf where costs[i] or any of states[i] is NaN or infinite (`evaluate` on CPU, as
+    its torch reductions do elsewhere: between two rollouts each torch call costs more than its work).
+    costs (N,), states (N, L) float32."""
+    for i in range(costs.size):
+        bad = not np.isfinite(costs[i])
+        j = 0
+        while not bad and j < states.shape[1]:
+            bad = not np.isfinite(states[i, j])
+            j += 1
+        if bad:
+            costs[i] = np.inf
 
 
 def _elites(costs: torch.Tensor, count: int) -> torch.Tensor:

@@ -113,6 +113,21 @@ def test_nan_predictions_or_costs_never_become_the_chosen_action(kind):
     assert plan.cost == math.inf and np.array_equal(plan.U, U_init)
 
 
+def test_a_candidate_with_any_state_or_cost_not_finite_costs_inf_on_either_path():
+    # The compiled pass on CPU float32 against the torch reductions other devices run.
+    rng = np.random.default_rng(0)
+    costs = rng.normal(size=300).astype(np.float32)
+    states = rng.normal(size=(300, 64)).astype(np.float32)
+    costs[[3, 4]] = [np.nan, -np.inf]
+    states[10, 0], states[11, 63], states[12, 7], states[13, 5] = np.nan, np.inf, -np.inf, 3e38
+    c, X = torch.tensor(costs), torch.tensor(states)
+    finite = torch.isfinite(c) & torch.isfinite(X.amax(dim=1)) & torch.isfinite(X.amin(dim=1))
+    expected = torch.where(finite, c, torch.full_like(c, math.inf))
+    samplers._worst_where_not_finite(costs, states)
+    assert torch.equal(torch.from_numpy(costs), expected)
+    assert np.isinf(costs[[3, 4, 10, 11, 12]]).all() and np.isfinite(costs[13])
+
+
 @pytest.mark.parametrize("kind", list(SETTINGS))
 def test_plans_respect_bounds_and_warm_start_is_clipped(kind):
     low, high = np.array([-0.2, -0.1]), np.array([0.3, 0.05])
