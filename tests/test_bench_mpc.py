@@ -8,7 +8,7 @@ import torch
 
 from forethought.controllers.samplers import make_planner
 from forethought.models.ensemble import EnsembleConfig, EnsembleModel
-from forethought.scripts.bench_mpc import activation_floor_ms, network_floor_ms, particle_steps
+from forethought.scripts.bench_mpc import activation_floor_ms, network_floor_ms, particle_steps, plan_times
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +37,13 @@ def test_the_floor_is_every_particle_step_through_one_member(dynamics):
     assert network_floor_ms(steps, dynamics, rate) == pytest.approx(1e3 * steps * per_step / rate)
     # One activation per hidden unit: 16 + 16 a particle-step.
     assert activation_floor_ms(steps, dynamics, rate) == pytest.approx(1e3 * steps * 32 / rate)
+
+
+def test_each_plan_is_set_beside_the_better_peak_reading_around_it(dynamics):
+    planner = make_planner("cem", dynamics, cost, [-1.0], [1.0],
+                           horizon=4, population=10, particles=3, iterations=2, elites=2)
+    readings = iter([5.0, 3.0, 9.0, 1.0, 2.0])
+    times, rates = plan_times(planner, np.zeros((6, 2)), 4, probe=lambda: next(readings))
+    # One reading before the first plan and one after each: plan i between readings i and i + 1.
+    assert len(times) == 4 and rates == [5.0, 9.0, 9.0, 2.0]
+    assert plan_times(planner, np.zeros((6, 2)), 2)[1] == []  # no probe, no readings

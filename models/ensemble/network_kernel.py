@@ -79,7 +79,7 @@ def layer(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, silu: bool, 
     out = torch.empty(k, R, N, dtype=out_dtype)
     for e in range(k):
         _planning_kernels.layer(h[e].data_ptr(), h.shape[2], pairs[e].data_ptr(), pairs.shape[2], bias[e].data_ptr(),
-                              out[e].data_ptr(), N, R, pairs.shape[1], N, (2 if prescaled else 1) if silu else 0,
+                                out[e].data_ptr(), N, R, pairs.shape[1], N, (2 if prescaled else 1) if silu else 0,
                                 int(out_dtype == torch.float32))
     return out
 
@@ -109,7 +109,9 @@ class PackedNetwork:
     weights: (k, K_l, N_l) for each layer l, N_l = K_{l+1}; biases: (k, 1, N_l) for each layer, or
     None for one without (the first, whose bias rides on a constant input feature in planning).
     `forward` takes the first layer's input with K_0 rounded up to even (`input_width`) and writes
-    the last layer's output as float32.
+    the last layer's output as float32. The weights are packed `prescaled` (in bfloat16, rounded
+    from the precision they come in): the hidden layers pass on -log2(e) SiLU, the output is the
+    network's own.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]):
