@@ -212,3 +212,18 @@ def test_member_by_member_rollouts_are_the_step_by_step_ones_bit_for_bit():
         steps = dynamics.rollout(x0, U, torch.Generator().manual_seed(2))
         dynamics.member_by_member = True
         assert torch.isfinite(members).all() and torch.equal(members, steps)
+    # The rows dealt to the slots inside the call: an index out of range is refused, not followed.
+    network, sk, q, C = dynamics.kernel, dynamics.step_kernel, 1, 9
+    S, B, H = q * dynamics.k * C, 25, 6
+    slots, actions = np.zeros((H + 1, S, 3), np.float32), np.zeros((H, S, 1), np.float32)
+    X, Us = np.zeros((B, H + 1, 3), np.float32), np.zeros((B, H, 1), np.float32)
+    order, inverse = np.empty(S, np.int64), np.empty(B, np.int64)
+    sampling_step.deal_slots(np.arange(B), dynamics.k, C, q, order, inverse)
+    sk.rollout(network, slots, actions, q, C, 1, (X, Us, order, inverse))
+    assert np.isfinite(X).all() and X[:, 1:].any()
+    for bad, match in ((order, "is not a row"), (inverse, "is not the slot")):
+        kept = bad[3]
+        bad[3] = 10**9
+        with pytest.raises(ValueError, match=match):
+            sk.rollout(network, slots, actions, q, C, 1, (X, Us, order, inverse))
+        bad[3] = kept

@@ -277,14 +277,15 @@ class EnsembleDynamics:
         # Time-major (H, slots, m): a step's actions are one contiguous block, not one value every
         # H*m floats (a cache line a row at thousands of rows).
         steps = torch.empty(H, q * width, self.m).numpy()
-        to_slot_order(Xs, Us, order.numpy(), states[0], steps)
         kernel = self.kernel if torch.get_num_threads() == 1 else None
         key = sampling_kernel.key_from(generator) if self.draws == "philox" else None
         compiled = kernel is not None and key is not None and self.step_kernel is not None
         if compiled and self.propagation == "tsinf" and self.member_by_member:
-            self.step_kernel.rollout(kernel, states, steps, q, C, key)
-            to_row_order(states, order.numpy(), inverse.numpy(), Xs, 1, H + 1)
+            # The states' trips into slot order and back inside, member by member while in cache.
+            dealt = (Xs, np.ascontiguousarray(Us), order.numpy(), inverse.numpy())
+            self.step_kernel.rollout(kernel, states, steps, q, C, key, dealt)
             return X
+        to_slot_order(Xs, Us, order.numpy(), states[0], steps)
         if kernel is not None:
             # All chunks in one call each: the kernel keeps a member's weights in cache across them.
             features, out, bounds = self._kernel_workspace(q, C)

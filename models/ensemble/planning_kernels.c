@@ -60,25 +60,47 @@ static PyObject *py_sampling_supported(PyObject *self, PyObject *args) {
  * plan, layers and scratch (2, rows, ldscratch) as forward's (network_kernel.c); features (chunks,
  * rows, ldf) bfloat16 and out (chunks, rows, 2n) float32 one member's scratch; the layout and the
  * bounds (members, n) as sampling_kernel.c's; noise a scratch of rows * n floats. Step t's draws are
- * stream t of key. */
+ * stream t of key. With X (B, steps + 1, n) and U (B, steps, m) float32 rows, order (S,) and
+ * inverse (B,) int64 (X = 0: none), each member's slots are dealt their start states and actions
+ * from the rows before its steps (order: the row in each slot), and its rows' states written back
+ * to X after them (inverse: the slot a row takes), while they are in cache. */
 static PyObject *py_rollout(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long slots_at, actions_at, plan_at, scratch, features, out, plain, angles, action_ref, action_rel,
-      lower, upper, scale, key, noise;
-  long steps, chunks, members, rows, n, m, layers, ldscratch, ldf, p, a;
-  if (!PyArg_ParseTuple(args, "KKllllllKlKlKlKKlKlKKKKKKK", &slots_at, &actions_at, &steps, &chunks, &members, &rows,
-                        &n, &m, &plan_at, &layers, &scratch, &ldscratch, &features, &ldf, &out, &plain, &p, &angles, &a,
-                        &action_ref, &action_rel, &lower, &upper, &scale, &key, &noise))
+      lower, upper, scale, key, noise, X_at, U_at, order_at, inverse_at;
+  long steps, chunks, members, rows, n, m, layers, ldscratch, ldf, p, a, B;
+  if (!PyArg_ParseTuple(args, "KKllllllKlKlKlKKlKlKKKKKKKKKKKl", &slots_at, &actions_at, &steps, &chunks, &members,
+                        &rows, &n, &m, &plan_at, &layers, &scratch, &ldscratch, &features, &ldf, &out, &plain, &p,
+                        &angles, &a, &action_ref, &action_rel, &lower, &upper, &scale, &key, &noise, &X_at, &U_at,
+                        &order_at, &inverse_at, &B))
     return NULL;
   if (!require_cpu(1)) return NULL; /* the network's needs include the sampling step's */
 #if HAVE_KERNEL
   const int64_t *plan = (const int64_t *)plan_at;
   long S = chunks * members * rows, width = 2 * n;
-  float *slots = (float *)slots_at;
-  const float *actions = (const float *)actions_at;
+  float *slots = (float *)slots_at, *X = (float *)X_at;
+  float *actions = (float *)actions_at;
+  const float *U = (const float *)U_at;
+  const int64_t *order = (const int64_t *)order_at, *inverse = (const int64_t *)inverse_at;
+  if (X) { /* every slot's row and every row's slot in range, before any is used */
+    for (long s = 0; s < S; s++)
+      if (order[s] < 0 || order[s] >= B)
+        return PyErr_Format(PyExc_ValueError, "order[%ld] = %ld is not a row of %ld", s, (long)order[s], B);
+    for (long b = 0; b < B; b++)
+      if (inverse[b] < 0 || inverse[b] >= S || order[inverse[b]] != b)
+        return PyErr_Format(PyExc_ValueError, "inverse[%ld] = %ld is not the slot of row %ld", b, (long)inverse[b], b);
+  }
   Py_BEGIN_ALLOW_THREADS
   for (long e = 0; e < members; e++) {
     if (e + 1 < members) network_prefetch(plan, layers, e + 1);
+    if (X) /* this member's slots: their rows' start states and actions */
+      for (long c = 0; c < chunks; c++)
+        for (long s = (c * members + e) * rows; s < (c * members + e + 1) * rows; s++) {
+          const float *x0 = X + order[s] * (steps + 1) * n, *u = U + order[s] * steps * m;
+          for (long i = 0; i < n; i++) slots[s * n + i] = x0[i];
+          for (long t = 0; t < steps; t++)
+            for (long i = 0; i < m; i++) actions[(t * S + s) * m + i] = u[t * m + i];
+        }
     for (long t = 0; t < steps; t++) {
       const float *x = slots + t * S * n, *u = actions + t * S * m;
       float *x_next = slots + (t + 1) * S * n;
@@ -97,6 +119,14 @@ static PyObject *py_rollout(PyObject *self, PyObject *args) {
                        (uint64_t)t, first * n, (float *)noise);
       }
     }
+    if (X) /* its rows' states back, from its slots (a padding slot repeats a row that has its own) */
+      for (long c = 0; c < chunks; c++)
+        for (long s = (c * members + e) * rows; s < (c * members + e + 1) * rows; s++) {
+          if (inverse[order[s]] != s) continue;
+          float *x = X + order[s] * (steps + 1) * n;
+          for (long t = 1; t <= steps; t++)
+            for (long i = 0; i < n; i++) x[t * n + i] = slots[(t * S + s) * n + i];
+        }
   }
   Py_END_ALLOW_THREADS
 #endif

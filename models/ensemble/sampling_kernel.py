@@ -143,7 +143,7 @@ class StepKernel:
                                 x_next.ctypes.data, _word(key), _word(stream), noise.ctypes.data)
 
     def rollout(self, network: "PackedNetwork", slots: np.ndarray, actions: np.ndarray, chunks: int, rows: int,
-                key: int) -> None:
+                key: int, dealt: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """TSinf rollouts through `network`, member by member, each through every step
         (planning_kernels.c): its weights stay in the level-2 cache for the whole rollout. The same
         states as `write_features`, the network's forward and `sample_next_states` step by step
@@ -151,11 +151,25 @@ class StepKernel:
 
         slots (H+1, chunks * members * rows, n) float32, step 0 set, the rest written; actions (H,
         chunks * members * rows, m) float32; slot block c * members + e belongs to member e.
+        With dealt = (X, U, order, inverse), X (B, H+1, n) and U (B, H, m) float32 in row order,
+        order (S,) the row in each slot and inverse (B,) the slot of each row (int64,
+        `sampling_step.deal_slots`): step 0 and the actions are dealt to each member's slots from
+        the rows as `sampling_step.to_slot_order` does, and X[:, 1:] written back as `to_row_order`
+        does, member by member while its states are in cache.
         """
         H = actions.shape[0]
         S = chunks * self.members * rows
         _check("slots", slots, np.float32, (H + 1, S, self.n))
         _check("actions", actions, np.float32, (H, S, self.m))
+        rows_args = (0, 0, 0, 0, 0)
+        if dealt is not None:
+            X, U, order, inverse = dealt
+            B = X.shape[0]
+            _check("X", X, np.float32, (B, H + 1, self.n))
+            _check("U", U, np.float32, (B, H, self.m))
+            _check("order", order, np.int64, (S,))
+            _check("inverse", inverse, np.int64, (B,))
+            rows_args = (X.ctypes.data, U.ctypes.data, order.ctypes.data, inverse.ctypes.data, B)
         if (network.k != self.members or network.output_width != 2 * self.n
                 or not self.width <= network.input_width <= LANES):
             raise ValueError(f"a network of {self.members} members from {self.width} to {LANES} inputs to {2 * self.n} "
@@ -172,4 +186,4 @@ class StepKernel:
         features, out, noise = scratch
         _planning_kernels.rollout(slots.ctypes.data, actions.ctypes.data, H, chunks, self.members, rows, self.n, self.m,
                                   *network.raw(rows), features.ctypes.data, network.input_width, out.ctypes.data,
-                                  *self._layout_args, *self._bound_args, _word(key), noise.ctypes.data)
+                                  *self._layout_args, *self._bound_args, _word(key), noise.ctypes.data, *rows_args)
