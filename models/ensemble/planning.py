@@ -260,9 +260,10 @@ class EnsembleDynamics:
         the compiled network (`sampling_kernel`), numba's otherwise (`sampling_step`).
 
         X (B, H+1, n) float32 with X[:, 0] set, filled; U (B, H, m). The states are kept in slot
-        order, a contiguous block a step, and put into row order once at the end (TSinf) or before
-        each new assignment (TS1): read through the rows' indices at every step, a population of
-        thousands of rows costs a cache miss per row and step. The noise is Philox's (`draws`); with
+        order, a contiguous block a step, and put into row order once at the end (TSinf; member by
+        member inside the compiled rollout) or before each new assignment (TS1): read through the
+        rows' indices at every step, a population of thousands of rows costs a cache miss per row and
+        step. The noise is Philox's (`draws`); with
         torch's draws and one chunk (up to k * chunk_rows rows) they are the torch steps' own, in the
         same order.
         """
