@@ -93,6 +93,7 @@ ROWS = (300, 600, 1400)
 """Rows a member at which the rates are measured: the best of them is the core's peak (the product
 runs fastest where a layer stays in the level-2 cache)."""
 
+
 def matmul_rate(dynamics, rows: tuple[int, ...] = ROWS, repeats: int = 20, cpu: bool = False) -> float:
     """Multiply-adds per second of a product at the ensemble's hidden-layer shape, (k, r, w) x
     (k, w, w) for r in `rows`, in its planning dtype on this thread: the best of `repeats` at each,

@@ -263,9 +263,8 @@ class EnsembleDynamics:
         order, a contiguous block a step, and put into row order once at the end (TSinf; member by
         member inside the compiled rollout) or before each new assignment (TS1): read through the
         rows' indices at every step, a population of thousands of rows costs a cache miss per row and
-        step. The noise is Philox's (`draws`); with
-        torch's draws and one chunk (up to k * chunk_rows rows) they are the torch steps' own, in the
-        same order.
+        step. The noise is Philox's (`draws`); with torch's draws and one chunk (up to k * chunk_rows
+        rows) they are the torch steps' own, in the same order.
         """
         B, H, _ = U.shape
         order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
