@@ -120,12 +120,16 @@ def test_a_candidate_with_any_state_or_cost_not_finite_costs_inf_on_either_path(
     states = rng.normal(size=(300, 64)).astype(np.float32)
     costs[[3, 4]] = [np.nan, -np.inf]
     states[10, 0], states[11, 63], states[12, 7], states[13, 5] = np.nan, np.inf, -np.inf, 3e38
+    # A NaN with its sign bit set; the largest finite numbers of both signs and a subnormal stay finite.
+    states.view(np.uint32)[14, 9] = 0xFFC00001
+    big = np.finfo(np.float32).max
+    states[15, 1], states[16, 2], states[17, 3] = big, -big, np.finfo(np.float32).smallest_subnormal
     c, X = torch.tensor(costs), torch.tensor(states)
     finite = torch.isfinite(c) & torch.isfinite(X.amax(dim=1)) & torch.isfinite(X.amin(dim=1))
     expected = torch.where(finite, c, torch.full_like(c, math.inf))
     samplers._worst_where_not_finite(costs, states)
     assert torch.equal(torch.from_numpy(costs), expected)
-    assert np.isinf(costs[[3, 4, 10, 11, 12]]).all() and np.isfinite(costs[13])
+    assert np.isinf(costs[[3, 4, 10, 11, 12, 14]]).all() and np.isfinite(costs[[13, 15, 16, 17]]).all()
 
 
 @pytest.mark.parametrize("kind", list(SETTINGS))

@@ -58,7 +58,8 @@ class WeightedDistance(TensorParameters):
         e = self.difference(self.take(x, "index"), "target")
         chord = None
         if self._any_angle:
-            chord = torch.cos(self.take(e, "angle_positions")).neg_().add_(1.0).mul_(2.0)
+            # 2 - 2 cos e is 2 (1 - cos e) to the bit (a product by 2 is exact): one operation fewer.
+            chord = torch.cos(self.take(e, "angle_positions")).mul_(-2.0).add_(2.0)
         sq = e.mul_(e) if in_place else e * e
         if chord is not None:
             self.put(sq, "angle_positions", chord)

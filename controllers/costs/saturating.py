@@ -48,8 +48,8 @@ class SaturatingCost(Term):
         if torch.is_grad_enabled():
             return 1.0 - self._closeness(d2)
         # Where nothing is differentiated (a planner's batches), in place over a distance no one else
-        # holds, 1 - E as -E + 1: the same numbers.
-        return self._closeness(d2, in_place=True).neg_().add_(1.0)
+        # holds; 1 - E in one operation.
+        return torch.rsub(self._closeness(d2, in_place=True), 1.0)
 
     def derivatives(self, x: torch.Tensor, u: torch.Tensor) -> TermDerivatives:
         d2, g, h = self.distance.evaluate(x, derivatives=True)
