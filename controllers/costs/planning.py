@@ -35,11 +35,10 @@ class TrajectoryCost:
     @torch.no_grad()
     def __call__(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         X, U = X.to(self.device, self.dtype), U.to(self.device, self.dtype)
-        rows = U.shape[:-2] + (U.shape[-2] + 1, U.shape[-1])
         if any(w.term.uses_action for w in self.cost.terms):
             U_rows = torch.cat([U, U.new_zeros(U.shape[:-2] + (1, U.shape[-1]))], dim=-2)
         else:  # no term reads the actions: no copy of them (two operations fewer between rollouts)
-            U_rows = U.new_zeros(()).expand(rows)
+            U_rows = U.new_zeros(()).expand(*U.shape[:-2], U.shape[-2] + 1, U.shape[-1])
         return trajectory_total(self.cost.terms, X, U_rows)
 
 

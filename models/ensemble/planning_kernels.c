@@ -53,6 +53,28 @@ static PyObject *py_sampling_supported(PyObject *self, PyObject *args) {
   return PyBool_FromLong(sampling_supported());
 }
 
+#if HAVE_KERNEL
+/* Member e's rows on their way to the level-2 cache, issued during the member before it: their start
+ * states and actions, which its slots are dealt, and their whole rows of states, which it writes
+ * back. The rows are scattered through X and U, and read cold each took a miss: a twentieth of
+ * an iCEM plan's time outside the network. Not analysed across calls (noipa): GCC counts a prefetch
+ * no effect, and would drop the call. */
+__attribute__((noipa)) static void deal_prefetch(const float *X, const float *U, const int64_t *order,
+                                                  const int64_t *inverse, long chunks, long members, long rows,
+                                                  long e, long steps, long n, long m) {
+  for (long c = 0; c < chunks; c++)
+    for (long s = (c * members + e) * rows; s < (c * members + e + 1) * rows; s++) {
+      const char *x = (const char *)(X + order[s] * (steps + 1) * n);
+      const char *u = (const char *)(U + order[s] * steps * m);
+      for (long at = 0; at < (steps + 1) * n * 4; at += 64) _mm_prefetch(x + at, _MM_HINT_T1);
+      _mm_prefetch(x + (steps + 1) * n * 4 - 1, _MM_HINT_T1);
+      for (long at = 0; at < steps * m * 4; at += 64) _mm_prefetch(u + at, _MM_HINT_T1);
+      _mm_prefetch(u + steps * m * 4 - 1, _MM_HINT_T1);
+      _mm_prefetch((const char *)(inverse + order[s]), _MM_HINT_T1);
+    }
+}
+#endif
+
 /* rollout(slots, actions, steps, chunks, members, rows, n, m, plan, layers, scratch, ldscratch, features,
  *         ldf, out, plain, p, angles, a, action_ref, action_rel, lower, upper, scale, key, noise):
  * slots (steps + 1, chunks * members * rows, n) float32 with step 0 set, the rest written; actions
@@ -64,26 +86,6 @@ static PyObject *py_sampling_supported(PyObject *self, PyObject *args) {
  * inverse (B,) int64 (X = 0: none), each member's slots are dealt their start states and actions
  * from the rows before its steps (order: the row in each slot), and its rows' states written back
  * to X after them (inverse: the slot a row takes), while they are in cache. */
-#if HAVE_KERNEL
-/* Member e's rows on their way to the level-2 cache, issued during the member before it: their start
- * states and actions, which its slots are dealt, and their whole rows of states, which it writes
- * back. The rows are scattered through X and U, and read cold each took a miss: a twentieth of
- * an iCEM plan's time outside the network. Not analysed across calls (noipa): GCC counts a prefetch
- * no effect, and would drop the call. */
-__attribute__((noipa)) static void deal_prefetch(const float *X, const float *U, const int64_t *order, const int64_t *inverse, long chunks,
-                          long members, long rows, long e, long steps, long n, long m) {
-  for (long c = 0; c < chunks; c++)
-    for (long s = (c * members + e) * rows; s < (c * members + e + 1) * rows; s++) {
-      const char *x = (const char *)(X + order[s] * (steps + 1) * n), *u = (const char *)(U + order[s] * steps * m);
-      for (long at = 0; at < (steps + 1) * n * 4; at += 64) _mm_prefetch(x + at, _MM_HINT_T1);
-      _mm_prefetch(x + (steps + 1) * n * 4 - 1, _MM_HINT_T1);
-      for (long at = 0; at < steps * m * 4; at += 64) _mm_prefetch(u + at, _MM_HINT_T1);
-      _mm_prefetch(u + steps * m * 4 - 1, _MM_HINT_T1);
-      _mm_prefetch((const char *)(inverse + order[s]), _MM_HINT_T1);
-    }
-}
-#endif
-
 static PyObject *py_rollout(PyObject *self, PyObject *args) {
   (void)self;
   unsigned long long slots_at, actions_at, plan_at, scratch, features, out, plain, angles, action_ref, action_rel,
@@ -122,7 +124,8 @@ static PyObject *py_rollout(PyObject *self, PyObject *args) {
             for (long i = 0; i < m; i++) actions[(t * S + s) * m + i] = u[t * m + i];
         }
     for (long t = 0; t < steps; t++) {
-      if (X && t == steps - 1 && e + 1 < members) deal_prefetch(X, U, order, inverse, chunks, members, rows, e + 1, steps, n, m);
+      if (X && t == steps - 1 && e + 1 < members)
+        deal_prefetch(X, U, order, inverse, chunks, members, rows, e + 1, steps, n, m);
       const float *x = slots + t * S * n, *u = actions + t * S * m;
       float *x_next = slots + (t + 1) * S * n;
       for (long c = 0; c < chunks; c++) {
