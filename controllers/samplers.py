@@ -245,8 +245,9 @@ class SamplingPlanner:
         """U within the action bounds (NaN stays NaN)."""
         return torch.clamp(U, self.low, self.high)
 
-    def evaluate(self, x0: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cost over particles (N,), inf where any state or cost is not finite; states (N, P, H+1, n)."""
+    def evaluate(self, x0: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Mean cost over particles (N,), inf where any state or cost is not finite; states
+        (N, P, H+1, n); how many of the N costs are finite."""
         N, P = U.shape[0], self.config.particles
         Up = U.repeat_interleave(P, dim=0)
         if self.time_varying:
@@ -254,16 +255,20 @@ class SamplingPlanner:
         else:
             X = self.dynamics.rollout(x0.expand(N * P, -1), Up, self.generator)
         with torch.no_grad():
-            c = torch.as_tensor(self.cost(X, Up), device=X.device).view(N, P).mean(dim=1)
+            c = self.cost(X, Up)
+            if not isinstance(c, torch.Tensor) or c.device != X.device:
+                c = torch.as_tensor(c, device=X.device)
+            c = c.view(N, P).mean(dim=1)
         states = X.view(N, -1)
         if c.device.type == "cpu" and c.dtype == states.dtype == torch.float32 and not states.requires_grad:
-            _worst_where_not_finite(c.numpy(), states.numpy())  # one compiled pass, not seven calls
-            return c, X.view(N, P, *X.shape[1:])
+            # One compiled pass, not seven calls: each torch call right after a rollout runs cold.
+            finite = _worst_where_not_finite(c.numpy(), states.numpy())
+            return c, X.view(N, P, *X.shape[1:]), finite
         # A row's largest and smallest entries are finite only if all are (both carry a NaN): two
         # reductions, where an isfinite mask and its all() cost 1% of an MPPI plan.
         finite = torch.isfinite(c) & torch.isfinite(states.amax(dim=1)) & torch.isfinite(states.amin(dim=1))
         c = torch.where(finite, c, torch.full_like(c, math.inf))
-        return c, X.view(N, P, *X.shape[1:])
+        return c, X.view(N, P, *X.shape[1:]), int(finite.sum())
 
     def _within_budget(self, started: float, iteration_s: float) -> bool:
         budget = self.config.time_budget_s
@@ -275,25 +280,30 @@ class SamplingPlanner:
 
 
 @njit(nogil=True, boundscheck=False, cache=True)
-def _worst_where_not_finite(costs: np.ndarray, states: np.ndarray) -> None:
+def _worst_where_not_finite(costs: np.ndarray, states: np.ndarray) -> int:
     """costs[i] = inf where costs[i] or any of states[i] is NaN or infinite (`evaluate` on CPU, as
-    its torch reductions do elsewhere: between two rollouts each torch call costs more than its work).
-    costs (N,), states (N, L) float32, C-contiguous. A float32 is NaN or infinite where its exponent
-    bits are all ones: their largest over a row is one integer reduction, which runs on whole vectors
-    (a float test a state makes a branch an element, seven times slower)."""
+    its torch reductions do elsewhere: between two rollouts each torch call costs more than its work);
+    returns how many costs stay finite. costs (N,), states (N, L) float32, C-contiguous. A float32 is
+    NaN or infinite where its exponent bits are all ones: their largest over a row is one integer
+    reduction, which runs on whole vectors (a float test a state makes a branch an element, seven
+    times slower)."""
     bits = states.view(np.uint32)
+    finite = 0
     for i in range(costs.size):
         exponent = np.uint32(0)
         for j in range(bits.shape[1]):
             exponent = max(exponent, bits[i, j] & np.uint32(0x7F800000))
         if exponent == np.uint32(0x7F800000) or not np.isfinite(costs[i]):
             costs[i] = np.inf
+        else:
+            finite += 1
+    return finite
 
 
-def _elites(costs: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the `count` lowest finite costs (fewer when fewer are finite)."""
-    finite = int(torch.isfinite(costs).sum())
-    return torch.topk(costs, min(count, finite), largest=False).indices
+def _elites(costs: torch.Tensor, count: int, finite: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` lowest of the `finite` finite costs (fewer when fewer are finite), lowest first,
+    and their indices."""
+    return torch.topk(costs, min(count, finite), largest=False)
 
 
 class CEMPlanner(SamplingPlanner):
@@ -312,13 +322,13 @@ class CEMPlanner(SamplingPlanner):
             tick = time.perf_counter()
             noise = torch.randn(cfg.population, *mean.shape, generator=self.generator, device=self.device)
             samples = self.clip(mean + std * noise)
-            costs, _ = self.evaluate(x, samples)
-            chosen = _elites(costs, cfg.elites)
+            costs, _, finite = self.evaluate(x, samples)
+            lowest, chosen = _elites(costs, cfg.elites, finite)
             if len(chosen) > 0:
                 elites = samples[chosen]
                 mean = cfg.momentum * mean + (1 - cfg.momentum) * elites.mean(dim=0)
                 std = cfg.momentum * std + (1 - cfg.momentum) * elites.std(dim=0, unbiased=False)
-                elite_cost = float(costs[chosen].mean())
+                elite_cost = float(lowest.mean())
             done += 1
             iteration_s = time.perf_counter() - tick
         self.last_diagnostics = {"iterations": done, "plan_s": time.perf_counter() - started}
@@ -361,12 +371,13 @@ class ICEMPlanner(SamplingPlanner):
             if done == cfg.iterations - 1:
                 candidates.append(mean[None])
             samples = torch.cat(candidates)
-            costs, X = self.evaluate(x, samples)
-            chosen = _elites(costs, cfg.elites)
+            costs, X, finite = self.evaluate(x, samples)
+            lowest, chosen = _elites(costs, cfg.elites, finite)
             if len(chosen) > 0:
                 elites = samples[chosen]
-                if float(costs[chosen[0]]) < best_cost:
-                    best_cost, best_U, best_X = float(costs[chosen[0]]), samples[chosen[0]], X[chosen[0]]
+                if (top := float(lowest[0])) < best_cost:
+                    best = int(chosen[0])
+                    best_cost, best_U, best_X = top, samples[best], X[best]
                 mean = cfg.momentum * mean + (1 - cfg.momentum) * elites.mean(dim=0)
                 std = cfg.momentum * std + (1 - cfg.momentum) * elites.std(dim=0, unbiased=False)
                 carried = elites[:keep] if keep else None
@@ -394,8 +405,8 @@ class MPPIPlanner(SamplingPlanner):
             tick = time.perf_counter()
             noise = colored_noise(cfg.noise_beta, (cfg.population, self.m, cfg.horizon), self.generator, self.device)
             samples = self.clip(U + std * noise.transpose(1, 2))
-            costs, _ = self.evaluate(x, samples)
-            if torch.isfinite(costs).any():
+            costs, _, finite = self.evaluate(x, samples)
+            if finite > 0:
                 # Infinite costs get weight exactly 0, so a NaN trajectory never moves the plan.
                 weights = torch.softmax(-(costs - costs.min()) / cfg.temperature, dim=0)
                 U = self.clip(U + torch.einsum("k,khm->hm", weights, samples - U))
@@ -417,7 +428,7 @@ class RandomShootingPlanner(SamplingPlanner):
         started = time.perf_counter()
         uniform = torch.rand(cfg.population - 1, cfg.horizon, self.m, generator=self.generator, device=self.device)
         samples = torch.cat([U[None], self.low + (self.high - self.low) * uniform])
-        costs, X = self.evaluate(x, samples)
+        costs, X, _ = self.evaluate(x, samples)
         self.last_diagnostics = {"iterations": 1, "plan_s": time.perf_counter() - started}
         best = int(torch.argmin(costs))
         if not math.isfinite(float(costs[best])):

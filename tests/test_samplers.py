@@ -127,7 +127,7 @@ def test_a_candidate_with_any_state_or_cost_not_finite_costs_inf_on_either_path(
     c, X = torch.tensor(costs), torch.tensor(states)
     finite = torch.isfinite(c) & torch.isfinite(X.amax(dim=1)) & torch.isfinite(X.amin(dim=1))
     expected = torch.where(finite, c, torch.full_like(c, math.inf))
-    samplers._worst_where_not_finite(costs, states)
+    assert samplers._worst_where_not_finite(costs, states) == int(finite.sum()) == 300 - 6
     assert torch.equal(torch.from_numpy(costs), expected)
     assert np.isinf(costs[[3, 4, 10, 11, 12, 14]]).all() and np.isfinite(costs[[13, 15, 16, 17]]).all()
 

@@ -34,7 +34,10 @@ class TrajectoryCost:
 
     @torch.no_grad()
     def __call__(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        X, U = X.to(self.device, self.dtype), U.to(self.device, self.dtype)
+        if X.dtype != self.dtype or X.device != self.device:  # a call fewer where they already are
+            X = X.to(self.device, self.dtype)
+        if U.dtype != self.dtype or U.device != self.device:
+            U = U.to(self.device, self.dtype)
         if any(w.term.uses_action for w in self.cost.terms):
             U_rows = torch.cat([U, U.new_zeros(U.shape[:-2] + (1, U.shape[-1]))], dim=-2)
         else:  # no term reads the actions: no copy of them (two operations fewer between rollouts)

@@ -270,7 +270,7 @@ class EnsembleDynamics:
         order, inverse, C, q = self._assignment(B, generator, self.chunk_rows)
         width = self.k * C  # slots in a chunk
         # numpy's arrays between the kernels: each torch call there costs more in dispatch than in work.
-        Xs, Us = X.numpy(), U.detach().to(torch.float32).numpy()
+        Xs, Us = X.numpy(), (U if U.dtype == torch.float32 and not U.requires_grad else U.detach().float()).numpy()
         # torch's allocations: 64-byte aligned, as the compiled passes' vectors are (numpy's large ones
         # start 16 bytes into a page, and each vector would straddle two cache lines).
         states = torch.empty(H + 1, q * width, self.n).numpy()
