@@ -131,16 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.experiment is None:
         raise ConfigError("run: name an experiment, or a run folder with --resume")
     experiment = load_experiment(args.experiment)
-    if args.seed is not None:
-        experiment.loop.seed = args.seed
-    if args.trials is not None:
-        if args.trials < 1:
-            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-        experiment.loop.iterations = args.trials
-    if args.horizon is not None:
-        if args.horizon < 1:
-            raise ConfigError(f"--horizon must be at least 1, got {args.horizon}")
-        experiment.task.horizon = args.horizon
+    experiment.override(seed=args.seed, trials=args.trials, horizon=args.horizon)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")

@@ -349,16 +349,7 @@ def use_policy(experiment, run_folder: Path) -> None:
 def deploy_main(args: argparse.Namespace) -> int:
     arm = load_arm(args.arm)
     experiment = load_experiment(args.experiment)
-    if args.trials is not None:
-        if args.trials < 1:
-            raise ConfigError(f"--trials must be at least 1, got {args.trials}")
-        experiment.loop.iterations = args.trials
-    if args.horizon is not None:
-        if args.horizon < 1:
-            raise ConfigError(f"--horizon must be at least 1, got {args.horizon}")
-        experiment.task.horizon = args.horizon
-    if args.seed is not None:
-        experiment.loop.seed = args.seed
+    experiment.override(seed=args.seed, trials=args.trials, horizon=args.horizon)
     if args.model_scene:
         if not isinstance(experiment.model, dict) or experiment.model.get("type") != "mujoco":
             raise ConfigError(f"--model-scene: {experiment.name} does not plan on a MuJoCo scene (its model is "

@@ -103,6 +103,19 @@ class Experiment:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def override(self, seed: int | None = None, trials: int | None = None, horizon: int | None = None) -> None:
+        """The command line's --seed, --trials and --horizon in place of the file's (None keeps it);
+        ConfigError naming the flag where a count is below 1."""
+        for flag, value in (("--trials", trials), ("--horizon", horizon)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if seed is not None:
+            self.loop.seed = seed
+        if trials is not None:
+            self.loop.iterations = trials
+        if horizon is not None:
+            self.task.horizon = horizon
+
 
 def shipped_experiments() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

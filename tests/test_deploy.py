@@ -295,6 +295,8 @@ def test_bad_input_gets_one_line(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "forethought calibrate --arm so101" in err
     code, _, err = finish(forethought("deploy", experiment, "--arm", "ur5", "--port", "/dev/null"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "unknown arm 'ur5'" in err
+    code, _, err = finish(forethought("deploy", experiment, "--arm", "so101", "--port", "/dev/null", "--trials", "0"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--trials must be at least 1, got 0" in err
 
 
 def test_deploy_plans_on_a_scene_given_on_the_command_line_only_for_a_mujoco_model(tmp_path):
