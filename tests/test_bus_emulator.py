@@ -13,6 +13,8 @@ from forethought.robots.servo_bus import BusError, BusServo, ServoModelMismatch,
 from forethought.robots.servo_models import ServoFault
 from forethought.sim.scenes import scene_path
 
+pytestmark = pytest.mark.realtime  # the bus emulator answers on the wall clock (pyproject.toml)
+
 ARMS = ["so101", "koch"]
 # Away from the wrap point, one servo turned the other way round.
 MOUNTS = [ServoMount(1000), ServoMount(3000, -1), ServoMount(2048), ServoMount(1500), ServoMount(2600, -1), ServoMount(2048)]

@@ -19,6 +19,8 @@ from forethought.robots.emulated_servo import Fault, ServoMount
 from forethought.robots.calibration import Calibration, measure_calibration
 from forethought.sim.scenes import scene_path
 
+pytestmark = pytest.mark.realtime  # the bus emulator answers on the wall clock (pyproject.toml)
+
 DT = 0.02  # the arms' control period, s
 # The emulator runs in the test's process and shares a busy machine's CPU (on 2 cores beside other
 # CPU-bound processes it answers tens of ms late): much more patience than a real servo needs.

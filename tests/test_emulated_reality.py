@@ -14,6 +14,8 @@ from forethought.sim.scenes import SCENE_DIR
 from forethought.sim.servo_model import servo_parameters
 from test_deploy import finish, forethought
 
+pytestmark = pytest.mark.realtime  # the bus emulator answers on the wall clock (pyproject.toml)
+
 ARM = load_arm("so101")
 MOUNTS = [ServoMount(2048, 1)] * 6  # ticks = 2048 + q * 4096 / 2 pi on every servo
 TICKS_PER_RAD = 4096 / (2 * np.pi)

@@ -12,6 +12,8 @@ from forethought.scripts.run import run_experiment
 from forethought.scripts.sweep import start_ray
 from test_resume import assert_same_trials
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on the machine (Makefile)
+
 
 @pytest.fixture(scope="module")
 def local_ray():

@@ -17,6 +17,8 @@ from forethought.robots.servo_arm import ServoArm
 from forethought.robots.servo_bus import ServoNotResponding
 from forethought.sim.scenes import scene_path
 
+pytestmark = pytest.mark.realtime  # the bus emulator answers on the wall clock (pyproject.toml)
+
 ARMS = ["so101", "koch"]
 DT = 0.02
 # The emulator shares this process's CPU with the driver; on a loaded test machine it may answer

@@ -21,6 +21,8 @@ from forethought.scripts.servo_damage import DECODE, ENCODE, MUTATIONS, PROTOCOL
 from forethought.sim.scenes import scene_path
 from hypothesis_chooser import HypothesisChooser
 
+pytestmark = pytest.mark.realtime  # the bus emulator answers on the wall clock (pyproject.toml)
+
 FUZZ = settings(max_examples=50, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 

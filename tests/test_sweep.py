@@ -21,6 +21,8 @@ from forethought.scripts.sweep_run import RECORD
 from forethought.scripts.sweep_summary import distribution
 from test_resume import PILCO  # a learning run of seconds (three PILCO iterations)
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on the machine (Makefile)
+
 EXPERIMENT = "arm-reach-ik"
 SHORT = {"task.horizon": 20}
 

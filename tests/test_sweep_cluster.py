@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on the machine (Makefile)
+
 BIN = Path(sys.executable).parent
 
 
