@@ -52,6 +52,19 @@ def restore_global_state():
         os.environ.update(environ)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for the module, started as a sweep starts its own; the sweeps and
+    rollouts of the module find it running. Its modules are xdist_group("ray") (Makefile)."""
+    import ray
+
+    from forethought.scripts.sweep import start_ray
+
+    assert start_ray(None, 2)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test on one torch thread (small float64 GP algebra gains nothing from a second one);

@@ -9,20 +9,9 @@ import torch
 from forethought.robots.config import ConfigError
 from forethought.scripts.experiment import experiment_from_data, load_experiment
 from forethought.scripts.run import run_experiment
-from forethought.scripts.sweep import start_ray
 from test_resume import assert_same_trials
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on the machine (Makefile)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray (2 CPUs) for the module, started the way a sweep starts its own."""
-    import ray
-
-    assert start_ray(None, 2)
-    yield ray
-    ray.shutdown()
 
 
 def tiny(name: str, **changes) -> dict:

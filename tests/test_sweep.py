@@ -15,7 +15,7 @@ import pytest
 from forethought.robots.config import ConfigError
 from forethought.scripts.bench_learning import learning_over_seeds
 from forethought.scripts.cli import main
-from forethought.scripts.sweep import execute, plan_sweep, start_ray
+from forethought.scripts.sweep import execute, plan_sweep
 from forethought.scripts.sweep_grid import parse_seeds, parse_set, set_key
 from forethought.scripts.sweep_run import RECORD
 from forethought.scripts.sweep_summary import distribution
@@ -25,16 +25,6 @@ pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on the machine 
 
 EXPERIMENT = "arm-reach-ik"
 SHORT = {"task.horizon": 20}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """The sweep's own local Ray, started once for the module; each sweep below finds it running."""
-    import ray
-
-    assert start_ray(None, 2)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
