@@ -15,9 +15,11 @@ action faster than that with this network on this core; the gap (`*_over_floor`,
 is activations, sampling and cost. `*_over_floor` is the median over the plans of each plan's time
 over the floor at the peak read right before and after it (the better reading), as `bench ilqr`
 does for its iterations: the machine's speed moves between minutes, and the peak moves with it.
-`*_over_best_floor` sets the median time against the floor at the best reading of the whole run
-(`*_network_floor_ms`) instead. `*_cpu_over_floor` sets the plan's CPU time against the floor
-in CPU time (the matrix-product rate per CPU second), which others' load does not swing.
+`*_over_floor_quartiles` and `*_over_floor_ci95` (the median's 95% bootstrap interval) say how far
+the plans' ratios spread about it. `*_over_best_floor` sets the median time against the floor at
+the best reading of the whole run (`*_network_floor_ms`) instead. `*_cpu_over_floor` sets the
+plan's CPU time against the floor in CPU time (the matrix-product rate per CPU second), which
+others' load does not swing.
 `*_activation_floor_ms` is the network's activations (one per hidden unit and particle-step) at
 the rate the activation reaches in place on a hidden layer, and `*_over_floor_with_activations`
 the time over both floors together: what is left above it is the first and last layers' and the
@@ -40,6 +42,7 @@ from forethought.models.ensemble import EnsembleConfig, EnsembleModel, native_bf
 from forethought.robots.trial import rollout
 from forethought.scripts.bench_learning import distribution_metrics, learning_over_seeds
 from forethought.scripts.experiment import load_experiment, make_robot, make_task
+from forethought.scripts.sweep_summary import distribution
 
 EXPERIMENT = "cartpole-swingup-pets"
 PLANNER_SETTINGS = {
@@ -197,8 +200,13 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
     for kind, (times, beside, cpu_ms, steps) in timed.items():
         ms = metrics[f"{kind}_ms_per_action"] = 1e3 * statistics.median(times)
         floor = metrics[f"{kind}_network_floor_ms"] = network_floor_ms(steps, dynamics, rate)
-        metrics[f"{kind}_over_floor"] = statistics.median(
-            1e3 * t / network_floor_ms(steps, dynamics, r) for t, r in zip(times, beside))
+        ratios = [1e3 * t / network_floor_ms(steps, dynamics, r) for t, r in zip(times, beside)]
+        metrics[f"{kind}_over_floor"] = statistics.median(ratios)
+        # How far the plans spread about it: on a shared machine a few seconds' slow stretch moves a
+        # median of ten plans, and the quartiles and the median's interval show how much.
+        spread = distribution(ratios)
+        metrics[f"{kind}_over_floor_quartiles"] = [spread["q25"], spread["q75"]]
+        metrics[f"{kind}_over_floor_ci95"] = spread["ci95"]
         metrics[f"{kind}_over_best_floor"] = ms / floor
         metrics[f"{kind}_cpu_over_floor"] = cpu_ms / (floor * rate / cpu_rate)
         # The activations are the network's work too: the floor with them at their own best rate.
@@ -212,7 +220,8 @@ def planning_speed(repeats: int, dtype: str) -> tuple[dict, dict]:
 
 def run_bench_mpc(quick: bool = False, learning: bool | None = None, max_trials: int = 20,
                   seeds: int = 3) -> tuple[dict, dict]:
-    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms, _over_floor, _over_best_floor, _cpu_over_floor,
+    """Metrics: {cem,icem,mppi}_ms_per_action, _network_floor_ms, _over_floor (with _quartiles and _ci95 over
+    the plans), _over_best_floor, _cpu_over_floor,
     _activation_floor_ms and _over_floor_with_activations (and *_float32 variants when bfloat16 is native), and
     unless quick (or learning=False) pets_trials_to_success for seeds 0 to seeds-1 (None: not within
     max_trials), run as a sweep (a local Ray, one CPU per seed), with its distribution over the seeds
